@@ -1,0 +1,175 @@
+//! The node library's error type.
+
+use std::path::PathBuf;
+
+use mlbridge_sdk::{DataType, ModelId};
+
+/// Result alias with the node's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the node library. Messages say what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No ONNX Runtime shared library was found.
+    #[error(
+        "ONNX Runtime library not found (looked at: {}); run scripts/setup, or set ORT_DYLIB_PATH / --onnxruntime to \
+         libonnxruntime.so",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    OnnxRuntimeNotFound {
+        /// Places searched.
+        searched: Vec<PathBuf>,
+    },
+    /// The ONNX Runtime library exists but could not be loaded or initialised.
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason}; use the onnxruntime 1.31/1.32 wheel that scripts/setup installs"
+    )]
+    OnnxRuntimeLoad {
+        /// The library.
+        path: PathBuf,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// The model repository folder does not exist.
+    #[error("model repository {0} does not exist; run scripts/models or pass --model-repository")]
+    RepositoryNotFound(PathBuf),
+    /// A `config.toml` could not be read or parsed.
+    #[error("model config {path}: {reason}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No model of that name (and version) is in the repository.
+    #[error("unknown model '{name}'{}; list the served models with `mlbridge-node models`", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownModel {
+        /// Requested name.
+        name: String,
+        /// Requested version, if any.
+        version: Option<u64>,
+    },
+    /// A model's ONNX file is missing.
+    #[error("model {model}: file {path} is missing; run scripts/models to build the model repository")]
+    ModelFileMissing {
+        /// `name/version`.
+        model: String,
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A model file's sha256 differs from the one recorded in its config.
+    #[error(
+        "model {model}: {path} has sha256 {actual} but config.toml records {expected}; the file is corrupted or stale, run scripts/models to rebuild it"
+    )]
+    HashMismatch {
+        /// `name/version`.
+        model: String,
+        /// The file.
+        path: PathBuf,
+        /// Recorded hash.
+        expected: String,
+        /// Actual hash.
+        actual: String,
+    },
+    /// ONNX Runtime refused to create a session for the model.
+    #[error("model {model}: ONNX Runtime cannot load it: {reason}")]
+    SessionCreate {
+        /// `name/version`.
+        model: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// The ONNX graph's inputs or outputs disagree with config.toml.
+    #[error("model {model}: the ONNX graph does not match config.toml: {reason}; fix config.toml or the model")]
+    SignatureMismatch {
+        /// `name/version`.
+        model: String,
+        /// The disagreement.
+        reason: String,
+    },
+    /// A request is missing one of the model's inputs.
+    #[error("model {model} needs input '{input}', which the request does not contain")]
+    MissingInput {
+        /// `name/version`.
+        model: String,
+        /// The missing input.
+        input: String,
+    },
+    /// A request names an input the model does not have.
+    #[error("model {model} has no input named '{input}'; its inputs are: {expected}")]
+    UnknownInput {
+        /// `name/version`.
+        model: String,
+        /// The unknown name.
+        input: String,
+        /// The model's input names.
+        expected: String,
+    },
+    /// An input has the wrong datatype.
+    #[error("model {model}: input '{input}' must be {expected}, got {actual}")]
+    WrongDataType {
+        /// `name/version`.
+        model: String,
+        /// The input.
+        input: String,
+        /// Declared datatype.
+        expected: DataType,
+        /// Given datatype.
+        actual: DataType,
+    },
+    /// An input has the wrong shape.
+    #[error("model {model}: input '{input}' must have shape {expected} (-1 = any size), got {actual:?}")]
+    WrongShape {
+        /// `name/version`.
+        model: String,
+        /// The input.
+        input: String,
+        /// Expected shape, batch dimension first.
+        expected: String,
+        /// Given shape.
+        actual: Vec<i64>,
+    },
+    /// The batch dimension is 0, differs between inputs, or is over the model's limit.
+    #[error(
+        "model {model}: batch size {batch} is not allowed; send between 1 and {max} samples, the same number in every input"
+    )]
+    BadBatch {
+        /// `name/version`.
+        model: String,
+        /// Batch size given.
+        batch: i64,
+        /// The model's max_batch_size.
+        max: usize,
+    },
+    /// ONNX Runtime failed while running the model.
+    #[error("model {model}: inference failed: {reason}")]
+    Inference {
+        /// `name/version`.
+        model: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// The model's id as served.
+    #[error("model {model}: output '{output}' is missing or not a {expected} tensor")]
+    BadOutput {
+        /// `name/version`.
+        model: String,
+        /// The output.
+        output: String,
+        /// Declared datatype.
+        expected: DataType,
+    },
+    /// An SDK-level error (tensor construction, model ids).
+    #[error(transparent)]
+    Sdk(#[from] mlbridge_sdk::Error),
+    /// Two configs claim the same model id under different names (would make receipts ambiguous).
+    #[error("models {first} and {second} have the same sha256 {id}; serve each file once")]
+    DuplicateModelId {
+        /// One model.
+        first: String,
+        /// The other.
+        second: String,
+        /// Their id.
+        id: ModelId,
+    },
+}

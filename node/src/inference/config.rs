@@ -1,0 +1,267 @@
+//! A model's `config.toml`, next to its `model.onnx` in `models/<name>/<version>/`.
+//!
+//! Dimensions in `dims` exclude the batch dimension (as in Triton): a request's tensor has shape
+//! `[batch, dims...]`, `-1` means any size, and `batch` may be 1..=`max_batch_size`.
+
+use std::path::Path;
+
+use mlbridge_sdk::{DataType, ModelId};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// What a model does; selects extra endpoints (e.g. embeddings for text-embedding models).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Text in, one embedding vector per text out.
+    TextEmbedding,
+    /// Image in, class probabilities out.
+    ImageClassification,
+    /// Anything else: plain tensors in and out.
+    Generic,
+}
+
+/// When the model's session is created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadPolicy {
+    /// At start; a broken model stops the node from starting.
+    #[default]
+    Eager,
+    /// On first use.
+    Lazy,
+}
+
+/// One input or output tensor of a model.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Name in the ONNX graph and in requests.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Dimensions after the batch dimension; `-1` for any size.
+    pub dims: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// The full shape with the batch dimension, for messages: `[-1, 384]`.
+    pub fn shape_with_batch(&self) -> Vec<i64> {
+        std::iter::once(-1).chain(self.dims.iter().copied()).collect()
+    }
+}
+
+/// Tokenizer settings of a text model.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// Tokenizer family; `wordpiece` (BERT) today.
+    pub kind: String,
+    /// Vocabulary file next to model.onnx.
+    pub vocab: String,
+    /// sha256 of the vocabulary file.
+    pub vocab_sha256: String,
+    /// Lower-case input before tokenizing.
+    #[serde(default)]
+    pub lowercase: bool,
+    /// Longest token sequence, special tokens included.
+    pub max_length: usize,
+}
+
+/// How validators compare a re-execution with the node's answer.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Largest absolute element-wise difference accepted.
+    pub max_abs_diff: f64,
+}
+
+/// A model version's configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Served name (must equal the folder name).
+    pub name: String,
+    /// Version (must equal the folder name).
+    pub version: u64,
+    /// One line for humans.
+    #[serde(default)]
+    pub description: String,
+    /// sha256 of model.onnx: the model id.
+    pub sha256: ModelId,
+    /// What the model does.
+    pub task: Task,
+    /// `fp32`, `int8`, ... for humans and adverts.
+    pub precision: String,
+    /// Largest batch one execution may take.
+    pub max_batch_size: usize,
+    /// How long the batcher may hold a request waiting for batch-mates, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Price of one inference in wei.
+    pub price_wei: u64,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Create the session at start or on first use.
+    #[serde(default)]
+    pub load: LoadPolicy,
+    /// Inputs, in the order the graph declares them.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs.
+    pub outputs: Vec<TensorSpec>,
+    /// Tokenizer, for text models.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerConfig>,
+    /// Re-execution tolerance for validators.
+    pub validation: ValidationConfig,
+}
+
+impl ModelConfig {
+    /// Read and check `config.toml` of the model in `dir` (`models/<name>/<version>`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.toml");
+        let err = |reason: String| Error::Config { path: path.clone(), reason };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let config: Self = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        config.check(dir).map_err(err)?;
+        Ok(config)
+    }
+
+    /// `name/version`, as used in logs and errors.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.name, self.version)
+    }
+
+    /// A deterministic sample request of `batch` samples, `-1` dimensions set to `dyn_len`: floats pseudo-random
+    /// in [-1, 1), integers 1 (a valid token id and attention-mask value alike). For smoke tests and benchmarks.
+    pub fn example_inputs(&self, batch: usize, dyn_len: usize) -> Vec<mlbridge_sdk::Tensor> {
+        use mlbridge_sdk::{Tensor, TensorData};
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next_f32 = move || {
+            // splitmix64: reproducible without a dependency.
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        self.inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = std::iter::once(batch as i64)
+                    .chain(spec.dims.iter().map(|&d| if d == -1 { dyn_len as i64 } else { d }))
+                    .collect();
+                let n = mlbridge_sdk::tensor::element_count(&shape).unwrap_or(0);
+                let data = match spec.datatype {
+                    DataType::Fp32 => TensorData::Fp32((0..n).map(|_| next_f32()).collect()),
+                    DataType::Fp64 => TensorData::Fp64((0..n).map(|_| f64::from(next_f32())).collect()),
+                    DataType::Int64 => TensorData::Int64(vec![1; n]),
+                    DataType::Int32 => TensorData::Int32(vec![1; n]),
+                    DataType::Int8 => TensorData::Int8(vec![1; n]),
+                    DataType::Uint8 => TensorData::Uint8(vec![1; n]),
+                    DataType::Bool => TensorData::Bool(vec![true; n]),
+                };
+                Tensor::new(spec.name.clone(), shape, data).expect("shape and data built together")
+            })
+            .collect()
+    }
+
+    fn check(&self, dir: &Path) -> std::result::Result<(), String> {
+        let folder_version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let folder_name = dir.parent().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or_default();
+        if self.name != folder_name || self.version.to_string() != folder_version {
+            return Err(format!(
+                "it declares {}/{} but lives in {folder_name}/{folder_version}; the folders must be <name>/<version>",
+                self.name, self.version
+            ));
+        }
+        if self.max_batch_size == 0 {
+            return Err("max_batch_size must be at least 1".into());
+        }
+        if self.intra_op_threads == 0 {
+            return Err("intra_op_threads must be at least 1".into());
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err("a model needs at least one [[inputs]] and one [[outputs]]".into());
+        }
+        for spec in self.inputs.iter().chain(&self.outputs) {
+            if let Some(bad) = spec.dims.iter().find(|&&d| d == 0 || d < -1) {
+                return Err(format!("tensor '{}' has dimension {bad}; use a positive size or -1", spec.name));
+            }
+        }
+        let mut names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err("input names must be unique".into());
+        }
+        if !(self.validation.max_abs_diff.is_finite() && self.validation.max_abs_diff >= 0.0) {
+            return Err("validation.max_abs_diff must be a finite number >= 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "m"
+version = 3
+sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+task = "generic"
+precision = "fp32"
+max_batch_size = 8
+max_queue_delay_us = 100
+price_wei = 5
+intra_op_threads = 1
+
+[[inputs]]
+name = "input"
+datatype = "FP32"
+dims = [4]
+
+[[outputs]]
+name = "out"
+datatype = "FP32"
+dims = [-1]
+
+[validation]
+max_abs_diff = 0.0
+"#;
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m/3");
+        write(&dir, GOOD);
+        let c = ModelConfig::load(&dir).unwrap();
+        assert_eq!(c.key(), "m/3");
+        assert_eq!(c.load, LoadPolicy::Eager);
+        assert_eq!(c.inputs[0].shape_with_batch(), vec![-1, 4]);
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_reasons() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            ("m/4", GOOD.to_string(), "lives in m/4"),
+            ("m/3", GOOD.replace("max_batch_size = 8", "max_batch_size = 0"), "max_batch_size"),
+            ("m/3", GOOD.replace("dims = [4]", "dims = [0]"), "dimension 0"),
+            ("m/3", GOOD.replace("\"FP32\"", "\"FLOAT\""), "FLOAT"),
+            ("m/3", GOOD.replace("task = \"generic\"", "task = \"generic\"\ncolour = 1"), "colour"),
+            ("m/3", GOOD.replace("ba7816bf", "zz"), "model id"),
+        ];
+        for (i, (sub, text, needle)) in cases.iter().enumerate() {
+            let dir = tmp.path().join(i.to_string()).join(sub);
+            write(&dir, text);
+            let err = ModelConfig::load(&dir).unwrap_err().to_string();
+            assert!(err.contains(needle), "case {i}: {err}");
+        }
+    }
+}

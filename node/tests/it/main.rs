@@ -1,0 +1,5 @@
+//! Integration tests of mlbridge-node against the real model repository and the real ONNX Runtime.
+
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod repository;
