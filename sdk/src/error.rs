@@ -46,6 +46,78 @@ pub enum Error {
     /// A model identifier that is not 64 hex digits.
     #[error("'{0}' is not a model id; a model id is the sha256 of the ONNX file, 64 hex digits")]
     InvalidModelId(String),
+    /// The chain RPC could not be reached or answered with an error.
+    #[error("chain RPC error: {0}; check --rpc-url and that the chain node is running")]
+    Rpc(String),
+    /// The RPC serves a different chain than the deployment file names.
+    #[error(
+        "the RPC serves chain id {actual}, but the deployment is for chain id {expected}; point --rpc-url at chain {expected} or use that chain's deployment file"
+    )]
+    ChainIdMismatch {
+        /// Chain id in the deployment file.
+        expected: u64,
+        /// Chain id the RPC reports.
+        actual: u64,
+    },
+    /// No contract code where the deployment file says a contract is.
+    #[error(
+        "no contract code at {address} for {name} on this chain; the deployment file does not match the chain (redeploy, or fix the addresses file)"
+    )]
+    NoContractAt {
+        /// Contract name.
+        name: &'static str,
+        /// The address.
+        address: alloy::primitives::Address,
+    },
+    /// The deployment (addresses) file is missing or malformed.
+    #[error("deployment file {path}: {reason}")]
+    DeploymentFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The sending account cannot pay for gas.
+    #[error("account {address} has too little ETH to pay for this transaction ({reason}); send ETH to {address}")]
+    InsufficientFunds {
+        /// The account to fund.
+        address: alloy::primitives::Address,
+        /// What the node said.
+        reason: String,
+    },
+    /// A contract call reverted with one of our contracts' errors.
+    #[error(transparent)]
+    Contract(#[from] crate::chain::ContractRevert),
+    /// A transaction was mined but reverted.
+    #[error("transaction {hash} reverted on chain; inspect it with `cast run {hash}`")]
+    Reverted {
+        /// The transaction.
+        hash: alloy::primitives::TxHash,
+    },
+    /// The network's fees are above the configured cap.
+    #[error(
+        "the chain wants a max fee of {needed} wei/gas but the cap is {cap} wei/gas; raise --max-fee-per-gas or wait for cheaper blocks"
+    )]
+    FeeCapExceeded {
+        /// Fee the network needs.
+        needed: u128,
+        /// The configured cap.
+        cap: u128,
+    },
+    /// A transaction was not mined in time, even after fee bumps.
+    #[error("transaction with nonce {nonce} was not mined after {attempts} attempts; check the chain and the fee cap")]
+    NotMined {
+        /// The nonce.
+        nonce: u64,
+        /// Sends made (original and bumps).
+        attempts: u32,
+    },
+    /// A signature could not be created or checked.
+    #[error("signature error: {0}")]
+    Signature(String),
+    /// The confirmation tracker has stopped (its task ended).
+    #[error("the confirmation tracker has stopped")]
+    TrackerStopped,
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {

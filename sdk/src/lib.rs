@@ -9,12 +9,20 @@
 //! - [`model`]: [`ModelId`], the sha256 of a model's ONNX bytes. Receipts, prices and disputes name models by it,
 //!   so everybody agrees on exactly which weights ran.
 //!
-//! The wire protocol, EIP-712 vouchers and receipts, contract bindings, the confirmation tracker and the routing
-//! client join as `protocol`, `voucher`, `receipt`, `chain` and `client` (see DESIGN.md §2).
+//! - [`voucher`] and [`receipt`]: the EIP-712 `Voucher` (signed by payers) and `Receipt` (signed by nodes) in the
+//!   [`eip712`] domain, matching the contracts bit for bit.
+//! - [`chain`]: contract bindings from the committed artifacts, deployments, a transaction sender (nonces, capped
+//!   EIP-1559 fees, bumps) and the confirmation tracker (depth 3, reorg detection and resubmission).
+//!
+//! The wire protocol and the routing client join as `protocol` and `client` (see DESIGN.md §2).
 
+pub mod chain;
+pub mod eip712;
 pub mod error;
 pub mod model;
+pub mod receipt;
 pub mod tensor;
+pub mod voucher;
 
 pub use error::{Error, Result};
 pub use model::ModelId;

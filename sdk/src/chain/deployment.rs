@@ -1,0 +1,164 @@
+//! A deployed contract set: the addresses file (`contracts/deployments/<chainId>.json`, written by
+//! `script/Deploy.s.sol` or [`deploy`]), checks that it matches the chain, and deployment from the committed
+//! artifacts.
+
+use std::path::Path;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use serde::{Deserialize, Serialize};
+
+use super::bindings::{Disputes, PaymentChannels, Staking, ValidatorRewards};
+use super::rpc_error;
+use crate::{Error, Result};
+
+/// Addresses of the four contracts on one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// The chain.
+    pub chain_id: u64,
+    /// Block to start scanning events from.
+    pub start_block: u64,
+    /// `Staking`.
+    pub staking: Address,
+    /// `ValidatorRewards`.
+    pub validator_rewards: Address,
+    /// `PaymentChannels` (also the EIP-712 verifying contract).
+    pub payment_channels: Address,
+    /// `Disputes`.
+    pub disputes: Address,
+}
+
+/// Constructor parameters of the contract set (defaults equal `script/Deploy.s.sol`'s).
+#[derive(Clone, Debug)]
+pub struct DeployParams {
+    /// Minimum node stake, wei.
+    pub min_node_stake: U256,
+    /// Minimum validator stake, wei.
+    pub min_validator_stake: U256,
+    /// Unbonding delay, seconds.
+    pub unbonding_delay: U256,
+    /// Epoch length, blocks.
+    pub epoch_length: U256,
+    /// Protocol fee, basis points.
+    pub fee_bps: U256,
+    /// Channel close window, seconds.
+    pub challenge_window: U256,
+    /// Minimum dispute bond, wei.
+    pub min_bond: U256,
+    /// Voting period, seconds.
+    pub voting_period: U256,
+    /// Share of stake slashed, basis points.
+    pub slash_bps: U256,
+    /// Challenger's share of a slash, basis points.
+    pub challenger_bps: U256,
+}
+
+impl Default for DeployParams {
+    fn default() -> Self {
+        let ether = U256::from(10u64).pow(U256::from(18u64));
+        Self {
+            min_node_stake: ether,
+            min_validator_stake: ether * U256::from(2u64),
+            unbonding_delay: U256::from(7 * 24 * 3600u64),
+            epoch_length: U256::from(100u64),
+            fee_bps: U256::from(500u64),
+            challenge_window: U256::from(24 * 3600u64),
+            min_bond: ether / U256::from(10u64),
+            voting_period: U256::from(3 * 24 * 3600u64),
+            slash_bps: U256::from(5000u64),
+            challenger_bps: U256::from(5000u64),
+        }
+    }
+}
+
+impl Deployment {
+    /// Read an addresses file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let err = |reason: String| Error::DeploymentFile { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| err(format!("not a deployment file: {e}")))
+    }
+
+    /// Write an addresses file (the same format `script/Deploy.s.sol` writes).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| Error::DeploymentFile { path: path.to_owned(), reason };
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        std::fs::write(path, text + "\n").map_err(|e| err(e.to_string()))
+    }
+
+    /// Check that the RPC serves this deployment's chain and that every address holds contract code.
+    pub async fn verify<P: Provider>(&self, provider: &P) -> Result<()> {
+        let actual = provider.get_chain_id().await.map_err(rpc_error)?;
+        if actual != self.chain_id {
+            return Err(Error::ChainIdMismatch { expected: self.chain_id, actual });
+        }
+        for (name, address) in [
+            ("Staking", self.staking),
+            ("ValidatorRewards", self.validator_rewards),
+            ("PaymentChannels", self.payment_channels),
+            ("Disputes", self.disputes),
+        ] {
+            let code = provider.get_code_at(address).await.map_err(rpc_error)?;
+            if code.is_empty() {
+                return Err(Error::NoContractAt { name, address });
+            }
+        }
+        Ok(())
+    }
+
+    /// The EIP-712 domain of vouchers and receipts on this deployment.
+    pub fn domain(&self) -> alloy::sol_types::Eip712Domain {
+        crate::eip712::domain(self.chain_id, self.payment_channels)
+    }
+}
+
+/// Deploy and wire the four contracts from the committed artifacts with the provider's wallet; waits for each
+/// receipt. Used by tests and the devnet.
+pub async fn deploy<P: Provider + Clone>(provider: &P, params: &DeployParams) -> Result<Deployment> {
+    let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
+    let start_block = provider.get_block_number().await.map_err(rpc_error)?;
+    let deploy_err = |what: &str, e: alloy::contract::Error| Error::Rpc(format!("deploying {what}: {e}"));
+    let staking =
+        Staking::deploy(provider.clone(), params.min_node_stake, params.min_validator_stake, params.unbonding_delay)
+            .await
+            .map_err(|e| deploy_err("Staking", e))?;
+    let rewards = ValidatorRewards::deploy(provider.clone(), *staking.address(), params.epoch_length)
+        .await
+        .map_err(|e| deploy_err("ValidatorRewards", e))?;
+    let channels =
+        PaymentChannels::deploy(provider.clone(), *rewards.address(), params.fee_bps, params.challenge_window)
+            .await
+            .map_err(|e| deploy_err("PaymentChannels", e))?;
+    let disputes = Disputes::deploy(
+        provider.clone(),
+        *staking.address(),
+        *channels.address(),
+        params.min_bond,
+        params.voting_period,
+        params.slash_bps,
+        params.challenger_bps,
+    )
+    .await
+    .map_err(|e| deploy_err("Disputes", e))?;
+    staking
+        .setDisputes(*disputes.address())
+        .send()
+        .await
+        .map_err(|e| deploy_err("Staking.setDisputes", e))?
+        .get_receipt()
+        .await
+        .map_err(|e| Error::Rpc(e.to_string()))?;
+    Ok(Deployment {
+        chain_id,
+        start_block,
+        staking: *staking.address(),
+        validator_rewards: *rewards.address(),
+        payment_channels: *channels.address(),
+        disputes: *disputes.address(),
+    })
+}
