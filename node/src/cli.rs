@@ -1,11 +1,13 @@
 //! Command-line interface of `mlbridge-node`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::Result;
+use crate::config::NodeConfig;
 use crate::inference::{ModelRepository, OnnxRuntime};
 
 /// ML Bridge node: serve INT8 ONNX models for paid inference.
@@ -20,36 +22,130 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the model repository: KServe v2 HTTP API, embeddings, metrics.
+    Serve(ServeArgs),
     /// Load every model in the repository, verify its sha256, run one inference and print a table.
     Models(InferenceArgs),
 }
 
 /// Where models and ONNX Runtime are.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Inference")]
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Models")]
 pub struct InferenceArgs {
-    /// Model repository folder (`<name>/<version>/{model.onnx,config.toml}`).
-    #[arg(long, env = "MLBRIDGE_MODEL_REPOSITORY", default_value = "models")]
-    pub model_repository: PathBuf,
+    /// Model repository folder (`<name>/<version>/{model.onnx,config.toml}`) [default: models].
+    #[arg(long, env = "MLBRIDGE_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the project's .venv).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "MLBRIDGE_ONNXRUNTIME", value_name = "PATH")]
     pub onnxruntime: Option<PathBuf>,
 }
 
+/// `serve` options; each overrides the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (every key optional; flags override it).
+    #[arg(long, env = "MLBRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Models and runtime.
+    #[command(flatten)]
+    pub models: InferenceArgs,
+    /// HTTP API listen address [default: 127.0.0.1:8000].
+    #[arg(long, env = "MLBRIDGE_HTTP_LISTEN", value_name = "ADDR", help_heading = "HTTP")]
+    pub http_listen: Option<SocketAddr>,
+    /// Largest request body, bytes [default: 4194304].
+    #[arg(long, env = "MLBRIDGE_MAX_BODY_BYTES", help_heading = "HTTP")]
+    pub max_body_bytes: Option<usize>,
+    /// Metrics listen address [default: 127.0.0.1:9100].
+    #[arg(long, env = "MLBRIDGE_METRICS_LISTEN", value_name = "ADDR", help_heading = "Metrics")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Turn dynamic batching off (every request runs alone).
+    #[arg(long, env = "MLBRIDGE_NO_BATCHING", help_heading = "Inference")]
+    pub no_batching: bool,
+    /// Requests queued per model before answering "overloaded" [default: 256].
+    #[arg(long, env = "MLBRIDGE_QUEUE_CAPACITY", help_heading = "Inference")]
+    pub queue_capacity: Option<usize>,
+    /// Intra-op threads for every model (overrides each config.toml).
+    #[arg(long, env = "MLBRIDGE_THREADS", help_heading = "Inference")]
+    pub threads: Option<usize>,
+    /// Turn the result cache off.
+    #[arg(long, env = "MLBRIDGE_NO_CACHE", help_heading = "Cache")]
+    pub no_cache: bool,
+    /// In-memory cache capacity, MiB [default: 64].
+    #[arg(long, env = "MLBRIDGE_CACHE_MIB", help_heading = "Cache")]
+    pub cache_mib: Option<u64>,
+    /// Cache entry lifetime, seconds [default: 300].
+    #[arg(long, env = "MLBRIDGE_CACHE_TTL_SECS", help_heading = "Cache")]
+    pub cache_ttl_secs: Option<u64>,
+    /// Share the cache through Redis at this URL (e.g. redis://127.0.0.1:6379).
+    #[arg(long, env = "MLBRIDGE_REDIS_URL", help_heading = "Cache")]
+    pub redis_url: Option<String>,
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with these flags applied on top.
+    pub fn into_config(self) -> Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(v) = self.models.model_repository {
+            c.model_repository = v;
+        }
+        if let Some(v) = self.models.onnxruntime {
+            c.onnxruntime = Some(v);
+        }
+        if let Some(v) = self.http_listen {
+            c.http.listen = v;
+        }
+        if let Some(v) = self.max_body_bytes {
+            c.http.max_body_bytes = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics.listen = v;
+        }
+        if self.no_batching {
+            c.inference.batching = false;
+        }
+        if let Some(v) = self.queue_capacity {
+            c.inference.queue_capacity = v;
+        }
+        if let Some(v) = self.threads {
+            c.inference.threads = Some(v);
+        }
+        if self.no_cache {
+            c.cache.enabled = false;
+        }
+        if let Some(v) = self.cache_mib {
+            c.cache.capacity_mib = v;
+        }
+        if let Some(v) = self.cache_ttl_secs {
+            c.cache.ttl_secs = v;
+        }
+        if let Some(v) = self.redis_url {
+            c.cache.redis_url = Some(v);
+        }
+        Ok(c)
+    }
+}
+
 /// Run a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Models(args) => models(&args),
+        Command::Serve(args) => crate::server::run(args.into_config()?).await,
+        Command::Models(args) => tokio::task::spawn_blocking(move || models(&args))
+            .await
+            .map_err(|e| crate::Error::LoadFailed { model: "*".into(), reason: e.to_string() })?,
     }
 }
 
 fn models(args: &InferenceArgs) -> Result<()> {
     let runtime = OnnxRuntime::init(args.onnxruntime.as_deref())?;
-    let repo = ModelRepository::open(&args.model_repository)?;
+    let root = args.model_repository.clone().unwrap_or_else(|| PathBuf::from("models"));
+    let repo = ModelRepository::open(&root)?;
     println!("ONNX Runtime: {}", runtime.library().display());
     println!("Model repository: {}", repo.root().display());
     println!(
-        "{:<16} {:<9} {:<16} {:>8} {:>9} {:>12}  outputs",
+        "{:<16} {:<9} {:<16} {:>8} {:>9} {:>15}  outputs",
         "model", "precision", "model id", "load ms", "infer ms", "price (wei)"
     );
     let mut failures = 0;
@@ -65,7 +161,7 @@ fn models(args: &InferenceArgs) -> Result<()> {
             Ok((model, infer, outputs)) => {
                 let shapes: Vec<String> = outputs.iter().map(|t| format!("{} {:?}", t.name(), t.shape())).collect();
                 println!(
-                    "{:<16} {:<9} {:<16} {:>8.1} {:>9.2} {:>12}  {}",
+                    "{:<16} {:<9} {:<16} {:>8.1} {:>9.2} {:>15}  {}",
                     key,
                     config.precision,
                     &model.id().to_string()[..16],
@@ -88,4 +184,54 @@ fn models(args: &InferenceArgs) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "model_repository = \"/srv/models\"\n[cache]\nttl_secs = 9\ncapacity_mib = 8\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "mlbridge-node",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--no-batching",
+            "--queue-capacity",
+            "4",
+            "--threads",
+            "1",
+            "--cache-mib",
+            "2",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.model_repository, PathBuf::from("/srv/models"), "from the file");
+        assert_eq!(c.cache.ttl_secs, 9, "from the file");
+        assert_eq!(c.cache.capacity_mib, 2, "flag wins");
+        assert_eq!(c.http.listen.port(), 0);
+        assert!(!c.inference.batching);
+        assert_eq!(c.inference.queue_capacity, 4);
+        assert_eq!(c.inference.threads, Some(1));
+        assert_eq!(c.cache.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn bad_config_file_is_reported() {
+        let args = ServeArgs { config: Some(PathBuf::from("/nonexistent/node.toml")), ..ServeArgs::default() };
+        assert!(matches!(args.into_config(), Err(crate::Error::Config { .. })));
+    }
 }

@@ -159,6 +159,53 @@ pub enum Error {
         /// Declared datatype.
         expected: DataType,
     },
+    /// The model's queue is full: the node is at capacity for it.
+    #[error("model {model} is overloaded ({capacity} requests queued); retry shortly or use another node")]
+    Overloaded {
+        /// `name/version`.
+        model: String,
+        /// Queue capacity.
+        capacity: usize,
+    },
+    /// A lazily loaded model failed to load.
+    #[error("model {model} could not be loaded: {reason}")]
+    LoadFailed {
+        /// `name/version`.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// Text input for a model that does not take text.
+    #[error("model {model} is not a text-embedding model; use the KServe v2 infer endpoint with tensors")]
+    NotTextModel {
+        /// `name/version`.
+        model: String,
+    },
+    /// An empty request (no texts, no samples).
+    #[error("the request has no input; send at least one text or sample")]
+    EmptyInput,
+    /// The tokenizer failed.
+    #[error("model {model}: tokenizer error: {reason}")]
+    Tokenizer {
+        /// `name/version`.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// The result cache backend failed (Redis unreachable, bad data).
+    #[error("result cache: {0}")]
+    Cache(String),
+    /// Binding a listener or serving failed.
+    #[error("cannot listen on {addr}: {reason}; choose another address or port")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Prometheus metric registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// An SDK-level error (tensor construction, model ids).
     #[error(transparent)]
     Sdk(#[from] mlbridge_sdk::Error),

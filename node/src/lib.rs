@@ -7,13 +7,23 @@
 //! - [`inference`]: the model repository (`models/<name>/<version>/{model.onnx, config.toml}`), ONNX Runtime loaded
 //!   from the PyPI wheel at run time, sha256 verification (the model id), signature checks and a blocking `run` that
 //!   validates every request first.
-//! - [`cli`]: the command line (`mlbridge-node models` loads and smoke-runs every model).
+//!   On top: [`inference::Engine`] — one dynamic batcher thread per model (bounded queue, "overloaded" when full),
+//!   the result cache (memory or Redis) and WordPiece tokenization for embedding models.
+//! - [`api`]: the KServe v2 REST API and OpenAI-compatible `/v1/embeddings` (axum), `/metrics` on its own port.
+//! - [`metrics`]: Prometheus metrics (requests, latency, queue depth, batch size, cache, load time, process).
+//! - [`config`] + [`cli`]: TOML config overridden by flags/env; `serve` and `models` commands.
+//! - [`server`]: starts the engine and listeners; ctrl-c/SIGTERM drain queues and stop gracefully.
 //!
-//! Coming with the next issues (DESIGN.md §5): the dynamic batcher and result cache in `inference`, the libp2p swarm
-//! actor in `p2p`, the KServe v2 HTTP API in `api`, vouchers, the sled ledger and settlement in `payment`, metrics.
+//! Tasks: the tokio runtime runs the HTTP servers; each model's ONNX Runtime session lives on its own OS thread.
+//! Coming with the next issues (DESIGN.md §5): the libp2p swarm actor in `p2p`, vouchers, the sled ledger and
+//! settlement in `payment`.
 
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod inference;
+pub mod metrics;
+pub mod server;
 
 pub use error::{Error, Result};

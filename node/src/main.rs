@@ -6,10 +6,15 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = mlbridge_node::cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = mlbridge_node::cli::run(cli) {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(mlbridge_node::cli::run(cli)).map_err(|e| e.to_string()));
+    if let Err(err) = result {
         eprintln!("Error: {err}");
         std::process::exit(1);
     }

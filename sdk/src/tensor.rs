@@ -76,7 +76,8 @@ impl FromStr for DataType {
 }
 
 /// Flat, row-major tensor contents of one element type.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum TensorData {
     /// `BOOL` elements.
     Bool(Vec<bool>),
@@ -127,12 +128,28 @@ impl TensorData {
     }
 }
 
-/// A named tensor whose data agrees with its shape (checked on construction).
-#[derive(Clone, Debug, PartialEq)]
+/// A named tensor whose data agrees with its shape (checked on construction and on deserialization).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawTensor")]
 pub struct Tensor {
     name: String,
     shape: Vec<i64>,
     data: TensorData,
+}
+
+#[derive(Deserialize)]
+struct RawTensor {
+    name: String,
+    shape: Vec<i64>,
+    data: TensorData,
+}
+
+impl TryFrom<RawTensor> for Tensor {
+    type Error = Error;
+
+    fn try_from(raw: RawTensor) -> Result<Self> {
+        Self::new(raw.name, raw.shape, raw.data)
+    }
 }
 
 /// Number of elements of a concrete shape, or `None` for a negative dimension or an overflow.
@@ -177,6 +194,32 @@ impl Tensor {
     pub fn into_parts(self) -> (String, Vec<i64>, TensorData) {
         (self.name, self.shape, self.data)
     }
+
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.data.len() * self.datatype().size_of()
+    }
+
+    /// Canonical bytes: name, datatype, shape and little-endian data, each length-prefixed. Equal tensors give equal
+    /// bytes on every platform (used for cache keys and input hashes).
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.name.len() as u64).to_le_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(self.datatype().as_str().as_bytes());
+        out.extend_from_slice(&(self.shape.len() as u64).to_le_bytes());
+        for d in &self.shape {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        match &self.data {
+            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            TensorData::Uint8(v) => out.extend_from_slice(v),
+            TensorData::Int8(v) => out.extend(v.iter().map(|&x| x as u8)),
+            TensorData::Int32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::Int64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::Fp32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::Fp64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +253,30 @@ mod tests {
         assert!(matches!(err, Error::InvalidShape { .. }), "{err}");
         let err = Tensor::new("x", vec![i64::MAX, i64::MAX], TensorData::Fp32(vec![])).unwrap_err();
         assert!(matches!(err, Error::InvalidShape { .. }), "{err}");
+    }
+
+    #[test]
+    fn serde_round_trip_validates() {
+        let t = Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![1.0, 2.0])).unwrap();
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Tensor>(&json).unwrap(), t);
+        let bad = r#"{"name":"x","shape":[3],"data":{"FP32":[1.0]}}"#;
+        assert!(serde_json::from_str::<Tensor>(bad).is_err());
+    }
+
+    #[test]
+    fn canonical_bytes_distinguish_shape_and_type() {
+        let bytes = |t: Tensor| {
+            let mut v = Vec::new();
+            t.canonical_bytes(&mut v);
+            v
+        };
+        let a = bytes(Tensor::new("x", vec![2, 1], TensorData::Int32(vec![1, 2])).unwrap());
+        let b = bytes(Tensor::new("x", vec![1, 2], TensorData::Int32(vec![1, 2])).unwrap());
+        let c =
+            bytes(Tensor::new("x", vec![2, 1], TensorData::Fp32(vec![f32::from_bits(1), f32::from_bits(2)])).unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a, c);
     }
 
     proptest! {

@@ -105,6 +105,10 @@ pub struct ModelConfig {
     /// Create the session at start or on first use.
     #[serde(default)]
     pub load: LoadPolicy,
+    /// Batch requests whose `-1` dimensions differ by padding them with zeros (e.g. token sequences with an
+    /// attention mask). Only for models whose outputs have no padded dimension.
+    #[serde(default)]
+    pub ragged_padding: bool,
     /// Inputs, in the order the graph declares them.
     pub inputs: Vec<TensorSpec>,
     /// Outputs.
@@ -130,6 +134,51 @@ impl ModelConfig {
     /// `name/version`, as used in logs and errors.
     pub fn key(&self) -> String {
         format!("{}/{}", self.name, self.version)
+    }
+
+    /// Check a request's tensors against this config (names, datatypes, shapes, batch limit) before anything runs;
+    /// returns the batch size.
+    pub fn validate_inputs(&self, inputs: &[mlbridge_sdk::Tensor]) -> Result<usize> {
+        let model = self.key();
+        for t in inputs {
+            if !self.inputs.iter().any(|s| s.name == t.name()) {
+                let expected = self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(Error::UnknownInput { model, input: t.name().to_owned(), expected });
+            }
+        }
+        let mut batch = None;
+        for spec in &self.inputs {
+            let found: Vec<&mlbridge_sdk::Tensor> = inputs.iter().filter(|t| t.name() == spec.name).collect();
+            let [t] = found.as_slice() else {
+                return Err(Error::MissingInput { model, input: spec.name.clone() });
+            };
+            if t.datatype() != spec.datatype {
+                return Err(Error::WrongDataType {
+                    model,
+                    input: spec.name.clone(),
+                    expected: spec.datatype,
+                    actual: t.datatype(),
+                });
+            }
+            let shape = t.shape();
+            let dims_ok = shape.len() == spec.dims.len() + 1
+                && shape[1..].iter().zip(&spec.dims).all(|(&got, &want)| got > 0 && (want == -1 || got == want));
+            if !dims_ok {
+                return Err(Error::WrongShape {
+                    model,
+                    input: spec.name.clone(),
+                    expected: format!("{:?}", spec.shape_with_batch()),
+                    actual: shape.to_vec(),
+                });
+            }
+            let b = shape[0];
+            let max = self.max_batch_size;
+            if b < 1 || b as u64 > max as u64 || batch.is_some_and(|prev| prev != b) {
+                return Err(Error::BadBatch { model, batch: b, max });
+            }
+            batch = Some(b);
+        }
+        Ok(batch.unwrap_or(0) as usize)
     }
 
     /// A deterministic sample request of `batch` samples, `-1` dimensions set to `dyn_len`: floats pseudo-random
@@ -193,6 +242,9 @@ impl ModelConfig {
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err("input names must be unique".into());
+        }
+        if self.ragged_padding && self.outputs.iter().any(|o| o.dims.contains(&-1)) {
+            return Err("ragged_padding needs outputs with fixed dims (padding would leak into them)".into());
         }
         if !(self.validation.max_abs_diff.is_finite() && self.validation.max_abs_diff >= 0.0) {
             return Err("validation.max_abs_diff must be a finite number >= 0".into());

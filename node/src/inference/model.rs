@@ -67,46 +67,7 @@ impl LoadedModel {
 
     /// Check a request's tensors against the config; returns the batch size.
     pub fn validate(&self, inputs: &[Tensor]) -> Result<usize> {
-        let model = self.config.key();
-        for t in inputs {
-            if !self.config.inputs.iter().any(|s| s.name == t.name()) {
-                let expected = self.config.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(Error::UnknownInput { model, input: t.name().to_owned(), expected });
-            }
-        }
-        let mut batch = None;
-        for spec in &self.config.inputs {
-            let found: Vec<&Tensor> = inputs.iter().filter(|t| t.name() == spec.name).collect();
-            let [t] = found.as_slice() else {
-                return Err(Error::MissingInput { model, input: spec.name.clone() });
-            };
-            if t.datatype() != spec.datatype {
-                return Err(Error::WrongDataType {
-                    model,
-                    input: spec.name.clone(),
-                    expected: spec.datatype,
-                    actual: t.datatype(),
-                });
-            }
-            let shape = t.shape();
-            let dims_ok = shape.len() == spec.dims.len() + 1
-                && shape[1..].iter().zip(&spec.dims).all(|(&got, &want)| got > 0 && (want == -1 || got == want));
-            if !dims_ok {
-                return Err(Error::WrongShape {
-                    model,
-                    input: spec.name.clone(),
-                    expected: format!("{:?}", spec.shape_with_batch()),
-                    actual: shape.to_vec(),
-                });
-            }
-            let b = shape[0];
-            let max = self.config.max_batch_size;
-            if b < 1 || b as u64 > max as u64 || batch.is_some_and(|prev| prev != b) {
-                return Err(Error::BadBatch { model, batch: b, max });
-            }
-            batch = Some(b);
-        }
-        Ok(batch.unwrap_or(0) as usize)
+        self.config.validate_inputs(inputs)
     }
 
     /// Validate `inputs` and run the model once. Returns the outputs in config order. Blocks the calling thread.

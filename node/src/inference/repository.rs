@@ -74,6 +74,11 @@ impl ModelRepository {
     /// Verify the model file's sha256 and create its ONNX Runtime session. Blocking (hashing, graph optimisation).
     pub fn load(&self, runtime: &OnnxRuntime, name: &str, version: Option<u64>) -> Result<LoadedModel> {
         let config = self.config(name, version)?.clone();
+        self.load_config(runtime, config)
+    }
+
+    /// Like [`Self::load`], with a config the caller may have adjusted (thread counts). Blocking.
+    pub fn load_config(&self, runtime: &OnnxRuntime, config: ModelConfig) -> Result<LoadedModel> {
         let path = self.version_dir(&config).join(MODEL_FILE);
         let bytes = read_model_file(&config.key(), &path)?;
         let actual = ModelId::of_bytes(&bytes);

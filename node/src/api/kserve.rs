@@ -1,0 +1,285 @@
+//! The KServe Open Inference Protocol v2 (REST/JSON), as Triton, KServe and Seldon speak it.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use mlbridge_sdk::{DataType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppState;
+use super::error::{ApiError, ApiJson};
+use crate::inference::ModelConfig;
+
+/// `POST .../infer` body.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Echoed back.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Request parameters (accepted; none are needed).
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+    /// Input tensors.
+    pub inputs: Vec<InputTensor>,
+    /// Outputs to return (all when absent).
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestedOutput>>,
+}
+
+/// One input tensor in JSON.
+#[derive(Debug, Deserialize)]
+pub struct InputTensor {
+    /// Name.
+    pub name: String,
+    /// Shape, batch dimension first.
+    pub shape: Vec<i64>,
+    /// KServe datatype name.
+    pub datatype: String,
+    /// Tensor parameters (accepted, unused).
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// Row-major data, flat or nested.
+    pub data: Value,
+}
+
+/// A requested output.
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+}
+
+/// `POST .../infer` answer.
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    parameters: serde_json::Map<String, Value>,
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Debug, Serialize)]
+struct OutputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: DataType,
+    data: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct TensorMetadata {
+    name: String,
+    datatype: DataType,
+    shape: Vec<i64>,
+}
+
+pub(crate) async fn live() -> impl IntoResponse {
+    Json(serde_json::json!({ "live": true }))
+}
+
+pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "ready": true, "models": state.engine.configs().count() }))
+}
+
+pub(crate) async fn server_metadata() -> impl IntoResponse {
+    Json(serde_json::json!({
+        "name": "mlbridge-node",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["model_repository", "embeddings"],
+    }))
+}
+
+fn parse_version(v: &str) -> Result<u64, ApiError> {
+    v.parse().map_err(|_| ApiError::bad_request(format!("model version '{v}' is not a number")))
+}
+
+fn metadata(state: &AppState, config: &ModelConfig) -> Value {
+    let specs = |s: &[crate::inference::TensorSpec]| -> Vec<TensorMetadata> {
+        s.iter()
+            .map(|t| TensorMetadata { name: t.name.clone(), datatype: t.datatype, shape: t.shape_with_batch() })
+            .collect()
+    };
+    serde_json::json!({
+        "name": config.name,
+        "versions": state.engine.versions(&config.name).iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": "onnxruntime_onnx",
+        "inputs": specs(&config.inputs),
+        "outputs": specs(&config.outputs),
+        "parameters": {
+            "version": config.version.to_string(),
+            "model_id": config.sha256.to_string(),
+            "precision": config.precision,
+            "task": format!("{:?}", config.task),
+            "max_batch_size": config.max_batch_size,
+            "price_wei": config.price_wei.to_string(),
+            "description": config.description,
+        }
+    })
+}
+
+pub(crate) async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let config = state.engine.config(&name, None)?;
+    Ok(Json(metadata(&state, config)))
+}
+
+pub(crate) async fn model_version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let config = state.engine.config(&name, Some(parse_version(&version)?))?;
+    Ok(Json(metadata(&state, config)))
+}
+
+fn readiness(state: &AppState, name: &str, version: Option<u64>) -> Result<impl IntoResponse + use<>, ApiError> {
+    let config = state.engine.config(name, version)?;
+    let ready = state.engine.is_ready(name, Some(config.version));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((
+        status,
+        Json(serde_json::json!({ "name": config.name, "version": config.version.to_string(), "ready": ready })),
+    ))
+}
+
+pub(crate) async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    readiness(&state, &name, None)
+}
+
+pub(crate) async fn model_version_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    readiness(&state, &name, Some(parse_version(&version)?))
+}
+
+pub(crate) async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<InferRequest>,
+) -> Result<Json<InferResponse>, ApiError> {
+    run_infer(&state, &name, None, req).await
+}
+
+pub(crate) async fn infer_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    ApiJson(req): ApiJson<InferRequest>,
+) -> Result<Json<InferResponse>, ApiError> {
+    let version = parse_version(&version)?;
+    run_infer(&state, &name, Some(version), req).await
+}
+
+async fn run_infer(
+    state: &AppState,
+    name: &str,
+    version: Option<u64>,
+    req: InferRequest,
+) -> Result<Json<InferResponse>, ApiError> {
+    let config = state.engine.config(name, version)?;
+    if req.inputs.is_empty() {
+        return Err(ApiError::bad_request("the request has no inputs"));
+    }
+    let wanted: Option<Vec<String>> = req.outputs.map(|o| o.into_iter().map(|r| r.name).collect());
+    if let Some(names) = &wanted {
+        for n in names {
+            if !config.outputs.iter().any(|o| &o.name == n) {
+                return Err(ApiError::bad_request(format!("model {} has no output named '{n}'", config.key())));
+            }
+        }
+    }
+    let inputs = req.inputs.into_iter().map(to_tensor).collect::<Result<Vec<_>, _>>()?;
+    let inference = state.engine.infer(&config.name, Some(config.version), inputs).await?;
+    let outputs = inference
+        .outputs
+        .iter()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.iter().any(|n| n == t.name())))
+        .map(|t| OutputTensor {
+            name: t.name().to_owned(),
+            shape: t.shape().to_vec(),
+            datatype: t.datatype(),
+            data: data_json(t.data()),
+        })
+        .collect();
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("cached".into(), Value::Bool(inference.cached));
+    parameters.insert("model_id".into(), Value::String(config.sha256.to_string()));
+    Ok(Json(InferResponse {
+        model_name: config.name.clone(),
+        model_version: inference.version.to_string(),
+        id: req.id,
+        parameters,
+        outputs,
+    }))
+}
+
+/// A JSON input tensor to a typed one: datatype known, every element of the right kind, count matching the shape.
+pub(crate) fn to_tensor(input: InputTensor) -> Result<Tensor, ApiError> {
+    let datatype: DataType = input.datatype.parse().map_err(|_| {
+        ApiError::bad_request(format!("input '{}': datatype '{}' is not supported", input.name, input.datatype))
+    })?;
+    let mut flat = Vec::new();
+    flatten(&input.data, &mut flat);
+    let name = input.name.clone();
+    let bad = |i: usize, what: &str| ApiError::bad_request(format!("input '{name}': element {i} is not {what}"));
+    let ints = |lo: i64, hi: i64, what: &str| -> Result<Vec<i64>, ApiError> {
+        flat.iter()
+            .enumerate()
+            .map(|(i, v)| v.as_i64().filter(|x| (lo..=hi).contains(x)).ok_or_else(|| bad(i, what)))
+            .collect()
+    };
+    let data = match datatype {
+        DataType::Bool => TensorData::Bool(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i, "a boolean")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Uint8 => TensorData::Uint8(ints(0, 255, "a UINT8")?.into_iter().map(|x| x as u8).collect()),
+        DataType::Int8 => TensorData::Int8(ints(-128, 127, "an INT8")?.into_iter().map(|x| x as i8).collect()),
+        DataType::Int32 => TensorData::Int32(
+            ints(i32::MIN.into(), i32::MAX.into(), "an INT32")?.into_iter().map(|x| x as i32).collect(),
+        ),
+        DataType::Int64 => TensorData::Int64(ints(i64::MIN, i64::MAX, "an INT64")?),
+        DataType::Fp32 => TensorData::Fp32(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i, "a number")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Fp64 => TensorData::Fp64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i, "a number")))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Tensor::new(input.name, input.shape, data).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other),
+    }
+}
+
+fn data_json(data: &TensorData) -> Value {
+    match data {
+        TensorData::Bool(v) => serde_json::json!(v),
+        TensorData::Uint8(v) => serde_json::json!(v),
+        TensorData::Int8(v) => serde_json::json!(v),
+        TensorData::Int32(v) => serde_json::json!(v),
+        TensorData::Int64(v) => serde_json::json!(v),
+        TensorData::Fp32(v) => serde_json::json!(v),
+        TensorData::Fp64(v) => serde_json::json!(v),
+    }
+}

@@ -1,0 +1,132 @@
+//! Node configuration: a TOML file (`--config`), overridden by flags and `MLBRIDGE_*` environment variables.
+//! Every field has a default, so an empty file (or none) is a valid configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Everything the node needs to run.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Model repository folder.
+    pub model_repository: PathBuf,
+    /// ONNX Runtime library (default: `$ORT_DYLIB_PATH`, then the project's `.venv`).
+    pub onnxruntime: Option<PathBuf>,
+    /// Public HTTP API.
+    pub http: HttpConfig,
+    /// Metrics endpoint.
+    pub metrics: MetricsConfig,
+    /// Batching, queues, threads.
+    pub inference: InferenceConfig,
+    /// Result cache.
+    pub cache: CacheConfig,
+}
+
+/// Public HTTP API settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address (127.0.0.1 by default: expose it on purpose).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Metrics endpoint settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address of `/metrics`.
+    pub listen: SocketAddr,
+}
+
+/// Inference settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Dynamic batching.
+    pub batching: bool,
+    /// Requests queued per model before the node answers "overloaded".
+    pub queue_capacity: usize,
+    /// Override every model's intra-op threads.
+    pub threads: Option<usize>,
+}
+
+/// Result cache settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache results at all.
+    pub enabled: bool,
+    /// In-memory capacity, MiB.
+    pub capacity_mib: u64,
+    /// Entry lifetime, seconds.
+    pub ttl_secs: u64,
+    /// Use Redis at this URL instead of memory (a cache shared by a fleet).
+    pub redis_url: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            model_repository: PathBuf::from("models"),
+            onnxruntime: None,
+            http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
+            inference: InferenceConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8000)), max_body_bytes: 4 << 20 }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9100)) }
+    }
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { batching: true, queue_capacity: 256, threads: None }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { enabled: true, capacity_mib: 64, ttl_secs: 300, redis_url: None }
+    }
+}
+
+impl NodeConfig {
+    /// Read a TOML config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let err = |reason: String| Error::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults_and_unknown_keys_fail() {
+        assert_eq!(toml::from_str::<NodeConfig>("").unwrap(), NodeConfig::default());
+        let c: NodeConfig = toml::from_str("[cache]\nttl_secs = 5\n[http]\nlisten = \"0.0.0.0:80\"").unwrap();
+        assert_eq!(c.cache.ttl_secs, 5);
+        assert!(c.cache.enabled);
+        assert_eq!(c.http.listen.port(), 80);
+        assert!(toml::from_str::<NodeConfig>("[cache]\nttl = 5").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Text input for embedding models: BERT WordPiece tokenization from the model's `vocab.txt` (normalisation,
+//! lower-casing and accent stripping, `[CLS] ... [SEP]`, truncation), as all-MiniLM-L6-v2 defines it.
+
+use std::path::Path;
+
+use mlbridge_sdk::{ModelId, Tensor, TensorData};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::config::TokenizerConfig;
+use crate::{Error, Result};
+
+/// Turns texts into `input_ids` / `attention_mask` tensors.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextEncoder")
+    }
+}
+
+impl TextEncoder {
+    /// Load the tokenizer of model `key` from `dir`, verifying the vocabulary's sha256 against the config.
+    pub fn load(dir: &Path, config: &TokenizerConfig, key: &str) -> Result<Self> {
+        let fail = |reason: String| Error::Tokenizer { model: key.to_owned(), reason };
+        if config.kind != "wordpiece" {
+            return Err(fail(format!("tokenizer kind '{}' is not supported (only wordpiece)", config.kind)));
+        }
+        let path = dir.join(&config.vocab);
+        let actual = ModelId::of_file(&path)
+            .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
+        if actual.to_string() != config.vocab_sha256 {
+            return Err(Error::HashMismatch {
+                model: key.to_owned(),
+                path,
+                expected: config.vocab_sha256.clone(),
+                actual: actual.to_string(),
+            });
+        }
+        let vocab = path.to_str().ok_or_else(|| fail("vocabulary path is not UTF-8".into()))?;
+        let wordpiece =
+            WordPiece::from_file(vocab).unk_token("[UNK]".into()).build().map_err(|e| fail(e.to_string()))?;
+        let mut tokenizer = Tokenizer::new(wordpiece);
+        tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, config.lowercase)));
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| fail(format!("vocabulary has no {t} token")));
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        tokenizer.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: config.max_length, ..Default::default() }))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Self { tokenizer })
+    }
+
+    /// Token ids of one text (with `[CLS]`/`[SEP]`, truncated).
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer { model: String::new(), reason: e.to_string() })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// `input_ids` and `attention_mask` for a batch of texts, padded with 0 to the longest; and the token count.
+    pub fn encode_batch(&self, texts: &[String]) -> Result<(Vec<Tensor>, usize)> {
+        if texts.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let all: Vec<Vec<u32>> = texts.iter().map(|t| self.ids(t)).collect::<Result<_>>()?;
+        let longest = all.iter().map(Vec::len).max().unwrap_or(0);
+        let tokens = all.iter().map(Vec::len).sum();
+        let mut ids = Vec::with_capacity(all.len() * longest);
+        let mut mask = Vec::with_capacity(all.len() * longest);
+        for seq in &all {
+            ids.extend(seq.iter().map(|&i| i64::from(i)));
+            ids.extend(std::iter::repeat_n(0, longest - seq.len()));
+            mask.extend(std::iter::repeat_n(1i64, seq.len()));
+            mask.extend(std::iter::repeat_n(0i64, longest - seq.len()));
+        }
+        let shape = vec![all.len() as i64, longest as i64];
+        Ok((
+            vec![
+                Tensor::new("input_ids", shape.clone(), TensorData::Int64(ids))?,
+                Tensor::new("attention_mask", shape, TensorData::Int64(mask))?,
+            ],
+            tokens,
+        ))
+    }
+}

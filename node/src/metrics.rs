@@ -1,0 +1,113 @@
+//! Prometheus metrics of the node, served on their own port (`/metrics`).
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets,
+};
+
+/// Every node metric. Cloning shares them. Labels: `model` is `name/version`.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    registry: Registry,
+    /// Inference requests by model and outcome (`ok`, `cache_hit`, `client_error`, `overloaded`, `error`).
+    pub requests: IntCounterVec,
+    /// End-to-end latency of answered requests inside the node, seconds.
+    pub request_seconds: HistogramVec,
+    /// Time a request waited in the batcher queue, seconds.
+    pub queue_wait_seconds: HistogramVec,
+    /// Time of one model execution (a whole batch), seconds.
+    pub compute_seconds: HistogramVec,
+    /// Requests waiting in a model's queue.
+    pub queue_depth: IntGaugeVec,
+    /// Samples per model execution.
+    pub batch_size: HistogramVec,
+    /// Samples inferred (a request of batch 4 counts 4).
+    pub inferences: IntCounterVec,
+    /// Model executions (ONNX Runtime calls); inferences / executions = average batch size.
+    pub executions: IntCounterVec,
+    /// Result cache hits.
+    pub cache_hits: IntCounterVec,
+    /// Result cache misses.
+    pub cache_misses: IntCounterVec,
+    /// Seconds it took to load a model (hash check and session creation).
+    pub model_load_seconds: GaugeVec,
+}
+
+impl NodeMetrics {
+    /// Create and register every metric (and the process CPU/memory collector) in a new registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let by_model = |name: &str, help: &str, extra: &[&str]| {
+            let mut labels = vec!["model"];
+            labels.extend_from_slice(extra);
+            IntCounterVec::new(Opts::new(name, help), &labels)
+        };
+        let latency = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(exponential_buckets(0.000_05, 1.6, 28)?),
+                &["model"],
+            )
+        };
+        let m = Self {
+            requests: by_model("mlbridge_requests_total", "Inference requests by model and outcome", &["outcome"])?,
+            request_seconds: latency("mlbridge_request_seconds", "Latency of answered requests inside the node")?,
+            queue_wait_seconds: latency("mlbridge_queue_wait_seconds", "Time requests waited in the batcher queue")?,
+            compute_seconds: latency("mlbridge_compute_seconds", "Time of one model execution (a whole batch)")?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("mlbridge_queue_depth", "Requests waiting in a model's queue"),
+                &["model"],
+            )?,
+            batch_size: HistogramVec::new(
+                HistogramOpts::new("mlbridge_batch_size", "Samples per model execution")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+                &["model"],
+            )?,
+            inferences: by_model("mlbridge_inferences_total", "Samples inferred", &[])?,
+            executions: by_model("mlbridge_executions_total", "Model executions (ONNX Runtime calls)", &[])?,
+            cache_hits: by_model("mlbridge_cache_hits_total", "Result cache hits", &[])?,
+            cache_misses: by_model("mlbridge_cache_misses_total", "Result cache misses", &[])?,
+            model_load_seconds: GaugeVec::new(
+                Opts::new("mlbridge_model_load_seconds", "Seconds it took to load a model"),
+                &["model"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone()))?;
+        r.register(Box::new(m.request_seconds.clone()))?;
+        r.register(Box::new(m.queue_wait_seconds.clone()))?;
+        r.register(Box::new(m.compute_seconds.clone()))?;
+        r.register(Box::new(m.queue_depth.clone()))?;
+        r.register(Box::new(m.batch_size.clone()))?;
+        r.register(Box::new(m.inferences.clone()))?;
+        r.register(Box::new(m.executions.clone()))?;
+        r.register(Box::new(m.cache_hits.clone()))?;
+        r.register(Box::new(m.cache_misses.clone()))?;
+        r.register(Box::new(m.model_load_seconds.clone()))?;
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    /// The registry, for subsystems that add their own metrics (chain, p2p).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text format of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Average batch size of a model so far (inferences / executions), if it ran.
+    pub fn average_batch(&self, model: &str) -> Option<f64> {
+        let e = self.executions.with_label_values(&[model]).get();
+        (e > 0).then(|| self.inferences.with_label_values(&[model]).get() as f64 / e as f64)
+    }
+}
+
+/// A histogram without labels, for tests and benches that need a quick one.
+pub fn histogram(name: &str) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, name))
+}

@@ -1,0 +1,127 @@
+//! Running the node: engine, HTTP API and metrics listeners, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, metrics_router, router};
+use crate::config::NodeConfig;
+use crate::inference::{Engine, EngineOptions, ModelRepository, OnnxRuntime, ResultCache};
+use crate::metrics::NodeMetrics;
+use crate::{Error, Result};
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Where the HTTP API listens (resolved: port 0 becomes the real port).
+    pub http_addr: SocketAddr,
+    /// Where `/metrics` listens.
+    pub metrics_addr: SocketAddr,
+    /// The engine (for in-process use and tests).
+    pub engine: Engine,
+    /// Cancel to shut down.
+    pub shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Wait until the node has shut down (after `shutdown` is cancelled).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Build the engine from the config (loads eager models; fails loudly on a broken one).
+pub async fn build_engine(config: &NodeConfig, metrics: NodeMetrics) -> Result<Engine> {
+    let runtime: Arc<OnnxRuntime> = OnnxRuntime::init(config.onnxruntime.as_deref())?;
+    let repo = ModelRepository::open(&config.model_repository)?;
+    let ttl = Duration::from_secs(config.cache.ttl_secs);
+    let cache = match (&config.cache.redis_url, config.cache.enabled) {
+        (_, false) => None,
+        (Some(url), true) => Some(ResultCache::redis(url, ttl).await?),
+        (None, true) => Some(ResultCache::memory(config.cache.capacity_mib << 20, ttl)),
+    };
+    let options = EngineOptions {
+        batching: config.inference.batching,
+        queue_capacity: config.inference.queue_capacity,
+        threads: config.inference.threads,
+    };
+    Engine::start(runtime, repo, cache, metrics, options).await
+}
+
+/// Start the node: engine, then both listeners. Returns once everything listens.
+pub async fn start(config: NodeConfig) -> Result<RunningNode> {
+    let metrics = NodeMetrics::new()?;
+    let engine = build_engine(&config, metrics.clone()).await?;
+    let shutdown = CancellationToken::new();
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|e| Error::Listen { addr, reason: e.to_string() })
+    };
+    let http = bind(config.http.listen).await?;
+    let metrics_listener = bind(config.metrics.listen).await?;
+    let http_addr = http.local_addr().map_err(|e| Error::Listen { addr: config.http.listen, reason: e.to_string() })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|e| Error::Listen { addr: config.metrics.listen, reason: e.to_string() })?;
+    let app = router(AppState { engine: engine.clone() }, config.http.max_body_bytes);
+    let token = shutdown.clone();
+    let drain_engine = engine.clone();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http, app).with_graceful_shutdown(async move {
+            token.cancelled().await;
+            // Let queued inferences finish before the listener closes.
+            drain_engine.drain(Duration::from_secs(10)).await;
+        });
+        if let Err(err) = served.await {
+            tracing::error!(target: "node::api", %err, "HTTP server failed");
+        }
+    });
+    let token = shutdown.clone();
+    let metrics_task = tokio::spawn(async move {
+        let served =
+            axum::serve(metrics_listener, metrics_router(metrics)).with_graceful_shutdown(token.cancelled_owned());
+        if let Err(err) = served.await {
+            tracing::error!(target: "node::metrics", %err, "metrics server failed");
+        }
+    });
+    tracing::info!(target: "node", %http_addr, %metrics_addr, models = engine.configs().count(), "node started");
+    Ok(RunningNode { http_addr, metrics_addr, engine, shutdown, tasks: vec![http_task, metrics_task] })
+}
+
+/// Run until ctrl-c or SIGTERM, then shut down gracefully.
+pub async fn run(config: NodeConfig) -> Result<()> {
+    let node = start(config).await?;
+    println!("mlbridge-node: API on http://{}  metrics on http://{}/metrics", node.http_addr, node.metrics_addr);
+    let token = node.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(target: "node", "shutting down");
+        token.cancel();
+    });
+    node.join().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,353 @@
+//! The HTTP API of a real node: every endpoint, every bad-input class, batching, overload, caching, Redis.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use mlbridge_node::api::{AppState, router};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn every_endpoint_answers() {
+    let node = start_node(|_| {}).await;
+    assert_eq!(get(&node, "/v2/health/live").await, (200, json!({ "live": true })));
+    let (s, ready) = get(&node, "/v2/health/ready").await;
+    assert_eq!((s, &ready["ready"]), (200, &json!(true)));
+    let (s, meta) = get(&node, "/v2").await;
+    assert_eq!((s, meta["name"].as_str()), (200, Some("mlbridge-node")));
+
+    let (s, m) = get(&node, "/v2/models/minilm-l6").await;
+    assert_eq!(s, 200);
+    assert_eq!(m["versions"], json!(["1", "2"]));
+    assert_eq!(m["parameters"]["version"], "2", "latest version by default");
+    assert_eq!(m["inputs"][0]["shape"], json!([-1, -1]));
+    let (s, m1) = get(&node, "/v2/models/minilm-l6/versions/1").await;
+    assert_eq!((s, m1["parameters"]["precision"].as_str()), (200, Some("fp32")));
+    assert_eq!(get(&node, "/v2/models/mlp-tiny/ready").await.0, 200);
+    assert_eq!(get(&node, "/v2/models/mlp-tiny/versions/1/ready").await.0, 200);
+
+    let (s, out) = post(&node, "/v2/models/mlp-tiny/infer", &mlp_request(2, 0.0)).await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["model_version"], "2");
+    assert_eq!(out["outputs"][0]["shape"], json!([2, 10]));
+    assert_eq!(out["outputs"][0]["data"].as_array().unwrap().len(), 20);
+    // Nested data is accepted too, and the pinned version answers.
+    let nested = json!({ "id": "req-7", "inputs": [{ "name": "input", "shape": [1, 256], "datatype": "FP32",
+        "data": [vec![0.25f32; 256]] }], "outputs": [{ "name": "logits" }] });
+    let (s, out) = post(&node, "/v2/models/mlp-tiny/versions/1/infer", &nested).await;
+    assert_eq!((s, out["model_version"].as_str(), out["id"].as_str()), (200, Some("1"), Some("req-7")));
+
+    let (s, emb) = post(
+        &node,
+        "/v1/embeddings",
+        &json!({ "model": "minilm-l6", "input": ["A man is eating food.", "A man is eating a piece of bread."] }),
+    )
+    .await;
+    assert_eq!(s, 200, "{emb}");
+    let a: Vec<f64> = serde_json::from_value(emb["data"][0]["embedding"].clone()).unwrap();
+    let b: Vec<f64> = serde_json::from_value(emb["data"][1]["embedding"].clone()).unwrap();
+    assert_eq!(a.len(), 384);
+    let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!((cos - 0.755).abs() < 0.01, "all-MiniLM-L6-v2 gives 0.755 for this pair; got {cos}");
+    assert_eq!(emb["usage"]["prompt_tokens"], 19);
+    let (s, one) =
+        post(&node, "/v1/embeddings", &json!({ "model": "minilm-l6:1", "input": "A man is eating food." })).await;
+    assert_eq!((s, one["model"].as_str()), (200, Some("minilm-l6/1")));
+
+    let text = metrics_text(&node).await;
+    for name in [
+        "mlbridge_requests_total",
+        "mlbridge_request_seconds_bucket",
+        "mlbridge_queue_wait_seconds_bucket",
+        "mlbridge_compute_seconds_bucket",
+        "mlbridge_queue_depth",
+        "mlbridge_batch_size_bucket",
+        "mlbridge_inferences_total",
+        "mlbridge_executions_total",
+        "mlbridge_cache_misses_total",
+        "mlbridge_model_load_seconds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}");
+    }
+    node.shutdown.cancel();
+    node.join().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_that_names_the_problem() {
+    let node = start_node(|c| c.http.max_body_bytes = 64 * 1024).await;
+    let tensor = |name: &str, shape: Value, dt: &str, data: Value| json!({ "inputs": [{ "name": name, "shape": shape, "datatype": dt, "data": data }] });
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/v2/models/nope/infer", mlp_request(1, 0.0), 404, "unknown model"),
+        ("/v2/models/mlp-tiny/versions/9/infer", mlp_request(1, 0.0), 404, "unknown model"),
+        ("/v2/models/mlp-tiny/versions/x/infer", mlp_request(1, 0.0), 400, "not a number"),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("inputz", json!([1, 256]), "FP32", json!(vec![0.0; 256])),
+            400,
+            "no input named",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 256]), "INT64", json!(vec![0; 256])),
+            400,
+            "must be FP32",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 128]), "FP32", json!(vec![0.0; 128])),
+            400,
+            "must have shape",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 256]), "FP32", json!(vec![0.0; 255])),
+            400,
+            "needs 256 elements",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([65, 256]), "FP32", json!(vec![0.0; 65 * 256])),
+            413,
+            "larger than",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 256]), "FP32", json!(vec!["a"; 256])),
+            400,
+            "not a number",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 256]), "FP16", json!(vec![0.0; 256])),
+            400,
+            "not supported",
+        ),
+        ("/v2/models/mlp-tiny/infer", json!({ "inputs": [] }), 400, "no inputs"),
+        ("/v2/models/mlp-tiny/infer", json!({ "nothing": 1 }), 400, "inputs"),
+        (
+            "/v2/models/mlp-tiny/infer",
+            json!({ "inputs": [{ "name": "input", "shape": [1, 256], "datatype": "FP32", "data": vec![0.0; 256] }], "outputs": [{ "name": "probs" }] }),
+            400,
+            "no output named",
+        ),
+        ("/v1/embeddings", json!({ "model": "mlp-tiny", "input": "hello" }), 400, "not a text-embedding model"),
+        ("/v1/embeddings", json!({ "model": "minilm-l6", "input": [] }), 400, "at least one"),
+        ("/v1/embeddings", json!({ "model": "minilm-l6", "input": "" }), 400, "at least one"),
+        ("/v1/embeddings", json!({ "model": "minilm-l6", "input": 7 }), 400, "input"),
+    ];
+    for (path, body, status, needle) in cases {
+        let (s, err) = post(&node, path, &body).await;
+        let msg = err["error"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(s, status, "{path}: {msg}");
+        assert!(msg.contains(needle), "{path}: expected '{needle}' in '{msg}'");
+    }
+    // A batch over the model's limit, within the body limit.
+    let node2 = start_node(|_| {}).await;
+    let (s, err) = post(&node2, "/v2/models/mlp-tiny/infer", &mlp_request(65, 0.0)).await;
+    assert_eq!(s, 400);
+    assert!(err["error"].as_str().unwrap().contains("batch size 65"), "{err}");
+    // Malformed JSON.
+    let resp = reqwest::Client::new()
+        .post(url(&node, "/v2/models/mlp-tiny/infer"))
+        .header("content-type", "application/json")
+        .body("{\"inputs\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(get(&node, "/v3/whatever").await.0, 404);
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_requests_total{model=\"mlp-tiny/2\",outcome=\"error\"}"), 0.0, "no 5xx");
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched() {
+    let repo = repo_with(&[("mlp-tiny", 1)], |c| c.replace("max_queue_delay_us = 500", "max_queue_delay_us = 20000"));
+    let node = start_node(|c| {
+        c.model_repository = repo.path().to_owned();
+        c.cache.enabled = false;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let (client, u) = (client.clone(), url(&node, "/v2/models/mlp-tiny/infer"));
+        tasks.push(tokio::spawn(async move {
+            client.post(u).json(&mlp_request(1, i as f32)).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let text = metrics_text(&node).await;
+    let inferences = metric(&text, "mlbridge_inferences_total{model=\"mlp-tiny/1\"}");
+    let executions = metric(&text, "mlbridge_executions_total{model=\"mlp-tiny/1\"}");
+    assert_eq!(inferences, 48.0);
+    assert!(executions < 24.0, "48 concurrent requests ran in {executions} executions: not batched");
+    // The batched answer for a sample equals running it alone.
+    let (_, alone) = post(&node, "/v2/models/mlp-tiny/infer", &mlp_request(1, 3.0)).await;
+    let (_, pair) = post(&node, "/v2/models/mlp-tiny/infer", &{
+        let mut r = mlp_request(1, 3.0);
+        let mut data: Vec<Value> = r["inputs"][0]["data"].as_array().unwrap().clone();
+        data.extend(mlp_request(1, 9.0)["inputs"][0]["data"].as_array().unwrap().clone());
+        r["inputs"][0]["data"] = json!(data);
+        r["inputs"][0]["shape"] = json!([2, 256]);
+        r
+    })
+    .await;
+    assert_eq!(
+        alone["outputs"][0]["data"].as_array().unwrap()[..],
+        pair["outputs"][0]["data"].as_array().unwrap()[..10]
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let repo = repo_with(&[("minilm-l6", 1)], str::to_owned);
+    let node = start_node(|c| {
+        c.model_repository = repo.path().to_owned();
+        c.inference.queue_capacity = 1;
+        c.inference.batching = false;
+        c.cache.enabled = false;
+    })
+    .await;
+    // Each request is 32 sequences of 128 tokens on fp32 MiniLM: the worker is busy for a while per request.
+    let ids: Vec<i64> = (0..32 * 128).map(|i| 1000 + (i % 5000) as i64).collect();
+    let body = json!({ "inputs": [
+        { "name": "input_ids", "shape": [32, 128], "datatype": "INT64", "data": ids },
+        { "name": "attention_mask", "shape": [32, 128], "datatype": "INT64", "data": vec![1; 32 * 128] }
+    ]});
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, u, body) = (client.clone(), url(&node, "/v2/models/minilm-l6/infer"), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(u).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()))
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let overloaded: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(ok >= 1, "{statuses:?}");
+    assert!(!overloaded.is_empty(), "a queue of 1 must overflow under 8 concurrent heavy requests: {statuses:?}");
+    assert!(overloaded.iter().all(|(_, ra)| ra.as_deref() == Some("1")), "Retry-After on every 503");
+    assert_eq!(ok + overloaded.len(), 8, "only 200 or 503: {statuses:?}");
+    let text = metrics_text(&node).await;
+    assert_eq!(
+        metric(&text, "mlbridge_requests_total{model=\"minilm-l6/1\",outcome=\"overloaded\"}"),
+        overloaded.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn repeated_requests_hit_the_cache() {
+    let node = start_node(|_| {}).await;
+    let req = mlp_request(1, 42.0);
+    let (_, first) = post(&node, "/v2/models/mlp-tiny/infer", &req).await;
+    let (_, second) = post(&node, "/v2/models/mlp-tiny/infer", &req).await;
+    assert_eq!(first["parameters"]["cached"], false);
+    assert_eq!(second["parameters"]["cached"], true);
+    assert_eq!(first["outputs"], second["outputs"]);
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_cache_hits_total{model=\"mlp-tiny/2\"}"), 1.0);
+    assert_eq!(metric(&text, "mlbridge_executions_total{model=\"mlp-tiny/2\"}"), 1.0, "the hit did not run the model");
+}
+
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Redis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/setup");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Redis(child, port)
+}
+
+#[tokio::test]
+async fn redis_cache_is_shared_between_nodes() {
+    let redis = start_redis();
+    let redis_url = format!("redis://127.0.0.1:{}/0", redis.1);
+    let a = start_node(|c| c.cache.redis_url = Some(redis_url.clone())).await;
+    let b = start_node(|c| c.cache.redis_url = Some(redis_url.clone())).await;
+    let req = mlp_request(2, 7.0);
+    let (_, first) = post(&a, "/v2/models/mlp-tiny/infer", &req).await;
+    assert_eq!(first["parameters"]["cached"], false);
+    // Another node of the fleet answers from Redis without running the model.
+    let (_, second) = post(&b, "/v2/models/mlp-tiny/infer", &req).await;
+    assert_eq!(second["parameters"]["cached"], true);
+    assert_eq!(first["outputs"], second["outputs"]);
+    let text = metrics_text(&b).await;
+    assert_eq!(metric(&text, "mlbridge_executions_total{model=\"mlp-tiny/2\"}"), 0.0);
+    // Redis going away is a miss, not an error.
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, third) = post(&b, "/v2/models/mlp-tiny/infer", &mlp_request(1, 1.5)).await;
+    assert_eq!((s, &third["parameters"]["cached"]), (200, &json!(false)));
+}
+
+fn random_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        "[ -~]{0,300}".prop_map(String::into_bytes),
+        (
+            any::<bool>(),
+            prop::collection::vec(-1i64..300, 0..4),
+            prop::collection::vec(any::<f32>(), 0..300),
+            "[A-Z0-9]{0,6}"
+        )
+            .prop_map(|(named, shape, data, dt)| {
+                let name = if named { "input" } else { "x" };
+                serde_json::to_vec(
+                    &json!({ "inputs": [{ "name": name, "shape": shape, "datatype": dt, "data": data }] }),
+                )
+                .unwrap()
+            }),
+    ]
+}
+
+#[test]
+fn random_bodies_never_cause_a_5xx() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = rt.block_on(start_node(|c| c.cache.enabled = false));
+    let app = router(AppState { engine: node.engine.clone() }, 1 << 20);
+    let paths =
+        ["/v2/models/mlp-tiny/infer", "/v2/models/orientation/infer", "/v1/embeddings", "/v2/models/minilm-l6/infer"];
+    proptest!(ProptestConfig::with_cases(300), |(body in random_body(), p in 0usize..4)| {
+        let status = rt.block_on(async {
+            let req = Request::post(paths[p]).header("content-type", "application/json").body(Body::from(body)).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let _ = resp.into_body().collect().await.unwrap();
+            status
+        });
+        prop_assert!(status.as_u16() < 500, "{} answered {status}", paths[p]);
+    });
+}
