@@ -40,8 +40,8 @@ pub struct InputTensor {
     /// Tensor parameters (accepted, unused).
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// Row-major data, flat or nested.
-    pub data: Value,
+    /// Row-major data, flat or nested (kept raw: flat numeric arrays are parsed straight into typed vectors).
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 /// A requested output.
@@ -226,8 +226,23 @@ pub(crate) fn to_tensor(input: InputTensor) -> Result<Tensor, ApiError> {
     let datatype: DataType = input.datatype.parse().map_err(|_| {
         ApiError::bad_request(format!("input '{}': datatype '{}' is not supported", input.name, input.datatype))
     })?;
+    // Fast path: a flat array of the right kind parses directly into a typed vector.
+    let raw = input.data.get();
+    let fast = match datatype {
+        DataType::Fp32 => serde_json::from_str::<Vec<f32>>(raw).ok().map(TensorData::Fp32),
+        DataType::Fp64 => serde_json::from_str::<Vec<f64>>(raw).ok().map(TensorData::Fp64),
+        DataType::Int64 => serde_json::from_str::<Vec<i64>>(raw).ok().map(TensorData::Int64),
+        DataType::Int32 => serde_json::from_str::<Vec<i32>>(raw).ok().map(TensorData::Int32),
+        _ => None,
+    };
+    if let Some(data) = fast {
+        return Tensor::new(input.name, input.shape, data).map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    // General path: nested arrays, other datatypes, and precise messages for bad elements.
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("input '{}': data is not valid JSON: {e}", input.name)))?;
     let mut flat = Vec::new();
-    flatten(&input.data, &mut flat);
+    flatten(&value, &mut flat);
     let name = input.name.clone();
     let bad = |i: usize, what: &str| ApiError::bad_request(format!("input '{name}': element {i} is not {what}"));
     let ints = |lo: i64, hi: i64, what: &str| -> Result<Vec<i64>, ApiError> {

@@ -120,6 +120,7 @@ mod tests {
             task: Task::Generic,
             precision: "fp32".into(),
             max_batch_size: 8,
+            preferred_batch_size: None,
             max_queue_delay_us: 0,
             price_wei: 0,
             intra_op_threads: 1,

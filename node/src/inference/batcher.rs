@@ -1,6 +1,6 @@
 //! The dynamic batcher: one dedicated OS thread per model owns its ONNX Runtime session (never the async runtime).
 //!
-//! Requests arrive over a bounded queue. The worker takes the first, then gathers more until `max_batch_size`
+//! Requests arrive over a bounded queue. The worker takes the first, then gathers more until `preferred_batch_size`
 //! samples or until `max_queue_delay` has passed since the first arrived (as Triton does), stacks them (padding
 //! ragged dimensions when the model allows it), runs the model once and splits the outputs. A full queue refuses at
 //! once with [`Error::Overloaded`]: load beyond capacity never becomes a growing backlog.
@@ -114,7 +114,7 @@ struct Worker {
 impl Worker {
     fn run(self) {
         let config = self.model.config();
-        let max = config.max_batch_size;
+        let max = config.preferred_batch_size.unwrap_or(config.max_batch_size).min(config.max_batch_size);
         let delay = Duration::from_micros(config.max_queue_delay_us);
         let mut carry: Option<Job> = None;
         loop {

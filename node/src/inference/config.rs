@@ -94,8 +94,12 @@ pub struct ModelConfig {
     pub task: Task,
     /// `fp32`, `int8`, ... for humans and adverts.
     pub precision: String,
-    /// Largest batch one execution may take.
+    /// Largest batch one request (and one execution) may carry.
     pub max_batch_size: usize,
+    /// The batcher stops gathering requests at this many samples (as Triton's `preferred_batch_size`): the batch
+    /// size that runs fastest per sample on this hardware (`scripts/bench inference` shows it). Default: max.
+    #[serde(default)]
+    pub preferred_batch_size: Option<usize>,
     /// How long the batcher may hold a request waiting for batch-mates, in microseconds.
     pub max_queue_delay_us: u64,
     /// Price of one inference in wei.
@@ -226,6 +230,9 @@ impl ModelConfig {
         }
         if self.max_batch_size == 0 {
             return Err("max_batch_size must be at least 1".into());
+        }
+        if self.preferred_batch_size.is_some_and(|p| p == 0 || p > self.max_batch_size) {
+            return Err("preferred_batch_size must be between 1 and max_batch_size".into());
         }
         if self.intra_op_threads == 0 {
             return Err("intra_op_threads must be at least 1".into());

@@ -171,7 +171,13 @@ async fn bad_input_gets_a_4xx_that_names_the_problem() {
 
 #[tokio::test]
 async fn concurrent_requests_are_batched() {
-    let repo = repo_with(&[("mlp-tiny", 1)], |c| c.replace("max_queue_delay_us = 500", "max_queue_delay_us = 20000"));
+    // A 20 ms batching window makes the batching visible regardless of scheduling.
+    let repo = repo_with(&[("mlp-tiny", 1)], |c| {
+        c.lines()
+            .map(|l| if l.starts_with("max_queue_delay_us") { "max_queue_delay_us = 20000" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let node = start_node(|c| {
         c.model_repository = repo.path().to_owned();
         c.cache.enabled = false;

@@ -1,0 +1,50 @@
+//! `mlbridge-bench`: benchmarks that print tables (run through `scripts/bench inference`).
+//!
+//! Every load loop is bounded in time and in requests, and talks to 127.0.0.1 only.
+
+mod load;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Benchmarks of the node's inference paths.
+#[derive(Debug, Parser)]
+#[command(name = "mlbridge-bench", version, about)]
+struct Cli {
+    /// What to measure.
+    #[arg(value_enum, default_value = "inference")]
+    suite: Suite,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Most requests per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    max_requests: usize,
+    /// Model repository.
+    #[arg(long, default_value = "models")]
+    model_repository: PathBuf,
+    /// The node binary, for the cold-start measurement.
+    #[arg(long, default_value = "target/release/mlbridge-node")]
+    node_bin: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Suite {
+    /// Raw ONNX Runtime vs engine vs HTTP, batching, cache, cold start.
+    Inference,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let limits = load::Limits { seconds: cli.seconds, max_requests: cli.max_requests };
+    let result = match cli.suite {
+        Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
+    };
+    if let Err(err) = result {
+        eprintln!("Error: {err:?}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,321 @@
+//! The inference benchmark: raw ONNX Runtime vs the in-process engine vs the HTTP API, dynamic batching on and off,
+//! cache hit vs miss, cold start.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mlbridge_node::config::NodeConfig;
+use mlbridge_node::inference::{Engine, ModelRepository, OnnxRuntime};
+use mlbridge_node::server::{RunningNode, start};
+use mlbridge_sdk::{Tensor, TensorData};
+use serde_json::json;
+
+use crate::load::{self, Limits, Stats};
+
+const MODELS: [(&str, u64, &str); 4] =
+    [("minilm-l6", 2, "INT8"), ("minilm-l6", 1, "fp32"), ("orientation", 1, "fp32"), ("mlp-tiny", 1, "fp32")];
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Sequence length of MiniLM requests.
+const SEQ: usize = 128;
+
+fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>) {
+    let share = raw.map(|r| format!("{:>6.1}%", 100.0 * s.throughput() / r)).unwrap_or_else(|| "      -".into());
+    println!(
+        "| {what:<22} | {path:<12} | {c:>4} | {:>10.1} | {:>8.3} | {:>8.3} | {:>8.3} | {share} | {:>5} |",
+        s.throughput(),
+        s.p50_ms,
+        s.p95_ms,
+        s.p99_ms,
+        s.errors
+    );
+}
+
+fn header(title: &str) {
+    println!("\n### {title}\n");
+    println!(
+        "| model                  | path         | conc |  req/s     | p50 ms   | p95 ms   | p99 ms   | of raw  | errs  |"
+    );
+    println!(
+        "|------------------------|--------------|------|------------|----------|----------|----------|---------|-------|"
+    );
+}
+
+async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Result<RunningNode> {
+    let mut config = NodeConfig { model_repository: repo.to_owned(), ..NodeConfig::default() };
+    config.http.listen = "127.0.0.1:0".parse()?;
+    config.metrics.listen = "127.0.0.1:0".parse()?;
+    config.http.max_body_bytes = 16 << 20;
+    config.inference.queue_capacity = 1024;
+    edit(&mut config);
+    Ok(start(config).await?)
+}
+
+/// One request of batch 1 for the model: MiniLM gets `SEQ` tokens, others the config's example input.
+fn request(engine: &Engine, name: &str, version: u64, salt: usize) -> Result<Vec<Tensor>> {
+    let config = engine.config(name, Some(version))?;
+    if name.starts_with("minilm") {
+        let ids: Vec<i64> = (0..SEQ).map(|i| 1000 + ((i * 7919 + salt * 104_729) % 20_000) as i64).collect();
+        return Ok(vec![
+            Tensor::new("input_ids", vec![1, SEQ as i64], TensorData::Int64(ids))?,
+            Tensor::new("attention_mask", vec![1, SEQ as i64], TensorData::Int64(vec![1; SEQ]))?,
+        ]);
+    }
+    let mut inputs = config.example_inputs(1, 16);
+    if salt > 0 {
+        // Make the input unique (for cache-miss measurements).
+        if let Some(t) = inputs.first_mut() {
+            let (n, s, data) = t.clone().into_parts();
+            if let TensorData::Fp32(mut v) = data {
+                v[0] = salt as f32;
+                *t = Tensor::new(n, s, TensorData::Fp32(v))?;
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+fn kserve_body(inputs: &[Tensor]) -> Vec<u8> {
+    let inputs: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|t| {
+            let data = match t.data() {
+                TensorData::Int64(v) => json!(v),
+                TensorData::Fp32(v) => json!(v),
+                other => json!(format!("{other:?}")),
+            };
+            json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(), "data": data })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "inputs": inputs })).expect("json")
+}
+
+async fn http_load(client: &reqwest::Client, url: String, body: Vec<u8>, c: usize, limits: Limits) -> Stats {
+    let body = bytes_of(body);
+    let client = client.clone();
+    load::run(c, limits, move |_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move {
+            match client.post(url).header("content-type", "application/json").body(body).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+fn bytes_of(v: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from(v)
+}
+
+async fn metric(node: &RunningNode, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", node.metrics_addr)).await?.text().await?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}
+
+pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> Result<()> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    println!("# Inference benchmark");
+    println!(
+        "\n{} CPUs, {} s or {} requests per row, batch 1 per request, MiniLM sequences of {SEQ} tokens; the load \
+         generator runs on the same machine. Result cache off except in the cache section.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        limits.seconds,
+        limits.max_requests
+    );
+
+    // ---------------------------------------------------------------- raw vs engine vs HTTP
+    let n = node(repo, |c| c.cache.enabled = false).await?;
+    let runtime = OnnxRuntime::init(None)?;
+    let repository = ModelRepository::open(repo)?;
+    header("Raw ONNX Runtime vs in-process engine vs HTTP (KServe v2 JSON), dynamic batching on");
+    for (name, version, label) in MODELS {
+        let what = format!("{name}/{version} {label}");
+        let inputs = request(&n.engine, name, version, 0)?;
+        let raw = {
+            let config = repository.config(name, Some(version))?.clone();
+            let model = repository.load_config(&runtime, config)?;
+            let inputs = inputs.clone();
+            tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(inputs.clone()).is_ok()))
+                .await?
+        };
+        row(&what, "raw ORT", 1, &raw, Some(raw.throughput()));
+        // The ceiling of batched execution: raw ONNX Runtime on stacked inputs (throughput in samples/s).
+        for b in [8usize, 32] {
+            let config = repository.config(name, Some(version))?.clone();
+            if b > config.max_batch_size {
+                continue;
+            }
+            let model = repository.load_config(&runtime, config.clone())?;
+            let one = request(&n.engine, name, version, 0)?;
+            let stacked: Vec<Tensor> = one
+                .iter()
+                .map(|t| {
+                    let mut shape = t.shape().to_vec();
+                    shape[0] = b as i64;
+                    let data = match t.data() {
+                        TensorData::Fp32(v) => TensorData::Fp32(v.repeat(b)),
+                        TensorData::Int64(v) => TensorData::Int64(v.repeat(b)),
+                        other => other.clone(),
+                    };
+                    Tensor::new(t.name(), shape, data)
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            let s =
+                tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(stacked.clone()).is_ok()))
+                    .await?;
+            let samples = Stats { requests: s.requests * b, ..s };
+            row(&what, &format!("raw ORT b{b}"), 1, &samples, Some(raw.throughput()));
+        }
+        for c in CONCURRENCY {
+            let (engine, inputs) = (n.engine.clone(), inputs.clone());
+            let s = load::run(c, limits, move |_| {
+                let (engine, inputs) = (engine.clone(), inputs.clone());
+                async move { engine.infer(name, Some(version), inputs).await.is_ok() }
+            })
+            .await;
+            row(&what, "engine", c, &s, Some(raw.throughput()));
+        }
+        let url = format!("http://{}/v2/models/{name}/versions/{version}/infer", n.http_addr);
+        for c in CONCURRENCY {
+            let s = http_load(&client, url.clone(), kserve_body(&inputs), c, limits).await;
+            row(&what, "http", c, &s, Some(raw.throughput()));
+        }
+    }
+
+    // ---------------------------------------------------------------- batching on vs off
+    println!("\n### Dynamic batching on vs off (mlp-tiny/1, concurrency 64)\n");
+    println!("| batching | path   |  req/s     | p50 ms   | p99 ms   | avg batch (inferences/executions) |");
+    println!("|----------|--------|------------|----------|----------|-----------------------------------|");
+    let off = node(repo, |c| {
+        c.cache.enabled = false;
+        c.inference.batching = false;
+    })
+    .await?;
+    let mut on_off = Vec::new();
+    for (label, nd) in [("on", &n), ("off", &off)] {
+        let inputs = request(&nd.engine, "mlp-tiny", 1, 0)?;
+        for path in ["engine", "http"] {
+            let inf0 = metric(nd, "mlbridge_inferences_total{model=\"mlp-tiny/1\"}").await?;
+            let ex0 = metric(nd, "mlbridge_executions_total{model=\"mlp-tiny/1\"}").await?;
+            let s = if path == "engine" {
+                let (engine, inputs) = (nd.engine.clone(), inputs.clone());
+                load::run(64, limits, move |_| {
+                    let (engine, inputs) = (engine.clone(), inputs.clone());
+                    async move { engine.infer("mlp-tiny", Some(1), inputs).await.is_ok() }
+                })
+                .await
+            } else {
+                let url = format!("http://{}/v2/models/mlp-tiny/versions/1/infer", nd.http_addr);
+                http_load(&client, url, kserve_body(&inputs), 64, limits).await
+            };
+            let inf = metric(nd, "mlbridge_inferences_total{model=\"mlp-tiny/1\"}").await? - inf0;
+            let ex = metric(nd, "mlbridge_executions_total{model=\"mlp-tiny/1\"}").await? - ex0;
+            println!(
+                "| {label:<8} | {path:<6} | {:>10.1} | {:>8.3} | {:>8.3} | {:>33.2} |",
+                s.throughput(),
+                s.p50_ms,
+                s.p99_ms,
+                if ex > 0.0 { inf / ex } else { 0.0 }
+            );
+            on_off.push((label, path, s.throughput()));
+        }
+    }
+    for path in ["engine", "http"] {
+        let on = on_off.iter().find(|x| x.0 == "on" && x.1 == path).map_or(0.0, |x| x.2);
+        let off = on_off.iter().find(|x| x.0 == "off" && x.1 == path).map_or(1.0, |x| x.2);
+        println!("\nBatching gain ({path}): {:+.0}% throughput", 100.0 * (on / off - 1.0));
+    }
+    off.shutdown.cancel();
+    n.shutdown.cancel();
+
+    // ---------------------------------------------------------------- cache hit vs miss
+    println!("\n### Result cache: hit vs miss (HTTP, concurrency 1)\n");
+    println!("| model              | miss p50 ms | hit p50 ms | hit vs miss |");
+    println!("|--------------------|-------------|------------|-------------|");
+    let cached = node(repo, |_| {}).await?;
+    for (name, version) in [("minilm-l6", 2u64), ("mlp-tiny", 1)] {
+        let url = format!("http://{}/v2/models/{name}/versions/{version}/infer", cached.http_addr);
+        let bodies: Vec<bytes::Bytes> = (1..=400)
+            .map(|salt| request(&cached.engine, name, version, salt).map(|r| bytes_of(kserve_body(&r))))
+            .collect::<Result<_>>()?;
+        let bodies = Arc::new(bodies);
+        let (c2, u2, b2) = (client.clone(), url.clone(), bodies.clone());
+        let short = Limits { seconds: limits.seconds, max_requests: bodies.len() };
+        let miss = load::run(1, short, move |i| {
+            let (c, u, b) = (c2.clone(), u2.clone(), b2[i % b2.len()].clone());
+            async move {
+                c.post(u)
+                    .header("content-type", "application/json")
+                    .body(b)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        let hit = http_load(&client, url, bodies[0].to_vec(), 1, limits).await;
+        println!(
+            "| {:<18} | {:>11.3} | {:>10.3} | {:>+10.0}% |",
+            format!("{name}/{version}"),
+            miss.p50_ms,
+            hit.p50_ms,
+            100.0 * (hit.p50_ms / miss.p50_ms - 1.0)
+        );
+    }
+    cached.shutdown.cancel();
+
+    // ---------------------------------------------------------------- cold start
+    println!("\n### Cold start (`mlbridge-node serve`, all models eager)\n");
+    if !node_bin.is_file() {
+        bail!("{} not found; build it with `cargo build --release -p mlbridge-node`", node_bin.display());
+    }
+    let started = Instant::now();
+    let mut child = Command::new(node_bin)
+        .args(["serve", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
+        .arg(repo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the node binary")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let listening = started.elapsed();
+    let addr =
+        line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("API address in the banner")?;
+    let metrics = line.split("http://").nth(2).and_then(|s| s.split_whitespace().next()).context("metrics address")?;
+    let ready_url = format!("http://{addr}/v2/health/ready");
+    while !reqwest::get(&ready_url).await.is_ok_and(|r| r.status().is_success()) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the node did not become ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ready = started.elapsed();
+    let text = reqwest::get(format!("http://{metrics}")).await?.text().await?;
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "Process start to listening: {:.0} ms; to ready (HTTP 200 on /v2/health/ready): {:.0} ms\n",
+        listening.as_secs_f64() * 1e3,
+        ready.as_secs_f64() * 1e3
+    );
+    println!("| model            | load ms (sha256 check + session) |");
+    println!("|------------------|----------------------------------|");
+    for l in text.lines().filter(|l| l.starts_with("mlbridge_model_load_seconds{")) {
+        let model = l.split('"').nth(1).unwrap_or("?");
+        let secs: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        println!("| {model:<16} | {:>32.1} |", secs * 1e3);
+    }
+    Ok(())
+}
