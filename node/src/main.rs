@@ -5,8 +5,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = mlbridge_node::cli::Cli::parse();
+    // The daemon logs its life at info; one-shot commands only warnings (RUST_LOG overrides both).
+    let default = if matches!(cli.command, mlbridge_node::cli::Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .init();
     let result = tokio::runtime::Builder::new_multi_thread()
