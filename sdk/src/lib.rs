@@ -20,6 +20,7 @@ pub mod chain;
 pub mod eip712;
 pub mod error;
 pub mod model;
+pub mod protocol;
 pub mod receipt;
 pub mod tensor;
 pub mod voucher;

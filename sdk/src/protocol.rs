@@ -1,0 +1,450 @@
+//! The ML Bridge wire protocol: versioned names and the CBOR messages peers exchange.
+//!
+//! - Request-response protocol [`INFER_PROTOCOL`]: an [`InferRequest`] (model, named tensors, optional voucher) is
+//!   answered by an [`InferResponse`]: outputs with the node's signed receipt, or a typed [`ProtocolError`] (never a
+//!   dropped stream). Bids for gossiped jobs use the same protocol ([`Request::Bid`]).
+//! - Gossipsub topics: [`ADVERTS_TOPIC`] carries [`Advert`]s (a node's models, prices, load), [`jobs_topic`] carries
+//!   [`JobOffer`]s for one model, [`RECEIPTS_TOPIC`] carries [`ReceiptMsg`]s for validators.
+//!
+//! Every message is CBOR. [`decode`] refuses input over the message's size limit *before* parsing, and any bytes
+//! give a value or an error, never a panic (property-tested).
+
+use alloy::primitives::{Address, B256, U256};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelId, Tensor};
+
+/// Request-response protocol for inference and bids.
+pub const INFER_PROTOCOL: &str = "/mlbridge/infer/1";
+/// Gossipsub topic of node adverts.
+pub const ADVERTS_TOPIC: &str = "mlbridge/adverts/1";
+/// Gossipsub topic of inference receipts.
+pub const RECEIPTS_TOPIC: &str = "mlbridge/receipts/1";
+/// Wire version carried inside every message; a peer refuses other versions with a typed error.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest inference request (inputs included).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Largest inference response.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// Largest gossip message (adverts, job offers, receipts).
+pub const MAX_GOSSIP_BYTES: usize = 64 << 10;
+
+/// The gossipsub topic of job offers for one model.
+pub fn jobs_topic(model: &ModelId) -> String {
+    format!("mlbridge/jobs/{model}/1")
+}
+
+/// Which model a request is for: by name (and version) as served, or pinned to exact weights by id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Served name.
+    pub name: String,
+    /// Version (`None` = the node's latest).
+    pub version: Option<u64>,
+    /// Require exactly these weights (the node refuses if its model differs).
+    pub id: Option<ModelId>,
+}
+
+/// A payer's voucher as carried on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireVoucher {
+    /// Channel.
+    pub channel_id: B256,
+    /// Cumulative amount, wei.
+    pub cumulative_amount: U256,
+    /// 65-byte signature (r, s, v).
+    #[serde(with = "serde_bytes65")]
+    pub signature: [u8; 65],
+}
+
+/// A request on [`INFER_PROTOCOL`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run an inference.
+    Infer(InferRequest),
+    /// Quote a gossiped job.
+    Bid(BidRequest),
+}
+
+/// Run `inputs` through `model`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// Wire version ([`WIRE_VERSION`]).
+    pub version: u16,
+    /// Client-chosen job id (unique per client; receipts name it).
+    pub job_id: B256,
+    /// The model.
+    pub model: ModelRef,
+    /// Named tensors, batch dimension first.
+    pub inputs: Vec<Tensor>,
+    /// Payment for this job (required by paid nodes).
+    pub voucher: Option<WireVoucher>,
+}
+
+/// Ask a node for a price and latency for an offered job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BidRequest {
+    /// Wire version.
+    pub version: u16,
+    /// The offer being answered.
+    pub offer: JobOffer,
+}
+
+/// A response on [`INFER_PROTOCOL`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The inference ran.
+    Infer(Box<InferResponse>),
+    /// The node's quote.
+    Bid(Bid),
+    /// The request was refused or failed.
+    Error(ProtocolError),
+}
+
+/// Outputs of an inference, with the node's receipt when the job was paid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    /// Wire version.
+    pub version: u16,
+    /// The job.
+    pub job_id: B256,
+    /// The weights that ran.
+    pub model_id: ModelId,
+    /// Outputs in the model's order.
+    pub outputs: Vec<Tensor>,
+    /// The node's signed receipt (paid jobs).
+    pub receipt: Option<ReceiptMsg>,
+}
+
+/// Why a request failed; the client can act on the kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The node does not serve this model (or these weights).
+    UnknownModel,
+    /// Inputs do not match the model (names, datatypes, shapes, batch).
+    BadInput,
+    /// The model's queue is full: try another node.
+    Overloaded,
+    /// Payment missing or refused (top up, wrong channel, price changed...).
+    Payment,
+    /// A wire version this node does not speak.
+    UnsupportedVersion,
+    /// The message could not be decoded or is over the size limit.
+    Malformed,
+    /// The node failed; nothing the client did.
+    Internal,
+}
+
+/// A typed error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A client's open-market offer, gossiped on the model's jobs topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOffer {
+    /// Wire version.
+    pub version: u16,
+    /// The job.
+    pub job_id: B256,
+    /// Exact weights wanted.
+    pub model_id: ModelId,
+    /// sha256 of the canonical input bytes.
+    pub input_hash: B256,
+    /// Size of the inputs in bytes.
+    pub input_bytes: u64,
+    /// Most the client pays, wei.
+    pub max_price_wei: U256,
+    /// Unix seconds after which the offer lapses.
+    pub deadline_unix: u64,
+}
+
+/// A node's quote for a job offer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// Wire version.
+    pub version: u16,
+    /// The job.
+    pub job_id: B256,
+    /// Price asked, wei.
+    pub price_wei: U256,
+    /// Expected latency from the node's queue, milliseconds.
+    pub expected_latency_ms: u32,
+}
+
+/// One model in an advert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertModel {
+    /// The weights.
+    pub model_id: ModelId,
+    /// Served name.
+    pub name: String,
+    /// Served version.
+    pub version: u64,
+    /// Price per inference, wei.
+    pub price_wei: U256,
+    /// Requests queued now.
+    pub queue_depth: u32,
+}
+
+/// A node's periodic advert on [`ADVERTS_TOPIC`], signed by its operator key (binding PeerId and operator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// Wire version.
+    pub version: u16,
+    /// libp2p PeerId bytes of the node.
+    pub peer_id: Vec<u8>,
+    /// Operator address (staked, signs receipts).
+    pub operator: Address,
+    /// Models served.
+    pub models: Vec<AdvertModel>,
+    /// Requests the node can queue in total.
+    pub capacity: u32,
+    /// Unix milliseconds when issued (peers drop stale adverts).
+    pub issued_at_ms: u64,
+    /// Operator's signature over the advert with this field empty.
+    pub signature: Vec<u8>,
+}
+
+/// A node-signed receipt on the wire (the EIP-712 `Receipt` of [`crate::receipt`] plus its signature).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptMsg {
+    /// Wire version.
+    pub version: u16,
+    /// The job.
+    pub job_id: B256,
+    /// The weights that ran.
+    pub model_id: B256,
+    /// sha256 of the canonical inputs.
+    pub input_hash: B256,
+    /// sha256 of the canonical outputs.
+    pub output_hash: B256,
+    /// Price charged, wei.
+    pub price: U256,
+    /// Node operator address.
+    pub node: Address,
+    /// 65-byte EIP-712 signature of the operator.
+    #[serde(with = "serde_bytes65")]
+    pub signature: [u8; 65],
+}
+
+/// Wire encoding or decoding failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The message is over its limit; it was not parsed.
+    #[error("message of {size} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        /// Bytes received.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// CBOR-encode a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(msg, &mut out).expect("writing CBOR into a Vec cannot fail");
+    out
+}
+
+/// Decode a message, refusing more than `limit` bytes before parsing anything.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge { size: bytes.len(), limit });
+    }
+    ciborium::from_reader(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+mod serde_bytes65 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8; 65], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 65], D::Error> {
+        let v: serde_bytes_buf::Buf = Deserialize::deserialize(d)?;
+        v.0.as_slice().try_into().map_err(|_| serde::de::Error::invalid_length(v.0.len(), &"65 bytes"))
+    }
+
+    /// A byte buffer that deserializes from CBOR byte strings (and, leniently, arrays of numbers).
+    mod serde_bytes_buf {
+        use serde::de::{Deserializer, SeqAccess, Visitor};
+
+        pub(crate) struct Buf(pub(crate) Vec<u8>);
+
+        impl<'de> serde::Deserialize<'de> for Buf {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Buf;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Buf, E> {
+                        Ok(Buf(v.to_vec()))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buf, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(b) = seq.next_element::<u8>()? {
+                            if out.len() >= 65 {
+                                return Err(serde::de::Error::invalid_length(out.len() + 1, &"65 bytes"));
+                            }
+                            out.push(b);
+                        }
+                        Ok(Buf(out))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::TensorData;
+
+    fn tensor() -> impl Strategy<Value = Tensor> {
+        (prop::collection::vec(1i64..4, 1..3), any::<bool>()).prop_flat_map(|(shape, fp)| {
+            let n = shape.iter().product::<i64>() as usize;
+            if fp {
+                prop::collection::vec(-1e6f32..1e6, n)
+                    .prop_map(move |v| Tensor::new("x", shape.clone(), TensorData::Fp32(v)).unwrap())
+                    .boxed()
+            } else {
+                prop::collection::vec(any::<i64>(), n)
+                    .prop_map(move |v| Tensor::new("ids", shape.clone(), TensorData::Int64(v)).unwrap())
+                    .boxed()
+            }
+        })
+    }
+
+    fn b256() -> impl Strategy<Value = B256> {
+        any::<[u8; 32]>().prop_map(B256::from)
+    }
+
+    proptest! {
+        #[test]
+        fn infer_requests_round_trip(
+            job in b256(), name in "[a-z-]{1,12}", version in proptest::option::of(any::<u64>()),
+            inputs in prop::collection::vec(tensor(), 0..3), amount in any::<u128>(), sig in any::<[u8; 32]>(),
+        ) {
+            let mut signature = [0u8; 65];
+            signature[..32].copy_from_slice(&sig);
+            let req = Request::Infer(InferRequest {
+                version: WIRE_VERSION,
+                job_id: job,
+                model: ModelRef { name, version, id: Some(ModelId::of_bytes(&sig)) },
+                inputs,
+                voucher: Some(WireVoucher { channel_id: job, cumulative_amount: U256::from(amount), signature }),
+            });
+            let bytes = encode(&req);
+            prop_assert_eq!(decode::<Request>(&bytes, MAX_REQUEST_BYTES).unwrap(), req);
+        }
+
+        #[test]
+        fn gossip_messages_round_trip(job in b256(), price in any::<u128>(), depth in any::<u32>(), peer in prop::collection::vec(any::<u8>(), 0..40)) {
+            let id = ModelId::of_bytes(job.as_slice());
+            let advert = Advert {
+                version: WIRE_VERSION,
+                peer_id: peer,
+                operator: Address::repeat_byte(3),
+                models: vec![AdvertModel { model_id: id, name: "m".into(), version: 2, price_wei: U256::from(price), queue_depth: depth }],
+                capacity: 256,
+                issued_at_ms: 1,
+                signature: vec![7; 65],
+            };
+            prop_assert_eq!(decode::<Advert>(&encode(&advert), MAX_GOSSIP_BYTES).unwrap(), advert);
+            let offer = JobOffer { version: WIRE_VERSION, job_id: job, model_id: id, input_hash: job, input_bytes: 9, max_price_wei: U256::from(price), deadline_unix: 5 };
+            prop_assert_eq!(decode::<JobOffer>(&encode(&offer), MAX_GOSSIP_BYTES).unwrap(), offer);
+            let resp = Response::Error(ProtocolError { kind: ErrorKind::Overloaded, message: "busy".into() });
+            prop_assert_eq!(decode::<Response>(&encode(&resp), MAX_RESPONSE_BYTES).unwrap(), resp);
+        }
+
+        /// Any bytes decode to a value or an error, never a panic (the decoder's fuzz property).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode::<Request>(&bytes, MAX_REQUEST_BYTES);
+            let _ = decode::<Response>(&bytes, MAX_RESPONSE_BYTES);
+            let _ = decode::<Advert>(&bytes, MAX_GOSSIP_BYTES);
+            let _ = decode::<JobOffer>(&bytes, MAX_GOSSIP_BYTES);
+            let _ = decode::<ReceiptMsg>(&bytes, MAX_GOSSIP_BYTES);
+        }
+
+        /// Mutating a valid message never panics either (closer to what a fuzzer explores).
+        #[test]
+        fn mutated_messages_never_panic(flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let req = Request::Infer(InferRequest {
+                version: WIRE_VERSION, job_id: B256::ZERO,
+                model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
+                inputs: vec![Tensor::new("input", vec![1, 4], TensorData::Fp32(vec![0.5; 4])).unwrap()],
+                voucher: None,
+            });
+            let mut bytes = encode(&req);
+            for (i, b) in flips {
+                let n = bytes.len();
+                bytes[i % n] = b;
+            }
+            let _ = decode::<Request>(&bytes, MAX_REQUEST_BYTES);
+        }
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_parsing() {
+        let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert_eq!(
+            decode::<Advert>(&big, MAX_GOSSIP_BYTES),
+            Err(CodecError::TooLarge { size: MAX_GOSSIP_BYTES + 1, limit: MAX_GOSSIP_BYTES })
+        );
+    }
+
+    #[test]
+    fn names_are_versioned() {
+        let id = ModelId::of_bytes(b"m");
+        assert_eq!(jobs_topic(&id), format!("mlbridge/jobs/{id}/1"));
+        assert!(INFER_PROTOCOL.ends_with("/1") && ADVERTS_TOPIC.ends_with("/1") && RECEIPTS_TOPIC.ends_with("/1"));
+    }
+
+    #[test]
+    fn a_tensor_that_lies_about_its_shape_is_refused() {
+        // Hand-build a request whose tensor claims 4 elements but carries 1: decoding must fail, not panic later.
+        #[derive(Serialize)]
+        struct Raw {
+            name: &'static str,
+            shape: Vec<i64>,
+            data: TensorData,
+        }
+        #[derive(Serialize)]
+        struct RawReq {
+            version: u16,
+            job_id: B256,
+            model: ModelRef,
+            inputs: Vec<Raw>,
+            voucher: Option<WireVoucher>,
+        }
+        let raw = RawReq {
+            version: 1,
+            job_id: B256::ZERO,
+            model: ModelRef { name: "m".into(), version: None, id: None },
+            inputs: vec![Raw { name: "x", shape: vec![2, 2], data: TensorData::Fp32(vec![1.0]) }],
+            voucher: None,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&std::collections::BTreeMap::from([("Infer", &raw)]), &mut bytes).unwrap();
+        assert!(matches!(decode::<Request>(&bytes, MAX_REQUEST_BYTES), Err(CodecError::Malformed(_))));
+    }
+}
