@@ -369,8 +369,13 @@ impl<P: Provider> Actor<P> {
         let receipt = self.provider.get_transaction_receipt(hash).await.map_err(rpc_error)?;
         if let Some(r) = receipt {
             if let (Some(block), Some(block_hash)) = (r.block_number, r.block_hash) {
-                // Only a receipt from a block on our canonical chain counts.
-                if self.blocks.get(&block) == Some(&block_hash) {
+                // Only a receipt from a canonical block counts: checked against our recorded chain, or against
+                // the node for blocks older than what we recorded (e.g. mined before tracking started).
+                let canonical = match self.blocks.get(&block) {
+                    Some(known) => *known == block_hash,
+                    None => block <= self.head && self.header(block).await?.0 == block_hash,
+                };
+                if canonical {
                     let item = self.items.get_mut(&hash).expect("tracked");
                     item.gas_used = r.gas_used;
                     item.cost_wei = u128::from(r.gas_used) * r.effective_gas_price;

@@ -399,3 +399,20 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees() {
     assert_eq!(p.get_transaction_count(key(&anvil, 1).address()).await.unwrap(), 1);
     assert!(receipt.effective_gas_price > 0);
 }
+
+#[tokio::test]
+async fn a_transaction_mined_before_tracking_started_is_confirmed() {
+    let anvil = spawn_anvil(None);
+    let p = provider(&anvil.endpoint());
+    let s = sender(&anvil.endpoint(), key(&anvil, 1)).await;
+    let (sent, receipt) = s
+        .send_and_wait("transfer", TransactionRequest::default().to(anvil.addresses()[2]).value(U256::from(1u64)))
+        .await
+        .unwrap();
+    p.anvil_mine(Some(5), None).await.unwrap();
+    // Someone else's transaction (no raw bytes), mined 5 blocks before the tracker ever saw the chain.
+    let tracker = fast_tracker(p.clone());
+    let state = tracker.track(sent.hash, None, "foreign").await.unwrap();
+    let confirmed = tokio::time::timeout(Duration::from_secs(3), wait_confirmed(state)).await.unwrap().unwrap();
+    assert!(matches!(confirmed, TxState::Confirmed { block, .. } if Some(block) == receipt.block_number));
+}
