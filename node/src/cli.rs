@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the model repository: KServe v2 HTTP API, embeddings, metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load every model in the repository, verify its sha256, run one inference and print a table.
     Models(InferenceArgs),
 }
@@ -79,6 +79,24 @@ pub struct ServeArgs {
     /// Share the cache through Redis at this URL (e.g. redis://127.0.0.1:6379).
     #[arg(long, env = "MLBRIDGE_REDIS_URL", help_heading = "Cache")]
     pub redis_url: Option<String>,
+    /// p2p listen multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
+    #[arg(long = "p2p-listen", env = "MLBRIDGE_P2P_LISTEN", value_delimiter = ',', help_heading = "P2P")]
+    pub p2p_listen: Vec<String>,
+    /// Bootstrap peer multiaddr with /p2p/<id> (repeatable).
+    #[arg(long, env = "MLBRIDGE_BOOTSTRAP", value_delimiter = ',', help_heading = "P2P")]
+    pub bootstrap: Vec<String>,
+    /// Do not discover peers with mDNS.
+    #[arg(long, env = "MLBRIDGE_NO_MDNS", help_heading = "P2P")]
+    pub no_mdns: bool,
+    /// Do not join the p2p network (HTTP only).
+    #[arg(long, env = "MLBRIDGE_NO_P2P", help_heading = "P2P")]
+    pub no_p2p: bool,
+    /// libp2p identity file (created if missing).
+    #[arg(long, env = "MLBRIDGE_IDENTITY_FILE", help_heading = "P2P")]
+    pub identity_file: Option<PathBuf>,
+    /// Operator private key (hex): signs adverts and receipts.
+    #[arg(long, env = "MLBRIDGE_OPERATOR_KEY", hide_env_values = true, help_heading = "P2P")]
+    pub operator_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -123,6 +141,24 @@ impl ServeArgs {
         }
         if let Some(v) = self.redis_url {
             c.cache.redis_url = Some(v);
+        }
+        if !self.p2p_listen.is_empty() {
+            c.p2p.listen = self.p2p_listen;
+        }
+        if !self.bootstrap.is_empty() {
+            c.p2p.bootstrap = self.bootstrap;
+        }
+        if self.no_mdns {
+            c.p2p.mdns = false;
+        }
+        if self.no_p2p {
+            c.p2p.enabled = false;
+        }
+        if let Some(v) = self.identity_file {
+            c.p2p.identity_file = Some(v);
+        }
+        if let Some(v) = self.operator_key {
+            c.operator_key = Some(v);
         }
         Ok(c)
     }
@@ -215,6 +251,11 @@ mod tests {
             "2",
             "--redis-url",
             "redis://127.0.0.1:6379",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/4001",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else { panic!("serve") };
@@ -227,6 +268,9 @@ mod tests {
         assert_eq!(c.inference.queue_capacity, 4);
         assert_eq!(c.inference.threads, Some(1));
         assert_eq!(c.cache.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.p2p.listen, vec!["/ip4/127.0.0.1/tcp/0".to_string()]);
+        assert_eq!(c.p2p.bootstrap, vec!["/ip4/127.0.0.1/tcp/4001".to_string()]);
+        assert!(!c.p2p.mdns && c.p2p.enabled);
     }
 
     #[test]

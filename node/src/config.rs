@@ -24,6 +24,50 @@ pub struct NodeConfig {
     pub inference: InferenceConfig,
     /// Result cache.
     pub cache: CacheConfig,
+    /// Peer-to-peer network.
+    pub p2p: P2pConfig,
+    /// Operator key (hex secp256k1): signs adverts and receipts. An ephemeral key is used when none is set.
+    pub operator_key: Option<String>,
+}
+
+/// Peer-to-peer settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Join the network at all.
+    pub enabled: bool,
+    /// Listen multiaddrs (the p2p port listens on every interface by default).
+    pub listen: Vec<String>,
+    /// Bootstrap peers (`/ip4/../tcp/../p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// mDNS discovery on the local network.
+    pub mdns: bool,
+    /// Seconds between adverts.
+    pub advert_interval_secs: f64,
+    /// Concurrent inbound requests one peer may have in flight; beyond it: "overloaded".
+    pub max_inbound_per_peer: usize,
+    /// Invalid messages a peer may send before it is banned.
+    pub max_invalid_messages: u32,
+    /// Extra delay added to every inbound request (simulates a distant node in tests and demos; 0 = none).
+    pub simulated_latency_ms: u64,
+    /// File holding the node's libp2p identity (created if missing); ephemeral when unset.
+    pub identity_file: Option<PathBuf>,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into(), "/ip4/0.0.0.0/udp/4001/quic-v1".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            advert_interval_secs: 5.0,
+            max_inbound_per_peer: 64,
+            max_invalid_messages: 5,
+            simulated_latency_ms: 0,
+            identity_file: None,
+        }
+    }
 }
 
 /// Public HTTP API settings.
@@ -79,6 +123,8 @@ impl Default for NodeConfig {
             metrics: MetricsConfig::default(),
             inference: InferenceConfig::default(),
             cache: CacheConfig::default(),
+            p2p: P2pConfig::default(),
+            operator_key: None,
         }
     }
 }

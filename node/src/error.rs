@@ -203,6 +203,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The peer-to-peer network failed (addresses, transport, task stopped).
+    #[error("p2p network: {0}")]
+    Network(String),
     /// Prometheus metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

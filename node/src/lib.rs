@@ -12,11 +12,13 @@
 //! - [`api`]: the KServe v2 REST API and OpenAI-compatible `/v1/embeddings` (axum), `/metrics` on its own port.
 //! - [`metrics`]: Prometheus metrics (requests, latency, queue depth, batch size, cache, load time, process).
 //! - [`config`] + [`cli`]: TOML config overridden by flags/env; `serve` and `models` commands.
-//! - [`server`]: starts the engine and listeners; ctrl-c/SIGTERM drain queues and stop gracefully.
+//! - [`p2p`]: the libp2p swarm actor: serves inference/embedding requests from peers through the engine, publishes
+//!   signed adverts, bids on gossiped job offers, bans misbehaving peers.
+//! - [`server`]: starts the engine, the listeners and the swarm; ctrl-c/SIGTERM drain queues and stop gracefully.
 //!
-//! Tasks: the tokio runtime runs the HTTP servers; each model's ONNX Runtime session lives on its own OS thread.
-//! Coming with the next issues (DESIGN.md §5): the libp2p swarm actor in `p2p`, vouchers, the sled ledger and
-//! settlement in `payment`.
+//! Tasks: the tokio runtime runs the HTTP servers and the swarm task (one owner of the `Swarm`, driven by a
+//! `select!` loop, talked to through a cloneable handle); each model's ONNX Runtime session lives on its own OS
+//! thread. Coming with the payments work (DESIGN.md §5): vouchers, the sled ledger and settlement in `payment`.
 
 pub mod api;
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod inference;
 pub mod metrics;
+pub mod p2p;
 pub mod server;
 
 pub use error::{Error, Result};

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the node, served on their own port (`/metrics`).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 /// Every node metric. Cloning shares them. Labels: `model` is `name/version`.
@@ -31,6 +31,16 @@ pub struct NodeMetrics {
     pub cache_misses: IntCounterVec,
     /// Seconds it took to load a model (hash check and session creation).
     pub model_load_seconds: GaugeVec,
+    /// Peers connected over libp2p.
+    pub p2p_peers: IntGauge,
+    /// Gossip messages by direction (`in`, `out`, `rejected`).
+    pub p2p_gossip: IntCounterVec,
+    /// Inbound p2p requests by outcome (`ok`, `client_error`, `overloaded`, `error`, `unsupported_version`).
+    pub p2p_requests: IntCounterVec,
+    /// Latency of answered inbound p2p requests inside the node, seconds.
+    pub p2p_request_seconds: Histogram,
+    /// Peers banned for invalid messages.
+    pub p2p_banned: IntCounter,
 }
 
 impl NodeMetrics {
@@ -70,6 +80,20 @@ impl NodeMetrics {
                 Opts::new("mlbridge_model_load_seconds", "Seconds it took to load a model"),
                 &["model"],
             )?,
+            p2p_peers: IntGauge::new("mlbridge_p2p_peers", "Peers connected over libp2p")?,
+            p2p_gossip: IntCounterVec::new(
+                Opts::new("mlbridge_p2p_gossip_messages_total", "Gossip messages by direction"),
+                &["direction"],
+            )?,
+            p2p_requests: IntCounterVec::new(
+                Opts::new("mlbridge_p2p_requests_total", "Inbound p2p requests by outcome"),
+                &["outcome"],
+            )?,
+            p2p_request_seconds: Histogram::with_opts(
+                HistogramOpts::new("mlbridge_p2p_request_seconds", "Latency of answered inbound p2p requests")
+                    .buckets(exponential_buckets(0.000_05, 1.6, 28)?),
+            )?,
+            p2p_banned: IntCounter::new("mlbridge_p2p_banned_peers_total", "Peers banned for invalid messages")?,
             registry,
         };
         let r = &m.registry;
@@ -84,6 +108,11 @@ impl NodeMetrics {
         r.register(Box::new(m.cache_hits.clone()))?;
         r.register(Box::new(m.cache_misses.clone()))?;
         r.register(Box::new(m.model_load_seconds.clone()))?;
+        r.register(Box::new(m.p2p_peers.clone()))?;
+        r.register(Box::new(m.p2p_gossip.clone()))?;
+        r.register(Box::new(m.p2p_requests.clone()))?;
+        r.register(Box::new(m.p2p_request_seconds.clone()))?;
+        r.register(Box::new(m.p2p_banned.clone()))?;
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
     }

@@ -23,6 +23,8 @@ pub struct RunningNode {
     pub metrics_addr: SocketAddr,
     /// The engine (for in-process use and tests).
     pub engine: Engine,
+    /// The libp2p side, when enabled.
+    pub p2p: Option<crate::p2p::P2pHandle>,
     /// Cancel to shut down.
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -90,14 +92,31 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             tracing::error!(target: "node::metrics", %err, "metrics server failed");
         }
     });
+    let mut tasks = vec![http_task, metrics_task];
+    let p2p = if config.p2p.enabled {
+        let operator = crate::p2p::operator_signer(config.operator_key.as_deref())?;
+        let (handle, task) =
+            crate::p2p::spawn(engine.clone(), &config.p2p, operator, engine.metrics().clone(), shutdown.clone())?;
+        tasks.push(task);
+        Some(handle)
+    } else {
+        None
+    };
     tracing::info!(target: "node", %http_addr, %metrics_addr, models = engine.configs().count(), "node started");
-    Ok(RunningNode { http_addr, metrics_addr, engine, shutdown, tasks: vec![http_task, metrics_task] })
+    Ok(RunningNode { http_addr, metrics_addr, engine, p2p, shutdown, tasks })
 }
 
 /// Run until ctrl-c or SIGTERM, then shut down gracefully.
 pub async fn run(config: NodeConfig) -> Result<()> {
     let node = start(config).await?;
     println!("mlbridge-node: API on http://{}  metrics on http://{}/metrics", node.http_addr, node.metrics_addr);
+    if let Some(p2p) = &node.p2p {
+        // Give the listeners a moment to report their addresses.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for addr in p2p.listen_addrs().await? {
+            println!("mlbridge-node: p2p on {addr}");
+        }
+    }
     let token = node.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -118,6 +118,28 @@ pub enum Error {
     /// The confirmation tracker has stopped (its task ended).
     #[error("the confirmation tracker has stopped")]
     TrackerStopped,
+    /// The peer-to-peer network failed (transport, listen address, behaviour setup).
+    #[error("network: {0}")]
+    Network(String),
+    /// No known node serves the model (or all were tried).
+    #[error("no reachable node serves model '{model}'; wait for adverts (mlbridge nodes) or check --bootstrap")]
+    NoNodes {
+        /// The model asked for.
+        model: String,
+    },
+    /// A node refused or failed the request.
+    #[error("node {peer} answered {kind:?}: {message}")]
+    Remote {
+        /// The node.
+        peer: String,
+        /// What kind of failure.
+        kind: crate::protocol::ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// The client's network task has stopped.
+    #[error("the network client has stopped")]
+    ClientStopped,
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {

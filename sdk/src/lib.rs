@@ -14,12 +14,18 @@
 //! - [`chain`]: contract bindings from the committed artifacts, deployments, a transaction sender (nonces, capped
 //!   EIP-1559 fees, bumps) and the confirmation tracker (depth 3, reorg detection and resubmission).
 //!
-//! The wire protocol and the routing client join as `protocol` and `client` (see DESIGN.md §2).
+//! - [`protocol`]: versioned protocol and topic names and the CBOR messages (inference, embeddings, bids, adverts,
+//!   job offers, receipts) with size limits checked before decoding.
+//! - [`net`]: the libp2p behaviour and swarm builder every peer uses.
+//! - [`client`]: the network client: node discovery from signed adverts, routing strategies, failover, the open
+//!   market (gossiped job offers and bids).
 
 pub mod chain;
+pub mod client;
 pub mod eip712;
 pub mod error;
 pub mod model;
+pub mod net;
 pub mod protocol;
 pub mod receipt;
 pub mod tensor;

@@ -1,8 +1,9 @@
 //! The ML Bridge wire protocol: versioned names and the CBOR messages peers exchange.
 //!
-//! - Request-response protocol [`INFER_PROTOCOL`]: an [`InferRequest`] (model, named tensors, optional voucher) is
-//!   answered by an [`InferResponse`]: outputs with the node's signed receipt, or a typed [`ProtocolError`] (never a
-//!   dropped stream). Bids for gossiped jobs use the same protocol ([`Request::Bid`]).
+//! - Request-response protocol [`INFER_PROTOCOL`]: an [`InferRequest`] (model, named tensors, optional voucher) or an
+//!   [`EmbedRequest`] (texts) is answered by an [`InferResponse`]: outputs with the node's signed receipt, or a typed
+//!   [`ProtocolError`] (never a dropped stream). A node answers a gossiped [`JobOffer`] by sending its [`Bid`] to the
+//!   offering client over the same protocol ([`Request::Bid`], acknowledged with [`Response::Ack`]).
 //! - Gossipsub topics: [`ADVERTS_TOPIC`] carries [`Advert`]s (a node's models, prices, load), [`jobs_topic`] carries
 //!   [`JobOffer`]s for one model, [`RECEIPTS_TOPIC`] carries [`ReceiptMsg`]s for validators.
 //!
@@ -62,10 +63,43 @@ pub struct WireVoucher {
 /// A request on [`INFER_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Run an inference.
+    /// Run an inference (client to node).
     Infer(InferRequest),
-    /// Quote a gossiped job.
-    Bid(BidRequest),
+    /// Embed texts with a text-embedding model (client to node).
+    Embed(EmbedRequest),
+    /// A quote for a gossiped job offer (node to the offering client).
+    Bid(Bid),
+    /// Made by the codec for bytes that are no request (undecodable or over the limit); never sent on the wire.
+    /// Lets the receiver answer with a typed error and penalise the sender.
+    #[serde(skip)]
+    Malformed(String),
+}
+
+/// Embed `texts` with a text-embedding model; the answer holds one FP32 tensor `embedding` of shape [N, D].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Wire version ([`WIRE_VERSION`]).
+    pub version: u16,
+    /// Client-chosen job id.
+    pub job_id: B256,
+    /// The model.
+    pub model: ModelRef,
+    /// Texts to embed.
+    pub texts: Vec<String>,
+    /// Payment for this job (required by paid nodes).
+    pub voucher: Option<WireVoucher>,
+}
+
+impl Request {
+    /// The wire version the sender speaks.
+    pub fn version(&self) -> u16 {
+        match self {
+            Self::Infer(r) => r.version,
+            Self::Embed(r) => r.version,
+            Self::Bid(b) => b.version,
+            Self::Malformed(_) => WIRE_VERSION,
+        }
+    }
 }
 
 /// Run `inputs` through `model`.
@@ -83,22 +117,13 @@ pub struct InferRequest {
     pub voucher: Option<WireVoucher>,
 }
 
-/// Ask a node for a price and latency for an offered job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BidRequest {
-    /// Wire version.
-    pub version: u16,
-    /// The offer being answered.
-    pub offer: JobOffer,
-}
-
 /// A response on [`INFER_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// The inference ran.
     Infer(Box<InferResponse>),
-    /// The node's quote.
-    Bid(Bid),
+    /// A bid was received.
+    Ack,
     /// The request was refused or failed.
     Error(ProtocolError),
 }
@@ -146,7 +171,8 @@ pub struct ProtocolError {
     pub message: String,
 }
 
-/// A client's open-market offer, gossiped on the model's jobs topic.
+/// A client's open-market offer, gossiped on the model's jobs topic (signed by the client's peer key, which is
+/// where bids are sent).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobOffer {
     /// Wire version.
@@ -165,7 +191,7 @@ pub struct JobOffer {
     pub deadline_unix: u64,
 }
 
-/// A node's quote for a job offer.
+/// A node's quote for a job offer, sent to the offering client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bid {
     /// Wire version.
@@ -176,6 +202,8 @@ pub struct Bid {
     pub price_wei: U256,
     /// Expected latency from the node's queue, milliseconds.
     pub expected_latency_ms: u32,
+    /// The model served (name and version) for the follow-up request.
+    pub model: ModelRef,
 }
 
 /// One model in an advert.
@@ -206,10 +234,38 @@ pub struct Advert {
     pub models: Vec<AdvertModel>,
     /// Requests the node can queue in total.
     pub capacity: u32,
+    /// Multiaddrs (binary) the node can be dialled at.
+    pub addrs: Vec<Vec<u8>>,
     /// Unix milliseconds when issued (peers drop stale adverts).
     pub issued_at_ms: u64,
     /// Operator's signature over the advert with this field empty.
     pub signature: Vec<u8>,
+}
+
+impl Advert {
+    fn signing_hash(&self) -> B256 {
+        let mut unsigned = self.clone();
+        unsigned.signature = Vec::new();
+        alloy::primitives::keccak256(encode(&unsigned))
+    }
+
+    /// Sign as the operator (EIP-191 over the keccak of the advert's CBOR with an empty signature).
+    pub fn sign<S: alloy::signers::SignerSync>(mut self, signer: &S) -> crate::Result<Self> {
+        let sig = signer
+            .sign_message_sync(self.signing_hash().as_slice())
+            .map_err(|e| crate::Error::Signature(e.to_string()))?;
+        self.signature = sig.as_bytes().to_vec();
+        Ok(self)
+    }
+
+    /// Whether the operator signed this advert and it was published by the peer it names.
+    pub fn verify(&self, publisher: &[u8]) -> bool {
+        if self.peer_id != publisher || self.version != WIRE_VERSION {
+            return false;
+        }
+        let Ok(sig) = alloy::primitives::Signature::try_from(self.signature.as_slice()) else { return false };
+        sig.recover_address_from_msg(self.signing_hash().as_slice()).is_ok_and(|a| a == self.operator)
+    }
 }
 
 /// A node-signed receipt on the wire (the EIP-712 `Receipt` of [`crate::receipt`] plus its signature).
@@ -365,6 +421,7 @@ mod tests {
                 operator: Address::repeat_byte(3),
                 models: vec![AdvertModel { model_id: id, name: "m".into(), version: 2, price_wei: U256::from(price), queue_depth: depth }],
                 capacity: 256,
+                addrs: vec![vec![4, 127, 0, 0, 1]],
                 issued_at_ms: 1,
                 signature: vec![7; 65],
             };
@@ -401,6 +458,31 @@ mod tests {
             }
             let _ = decode::<Request>(&bytes, MAX_REQUEST_BYTES);
         }
+    }
+
+    #[test]
+    fn adverts_bind_operator_and_peer() {
+        let operator = alloy::signers::local::PrivateKeySigner::random();
+        let advert = Advert {
+            version: WIRE_VERSION,
+            peer_id: vec![1, 2, 3],
+            operator: operator.address(),
+            models: vec![],
+            capacity: 8,
+            addrs: vec![],
+            issued_at_ms: 5,
+            signature: vec![],
+        }
+        .sign(&operator)
+        .unwrap();
+        assert!(advert.verify(&[1, 2, 3]));
+        assert!(!advert.verify(&[9]), "published by another peer");
+        let mut forged = advert.clone();
+        forged.capacity = 9999;
+        assert!(!forged.verify(&[1, 2, 3]), "tampered");
+        let mut other = advert;
+        other.operator = Address::repeat_byte(1);
+        assert!(!other.verify(&[1, 2, 3]), "claims another operator");
     }
 
     #[test]

@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod api;
+mod p2p;
 mod repository;
 mod support;

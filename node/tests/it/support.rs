@@ -15,6 +15,8 @@ pub async fn start_node(edit: impl FnOnce(&mut NodeConfig)) -> RunningNode {
     let mut config = NodeConfig { model_repository: models_root(), ..NodeConfig::default() };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    config.p2p.mdns = false;
     edit(&mut config);
     start(config).await.unwrap()
 }

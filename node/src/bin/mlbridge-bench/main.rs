@@ -34,6 +34,8 @@ struct Cli {
 enum Suite {
     /// Raw ONNX Runtime vs engine vs HTTP, batching, cache, cold start.
     Inference,
+    /// libp2p request-response vs HTTP vs raw ONNX Runtime.
+    P2p,
 }
 
 fn main() {
@@ -42,6 +44,7 @@ fn main() {
     let limits = load::Limits { seconds: cli.seconds, max_requests: cli.max_requests };
     let result = match cli.suite {
         Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
+        Suite::P2p => rt.block_on(scenarios::p2p(&cli.model_repository, limits)),
     };
     if let Err(err) = result {
         eprintln!("Error: {err:?}");

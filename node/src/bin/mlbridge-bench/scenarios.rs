@@ -50,6 +50,8 @@ async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Result<Running
     config.metrics.listen = "127.0.0.1:0".parse()?;
     config.http.max_body_bytes = 16 << 20;
     config.inference.queue_capacity = 1024;
+    config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    config.p2p.mdns = false;
     edit(&mut config);
     Ok(start(config).await?)
 }
@@ -281,7 +283,17 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
     }
     let started = Instant::now();
     let mut child = Command::new(node_bin)
-        .args(["serve", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
+        .args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--model-repository",
+        ])
         .arg(repo)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -317,5 +329,68 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
         let secs: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         println!("| {model:<16} | {:>32.1} |", secs * 1e3);
     }
+    Ok(())
+}
+
+/// Throughput and latency over libp2p next to HTTP and raw ONNX Runtime, for mlp-tiny and MiniLM INT8.
+pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
+    use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+    use mlbridge_sdk::net::NetConfig;
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    println!("# P2P benchmark");
+    println!(
+        "\n{} CPUs, {} s per row, batch 1 per request; node and client in one process on 127.0.0.1 (libp2p over TCP, \
+         noise, yamux); result cache off.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        limits.seconds
+    );
+    let n = node(repo, |c| c.cache.enabled = false).await?;
+    let p2p = n.p2p.as_ref().context("p2p is enabled")?;
+    let mut addrs = p2p.listen_addrs().await?;
+    while addrs.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        addrs = p2p.listen_addrs().await?;
+    }
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        bootstrap: addrs,
+        mdns: false,
+        heartbeat: Duration::from_millis(200),
+        ..NetConfig::default()
+    };
+    let client = Client::start(ClientConfig { net, strategy: Strategy::RoundRobin, ..ClientConfig::default() })?;
+    if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await?.is_empty() {
+        bail!("the client did not see the node's advert");
+    }
+    let runtime = OnnxRuntime::init(None)?;
+    let repository = ModelRepository::open(repo)?;
+    header("libp2p vs HTTP vs raw ONNX Runtime");
+    for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {
+        let what = format!("{name}/{version} {label}");
+        let inputs = request(&n.engine, name, version, 0)?;
+        let raw = {
+            let model = repository.load_config(&runtime, repository.config(name, Some(version))?.clone())?;
+            let inputs = inputs.clone();
+            tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(inputs.clone()).is_ok()))
+                .await?
+        };
+        row(&what, "raw ORT", 1, &raw, Some(raw.throughput()));
+        for c in CONCURRENCY {
+            let (cl, inputs) = (client.clone(), inputs.clone());
+            let s = load::run(c, limits, move |_| {
+                let (cl, inputs) = (cl.clone(), inputs.clone());
+                async move { cl.infer(name, Some(version), inputs).await.is_ok() }
+            })
+            .await;
+            row(&what, "p2p", c, &s, Some(raw.throughput()));
+        }
+        let url = format!("http://{}/v2/models/{name}/versions/{version}/infer", n.http_addr);
+        for c in CONCURRENCY {
+            let s = http_load(&http, url.clone(), kserve_body(&inputs), c, limits).await;
+            row(&what, "http", c, &s, Some(raw.throughput()));
+        }
+    }
+    n.shutdown.cancel();
     Ok(())
 }

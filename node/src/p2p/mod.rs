@@ -1,0 +1,539 @@
+//! The node's libp2p side: one task owns the `Swarm` and runs a `select!` loop over swarm events, commands from
+//! [`P2pHandle`]s, answers of finished inferences, the advert timer and the reconnect timer.
+//!
+//! - Inbound `Infer`/`Embed` requests run on the [`Engine`] in spawned tasks (the batcher does the compute on its own
+//!   thread); answers come back to the loop over a bounded channel, because only the swarm's owner may answer.
+//!   Errors are typed responses (unknown model, bad input, overloaded, unsupported version), never dropped streams.
+//!   A peer may have `max_inbound_per_peer` requests in flight; more are answered "overloaded" at once.
+//! - Every `advert_interval` the node publishes a signed [`Advert`] (operator key + PeerId, models, prices, queue).
+//! - It subscribes to the job topic of every model it serves and answers acceptable [`JobOffer`]s with a [`Bid`]
+//!   sent to the offering peer.
+//! - Gossip is validated explicitly (accept/reject); peers whose messages (gossip or requests) are invalid too often
+//!   are banned (block list + disconnect) on top of gossipsub's score penalty.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::{B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, peer_of};
+use mlbridge_sdk::protocol::{
+    ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
+    MAX_GOSSIP_BYTES, ModelRef, ProtocolError, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
+};
+use mlbridge_sdk::{Tensor, TensorData};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::P2pConfig;
+use crate::inference::Engine;
+use crate::inference::engine::is_client_error;
+use crate::metrics::NodeMetrics;
+use crate::{Error, Result};
+
+/// Commands to the swarm task.
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+}
+
+/// Cloneable handle to the node's swarm task.
+#[derive(Clone, Debug)]
+pub struct P2pHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl P2pHandle {
+    /// The node's libp2p identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses the node listens on, each with its `/p2p/<id>` suffix (ready to use as bootstrap addresses).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::ListenAddrs(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Peers(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Network("the p2p task has stopped".into())
+}
+
+/// The node's libp2p identity: loaded from `path` (created on first run) or ephemeral.
+pub fn load_identity(path: Option<&Path>) -> Result<Keypair> {
+    let Some(path) = path else { return Ok(Keypair::generate_ed25519()) };
+    let fail = |reason: String| Error::Config { path: path.to_owned(), reason };
+    if path.is_file() {
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the identity: {e}")))?;
+        return Keypair::from_protobuf_encoding(&bytes).map_err(|e| fail(format!("not a libp2p identity: {e}")));
+    }
+    let key = Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| fail(format!("cannot write the identity: {e}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(key)
+}
+
+/// Parse the operator key (hex), or make an ephemeral one.
+pub fn operator_signer(key: Option<&str>) -> Result<PrivateKeySigner> {
+    match key {
+        Some(hex) => hex.trim().parse().map_err(|e| Error::Config {
+            path: "operator_key".into(),
+            reason: format!("not a secp256k1 private key in hex: {e}"),
+        }),
+        None => {
+            tracing::warn!(target: "node::p2p", "no operator key configured; adverts are signed with an ephemeral key");
+            Ok(PrivateKeySigner::random())
+        }
+    }
+}
+
+/// Start the swarm task. It stops when `shutdown` is cancelled.
+pub fn spawn(
+    engine: Engine,
+    config: &P2pConfig,
+    operator: PrivateKeySigner,
+    metrics: NodeMetrics,
+    shutdown: CancellationToken,
+) -> Result<(P2pHandle, JoinHandle<()>)> {
+    let keypair = load_identity(config.identity_file.as_deref())?;
+    let peer_id = keypair.public().to_peer_id();
+    let parse = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
+        list.iter()
+            .map(|a| a.parse().map_err(|e| Error::Network(format!("{what} address '{a}' is not a multiaddr: {e}"))))
+            .collect()
+    };
+    let net = NetConfig {
+        listen: parse(&config.listen, "listen")?,
+        bootstrap: parse(&config.bootstrap, "bootstrap")?,
+        mdns: config.mdns,
+        ..NetConfig::default()
+    };
+    let swarm = build_swarm(keypair, &net).map_err(|e| Error::Network(e.to_string()))?;
+    let (commands, rx) = mpsc::channel(64);
+    let (answers_tx, answers) = mpsc::channel(1024);
+    let mut actor = Actor {
+        swarm,
+        engine,
+        config: config.clone(),
+        net,
+        operator,
+        metrics,
+        commands: rx,
+        answers_tx,
+        answers,
+        inflight: HashMap::new(),
+        invalid: HashMap::new(),
+        job_topics: HashMap::new(),
+    };
+    actor.subscribe()?;
+    actor.dial_bootstrap();
+    let task = tokio::spawn(actor.run(shutdown));
+    Ok((P2pHandle { commands, peer_id }, task))
+}
+
+struct Answer {
+    channel: ResponseChannel<Response>,
+    response: Response,
+    peer: PeerId,
+    started: Instant,
+    outcome: &'static str,
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    engine: Engine,
+    config: P2pConfig,
+    net: NetConfig,
+    operator: PrivateKeySigner,
+    metrics: NodeMetrics,
+    commands: mpsc::Receiver<Command>,
+    answers_tx: mpsc::Sender<Answer>,
+    answers: mpsc::Receiver<Answer>,
+    inflight: HashMap<PeerId, usize>,
+    invalid: HashMap<PeerId, u32>,
+    /// Job topic of each served model id -> (name, version).
+    job_topics: HashMap<TopicHash, (String, u64)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn protocol_error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error(ProtocolError { kind, message: message.into() })
+}
+
+/// Map an engine error to a typed protocol error and a metrics outcome.
+fn engine_error(e: &Error) -> (Response, &'static str) {
+    match e {
+        Error::UnknownModel { .. } => (protocol_error(ErrorKind::UnknownModel, e.to_string()), "client_error"),
+        Error::Overloaded { .. } => (protocol_error(ErrorKind::Overloaded, e.to_string()), "overloaded"),
+        e if is_client_error(e) => (protocol_error(ErrorKind::BadInput, e.to_string()), "client_error"),
+        e => {
+            tracing::error!(target: "node::p2p", err = %e, "request failed");
+            (protocol_error(ErrorKind::Internal, "internal error; the node's log has the details"), "error")
+        }
+    }
+}
+
+impl Actor {
+    fn subscribe(&mut self) -> Result<()> {
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        gossip.subscribe(&IdentTopic::new(ADVERTS_TOPIC)).map_err(|e| Error::Network(e.to_string()))?;
+        for c in self.engine.configs() {
+            let topic = IdentTopic::new(jobs_topic(&c.sha256));
+            gossip.subscribe(&topic).map_err(|e| Error::Network(e.to_string()))?;
+            self.job_topics.insert(topic.hash(), (c.name.clone(), c.version));
+        }
+        Ok(())
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.net.bootstrap.clone() {
+            if let Some(peer) = peer_of(&addr) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(err) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(target: "node::p2p", %addr, %err, "cannot dial bootstrap peer");
+            }
+        }
+        if !self.net.bootstrap.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let interval = Duration::from_secs_f64(self.config.advert_interval_secs.max(0.05));
+        let mut adverts = tokio::time::interval(interval);
+        let mut reconnect = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(answer) = self.answers.recv() => self.on_answer(answer),
+                _ = adverts.tick() => self.publish_advert(),
+                _ = reconnect.tick() => {
+                    if self.swarm.connected_peers().next().is_none() && !self.net.bootstrap.is_empty() {
+                        tracing::info!(target: "node::p2p", "no peers; dialling the bootstrap peers again");
+                        self.dial_bootstrap();
+                    }
+                }
+            }
+        }
+        tracing::info!(target: "node::p2p", "p2p task stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self.swarm.listeners().map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a)).collect();
+                let _ = reply.send(addrs);
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(target: "node::p2p", %address, peer = %self.swarm.local_peer_id(), "listening");
+            }
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                self.metrics.p2p_peers.set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.metrics.p2p_gossip.with_label_values(&["in"]).inc();
+                let acceptance = self.on_gossip(&message);
+                if acceptance == MessageAcceptance::Reject {
+                    self.metrics.p2p_gossip.with_label_values(&["rejected"]).inc();
+                    self.strike(propagation_source);
+                }
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. }))
+                if topic == IdentTopic::new(ADVERTS_TOPIC).hash() =>
+            {
+                // A new listener: advertise now rather than at the next tick.
+                self.publish_advert();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rpc(&mut self, ev: request_response::Event<Request, Response>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
+                self.on_request(peer, request, channel);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(target: "node::p2p", %peer, %error, "inbound request failed");
+            }
+            // Our outbound requests are bids; their acks need no handling.
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        let started = Instant::now();
+        if request.version() != WIRE_VERSION {
+            let msg = format!("wire version {} is not supported; this node speaks {WIRE_VERSION}", request.version());
+            return self.reply_now(channel, protocol_error(ErrorKind::UnsupportedVersion, msg), "unsupported_version");
+        }
+        if let Request::Malformed(reason) = &request {
+            let msg = format!("not a request: {reason}");
+            self.strike(peer);
+            return self.reply_now(channel, protocol_error(ErrorKind::Malformed, msg), "malformed");
+        }
+        if matches!(request, Request::Bid(_)) {
+            return self.reply_now(
+                channel,
+                protocol_error(ErrorKind::BadInput, "nodes do not take bids"),
+                "client_error",
+            );
+        }
+        let inflight = self.inflight.entry(peer).or_default();
+        if *inflight >= self.config.max_inbound_per_peer {
+            let msg = format!("more than {} requests in flight from one peer", self.config.max_inbound_per_peer);
+            return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
+        }
+        *inflight += 1;
+        let (engine, tx) = (self.engine.clone(), self.answers_tx.clone());
+        let latency = Duration::from_millis(self.config.simulated_latency_ms);
+        tokio::spawn(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let (response, outcome) = match request {
+                Request::Infer(r) => serve_infer(&engine, r).await,
+                Request::Embed(r) => serve_embed(&engine, r).await,
+                Request::Bid(_) | Request::Malformed(_) => unreachable!("answered above"),
+            };
+            let _ = tx.send(Answer { channel, response, peer, started, outcome }).await;
+        });
+    }
+
+    fn reply_now(&mut self, channel: ResponseChannel<Response>, response: Response, outcome: &'static str) {
+        self.metrics.p2p_requests.with_label_values(&[outcome]).inc();
+        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+    }
+
+    fn on_answer(&mut self, a: Answer) {
+        if let Some(n) = self.inflight.get_mut(&a.peer) {
+            *n = n.saturating_sub(1);
+        }
+        self.metrics.p2p_requests.with_label_values(&[a.outcome]).inc();
+        if a.outcome == "ok" {
+            self.metrics.p2p_request_seconds.observe(a.started.elapsed().as_secs_f64());
+        }
+        if self.swarm.behaviour_mut().rpc.send_response(a.channel, a.response).is_err() {
+            tracing::debug!(target: "node::p2p", peer = %a.peer, "the requester went away before the answer");
+        }
+    }
+
+    fn on_gossip(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(source) = message.source else { return MessageAcceptance::Reject };
+        if message.topic == IdentTopic::new(ADVERTS_TOPIC).hash() {
+            return match decode::<Advert>(&message.data, MAX_GOSSIP_BYTES) {
+                Ok(a) if a.verify(&source.to_bytes()) => MessageAcceptance::Accept,
+                _ => MessageAcceptance::Reject,
+            };
+        }
+        if let Some((name, version)) = self.job_topics.get(&message.topic).cloned() {
+            return match decode::<JobOffer>(&message.data, MAX_GOSSIP_BYTES) {
+                Ok(offer) if offer.version == WIRE_VERSION => {
+                    self.maybe_bid(source, &offer, &name, version);
+                    MessageAcceptance::Accept
+                }
+                _ => MessageAcceptance::Reject,
+            };
+        }
+        MessageAcceptance::Ignore
+    }
+
+    /// Bid on an offer for a model we serve when its price and deadline suit us and we have spare capacity.
+    fn maybe_bid(&mut self, client: PeerId, offer: &JobOffer, name: &str, version: u64) {
+        let Ok(config) = self.engine.config(name, Some(version)) else { return };
+        let price = U256::from(config.price_wei);
+        let now_s = now_ms() / 1000;
+        let queue = self.engine.queue_depth(name, Some(version));
+        if offer.model_id != config.sha256 || offer.deadline_unix <= now_s || offer.max_price_wei < price || queue > 128
+        {
+            return;
+        }
+        let key = config.key();
+        let h = self.engine.metrics().request_seconds.with_label_values(&[&key]);
+        let mean_ms =
+            if h.get_sample_count() > 0 { h.get_sample_sum() * 1e3 / h.get_sample_count() as f64 } else { 1.0 };
+        let bid = Bid {
+            version: WIRE_VERSION,
+            job_id: offer.job_id,
+            price_wei: price,
+            expected_latency_ms: ((queue as f64 + 1.0) * mean_ms).ceil() as u32
+                + self.config.simulated_latency_ms as u32,
+            model: ModelRef { name: name.to_owned(), version: Some(version), id: Some(config.sha256) },
+        };
+        self.swarm.behaviour_mut().rpc.send_request(&client, Request::Bid(bid));
+    }
+
+    fn publish_advert(&mut self) {
+        let models = self
+            .engine
+            .configs()
+            .map(|c| AdvertModel {
+                model_id: c.sha256,
+                name: c.name.clone(),
+                version: c.version,
+                price_wei: U256::from(c.price_wei),
+                queue_depth: self.engine.queue_depth(&c.name, Some(c.version)) as u32,
+            })
+            .collect();
+        let advert = Advert {
+            version: WIRE_VERSION,
+            peer_id: self.swarm.local_peer_id().to_bytes(),
+            operator: self.operator.address(),
+            models,
+            capacity: self.config.max_inbound_per_peer as u32,
+            addrs: self
+                .swarm
+                .listeners()
+                .chain(self.swarm.external_addresses())
+                .filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())))
+                .map(|a| a.to_vec())
+                .collect(),
+            issued_at_ms: now_ms(),
+            signature: Vec::new(),
+        };
+        let Ok(signed) = advert.sign(&self.operator) else { return };
+        match self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(ADVERTS_TOPIC), encode(&signed)) {
+            Ok(_) => self.metrics.p2p_gossip.with_label_values(&["out"]).inc(),
+            // No subscribed peers yet: the next advert will go out.
+            Err(err) => tracing::trace!(target: "node::p2p", %err, "advert not published"),
+        }
+    }
+
+    /// Count an invalid message from `peer`; ban it at the configured limit.
+    fn strike(&mut self, peer: PeerId) {
+        let n = self.invalid.entry(peer).or_default();
+        *n += 1;
+        if *n == self.config.max_invalid_messages {
+            tracing::warn!(target: "node::p2p", %peer, "banning peer for invalid messages");
+            self.metrics.p2p_banned.inc();
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+}
+
+async fn serve_infer(engine: &Engine, r: InferRequest) -> (Response, &'static str) {
+    let config = match engine.config(&r.model.name, r.model.version) {
+        Ok(c) => c.clone(),
+        Err(e) => return engine_error(&e),
+    };
+    if r.model.id.is_some_and(|id| id != config.sha256) {
+        let msg = format!("this node serves {} with different weights ({})", config.key(), config.sha256);
+        return (protocol_error(ErrorKind::UnknownModel, msg), "client_error");
+    }
+    match engine.infer(&config.name, Some(config.version), r.inputs).await {
+        Ok(inference) => (
+            Response::Infer(Box::new(InferResponse {
+                version: WIRE_VERSION,
+                job_id: r.job_id,
+                model_id: config.sha256,
+                outputs: inference.outputs.as_ref().clone(),
+                receipt: None,
+            })),
+            "ok",
+        ),
+        Err(e) => engine_error(&e),
+    }
+}
+
+async fn serve_embed(engine: &Engine, r: EmbedRequest) -> (Response, &'static str) {
+    let config = match engine.config(&r.model.name, r.model.version) {
+        Ok(c) => c.clone(),
+        Err(e) => return engine_error(&e),
+    };
+    match engine.embed(&config.name, Some(config.version), &r.texts).await {
+        Ok(emb) => {
+            let dim = emb.vectors.first().map_or(0, Vec::len);
+            let data: Vec<f32> = emb.vectors.into_iter().flatten().collect();
+            let shape = vec![r.texts.len() as i64, dim as i64];
+            match Tensor::new("embedding", shape, TensorData::Fp32(data)) {
+                Ok(t) => (
+                    Response::Infer(Box::new(InferResponse {
+                        version: WIRE_VERSION,
+                        job_id: r.job_id,
+                        model_id: config.sha256,
+                        outputs: vec![t],
+                        receipt: None,
+                    })),
+                    "ok",
+                ),
+                Err(e) => engine_error(&Error::Sdk(e)),
+            }
+        }
+        Err(e) => engine_error(&e),
+    }
+}
+
+/// A placeholder-free job id for locally generated work (tests, tools): sha256 of a counter and the time.
+pub fn random_job_id() -> B256 {
+    use sha2::Digest;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    B256::from(<[u8; 32]>::from(sha2::Sha256::digest([n.to_le_bytes(), now_ms().to_le_bytes()].concat())))
+}

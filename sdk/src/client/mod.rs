@@ -1,0 +1,538 @@
+//! The network client: joins ML Bridge as a libp2p peer, keeps a live view of nodes from their signed adverts,
+//! and runs inferences with a routing [`Strategy`] and failover.
+//!
+//! One task owns the client's `Swarm` (like the node's); [`Client`] is a cheap, cloneable handle that talks to it
+//! through bounded commands with `oneshot` replies. Outbound requests wait in a map keyed by request id.
+//! [`Client::infer`] picks a node, sends the request, and on a timeout, a lost connection, an overloaded or failing
+//! node tries the next one (each request is answered once; client mistakes are returned at once, not retried).
+//! [`Client::offer`] is the open market: gossip a [`JobOffer`], collect [`Bid`]s, send the job to the best one.
+
+mod routing;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{B256, U256};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+pub use routing::Strategy;
+use routing::{Candidate, Router};
+
+use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, peer_of};
+use crate::protocol::{
+    ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
+    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
+};
+use crate::{Error, ModelId, Result, Tensor};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Network settings (listen addresses, bootstrap peers, mDNS).
+    pub net: NetConfig,
+    /// Routing strategy.
+    pub strategy: Strategy,
+    /// Longest wait for one node's answer before failing over.
+    pub request_timeout: Duration,
+    /// Nodes to try per request.
+    pub attempts: usize,
+    /// Adverts older than this are ignored.
+    pub advert_ttl: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            net: NetConfig { listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid")], ..NetConfig::default() },
+            strategy: Strategy::default(),
+            request_timeout: Duration::from_secs(30),
+            attempts: 3,
+            advert_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the client knows about a node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// libp2p identity.
+    pub peer_id: PeerId,
+    /// Operator address (signed the advert).
+    pub operator: alloy::primitives::Address,
+    /// Models, prices and queue depths from the latest advert.
+    pub models: Vec<AdvertModel>,
+    /// Advertised capacity.
+    pub capacity: u32,
+    /// Our requests in flight to it.
+    pub outstanding: usize,
+    /// Age of the latest advert.
+    pub age: Duration,
+}
+
+/// A successful inference.
+#[derive(Clone, Debug)]
+pub struct InferOutcome {
+    /// The node that answered.
+    pub node: PeerId,
+    /// Its answer.
+    pub response: InferResponse,
+    /// Nodes tried (1 = no failover).
+    pub attempts: usize,
+}
+
+/// The result of an open-market job.
+#[derive(Clone, Debug)]
+pub struct OfferOutcome {
+    /// Every bid received.
+    pub bids: Vec<(PeerId, Bid)>,
+    /// The inference on the chosen node.
+    pub outcome: InferOutcome,
+}
+
+enum Command {
+    Nodes(oneshot::Sender<Vec<NodeInfo>>),
+    Pick {
+        model: String,
+        version: Option<u64>,
+        exclude: Vec<PeerId>,
+        reply: oneshot::Sender<Option<PeerId>>,
+    },
+    Send {
+        peer: PeerId,
+        request: Box<Request>,
+        reply: oneshot::Sender<std::result::Result<Response, String>>,
+    },
+    Offer {
+        offer: JobOffer,
+        bids: mpsc::Sender<(PeerId, Bid)>,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    EndOffer(B256),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// Handle to the client task. Clone it freely; the task ends when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Start a client with a fresh identity.
+    pub fn start(config: ClientConfig) -> Result<Self> {
+        Self::start_with(Keypair::generate_ed25519(), config)
+    }
+
+    /// Start a client with `keypair`.
+    pub fn start_with(keypair: Keypair, config: ClientConfig) -> Result<Self> {
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &config.net)?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(ADVERTS_TOPIC))
+            .map_err(|e| Error::Network(e.to_string()))?;
+        for addr in &config.net.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            swarm.dial(addr.clone()).map_err(|e| Error::Network(format!("dialling {addr}: {e}")))?;
+        }
+        if !config.net.bootstrap.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        let (commands, rx) = mpsc::channel(256);
+        let actor = Actor {
+            swarm,
+            commands: rx,
+            nodes: HashMap::new(),
+            outstanding: HashMap::new(),
+            pending: HashMap::new(),
+            offers: HashMap::new(),
+            router: Router::default(),
+            strategy: config.strategy,
+            advert_ttl: config.advert_ttl,
+        };
+        tokio::spawn(actor.run());
+        Ok(Self { commands, peer_id, config })
+    }
+
+    /// The client's libp2p identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Error::ClientStopped)?;
+        rx.await.map_err(|_| Error::ClientStopped)
+    }
+
+    /// Nodes known from fresh adverts.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.ask(Command::Nodes).await
+    }
+
+    /// Addresses the client listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Wait until at least `n` nodes serving `model` are known (or `timeout` passes).
+    pub async fn wait_for_nodes(&self, model: &str, n: usize, timeout: Duration) -> Result<Vec<NodeInfo>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes: Vec<NodeInfo> =
+                self.nodes().await?.into_iter().filter(|i| i.models.iter().any(|m| m.name == model)).collect();
+            if nodes.len() >= n || Instant::now() >= deadline {
+                return Ok(nodes);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run `inputs` on a node serving `model` (`version` = latest when `None`), failing over on node trouble.
+    pub async fn infer(&self, model: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<InferOutcome> {
+        let model_ref = ModelRef { name: model.to_owned(), version, id: None };
+        self.with_failover(model, version, move || {
+            Request::Infer(InferRequest {
+                version: WIRE_VERSION,
+                job_id: random_id(),
+                model: model_ref.clone(),
+                inputs: inputs.clone(),
+                voucher: None,
+            })
+        })
+        .await
+    }
+
+    /// Embed `texts` with a text-embedding model on a node serving it.
+    pub async fn embed(&self, model: &str, version: Option<u64>, texts: Vec<String>) -> Result<InferOutcome> {
+        let model_ref = ModelRef { name: model.to_owned(), version, id: None };
+        self.with_failover(model, version, move || {
+            Request::Embed(EmbedRequest {
+                version: WIRE_VERSION,
+                job_id: random_id(),
+                model: model_ref.clone(),
+                texts: texts.clone(),
+                voucher: None,
+            })
+        })
+        .await
+    }
+
+    async fn with_failover(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        make: impl Fn() -> Request,
+    ) -> Result<InferOutcome> {
+        let mut exclude = Vec::new();
+        let mut last = Error::NoNodes { model: model.to_owned() };
+        for attempt in 1..=self.config.attempts.max(1) {
+            let picked = self
+                .ask(|reply| Command::Pick { model: model.to_owned(), version, exclude: exclude.clone(), reply })
+                .await?;
+            let Some(peer) = picked else { break };
+            match self.send_to(peer, make()).await {
+                Ok(Response::Infer(r)) => return Ok(InferOutcome { node: peer, response: *r, attempts: attempt }),
+                Ok(Response::Error(e)) => {
+                    let remote = Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message };
+                    match e.kind {
+                        // The node cannot serve it now, or its advert was stale: try another.
+                        ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel => last = remote,
+                        // Our request is at fault: another node would say the same.
+                        _ => return Err(remote),
+                    }
+                }
+                Ok(Response::Ack) => last = Error::Network(format!("node {peer} answered an inference with an ack")),
+                Err(e) => last = e,
+            }
+            tracing::debug!(target: "sdk::client", %peer, err = %last, "failing over to another node");
+            exclude.push(peer);
+        }
+        Err(last)
+    }
+
+    /// Send one request to one node and wait (up to the request timeout) for its answer.
+    pub async fn send_to(&self, peer: PeerId, request: Request) -> Result<Response> {
+        let sent = self.ask(|reply| Command::Send { peer, request: Box::new(request), reply });
+        match tokio::time::timeout(self.config.request_timeout, sent).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(failure))) => Err(Error::Network(format!("request to {peer} failed: {failure}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                Err(Error::Network(format!("node {peer} did not answer within {:?}", self.config.request_timeout)))
+            }
+        }
+    }
+
+    /// The open market: gossip an offer for `model_id`, collect bids for `window`, run the job on the cheapest
+    /// (then fastest) bidder.
+    pub async fn offer(
+        &self,
+        model_id: ModelId,
+        inputs: Vec<Tensor>,
+        max_price_wei: U256,
+        window: Duration,
+    ) -> Result<OfferOutcome> {
+        let mut canonical = Vec::new();
+        for t in &inputs {
+            t.canonical_bytes(&mut canonical);
+        }
+        let deadline_unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                + window.as_secs()
+                + 60;
+        let offer = JobOffer {
+            version: WIRE_VERSION,
+            job_id: random_id(),
+            model_id,
+            input_hash: B256::from(<[u8; 32]>::from(Sha256::digest(&canonical))),
+            input_bytes: canonical.len() as u64,
+            max_price_wei,
+            deadline_unix,
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let job_id = offer.job_id;
+        self.ask(|reply| Command::Offer { offer, bids: tx, reply }).await?.map_err(Error::Network)?;
+        let mut bids = Vec::new();
+        let end = tokio::time::sleep(window);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                () = &mut end => break,
+                Some(bid) = rx.recv() => bids.push(bid),
+            }
+        }
+        let _ = self.commands.send(Command::EndOffer(job_id)).await;
+        let Some((peer, bid)) = bids
+            .iter()
+            .filter(|(_, b)| b.price_wei <= max_price_wei)
+            .min_by_key(|(_, b)| (b.price_wei, b.expected_latency_ms))
+            .cloned()
+        else {
+            return Err(Error::NoNodes { model: model_id.to_string() });
+        };
+        let request = Request::Infer(InferRequest {
+            version: WIRE_VERSION,
+            job_id,
+            model: bid.model.clone(),
+            inputs,
+            voucher: None,
+        });
+        match self.send_to(peer, request).await? {
+            Response::Infer(r) => {
+                Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response: *r, attempts: 1 } })
+            }
+            Response::Error(e) => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
+            Response::Ack => Err(Error::Network(format!("node {peer} answered a job with an ack"))),
+        }
+    }
+}
+
+fn random_id() -> B256 {
+    B256::from(rand_bytes())
+}
+
+fn rand_bytes() -> [u8; 32] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(n.to_le_bytes());
+    h.update(t.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.finalize().into()
+}
+
+struct NodeView {
+    advert: Advert,
+    seen: Instant,
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    nodes: HashMap<PeerId, NodeView>,
+    outstanding: HashMap<PeerId, usize>,
+    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<std::result::Result<Response, String>>)>,
+    offers: HashMap<B256, mpsc::Sender<(PeerId, Bid)>>,
+    router: Router,
+    strategy: Strategy,
+    advert_ttl: Duration,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Nodes(reply) => {
+                let list = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, v)| v.seen.elapsed() < self.advert_ttl)
+                    .map(|(p, v)| NodeInfo {
+                        peer_id: *p,
+                        operator: v.advert.operator,
+                        models: v.advert.models.clone(),
+                        capacity: v.advert.capacity,
+                        outstanding: self.outstanding.get(p).copied().unwrap_or(0),
+                        age: v.seen.elapsed(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Pick { model, version, exclude, reply } => {
+                let candidates = self
+                    .nodes
+                    .iter()
+                    .filter(|(p, v)| v.seen.elapsed() < self.advert_ttl && !exclude.contains(p))
+                    .filter_map(|(p, v)| {
+                        let m = v
+                            .advert
+                            .models
+                            .iter()
+                            .filter(|m| m.name == model && version.is_none_or(|x| x == m.version))
+                            .max_by_key(|m| m.version)?;
+                        Some(Candidate {
+                            peer: *p,
+                            outstanding: self.outstanding.get(p).copied().unwrap_or(0),
+                            capacity: v.advert.capacity,
+                            queue_depth: m.queue_depth,
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(self.router.pick(self.strategy, &model, candidates));
+            }
+            Command::Send { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, *request);
+                *self.outstanding.entry(peer).or_default() += 1;
+                self.pending.insert(id, (peer, reply));
+            }
+            Command::Offer { offer, bids, reply } => {
+                self.offers.insert(offer.job_id, bids);
+                let topic = IdentTopic::new(jobs_topic(&offer.model_id));
+                let res =
+                    self.swarm.behaviour_mut().gossipsub.publish(topic, encode(&offer)).map(|_| ()).map_err(|e| {
+                        format!("could not gossip the offer ({e}); are nodes serving this model connected?")
+                    });
+                let _ = reply.send(res);
+            }
+            Command::EndOffer(job) => {
+                self.offers.remove(&job);
+            }
+            Command::ListenAddrs(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let _ =
+                    reply.send(self.swarm.listeners().map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a)).collect());
+            }
+        }
+    }
+
+    fn finish(&mut self, id: OutboundRequestId, result: std::result::Result<Response, String>) {
+        if let Some((peer, reply)) = self.pending.remove(&id) {
+            if let Some(n) = self.outstanding.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => match ev {
+                request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, response },
+                    ..
+                } => {
+                    self.finish(request_id, Ok(response));
+                }
+                request_response::Event::OutboundFailure { request_id, error, .. } => {
+                    self.finish(request_id, Err(error.to_string()));
+                }
+                request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                } => {
+                    let response = match request {
+                        Request::Bid(bid) => {
+                            if let Some(tx) = self.offers.get(&bid.job_id) {
+                                let _ = tx.try_send((peer, bid));
+                            }
+                            Response::Ack
+                        }
+                        _ => Response::Error(crate::protocol::ProtocolError {
+                            kind: ErrorKind::BadInput,
+                            message: "this peer is a client; it runs no inference".into(),
+                        }),
+                    };
+                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+                }
+                _ => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let mut acceptance = MessageAcceptance::Ignore;
+                if message.topic == IdentTopic::new(ADVERTS_TOPIC).hash() {
+                    acceptance = MessageAcceptance::Reject;
+                    if let (Some(source), Ok(advert)) =
+                        (message.source, decode::<Advert>(&message.data, MAX_GOSSIP_BYTES))
+                        && advert.verify(&source.to_bytes())
+                    {
+                        // Make the node directly dialable even if we only reach it through the mesh so far.
+                        for bytes in &advert.addrs {
+                            if let Ok(addr) = Multiaddr::try_from(bytes.clone()) {
+                                self.swarm.add_peer_address(source, addr);
+                            }
+                        }
+                        self.nodes.insert(source, NodeView { advert, seen: Instant::now() });
+                        acceptance = MessageAcceptance::Accept;
+                    }
+                }
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            _ => {}
+        }
+    }
+}

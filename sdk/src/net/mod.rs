@@ -1,0 +1,188 @@
+//! What every ML Bridge peer (node or client) runs: the libp2p behaviour and the swarm builder.
+//!
+//! Transports: TCP and QUIC, noise, yamux. Behaviours: request-response on `/mlbridge/infer/1` with our CBOR
+//! [`Codec`], gossipsub (signed messages, explicit validation, peer scoring that penalises invalid messages),
+//! identify, Kademlia (`/mlbridge/kad/1`) for discovery beyond the bootstrap peers, mDNS for LANs (optional), and a
+//! block list for banned peers. The node's and the client's swarm actors own one swarm each.
+
+mod codec;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::allow_block_list;
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
+
+pub use codec::Codec;
+
+use crate::protocol::{ADVERTS_TOPIC, INFER_PROTOCOL, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC};
+use crate::{Error, Result};
+
+/// Kademlia protocol name (a private DHT: only ML Bridge peers).
+pub const KAD_PROTOCOL: &str = "/mlbridge/kad/1";
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/mlbridge/id/1";
+
+/// Network settings shared by nodes and clients.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Addresses to listen on (e.g. `/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and whenever every connection is lost (with their `/p2p/<id>` suffix).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network.
+    pub mdns: bool,
+    /// How long one request may take end to end.
+    pub request_timeout: Duration,
+    /// Close connections idle for this long.
+    pub idle_timeout: Duration,
+    /// Gossipsub heartbeat (mesh maintenance).
+    pub heartbeat: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".parse().expect("valid"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("valid"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            heartbeat: Duration::from_millis(500),
+        }
+    }
+}
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+mod behaviour {
+    // The derive generates `BehaviourEvent` with one undocumented variant per field.
+    #![allow(missing_docs)]
+
+    use libp2p::allow_block_list::{self, BlockedPeers};
+    use libp2p::kad::{self, store::MemoryStore};
+    use libp2p::swarm::NetworkBehaviour;
+    use libp2p::swarm::behaviour::toggle::Toggle;
+    use libp2p::{gossipsub, identify, mdns, request_response};
+
+    use super::Codec;
+
+    /// The ML Bridge network behaviour.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Inference, embedding and bid requests.
+        pub rpc: request_response::Behaviour<Codec>,
+        /// Adverts, job offers and receipts.
+        pub gossipsub: gossipsub::Behaviour,
+        /// Exchanges listen addresses and protocols with every peer.
+        pub identify: identify::Behaviour,
+        /// Peer routing beyond the bootstrap peers.
+        pub kad: kad::Behaviour<MemoryStore>,
+        /// LAN discovery (off when not wanted).
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Peers banned for misbehaving.
+        pub blocked: allow_block_list::Behaviour<BlockedPeers>,
+    }
+}
+
+fn net_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Network(format!("{what}: {e}"))
+}
+
+/// Topic scores: invalid messages on our fixed topics cost a peer dearly, so spammers are graylisted.
+fn score_params() -> (PeerScoreParams, PeerScoreThresholds) {
+    let mut topics = HashMap::new();
+    for t in [ADVERTS_TOPIC, RECEIPTS_TOPIC] {
+        topics.insert(
+            IdentTopic::new(t).hash(),
+            TopicScoreParams {
+                topic_weight: 1.0,
+                invalid_message_deliveries_weight: -100.0,
+                invalid_message_deliveries_decay: 0.9,
+                ..TopicScoreParams::default()
+            },
+        );
+    }
+    let params = PeerScoreParams { topics, ..PeerScoreParams::default() };
+    let thresholds = PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        ..PeerScoreThresholds::default()
+    };
+    (params, thresholds)
+}
+
+/// Build a swarm with the ML Bridge behaviour for `keypair` and start listening on `config.listen`.
+pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>> {
+    let peer_id = keypair.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| net_err("TCP transport", e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(config.heartbeat)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let (params, thresholds) = score_params();
+            gossipsub.with_peer_score(params, thresholds)?;
+            let rpc = request_response::Behaviour::with_codec(
+                Codec,
+                [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(config.request_timeout)
+                    .with_max_concurrent_streams(256),
+            );
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("mlbridge/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns =
+                if config.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
+            Ok(Behaviour {
+                rpc,
+                gossipsub,
+                identify,
+                kad,
+                mdns: Toggle::from(mdns),
+                blocked: allow_block_list::Behaviour::default(),
+            })
+        })
+        .map_err(|e| net_err("network behaviour", e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| net_err(&format!("listening on {addr}"), e))?;
+    }
+    Ok(swarm)
+}
+
+/// The peer id at the end of a `/p2p/<id>` multiaddr, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
