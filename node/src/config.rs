@@ -46,6 +46,8 @@ pub struct P2pConfig {
     pub advert_interval_secs: f64,
     /// Concurrent inbound requests one peer may have in flight; beyond it: "overloaded".
     pub max_inbound_per_peer: usize,
+    /// Inbound requests per second one peer may send (burst: twice that); beyond it: "overloaded".
+    pub max_requests_per_sec_per_peer: f64,
     /// Invalid messages a peer may send before it is banned.
     pub max_invalid_messages: u32,
     /// Extra delay added to every inbound request (simulates a distant node in tests and demos; 0 = none).
@@ -63,6 +65,7 @@ impl Default for P2pConfig {
             mdns: true,
             advert_interval_secs: 5.0,
             max_inbound_per_peer: 64,
+            max_requests_per_sec_per_peer: 20_000.0,
             max_invalid_messages: 5,
             simulated_latency_ms: 0,
             identity_file: None,

@@ -4,7 +4,8 @@
 //! - Inbound `Infer`/`Embed` requests run on the [`Engine`] in spawned tasks (the batcher does the compute on its own
 //!   thread); answers come back to the loop over a bounded channel, because only the swarm's owner may answer.
 //!   Errors are typed responses (unknown model, bad input, overloaded, unsupported version), never dropped streams.
-//!   A peer may have `max_inbound_per_peer` requests in flight; more are answered "overloaded" at once.
+//!   A peer may have `max_inbound_per_peer` requests in flight and send `max_requests_per_sec_per_peer` (a token
+//!   bucket); beyond either it is answered "overloaded" at once.
 //! - Every `advert_interval` the node publishes a signed [`Advert`] (operator key + PeerId, models, prices, queue).
 //! - It subscribes to the job topic of every model it serves and answers acceptable [`JobOffer`]s with a [`Bid`]
 //!   sent to the offering peer.
@@ -148,6 +149,7 @@ pub fn spawn(
         answers_tx,
         answers,
         inflight: HashMap::new(),
+        rates: HashMap::new(),
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
     };
@@ -155,6 +157,31 @@ pub fn spawn(
     actor.dial_bootstrap();
     let task = tokio::spawn(actor.run(shutdown));
     Ok((P2pHandle { commands, peer_id }, task))
+}
+
+/// Per-peer request budget: `rate` tokens per second, up to `2 * rate` saved.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        Self { rate, tokens: 2.0 * rate, at: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Answer {
@@ -176,6 +203,7 @@ struct Actor {
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
     inflight: HashMap<PeerId, usize>,
+    rates: HashMap<PeerId, TokenBucket>,
     invalid: HashMap<PeerId, u32>,
     /// Job topic of each served model id -> (name, version).
     job_topics: HashMap<TopicHash, (String, u64)>,
@@ -344,6 +372,11 @@ impl Actor {
                 protocol_error(ErrorKind::BadInput, "nodes do not take bids"),
                 "client_error",
             );
+        }
+        let rate = self.config.max_requests_per_sec_per_peer;
+        if !self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
+            let msg = format!("more than {rate} requests per second from one peer");
+            return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
         }
         let inflight = self.inflight.entry(peer).or_default();
         if *inflight >= self.config.max_inbound_per_peer {
@@ -536,4 +569,18 @@ pub fn random_job_id() -> B256 {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     B256::from(<[u8; 32]>::from(sha2::Sha256::digest([n.to_le_bytes(), now_ms().to_le_bytes()].concat())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::new(10.0);
+        assert_eq!((0..25).filter(|_| b.take()).count(), 20, "burst of twice the rate");
+        std::thread::sleep(std::time::Duration::from_millis(310));
+        let refilled = (0..10).filter(|_| b.take()).count();
+        assert!((2..=4).contains(&refilled), "about 3 tokens after 0.3 s at 10/s, got {refilled}");
+    }
 }

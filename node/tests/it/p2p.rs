@@ -375,3 +375,36 @@ async fn bad_peers_are_refused_and_banned_while_others_are_served() {
     // The honest client is still served.
     assert!(good.infer("mlp-tiny", Some(1), mlp_input(3.0)).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_rate_is_bounded_per_peer() {
+    let node = start_node(|c| {
+        p2p_fast(c);
+        c.p2p.max_requests_per_sec_per_peer = 5.0;
+    })
+    .await;
+    let c = client(&node, Strategy::RoundRobin).await;
+    assert_eq!(c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap().len(), 1);
+    let request = || {
+        Request::Infer(InferRequest {
+            version: WIRE_VERSION,
+            job_id: Default::default(),
+            model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
+            inputs: mlp_input(0.0),
+            voucher: None,
+        })
+    };
+    let mut kinds = Vec::new();
+    for _ in 0..30 {
+        kinds.push(match c.send_to(peer(&node), request()).await.unwrap() {
+            Response::Infer(_) => None,
+            Response::Error(e) => Some(e.kind),
+            Response::Ack => panic!("ack"),
+        });
+    }
+    let refused = kinds.iter().filter(|k| **k == Some(ErrorKind::Overloaded)).count();
+    assert!(kinds.iter().take(10).all(Option::is_none), "the burst allowance (2 x rate) is served: {kinds:?}");
+    assert!(refused >= 15, "a burst of 30 at 5/s must be mostly refused: {kinds:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(c.send_to(peer(&node), request()).await.unwrap(), Response::Infer(_)), "served again later");
+}
