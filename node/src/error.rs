@@ -167,6 +167,16 @@ pub enum Error {
         /// Queue capacity.
         capacity: usize,
     },
+    /// A request waited in the queue longer than its client allowed and was not run.
+    #[error(
+        "model {model}: the request waited {waited_ms} ms in the queue, longer than its queue timeout; retry elsewhere"
+    )]
+    QueueTimeout {
+        /// `name/version`.
+        model: String,
+        /// How long it waited.
+        waited_ms: u64,
+    },
     /// A lazily loaded model failed to load.
     #[error("model {model} could not be loaded: {reason}")]
     LoadFailed {

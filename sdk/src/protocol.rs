@@ -115,6 +115,10 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Payment for this job (required by paid nodes).
     pub voucher: Option<WireVoucher>,
+    /// Most milliseconds the request may wait in the node's queue; past it the node answers "overloaded" without
+    /// running it (the client's queue-phase timeout).
+    #[serde(default)]
+    pub queue_timeout_ms: Option<u32>,
 }
 
 /// A response on [`INFER_PROTOCOL`].
@@ -407,6 +411,7 @@ mod tests {
                 model: ModelRef { name, version, id: Some(ModelId::of_bytes(&sig)) },
                 inputs,
                 voucher: Some(WireVoucher { channel_id: job, cumulative_amount: U256::from(amount), signature }),
+                queue_timeout_ms: Some(250),
             });
             let bytes = encode(&req);
             prop_assert_eq!(decode::<Request>(&bytes, MAX_REQUEST_BYTES).unwrap(), req);
@@ -450,6 +455,7 @@ mod tests {
                 model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
                 inputs: vec![Tensor::new("input", vec![1, 4], TensorData::Fp32(vec![0.5; 4])).unwrap()],
                 voucher: None,
+                queue_timeout_ms: None,
             });
             let mut bytes = encode(&req);
             for (i, b) in flips {

@@ -38,6 +38,8 @@ struct Job {
     inputs: Vec<Tensor>,
     samples: usize,
     enqueued: Instant,
+    /// Answer "overloaded" instead of running if the job is still queued at this instant.
+    queue_deadline: Option<Instant>,
     reply: Reply,
 }
 
@@ -83,10 +85,12 @@ impl Batcher {
     }
 
     /// Validate and enqueue a request; the answer arrives on the returned channel. Refuses at once when full.
-    pub fn submit(&self, inputs: Vec<Tensor>) -> Result<oneshot::Receiver<Answer>> {
+    /// With `queue_timeout`, a request still waiting after that long is answered "overloaded" without running.
+    pub fn submit(&self, inputs: Vec<Tensor>, queue_timeout: Option<Duration>) -> Result<oneshot::Receiver<Answer>> {
         let samples = self.model.validate(&inputs)?;
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs, samples, enqueued: Instant::now(), reply };
+        let enqueued = Instant::now();
+        let job = Job { inputs, samples, enqueued, queue_deadline: queue_timeout.map(|t| enqueued + t), reply };
         self.depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
@@ -150,7 +154,19 @@ impl Worker {
             }
             self.depth.fetch_sub(jobs.len(), Ordering::Relaxed);
             self.metrics.queue_depth.with_label_values(&[&self.label]).set(self.depth.load(Ordering::Relaxed) as i64);
-            self.execute(jobs);
+            // Jobs whose queue deadline passed are answered without running: their client has moved on.
+            let now = Instant::now();
+            let (late, jobs): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| j.queue_deadline.is_some_and(|d| now > d));
+            for job in late {
+                let waited = now.duration_since(job.enqueued);
+                let _ = job
+                    .reply
+                    .send(Err(Error::QueueTimeout { model: self.label.clone(), waited_ms: waited.as_millis() as u64 }));
+            }
+            if !jobs.is_empty() {
+                self.execute(jobs);
+            }
         }
     }
 

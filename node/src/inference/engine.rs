@@ -209,14 +209,25 @@ impl Engine {
 
     /// Run one inference request (any batch size up to the model's limit).
     pub async fn infer(&self, name: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<Inference> {
+        self.infer_within(name, version, inputs, None).await
+    }
+
+    /// Like [`Self::infer`], refusing to run the request if it waits in the queue longer than `queue_timeout`.
+    pub async fn infer_within(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        inputs: Vec<Tensor>,
+        queue_timeout: Option<Duration>,
+    ) -> Result<Inference> {
         let started = Instant::now();
         let slot = self.slot(name, version)?;
         let key = slot.config.key();
-        let result = self.infer_inner(slot, inputs).await;
+        let result = self.infer_inner(slot, inputs, queue_timeout).await;
         let outcome = match &result {
             Ok(i) if i.cached => "cache_hit",
             Ok(_) => "ok",
-            Err(Error::Overloaded { .. }) => "overloaded",
+            Err(Error::Overloaded { .. } | Error::QueueTimeout { .. }) => "overloaded",
             Err(e) if is_client_error(e) => "client_error",
             Err(_) => "error",
         };
@@ -228,7 +239,12 @@ impl Engine {
         result
     }
 
-    async fn infer_inner(&self, slot: &Slot, inputs: Vec<Tensor>) -> Result<Inference> {
+    async fn infer_inner(
+        &self,
+        slot: &Slot,
+        inputs: Vec<Tensor>,
+        queue_timeout: Option<Duration>,
+    ) -> Result<Inference> {
         let config = &slot.config;
         let key = config.key();
         // Bad input is refused before it can touch the cache or a queue.
@@ -248,7 +264,7 @@ impl Engine {
             self.inner.metrics.cache_misses.with_label_values(&[&key]).inc();
         }
         let batcher = self.batcher(&config.name, Some(config.version)).await?;
-        let rx = batcher.submit(inputs)?;
+        let rx = batcher.submit(inputs, queue_timeout)?;
         let (outputs, timing) =
             rx.await.map_err(|_| Error::Inference { model: key.clone(), reason: "batcher stopped".into() })??;
         let outputs = Arc::new(outputs);

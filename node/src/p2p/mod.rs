@@ -221,7 +221,9 @@ fn protocol_error(kind: ErrorKind, message: impl Into<String>) -> Response {
 fn engine_error(e: &Error) -> (Response, &'static str) {
     match e {
         Error::UnknownModel { .. } => (protocol_error(ErrorKind::UnknownModel, e.to_string()), "client_error"),
-        Error::Overloaded { .. } => (protocol_error(ErrorKind::Overloaded, e.to_string()), "overloaded"),
+        Error::Overloaded { .. } | Error::QueueTimeout { .. } => {
+            (protocol_error(ErrorKind::Overloaded, e.to_string()), "overloaded")
+        }
         e if is_client_error(e) => (protocol_error(ErrorKind::BadInput, e.to_string()), "client_error"),
         e => {
             tracing::error!(target: "node::p2p", err = %e, "request failed");
@@ -520,7 +522,8 @@ async fn serve_infer(engine: &Engine, r: InferRequest) -> (Response, &'static st
         let msg = format!("this node serves {} with different weights ({})", config.key(), config.sha256);
         return (protocol_error(ErrorKind::UnknownModel, msg), "client_error");
     }
-    match engine.infer(&config.name, Some(config.version), r.inputs).await {
+    let queue_timeout = r.queue_timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+    match engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout).await {
         Ok(inference) => (
             Response::Infer(Box::new(InferResponse {
                 version: WIRE_VERSION,

@@ -357,3 +357,46 @@ fn random_bodies_never_cause_a_5xx() {
         prop_assert!(status.as_u16() < 500, "{} answered {status}", paths[p]);
     });
 }
+
+#[tokio::test]
+async fn a_request_past_its_queue_timeout_is_not_run() {
+    let repo = repo_with(&[("minilm-l6", 1)], str::to_owned);
+    let node = start_node(|c| {
+        c.model_repository = repo.path().to_owned();
+        c.inference.batching = false;
+        c.cache.enabled = false;
+        c.p2p.enabled = false;
+    })
+    .await;
+    let heavy = {
+        let ids: Vec<i64> = (0..32 * 128).map(|i| 1000 + (i % 5000) as i64).collect();
+        vec![
+            mlbridge_sdk::Tensor::new("input_ids", vec![32, 128], mlbridge_sdk::TensorData::Int64(ids)).unwrap(),
+            mlbridge_sdk::Tensor::new(
+                "attention_mask",
+                vec![32, 128],
+                mlbridge_sdk::TensorData::Int64(vec![1; 32 * 128]),
+            )
+            .unwrap(),
+        ]
+    };
+    let small = vec![
+        mlbridge_sdk::Tensor::new("input_ids", vec![1, 4], mlbridge_sdk::TensorData::Int64(vec![101, 7592, 2088, 102]))
+            .unwrap(),
+        mlbridge_sdk::Tensor::new("attention_mask", vec![1, 4], mlbridge_sdk::TensorData::Int64(vec![1; 4])).unwrap(),
+    ];
+    let engine = node.engine.clone();
+    let busy = tokio::spawn(async move { engine.infer("minilm-l6", Some(1), heavy).await });
+    tokio::time::sleep(Duration::from_millis(30)).await; // the worker is busy with the heavy request now
+    let err = node
+        .engine
+        .infer_within("minilm-l6", Some(1), small.clone(), Some(Duration::from_millis(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, mlbridge_node::Error::QueueTimeout { .. }), "{err}");
+    busy.await.unwrap().unwrap();
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_inferences_total{model=\"minilm-l6/1\"}"), 32.0, "the late request never ran");
+    // Without a deadline the same request runs.
+    assert!(node.engine.infer_within("minilm-l6", Some(1), small, None).await.is_ok());
+}

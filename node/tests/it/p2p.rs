@@ -281,6 +281,7 @@ async fn bad_peers_are_refused_and_banned_while_others_are_served() {
         model: ModelRef { name: "mlp-tiny".into(), version: None, id: None },
         inputs: mlp_input(0.0),
         voucher: None,
+        queue_timeout_ms: None,
     });
     match good.send_to(peer(&node), req).await.unwrap() {
         Response::Error(e) => assert_eq!(e.kind, ErrorKind::UnsupportedVersion),
@@ -392,6 +393,7 @@ async fn request_rate_is_bounded_per_peer() {
             model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
             inputs: mlp_input(0.0),
             voucher: None,
+            queue_timeout_ms: None,
         })
     };
     let mut kinds = Vec::new();
@@ -407,4 +409,28 @@ async fn request_rate_is_bounded_per_peer() {
     assert!(refused >= 15, "a burst of 30 at 5/s must be mostly refused: {kinds:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(c.send_to(peer(&node), request()).await.unwrap(), Response::Infer(_)), "served again later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_fails_in_the_connect_phase() {
+    let net = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], mdns: false, ..NetConfig::default() };
+    let c = Client::start(ClientConfig {
+        net,
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let req = Request::Infer(InferRequest {
+        version: WIRE_VERSION,
+        job_id: Default::default(),
+        model: ModelRef { name: "mlp-tiny".into(), version: None, id: None },
+        inputs: mlp_input(0.0),
+        voucher: None,
+        queue_timeout_ms: None,
+    });
+    let err = c.send_to(PeerId::random(), req).await.unwrap_err();
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the connect phase, not the 30 s request timeout, ended it");
 }

@@ -39,7 +39,11 @@ pub struct ClientConfig {
     pub net: NetConfig,
     /// Routing strategy.
     pub strategy: Strategy,
-    /// Longest wait for one node's answer before failing over.
+    /// Connect phase: longest wait to reach a node we are not connected to.
+    pub connect_timeout: Duration,
+    /// Queue phase: a node answers "overloaded" instead of running a request that waited longer in its queue.
+    pub queue_timeout: Option<Duration>,
+    /// Whole request (queue + compute + transfer) once connected, before failing over.
     pub request_timeout: Duration,
     /// Nodes to try per request.
     pub attempts: usize,
@@ -52,6 +56,8 @@ impl Default for ClientConfig {
         Self {
             net: NetConfig { listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid")], ..NetConfig::default() },
             strategy: Strategy::default(),
+            connect_timeout: Duration::from_secs(5),
+            queue_timeout: Some(Duration::from_secs(10)),
             request_timeout: Duration::from_secs(30),
             attempts: 3,
             advert_ttl: Duration::from_secs(30),
@@ -116,6 +122,10 @@ enum Command {
     },
     EndOffer(B256),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
 }
 
 /// Handle to the client task. Clone it freely; the task ends when every handle is dropped.
@@ -158,6 +168,7 @@ impl Client {
             outstanding: HashMap::new(),
             pending: HashMap::new(),
             offers: HashMap::new(),
+            dialling: HashMap::new(),
             router: Router::default(),
             strategy: config.strategy,
             advert_ttl: config.advert_ttl,
@@ -203,6 +214,7 @@ impl Client {
     /// Run `inputs` on a node serving `model` (`version` = latest when `None`), failing over on node trouble.
     pub async fn infer(&self, model: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<InferOutcome> {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
+        let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
         self.with_failover(model, version, move || {
             Request::Infer(InferRequest {
                 version: WIRE_VERSION,
@@ -210,6 +222,7 @@ impl Client {
                 model: model_ref.clone(),
                 inputs: inputs.clone(),
                 voucher: None,
+                queue_timeout_ms: queue_ms,
             })
         })
         .await
@@ -263,8 +276,21 @@ impl Client {
         Err(last)
     }
 
-    /// Send one request to one node and wait (up to the request timeout) for its answer.
+    /// Send one request to one node: connect (within the connect timeout), then wait (up to the request timeout)
+    /// for its answer.
     pub async fn send_to(&self, peer: PeerId, request: Request) -> Result<Response> {
+        let connected = self.ask(|reply| Command::Connect { peer, reply });
+        match tokio::time::timeout(self.config.connect_timeout, connected).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(failure))) => return Err(Error::Network(format!("cannot connect to node {peer}: {failure}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Network(format!(
+                    "cannot connect to node {peer} within {:?}",
+                    self.config.connect_timeout
+                )));
+            }
+        }
         let sent = self.ask(|reply| Command::Send { peer, request: Box::new(request), reply });
         match tokio::time::timeout(self.config.request_timeout, sent).await {
             Ok(Ok(Ok(resp))) => Ok(resp),
@@ -329,6 +355,7 @@ impl Client {
             model: bid.model.clone(),
             inputs,
             voucher: None,
+            queue_timeout_ms: self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
         });
         match self.send_to(peer, request).await? {
             Response::Infer(r) => {
@@ -368,6 +395,7 @@ struct Actor {
     outstanding: HashMap<PeerId, usize>,
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<std::result::Result<Response, String>>)>,
     offers: HashMap<B256, mpsc::Sender<(PeerId, Bid)>>,
+    dialling: HashMap<PeerId, Vec<oneshot::Sender<std::result::Result<(), String>>>>,
     router: Router,
     strategy: Strategy,
     advert_ttl: Duration,
@@ -443,6 +471,19 @@ impl Actor {
             Command::EndOffer(job) => {
                 self.offers.remove(&job);
             }
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let first = !self.dialling.contains_key(&peer);
+                    self.dialling.entry(peer).or_default().push(reply);
+                    if first && let Err(e) = self.swarm.dial(peer) {
+                        for w in self.dialling.remove(&peer).unwrap_or_default() {
+                            let _ = w.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
             Command::ListenAddrs(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let _ =
@@ -462,6 +503,16 @@ impl Actor {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                for w in self.dialling.remove(&peer_id).unwrap_or_default() {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                for w in self.dialling.remove(&peer).unwrap_or_default() {
+                    let _ = w.send(Err(error.to_string()));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => match ev {
                 request_response::Event::Message {
                     message: request_response::Message::Response { request_id, response },
