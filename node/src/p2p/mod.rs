@@ -23,8 +23,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
-use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, peer_of};
+use libp2p::{Multiaddr, PeerId, Swarm};
+use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
     MAX_GOSSIP_BYTES, ModelRef, ProtocolError, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
@@ -294,6 +294,9 @@ impl Actor {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if learn_addresses(&mut self.swarm, &event) {
+            return;
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(target: "node::p2p", %address, peer = %self.swarm.local_peer_id(), "listening");
@@ -324,17 +327,6 @@ impl Actor {
             {
                 // A new listener: advertise now rather than at the next tick.
                 self.publish_advert();
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    let _ = self.swarm.dial(addr);
-                }
             }
             _ => {}
         }

@@ -18,14 +18,14 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub use routing::Strategy;
 use routing::{Candidate, Router};
 
-use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, peer_of};
+use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use crate::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
     MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
@@ -502,6 +502,9 @@ impl Actor {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if learn_addresses(&mut self.swarm, &event) {
+            return;
+        }
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 for w in self.dialling.remove(&peer_id).unwrap_or_default() {
@@ -571,17 +574,6 @@ impl Actor {
                     &propagation_source,
                     acceptance,
                 );
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    let _ = self.swarm.dial(addr);
-                }
             }
             _ => {}
         }

@@ -186,3 +186,25 @@ pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
         _ => None,
     })
 }
+
+/// Learn peer addresses from identify and mDNS events (into Kademlia; mDNS finds are dialled). Returns whether the
+/// event was one of those, so swarm loops can hand every event here first.
+pub fn learn_addresses(swarm: &mut Swarm<Behaviour>, event: &libp2p::swarm::SwarmEvent<BehaviourEvent>) -> bool {
+    use libp2p::swarm::SwarmEvent;
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            for addr in &info.listen_addrs {
+                swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
+            }
+            true
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+            for (peer, addr) in found {
+                swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                let _ = swarm.dial(addr.clone());
+            }
+            true
+        }
+        _ => false,
+    }
+}
