@@ -111,9 +111,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let node = start(config).await?;
     println!("mlbridge-node: API on http://{}  metrics on http://{}/metrics", node.http_addr, node.metrics_addr);
     if let Some(p2p) = &node.p2p {
-        // Give the listeners a moment to report their addresses.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for addr in p2p.listen_addrs().await? {
+        // Listeners report their addresses asynchronously (port 0 resolves then).
+        let mut addrs = Vec::new();
+        for _ in 0..200 {
+            addrs = p2p.listen_addrs().await?;
+            if !addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for addr in addrs {
             println!("mlbridge-node: p2p on {addr}");
         }
     }
