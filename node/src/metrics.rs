@@ -128,15 +128,4 @@ impl NodeMetrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-
-    /// Average batch size of a model so far (inferences / executions), if it ran.
-    pub fn average_batch(&self, model: &str) -> Option<f64> {
-        let e = self.executions.with_label_values(&[model]).get();
-        (e > 0).then(|| self.inferences.with_label_values(&[model]).get() as f64 / e as f64)
-    }
-}
-
-/// A histogram without labels, for tests and benches that need a quick one.
-pub fn histogram(name: &str) -> Result<Histogram, prometheus::Error> {
-    Histogram::with_opts(HistogramOpts::new(name, name))
 }

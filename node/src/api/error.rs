@@ -27,11 +27,6 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into(), retry_after_secs: None }
     }
-
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl From<Error> for ApiError {

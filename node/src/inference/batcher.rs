@@ -69,25 +69,25 @@ impl Batcher {
         Ok(Self { model, tx, depth, capacity })
     }
 
-    /// The model served.
-    pub fn model(&self) -> &Arc<LoadedModel> {
-        &self.model
-    }
-
     /// Requests waiting now.
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
-    }
-
-    /// Queue capacity.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Validate and enqueue a request; the answer arrives on the returned channel. Refuses at once when full.
     /// With `queue_timeout`, a request still waiting after that long is answered "overloaded" without running.
     pub fn submit(&self, inputs: Vec<Tensor>, queue_timeout: Option<Duration>) -> Result<oneshot::Receiver<Answer>> {
         let samples = self.model.validate(&inputs)?;
+        self.enqueue(inputs, samples, queue_timeout)
+    }
+
+    /// Enqueue a request the caller has validated (`samples` = its batch size).
+    pub(crate) fn enqueue(
+        &self,
+        inputs: Vec<Tensor>,
+        samples: usize,
+        queue_timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<Answer>> {
         let (reply, rx) = oneshot::channel();
         let enqueued = Instant::now();
         let job = Job { inputs, samples, enqueued, queue_deadline: queue_timeout.map(|t| enqueued + t), reply };
@@ -192,9 +192,9 @@ impl Worker {
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<(Reply, Instant)>) =
             jobs.into_iter().map(|j| (j.inputs, (j.reply, j.enqueued))).unzip();
         let result = if inputs.len() == 1 {
-            self.model.run(inputs.into_iter().next().expect("one"))
+            self.model.execute(inputs.into_iter().next().expect("one"))
         } else {
-            self.model.run(stack(self.model.config(), &inputs))
+            self.model.execute(stack(self.model.config(), &inputs))
         };
         let compute = started.elapsed();
         let m = &self.metrics;

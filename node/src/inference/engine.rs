@@ -147,6 +147,11 @@ impl Engine {
         self.slot(name, version).is_ok_and(|s| s.batcher.initialized())
     }
 
+    /// Requests each model may queue before it answers "overloaded".
+    pub fn queue_capacity(&self) -> usize {
+        self.inner.options.queue_capacity
+    }
+
     /// Queue depth of a model version (0 when not loaded).
     pub fn queue_depth(&self, name: &str, version: Option<u64>) -> usize {
         self.slot(name, version).ok().and_then(|s| s.batcher.get()).map_or(0, |b| b.queue_depth())
@@ -247,8 +252,8 @@ impl Engine {
     ) -> Result<Inference> {
         let config = &slot.config;
         let key = config.key();
-        // Bad input is refused before it can touch the cache or a queue.
-        config.validate_inputs(&inputs)?;
+        // Bad input is refused before it can touch the cache or a queue; this is the request's only validation.
+        let samples = config.validate_inputs(&inputs)?;
         let cache_key = self.inner.cache.as_ref().map(|_| cache_key(&config.sha256, &inputs));
         if let (Some(cache), Some(ck)) = (&self.inner.cache, &cache_key) {
             if let Some(outputs) = cache.get(ck).await {
@@ -264,7 +269,7 @@ impl Engine {
             self.inner.metrics.cache_misses.with_label_values(&[&key]).inc();
         }
         let batcher = self.batcher(&config.name, Some(config.version)).await?;
-        let rx = batcher.submit(inputs, queue_timeout)?;
+        let rx = batcher.enqueue(inputs, samples, queue_timeout)?;
         let (outputs, timing) =
             rx.await.map_err(|_| Error::Inference { model: key.clone(), reason: "batcher stopped".into() })??;
         let outputs = Arc::new(outputs);

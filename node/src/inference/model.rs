@@ -73,6 +73,11 @@ impl LoadedModel {
     /// Validate `inputs` and run the model once. Returns the outputs in config order. Blocks the calling thread.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         self.validate(&inputs)?;
+        self.execute(inputs)
+    }
+
+    /// Run inputs that were already validated (the batcher's path: requests are checked once, on entry).
+    pub(crate) fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let model = self.config.key();
         let fail = |e: ort::Error| Error::Inference { model: model.clone(), reason: e.to_string() };
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alloy::primitives::{B256, U256};
+use alloy::primitives::U256;
 use alloy::signers::local::PrivateKeySigner;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
@@ -437,8 +437,9 @@ impl Actor {
         let price = U256::from(config.price_wei);
         let now_s = now_ms() / 1000;
         let queue = self.engine.queue_depth(name, Some(version));
-        if offer.model_id != config.sha256 || offer.deadline_unix <= now_s || offer.max_price_wei < price || queue > 128
-        {
+        // Spare capacity: bid only while the model's queue is less than half full.
+        let busy = queue * 2 >= self.engine.queue_capacity();
+        if offer.model_id != config.sha256 || offer.deadline_unix <= now_s || offer.max_price_wei < price || busy {
             return;
         }
         let key = config.key();
@@ -556,14 +557,6 @@ async fn serve_embed(engine: &Engine, r: EmbedRequest) -> (Response, &'static st
         }
         Err(e) => engine_error(&e),
     }
-}
-
-/// A placeholder-free job id for locally generated work (tests, tools): sha256 of a counter and the time.
-pub fn random_job_id() -> B256 {
-    use sha2::Digest;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    B256::from(<[u8; 32]>::from(sha2::Sha256::digest([n.to_le_bytes(), now_ms().to_le_bytes()].concat())))
 }
 
 #[cfg(test)]

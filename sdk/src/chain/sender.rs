@@ -141,27 +141,26 @@ impl<P: Provider> TxSender<P> {
 
     /// Send `tx` and wait until it is mined, bumping fees while it is not. Fails on revert.
     pub async fn send_and_wait(&self, kind: &str, tx: TransactionRequest) -> Result<(SentTx, TransactionReceipt)> {
-        let mut current = self.send(kind, tx).await?;
-        let mut versions = vec![current.hash];
-        let mut attempts = 1;
+        // Every version (original and bumps) stays whole: whichever is mined is returned with its own raw bytes.
+        let mut versions = vec![self.send(kind, tx).await?];
         let mut last_send = Instant::now();
         loop {
-            for hash in &versions {
-                if let Some(receipt) = self.provider.get_transaction_receipt(*hash).await.map_err(rpc_error)? {
+            for sent in &versions {
+                if let Some(receipt) = self.provider.get_transaction_receipt(sent.hash).await.map_err(rpc_error)? {
                     if !receipt.status() {
-                        return Err(Error::Reverted { hash: *hash });
+                        return Err(Error::Reverted { hash: sent.hash });
                     }
-                    let sent = if *hash == current.hash { current } else { SentTx { hash: *hash, ..current } };
-                    return Ok((sent, receipt));
+                    return Ok((sent.clone(), receipt));
                 }
             }
             if last_send.elapsed() >= self.config.bump_after {
+                let latest = versions.last().expect("at least the original");
+                let attempts = versions.len() as u32;
                 if attempts >= self.config.max_attempts {
-                    return Err(Error::NotMined { nonce: current.nonce, attempts });
+                    return Err(Error::NotMined { nonce: latest.nonce, attempts });
                 }
-                current = self.bump(&current).await?;
-                versions.push(current.hash);
-                attempts += 1;
+                let bumped = self.bump(latest).await?;
+                versions.push(bumped);
                 last_send = Instant::now();
             }
             tokio::time::sleep(self.config.poll_interval).await;

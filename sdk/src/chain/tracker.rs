@@ -259,22 +259,19 @@ impl<P: Provider> Actor<P> {
         let mut parent = top.1;
         let mut n = head;
         let floor = head.saturating_sub(self.config.history);
-        let recorded_top = self.blocks.last_key_value().map(|(n, _)| *n);
-        while n > floor && recorded_top.is_some() {
-            match self.blocks.get(&(n - 1)) {
-                Some(known) if *known == parent => break,
-                None if recorded_top
-                    .is_some_and(|t| n - 1 < *self.blocks.first_key_value().map(|(k, _)| k).unwrap_or(&t)) =>
-                {
-                    break;
-                }
-                _ => {
-                    let (hash, p) = self.header(n - 1).await?;
-                    fetched.insert(n - 1, hash);
-                    parent = p;
-                    n -= 1;
-                }
+        // Nothing recorded yet (first poll): the head alone starts the record.
+        let first_recorded = self.blocks.first_key_value().map(|(n, _)| *n);
+        while let Some(first) = first_recorded
+            && n > floor
+            && n > first
+        {
+            if self.blocks.get(&(n - 1)) == Some(&parent) {
+                break; // joined the recorded chain
             }
+            let (hash, p) = self.header(n - 1).await?;
+            fetched.insert(n - 1, hash);
+            parent = p;
+            n -= 1;
         }
         let lowest_fetched = n;
         let reorg_from = self

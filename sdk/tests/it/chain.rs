@@ -398,6 +398,7 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees() {
     let (sent, receipt) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
     assert_eq!(sent.nonce, 0);
     assert_eq!(receipt.transaction_hash, sent.hash);
+    assert_eq!(alloy::primitives::keccak256(&sent.raw), sent.hash, "the raw bytes returned are the mined version's");
     // It was sent at least twice (original + bump), the mined version is a replacement paying more.
     assert!(metrics.tx_sent.with_label_values(&["transfer"]).get() >= 2, "no bump happened");
     let first_max_fee = s.provider().estimate_eip1559_fees().await.unwrap().max_fee_per_gas;

@@ -114,6 +114,20 @@ fn bytes_of(v: Vec<u8>) -> bytes::Bytes {
     bytes::Bytes::from(v)
 }
 
+/// Raw ONNX Runtime: a fresh session of the model (same config and threads as the node), `inputs` run in a loop on
+/// a blocking thread until the budget is spent.
+async fn raw_ort(
+    repository: &ModelRepository,
+    runtime: &OnnxRuntime,
+    name: &str,
+    version: u64,
+    inputs: Vec<Tensor>,
+    limits: Limits,
+) -> Result<Stats> {
+    let model = repository.load_config(runtime, repository.config(name, Some(version))?.clone())?;
+    Ok(tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(inputs.clone()).is_ok())).await?)
+}
+
 async fn metric(node: &RunningNode, name: &str) -> Result<f64> {
     let text = reqwest::get(format!("http://{}/metrics", node.metrics_addr)).await?.text().await?;
     Ok(text
@@ -143,23 +157,14 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
     for (name, version, label) in MODELS {
         let what = format!("{name}/{version} {label}");
         let inputs = request(&n.engine, name, version, 0)?;
-        let raw = {
-            let config = repository.config(name, Some(version))?.clone();
-            let model = repository.load_config(&runtime, config)?;
-            let inputs = inputs.clone();
-            tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(inputs.clone()).is_ok()))
-                .await?
-        };
+        let raw = raw_ort(&repository, &runtime, name, version, inputs.clone(), limits).await?;
         row(&what, "raw ORT", 1, &raw, Some(raw.throughput()));
         // The ceiling of batched execution: raw ONNX Runtime on stacked inputs (throughput in samples/s).
         for b in [8usize, 32] {
-            let config = repository.config(name, Some(version))?.clone();
-            if b > config.max_batch_size {
+            if b > repository.config(name, Some(version))?.max_batch_size {
                 continue;
             }
-            let model = repository.load_config(&runtime, config.clone())?;
-            let one = request(&n.engine, name, version, 0)?;
-            let stacked: Vec<Tensor> = one
+            let stacked: Vec<Tensor> = inputs
                 .iter()
                 .map(|t| {
                     let mut shape = t.shape().to_vec();
@@ -172,9 +177,7 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
                     Tensor::new(t.name(), shape, data)
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            let s =
-                tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(stacked.clone()).is_ok()))
-                    .await?;
+            let s = raw_ort(&repository, &runtime, name, version, stacked, limits).await?;
             let samples = Stats { requests: s.requests * b, ..s };
             row(&what, &format!("raw ORT b{b}"), 1, &samples, Some(raw.throughput()));
         }
@@ -369,12 +372,7 @@ pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
     for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {
         let what = format!("{name}/{version} {label}");
         let inputs = request(&n.engine, name, version, 0)?;
-        let raw = {
-            let model = repository.load_config(&runtime, repository.config(name, Some(version))?.clone())?;
-            let inputs = inputs.clone();
-            tokio::task::spawn_blocking(move || load::run_blocking(limits, |_| model.run(inputs.clone()).is_ok()))
-                .await?
-        };
+        let raw = raw_ort(&repository, &runtime, name, version, inputs.clone(), limits).await?;
         row(&what, "raw ORT", 1, &raw, Some(raw.throughput()));
         for c in CONCURRENCY {
             let (cl, inputs) = (client.clone(), inputs.clone());
