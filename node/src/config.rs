@@ -28,6 +28,75 @@ pub struct NodeConfig {
     pub p2p: P2pConfig,
     /// Operator key (hex secp256k1): signs adverts and receipts. An ephemeral key is used when none is set.
     pub operator_key: Option<String>,
+    /// Payments: vouchers, ledger, settlement (off = every job is free).
+    pub payment: PaymentConfig,
+}
+
+/// Payment settings (DESIGN.md §3, §5).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentConfig {
+    /// Charge for jobs (the models' `price_wei`); needs `deployment` and an operator key.
+    pub enabled: bool,
+    /// Chain RPC (HTTP).
+    pub rpc_url: String,
+    /// The contracts' addresses file (`contracts/deployments/<chainId>.json`).
+    pub deployment: Option<PathBuf>,
+    /// Ledger folder (sled).
+    pub ledger: PathBuf,
+    /// Confirmations a channel (and a redemption) needs.
+    pub confirmations: u64,
+    /// Chain polling interval, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Refuse work on channels whose redemption deadline is this close; settle them at twice this.
+    pub expiry_margin_secs: u64,
+    /// Seconds between settlement rounds.
+    pub settle_interval_secs: f64,
+    /// Redeem a channel when its unredeemed value is this many times the gas cost of redeeming it.
+    pub settle_gas_multiple: u64,
+    /// Gas of one channel's redemption inside `redeemMany` (for that threshold).
+    pub redeem_gas: u64,
+    /// Vouchers per redemption transaction.
+    pub max_batch: usize,
+    /// Longest wait for a redemption's confirmations before retrying, seconds.
+    pub confirm_timeout_secs: u64,
+    /// Re-send a redemption neither mined nor in the mempool after this many seconds.
+    pub resubmit_after_secs: u64,
+    /// Longest time spent settling at shutdown, seconds.
+    pub shutdown_settle_secs: u64,
+    /// Serve HTTP requests from 127.0.0.1 / ::1 free (operators' own use).
+    pub free_localhost: bool,
+    /// Serve HTTP requests from these addresses free.
+    pub free_allowlist: Vec<std::net::IpAddr>,
+    /// Keep inputs and outputs of paid jobs for validators this many hours.
+    pub audit_retention_hours: f64,
+    /// ... and at most this many MiB of them.
+    pub audit_retention_mib: u64,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rpc_url: "http://127.0.0.1:8545".into(),
+            deployment: None,
+            ledger: PathBuf::from("data/ledger"),
+            confirmations: 3,
+            poll_interval_ms: 500,
+            expiry_margin_secs: 600,
+            settle_interval_secs: 10.0,
+            settle_gas_multiple: 20,
+            redeem_gas: 25_000,
+            max_batch: 100,
+            confirm_timeout_secs: 300,
+            resubmit_after_secs: 30,
+            shutdown_settle_secs: 30,
+            free_localhost: false,
+            free_allowlist: Vec::new(),
+            audit_retention_hours: 24.0,
+            audit_retention_mib: 256,
+        }
+    }
 }
 
 /// Peer-to-peer settings.
@@ -128,6 +197,7 @@ impl Default for NodeConfig {
             cache: CacheConfig::default(),
             p2p: P2pConfig::default(),
             operator_key: None,
+            payment: PaymentConfig::default(),
         }
     }
 }

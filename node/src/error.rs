@@ -222,6 +222,20 @@ pub enum Error {
     /// An SDK-level error (tensor construction, model ids).
     #[error(transparent)]
     Sdk(#[from] mlbridge_sdk::Error),
+    /// The payment ledger failed.
+    #[error("payment ledger {path}: {reason}")]
+    Ledger {
+        /// The ledger folder.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The chain layer failed (RPC, transaction, contract revert).
+    #[error("chain: {0}")]
+    Chain(mlbridge_sdk::Error),
+    /// Settlement failed (it is retried).
+    #[error("settlement: {0}")]
+    Settlement(String),
     /// Two configs claim the same model id under different names (would make receipts ambiguous).
     #[error("models {first} and {second} have the same sha256 {id}; serve each file once")]
     DuplicateModelId {

@@ -18,7 +18,9 @@
 //!
 //! Tasks: the tokio runtime runs the HTTP servers and the swarm task (one owner of the `Swarm`, driven by a
 //! `select!` loop, talked to through a cloneable handle); each model's ONNX Runtime session lives on its own OS
-//! thread. Coming with the payments work (DESIGN.md §5): vouchers, the sled ledger and settlement in `payment`.
+//! thread.
+//! - [`payment`]: voucher checks before any work, the durable `sled` ledger, signed receipts, audit records for
+//!   validators, the chain watcher and batched settlement (`redeemMany`) tracked to N confirmations.
 
 pub mod api;
 pub mod cli;
@@ -27,6 +29,7 @@ pub mod error;
 pub mod inference;
 pub mod metrics;
 pub mod p2p;
+pub mod payment;
 pub mod server;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use crate::api::{AppState, metrics_router, router};
 use crate::config::NodeConfig;
 use crate::inference::{Engine, EngineOptions, ModelRepository, OnnxRuntime, ResultCache};
 use crate::metrics::NodeMetrics;
+use crate::payment::PaymentService;
 use crate::{Error, Result};
 
 /// A started node.
@@ -25,6 +26,8 @@ pub struct RunningNode {
     pub engine: Engine,
     /// The libp2p side, when enabled.
     pub p2p: Option<crate::p2p::P2pHandle>,
+    /// Payments, in paid mode.
+    pub payments: Option<Arc<PaymentService>>,
     /// Cancel to shut down.
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -71,10 +74,29 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(|e| Error::Listen { addr: config.metrics.listen, reason: e.to_string() })?;
-    let app = router(AppState { engine: engine.clone() }, config.http.max_body_bytes);
+    let operator = crate::p2p::operator_signer(config.operator_key.as_deref())?;
+    let mut tasks = Vec::new();
+    let payments = if config.payment.enabled {
+        if config.operator_key.is_none() {
+            return Err(Error::Config {
+                path: "operator_key".into(),
+                reason: "paid mode needs the operator key that channels pay (--operator-key)".into(),
+            });
+        }
+        let (service, payment_tasks) =
+            PaymentService::start(&config.payment, operator.clone(), metrics.registry(), shutdown.clone()).await?;
+        tasks.extend(payment_tasks);
+        tracing::info!(target: "node", payee = %service.payee(), "paid mode: vouchers are checked on every job");
+        Some(service)
+    } else {
+        None
+    };
+    let state = AppState { engine: engine.clone(), payments: payments.clone() };
+    let app = router(state.clone(), config.http.max_body_bytes);
     let token = shutdown.clone();
     let drain_engine = engine.clone();
     let http_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(http, app).with_graceful_shutdown(async move {
             token.cancelled().await;
             // Let queued inferences finish before the listener closes.
@@ -86,24 +108,30 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     });
     let token = shutdown.clone();
     let metrics_task = tokio::spawn(async move {
-        let served =
-            axum::serve(metrics_listener, metrics_router(metrics)).with_graceful_shutdown(token.cancelled_owned());
+        let served = axum::serve(metrics_listener, metrics_router(metrics, state))
+            .with_graceful_shutdown(token.cancelled_owned());
         if let Err(err) = served.await {
             tracing::error!(target: "node::metrics", %err, "metrics server failed");
         }
     });
-    let mut tasks = vec![http_task, metrics_task];
+    tasks.push(http_task);
+    tasks.push(metrics_task);
     let p2p = if config.p2p.enabled {
-        let operator = crate::p2p::operator_signer(config.operator_key.as_deref())?;
-        let (handle, task) =
-            crate::p2p::spawn(engine.clone(), &config.p2p, operator, engine.metrics().clone(), shutdown.clone())?;
+        let (handle, task) = crate::p2p::spawn(
+            engine.clone(),
+            &config.p2p,
+            operator,
+            engine.metrics().clone(),
+            payments.clone(),
+            shutdown.clone(),
+        )?;
         tasks.push(task);
         Some(handle)
     } else {
         None
     };
     tracing::info!(target: "node", %http_addr, %metrics_addr, models = engine.configs().count(), "node started");
-    Ok(RunningNode { http_addr, metrics_addr, engine, p2p, shutdown, tasks })
+    Ok(RunningNode { http_addr, metrics_addr, engine, p2p, payments, shutdown, tasks })
 }
 
 /// Run until ctrl-c or SIGTERM, then shut down gracefully.

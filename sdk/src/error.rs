@@ -140,6 +140,58 @@ pub enum Error {
     /// The client's network task has stopped.
     #[error("the network client has stopped")]
     ClientStopped,
+    /// The payer's channel store failed.
+    #[error("channel store {path}: {reason}; check the --store folder (one process at a time may use it)")]
+    Store {
+        /// The store folder.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The store has no such channel.
+    #[error("channel {channel} is not in this payer's store; list channels with `mlbridge channel list`")]
+    NoChannel {
+        /// The channel.
+        channel: alloy::primitives::B256,
+    },
+    /// A channel's deposit does not cover another job.
+    #[error("channel {channel} holds {deposit} wei, not enough for {needed}; top it up (`mlbridge channel top-up`)")]
+    ChannelExhausted {
+        /// The channel.
+        channel: alloy::primitives::B256,
+        /// Its deposit.
+        deposit: alloy::primitives::U256,
+        /// The cumulative amount needed.
+        needed: alloy::primitives::U256,
+    },
+    /// Paying would need a channel or top-up beyond the policy's spending limit.
+    #[error(
+        "no channel to {payee} covers {price} wei, and opening or topping one up would pass the spending limit of {limit} wei; open one yourself or raise --max-spend"
+    )]
+    SpendLimit {
+        /// The node operator to pay.
+        payee: alloy::primitives::Address,
+        /// The job price.
+        price: alloy::primitives::U256,
+        /// The limit.
+        limit: alloy::primitives::U256,
+    },
+    /// A node refused a job's payment.
+    #[error("node {peer} refused the payment: {refusal}")]
+    PaymentRefused {
+        /// The node.
+        peer: String,
+        /// Why.
+        refusal: Box<crate::protocol::PaymentRefusal>,
+    },
+    /// A paid answer came without a valid receipt, or the receipt does not match the job.
+    #[error("node {peer} sent a bad receipt ({reason}); do not pay it again and report it to validators")]
+    BadReceipt {
+        /// The node.
+        peer: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -18,7 +18,9 @@
 //!   job offers, receipts) with size limits checked before decoding.
 //! - [`net`]: the libp2p behaviour and swarm builder every peer uses.
 //! - [`client`]: the network client: node discovery from signed adverts, routing strategies, failover, the open
-//!   market (gossiped job offers and bids).
+//!   market (gossiped job offers and bids), paying every job and verifying its receipt when given a payer.
+//! - [`payment`]: the payer: channels (open, top up, close, withdraw), the durable voucher store, per-job vouchers
+//!   and automatic funding within a spending limit.
 
 pub mod chain;
 pub mod client;
@@ -26,6 +28,7 @@ pub mod eip712;
 pub mod error;
 pub mod model;
 pub mod net;
+pub mod payment;
 pub mod protocol;
 pub mod receipt;
 pub mod tensor;

@@ -69,6 +69,8 @@ pub enum Request {
     Embed(EmbedRequest),
     /// A quote for a gossiped job offer (node to the offering client).
     Bid(Bid),
+    /// Fetch the inputs and outputs of a recent paid job (validator to node, the audit protocol).
+    Audit(AuditRequest),
     /// Made by the codec for bytes that are no request (undecodable or over the limit); never sent on the wire.
     /// Lets the receiver answer with a typed error and penalise the sender.
     #[serde(skip)]
@@ -97,6 +99,7 @@ impl Request {
             Self::Infer(r) => r.version,
             Self::Embed(r) => r.version,
             Self::Bid(b) => b.version,
+            Self::Audit(a) => a.version,
             Self::Malformed(_) => WIRE_VERSION,
         }
     }
@@ -128,6 +131,8 @@ pub enum Response {
     Infer(Box<InferResponse>),
     /// A bid was received.
     Ack,
+    /// The record of an audited job.
+    Audit(Box<AuditRecord>),
     /// The request was refused or failed.
     Error(ProtocolError),
 }
@@ -164,6 +169,8 @@ pub enum ErrorKind {
     Malformed,
     /// The node failed; nothing the client did.
     Internal,
+    /// No such record (an audited job older than the node's retention).
+    NotFound,
 }
 
 /// A typed error answer.
@@ -173,6 +180,175 @@ pub struct ProtocolError {
     pub kind: ErrorKind,
     /// Human-readable detail.
     pub message: String,
+    /// Why a payment was refused (with [`ErrorKind::Payment`]).
+    #[serde(default)]
+    pub payment: Option<PaymentRefusal>,
+}
+
+impl ProtocolError {
+    /// An error of `kind` without payment detail.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), payment: None }
+    }
+}
+
+/// Why a node refused a job's payment. Each case says what the payer can do about it. No work was done and nothing
+/// was recorded for a refused job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PaymentRefusal {
+    /// The job carries no voucher and the node is paid.
+    #[error("this node is paid: attach a voucher of at least {price} wei more than your last one on a channel to {payee}")]
+    Required {
+        /// The model's price, wei.
+        price: U256,
+        /// Who to open a channel to (the node's operator).
+        payee: Address,
+    },
+    /// The node knows no channel with this id.
+    #[error("channel {channel} does not exist on this node's chain; open a channel to {payee} first")]
+    UnknownChannel {
+        /// The channel.
+        channel: B256,
+        /// The node's operator.
+        payee: Address,
+    },
+    /// The channel exists but is not confirmed deeply enough yet.
+    #[error("channel {channel} has {have} of {need} confirmations; retry in a few blocks")]
+    Unconfirmed {
+        /// The channel.
+        channel: B256,
+        /// Confirmations so far.
+        have: u64,
+        /// Confirmations the node needs.
+        need: u64,
+    },
+    /// The channel pays someone else (another node's channel).
+    #[error("channel {channel} pays {payee}, not this node ({node}); use a channel to {node}")]
+    WrongPayee {
+        /// The channel.
+        channel: B256,
+        /// Its payee.
+        payee: Address,
+        /// This node's operator.
+        node: Address,
+    },
+    /// The voucher was not signed by the channel's payer.
+    #[error("the voucher for channel {channel} is signed by {signer}, not the channel's payer {payer}; sign with the payer key")]
+    BadSignature {
+        /// The channel.
+        channel: B256,
+        /// Who signed (zero if unrecoverable).
+        signer: Address,
+        /// The channel's payer.
+        payer: Address,
+    },
+    /// The voucher was already accepted.
+    #[error("voucher {amount} on channel {channel} was already used; sign a new one of at least {needed} wei")]
+    Replayed {
+        /// The channel.
+        channel: B256,
+        /// The replayed amount.
+        amount: U256,
+        /// The smallest amount the node accepts now.
+        needed: U256,
+    },
+    /// The voucher's cumulative amount is below one already accepted.
+    #[error("voucher {amount} on channel {channel} is below the {accepted} wei already accepted; sign at least {needed} wei")]
+    BelowAccepted {
+        /// The channel.
+        channel: B256,
+        /// The voucher's amount.
+        amount: U256,
+        /// The highest accepted amount.
+        accepted: U256,
+        /// The smallest amount the node accepts now.
+        needed: U256,
+    },
+    /// The voucher adds less than the job's price (the price may have changed).
+    #[error("voucher {amount} on channel {channel} does not cover the price; the node needs at least {needed} wei (price {price})")]
+    Underpaid {
+        /// The channel.
+        channel: B256,
+        /// The voucher's amount.
+        amount: U256,
+        /// The smallest amount the node accepts.
+        needed: U256,
+        /// The model's price now.
+        price: U256,
+    },
+    /// The voucher asks for more than the channel's confirmed deposit.
+    #[error("voucher {amount} on channel {channel} is over its confirmed deposit of {deposit} wei; top the channel up")]
+    OverDeposit {
+        /// The channel.
+        channel: B256,
+        /// The voucher's amount.
+        amount: U256,
+        /// The confirmed deposit.
+        deposit: U256,
+    },
+    /// The channel closes or expires too soon for the node to redeem safely.
+    #[error("channel {channel} stops being redeemable at unix time {deadline}, too soon to accept work; open a new channel")]
+    Expiring {
+        /// The channel.
+        channel: B256,
+        /// Unix seconds of its redemption deadline.
+        deadline: u64,
+    },
+}
+
+impl PaymentRefusal {
+    /// Whether waiting (a few blocks) could make the same voucher acceptable.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unconfirmed { .. })
+    }
+}
+
+/// Ask a node for the inputs and outputs of one of its recent paid jobs ([`Request::Audit`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRequest {
+    /// Wire version.
+    pub version: u16,
+    /// The job (from its receipt).
+    pub job_id: B256,
+}
+
+/// A node's record of a paid job: its signed receipt and the exact tensors, so a validator can re-execute it and
+/// check both hashes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Wire version.
+    pub version: u16,
+    /// The signed receipt.
+    pub receipt: ReceiptMsg,
+    /// Served model name and version.
+    pub model: ModelRef,
+    /// The job's inputs (texts of an embedding job are in `texts`).
+    pub inputs: Vec<Tensor>,
+    /// Texts of an embedding job.
+    pub texts: Vec<String>,
+    /// The outputs the node returned.
+    pub outputs: Vec<Tensor>,
+}
+
+/// sha256 of the canonical bytes of `tensors` (a receipt's input or output hash).
+pub fn tensors_hash(tensors: &[Tensor]) -> B256 {
+    use sha2::{Digest, Sha256};
+    let mut bytes = Vec::new();
+    for t in tensors {
+        t.canonical_bytes(&mut bytes);
+    }
+    B256::from(<[u8; 32]>::from(Sha256::digest(&bytes)))
+}
+
+/// sha256 of texts, each length-prefixed (the input hash of an embedding job).
+pub fn texts_hash(texts: &[String]) -> B256 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    B256::from(<[u8; 32]>::from(h.finalize()))
 }
 
 /// A client's open-market offer, gossiped on the model's jobs topic (signed by the client's peer key, which is
@@ -269,6 +445,43 @@ impl Advert {
         }
         let Ok(sig) = alloy::primitives::Signature::try_from(self.signature.as_slice()) else { return false };
         sig.recover_address_from_msg(self.signing_hash().as_slice()).is_ok_and(|a| a == self.operator)
+    }
+}
+
+impl ReceiptMsg {
+    /// The EIP-712 receipt it carries.
+    pub fn receipt(&self) -> crate::receipt::Receipt {
+        crate::receipt::Receipt {
+            jobId: self.job_id,
+            modelId: self.model_id,
+            inputHash: self.input_hash,
+            outputHash: self.output_hash,
+            price: self.price,
+            node: self.node,
+        }
+    }
+
+    /// Sign `receipt` as the node operator.
+    pub fn sign<S: alloy::signers::SignerSync>(
+        receipt: &crate::receipt::Receipt,
+        signer: &S,
+        domain: &alloy::sol_types::Eip712Domain,
+    ) -> crate::Result<Self> {
+        Ok(Self {
+            version: WIRE_VERSION,
+            job_id: receipt.jobId,
+            model_id: receipt.modelId,
+            input_hash: receipt.inputHash,
+            output_hash: receipt.outputHash,
+            price: receipt.price,
+            node: receipt.node,
+            signature: receipt.sign(signer, domain)?,
+        })
+    }
+
+    /// Whether the named node signed it.
+    pub fn verify(&self, domain: &alloy::sol_types::Eip712Domain) -> bool {
+        self.receipt().verify(&self.signature, domain).unwrap_or(false)
     }
 }
 
@@ -433,7 +646,7 @@ mod tests {
             prop_assert_eq!(decode::<Advert>(&encode(&advert), MAX_GOSSIP_BYTES).unwrap(), advert);
             let offer = JobOffer { version: WIRE_VERSION, job_id: job, model_id: id, input_hash: job, input_bytes: 9, max_price_wei: U256::from(price), deadline_unix: 5 };
             prop_assert_eq!(decode::<JobOffer>(&encode(&offer), MAX_GOSSIP_BYTES).unwrap(), offer);
-            let resp = Response::Error(ProtocolError { kind: ErrorKind::Overloaded, message: "busy".into() });
+            let resp = Response::Error(ProtocolError::new(ErrorKind::Overloaded, "busy"));
             prop_assert_eq!(decode::<Response>(&encode(&resp), MAX_RESPONSE_BYTES).unwrap(), resp);
         }
 

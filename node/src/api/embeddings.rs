@@ -2,11 +2,17 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use mlbridge_sdk::protocol::{ModelRef, texts_hash};
+use mlbridge_sdk::{Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
+use super::pay::{self, PeerAddr};
+use crate::payment::Completed;
 
 /// Request body: `{"model": "minilm-l6", "input": "text" | ["texts"]}`.
 #[derive(Debug, Deserialize)]
@@ -32,8 +38,10 @@ pub enum TextInput {
 
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
+    peer: PeerAddr,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<EmbeddingsRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
         return Err(ApiError::bad_request("encoding_format must be \"float\""));
     }
@@ -51,17 +59,54 @@ pub(crate) async fn embeddings(
     if texts.is_empty() || texts.iter().any(String::is_empty) {
         return Err(ApiError::bad_request("input must hold at least one non-empty text"));
     }
-    let out = state.engine.embed(name, version, &texts).await?;
+    let config = state.engine.config(name, version)?.clone();
+    let paid = pay::authorize(&state, &headers, peer.0, &config)?;
+    let out = match state.engine.embed(name, Some(config.version), &texts).await {
+        Ok(o) => o,
+        Err(e) => {
+            if let Some(p) = &paid {
+                p.service.release(&p.auth);
+            }
+            return Err(e.into());
+        }
+    };
+    let receipt = match paid {
+        Some(p) => {
+            let dim = out.vectors.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = out.vectors.iter().flatten().copied().collect();
+            let tensor = Tensor::new("embedding", vec![texts.len() as i64, dim as i64], TensorData::Fp32(flat))
+                .map_err(crate::Error::Sdk)?;
+            let outputs = [tensor];
+            let done = Completed {
+                job_id: p.job_id,
+                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
+                model_id: config.sha256,
+                input_hash: texts_hash(&texts),
+                inputs: Vec::new(),
+                texts: texts.clone(),
+                outputs: &outputs,
+            };
+            Some(p.service.complete(&p.auth, done).await?)
+        }
+        None => None,
+    };
     let data: Vec<Value> = out
         .vectors
         .into_iter()
         .enumerate()
         .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "object": "list",
         "data": data,
         "model": out.model,
         "usage": { "prompt_tokens": out.tokens, "total_tokens": out.tokens },
-    })))
+    });
+    Ok(match &receipt {
+        Some(r) => {
+            body["receipt"] = pay::receipt_json(r);
+            ([pay::receipt_header(r)], Json(body)).into_response()
+        }
+        None => Json(body).into_response(),
+    })
 }

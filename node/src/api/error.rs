@@ -23,6 +23,11 @@ impl ApiError {
         Self { status: StatusCode::BAD_REQUEST, message: message.into(), retry_after_secs: None }
     }
 
+    /// An error with any status.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), retry_after_secs: None }
+    }
+
     /// A 404 with `message`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into(), retry_after_secs: None }

@@ -2,15 +2,18 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mlbridge_sdk::protocol::{ModelRef, tensors_hash};
 use mlbridge_sdk::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
+use super::pay::{self, PeerAddr};
 use crate::inference::ModelConfig;
+use crate::payment::Completed;
 
 /// `POST .../infer` body.
 #[derive(Debug, Deserialize)]
@@ -164,18 +167,22 @@ pub(crate) async fn model_version_ready(
 pub(crate) async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    peer: PeerAddr,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<InferRequest>,
-) -> Result<Json<InferResponse>, ApiError> {
-    run_infer(&state, &name, None, req).await
+) -> Result<Response, ApiError> {
+    run_infer(&state, &name, None, req, peer, &headers).await
 }
 
 pub(crate) async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
+    peer: PeerAddr,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<InferRequest>,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
-    run_infer(&state, &name, Some(version), req).await
+    run_infer(&state, &name, Some(version), req, peer, &headers).await
 }
 
 async fn run_infer(
@@ -183,7 +190,9 @@ async fn run_infer(
     name: &str,
     version: Option<u64>,
     req: InferRequest,
-) -> Result<Json<InferResponse>, ApiError> {
+    peer: PeerAddr,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let config = state.engine.config(name, version)?;
     if req.inputs.is_empty() {
         return Err(ApiError::bad_request("the request has no inputs"));
@@ -197,7 +206,33 @@ async fn run_infer(
         }
     }
     let inputs = req.inputs.into_iter().map(to_tensor).collect::<Result<Vec<_>, _>>()?;
-    let inference = state.engine.infer(&config.name, Some(config.version), inputs).await?;
+    let paid = pay::authorize(state, headers, peer.0, config)?;
+    let kept = paid.as_ref().map(|_| inputs.clone());
+    let inference = match state.engine.infer(&config.name, Some(config.version), inputs).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Some(p) = &paid {
+                p.service.release(&p.auth);
+            }
+            return Err(e.into());
+        }
+    };
+    let receipt = match paid {
+        Some(p) => {
+            let inputs = kept.unwrap_or_default();
+            let done = Completed {
+                job_id: p.job_id,
+                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
+                model_id: config.sha256,
+                input_hash: tensors_hash(&inputs),
+                inputs,
+                texts: Vec::new(),
+                outputs: &inference.outputs,
+            };
+            Some(p.service.complete(&p.auth, done).await?)
+        }
+        None => None,
+    };
     let outputs = inference
         .outputs
         .iter()
@@ -212,13 +247,20 @@ async fn run_infer(
     let mut parameters = serde_json::Map::new();
     parameters.insert("cached".into(), Value::Bool(inference.cached));
     parameters.insert("model_id".into(), Value::String(config.sha256.to_string()));
-    Ok(Json(InferResponse {
+    if let Some(r) = &receipt {
+        parameters.insert("receipt".into(), pay::receipt_json(r));
+    }
+    let body = Json(InferResponse {
         model_name: config.name.clone(),
         model_version: inference.version.to_string(),
         id: req.id,
         parameters,
         outputs,
-    }))
+    });
+    Ok(match &receipt {
+        Some(r) => ([pay::receipt_header(r)], body).into_response(),
+        None => body.into_response(),
+    })
 }
 
 /// A JSON input tensor to a typed one: datatype known, every element of the right kind, count matching the shape.

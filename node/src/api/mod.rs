@@ -3,9 +3,11 @@
 //! [`router`] builds the app from an [`AppState`] (tests drive it with `tower::ServiceExt::oneshot`); serving it on
 //! a socket is the caller's business (see `crate::server`).
 
+pub mod admin;
 pub mod embeddings;
 pub mod error;
 pub mod kserve;
+pub mod pay;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -23,6 +25,8 @@ pub use error::ApiError;
 pub struct AppState {
     /// The inference engine.
     pub engine: Engine,
+    /// Payments, in paid mode.
+    pub payments: Option<std::sync::Arc<crate::payment::PaymentService>>,
 }
 
 /// The public API router with a request body limit of `max_body_bytes`.
@@ -43,9 +47,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The metrics router (`GET /metrics`), served on its own port.
-pub fn metrics_router(metrics: NodeMetrics) -> Router {
-    Router::new().route("/metrics", get(render)).with_state(metrics)
+/// The metrics router (`GET /metrics`), served on its own port, with the operator's admin endpoints
+/// (`GET /admin/status`, `POST /admin/redeem`): keep that port private.
+pub fn metrics_router(metrics: NodeMetrics, state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .with_state(metrics)
+        .merge(admin::router(state))
 }
 
 async fn render(State(metrics): State<NodeMetrics>) -> impl IntoResponse {

@@ -27,8 +27,10 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
-    MAX_GOSSIP_BYTES, ModelRef, ProtocolError, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
+    MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
+    WIRE_VERSION, WireVoucher, decode, encode, jobs_topic, tensors_hash, texts_hash,
 };
+use std::sync::Arc;
 use mlbridge_sdk::{Tensor, TensorData};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -37,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::P2pConfig;
 use crate::inference::Engine;
 use crate::inference::engine::is_client_error;
+use crate::inference::ModelConfig;
 use crate::metrics::NodeMetrics;
+use crate::payment::{Authorization, Completed, PaymentService};
 use crate::{Error, Result};
 
 /// Commands to the swarm task.
@@ -120,6 +124,7 @@ pub fn spawn(
     config: &P2pConfig,
     operator: PrivateKeySigner,
     metrics: NodeMetrics,
+    payments: Option<Arc<PaymentService>>,
     shutdown: CancellationToken,
 ) -> Result<(P2pHandle, JoinHandle<()>)> {
     let keypair = load_identity(config.identity_file.as_deref())?;
@@ -145,6 +150,7 @@ pub fn spawn(
         net,
         operator,
         metrics,
+        payments,
         commands: rx,
         answers_tx,
         answers,
@@ -190,6 +196,7 @@ struct Answer {
     peer: PeerId,
     started: Instant,
     outcome: &'static str,
+    receipt: Option<ReceiptMsg>,
 }
 
 struct Actor {
@@ -199,6 +206,7 @@ struct Actor {
     net: NetConfig,
     operator: PrivateKeySigner,
     metrics: NodeMetrics,
+    payments: Option<Arc<PaymentService>>,
     commands: mpsc::Receiver<Command>,
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
@@ -214,7 +222,7 @@ fn now_ms() -> u64 {
 }
 
 fn protocol_error(kind: ErrorKind, message: impl Into<String>) -> Response {
-    Response::Error(ProtocolError { kind, message: message.into() })
+    Response::Error(ProtocolError::new(kind, message))
 }
 
 /// Map an engine error to a typed protocol error and a metrics outcome.
@@ -367,6 +375,16 @@ impl Actor {
                 "client_error",
             );
         }
+        if let Request::Audit(a) = &request {
+            let record = self.payments.as_ref().and_then(|p| p.audit(&a.job_id));
+            return match record {
+                Some(r) => self.reply_now(channel, Response::Audit(Box::new((*r).clone())), "audit"),
+                None => {
+                    let msg = format!("no record of job {}; it is unknown or older than the retention", a.job_id);
+                    self.reply_now(channel, protocol_error(ErrorKind::NotFound, msg), "client_error")
+                }
+            };
+        }
         let rate = self.config.max_requests_per_sec_per_peer;
         if !self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
             let msg = format!("more than {rate} requests per second from one peer");
@@ -378,18 +396,19 @@ impl Actor {
             return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
         }
         *inflight += 1;
-        let (engine, tx) = (self.engine.clone(), self.answers_tx.clone());
+        let (engine, tx, payments) = (self.engine.clone(), self.answers_tx.clone(), self.payments.clone());
         let latency = Duration::from_millis(self.config.simulated_latency_ms);
         tokio::spawn(async move {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let (response, outcome) = match request {
-                Request::Infer(r) => serve_infer(&engine, r).await,
-                Request::Embed(r) => serve_embed(&engine, r).await,
-                Request::Bid(_) | Request::Malformed(_) => unreachable!("answered above"),
+            let served = match request {
+                Request::Infer(r) => serve_infer(&engine, payments.as_deref(), r).await,
+                Request::Embed(r) => serve_embed(&engine, payments.as_deref(), r).await,
+                Request::Bid(_) | Request::Audit(_) | Request::Malformed(_) => unreachable!("answered above"),
             };
-            let _ = tx.send(Answer { channel, response, peer, started, outcome }).await;
+            let Served { response, outcome, receipt } = served;
+            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt }).await;
         });
     }
 
@@ -408,6 +427,12 @@ impl Actor {
         }
         if self.swarm.behaviour_mut().rpc.send_response(a.channel, a.response).is_err() {
             tracing::debug!(target: "node::p2p", peer = %a.peer, "the requester went away before the answer");
+        }
+        if let (Some(receipt), Some(p)) = (a.receipt, &self.payments) {
+            // For validators; with nobody subscribed yet the publish fails and the receipt stays in the ledger.
+            if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&receipt)).is_ok() {
+                p.metrics().receipts_published.inc();
+            }
         }
     }
 
@@ -506,56 +531,150 @@ impl Actor {
     }
 }
 
-async fn serve_infer(engine: &Engine, r: InferRequest) -> (Response, &'static str) {
+/// What a served request produced.
+struct Served {
+    response: Response,
+    outcome: &'static str,
+    receipt: Option<ReceiptMsg>,
+}
+
+impl Served {
+    fn error((response, outcome): (Response, &'static str)) -> Self {
+        Self { response, outcome, receipt: None }
+    }
+}
+
+fn refused(refusal: Box<PaymentRefusal>) -> Served {
+    Served {
+        response: Response::Error(ProtocolError {
+            kind: ErrorKind::Payment,
+            message: refusal.to_string(),
+            payment: Some(*refusal),
+        }),
+        outcome: "payment_refused",
+        receipt: None,
+    }
+}
+
+/// Check the voucher of a job on `config` (free when the node or the model charges nothing).
+fn authorize(
+    payments: Option<&PaymentService>,
+    config: &ModelConfig,
+    voucher: Option<&WireVoucher>,
+) -> std::result::Result<Option<Authorization>, Box<PaymentRefusal>> {
+    let price = U256::from(config.price_wei);
+    match payments {
+        Some(p) if !price.is_zero() => p.authorize(voucher, price).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Answer a finished job; a paid one gets its receipt after the ledger holds it.
+async fn finish(
+    payments: Option<&PaymentService>,
+    auth: Option<Authorization>,
+    answer: InferResponse,
+    done: impl FnOnce(&[Tensor]) -> Completed<'_>,
+) -> Served {
+    let mut answer = answer;
+    let receipt = match (payments, auth) {
+        (Some(p), Some(auth)) => match p.complete(&auth, done(&answer.outputs)).await {
+            Ok(r) => Some(r),
+            Err(e) => return Served::error(engine_error(&e)),
+        },
+        _ => None,
+    };
+    answer.receipt.clone_from(&receipt);
+    Served { response: Response::Infer(Box::new(answer)), outcome: "ok", receipt }
+}
+
+async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: InferRequest) -> Served {
     let config = match engine.config(&r.model.name, r.model.version) {
         Ok(c) => c.clone(),
-        Err(e) => return engine_error(&e),
+        Err(e) => return Served::error(engine_error(&e)),
     };
     if r.model.id.is_some_and(|id| id != config.sha256) {
         let msg = format!("this node serves {} with different weights ({})", config.key(), config.sha256);
-        return (protocol_error(ErrorKind::UnknownModel, msg), "client_error");
+        return Served::error((protocol_error(ErrorKind::UnknownModel, msg), "client_error"));
     }
+    let auth = match authorize(payments, &config, r.voucher.as_ref()) {
+        Ok(a) => a,
+        Err(refusal) => return refused(refusal),
+    };
+    // A paid job keeps its inputs for the receipt and the audit record.
+    let kept = auth.as_ref().map(|_| r.inputs.clone());
     let queue_timeout = r.queue_timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
     match engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout).await {
-        Ok(inference) => (
-            Response::Infer(Box::new(InferResponse {
+        Ok(inference) => {
+            let answer = InferResponse {
                 version: WIRE_VERSION,
                 job_id: r.job_id,
                 model_id: config.sha256,
                 outputs: inference.outputs.as_ref().clone(),
                 receipt: None,
-            })),
-            "ok",
-        ),
-        Err(e) => engine_error(&e),
+            };
+            let inputs = kept.unwrap_or_default();
+            finish(payments, auth, answer, |outputs| Completed {
+                job_id: r.job_id,
+                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
+                model_id: config.sha256,
+                input_hash: tensors_hash(&inputs),
+                inputs,
+                texts: Vec::new(),
+                outputs,
+            })
+            .await
+        }
+        Err(e) => {
+            if let (Some(p), Some(a)) = (payments, &auth) {
+                p.release(a);
+            }
+            Served::error(engine_error(&e))
+        }
     }
 }
 
-async fn serve_embed(engine: &Engine, r: EmbedRequest) -> (Response, &'static str) {
+async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: EmbedRequest) -> Served {
     let config = match engine.config(&r.model.name, r.model.version) {
         Ok(c) => c.clone(),
-        Err(e) => return engine_error(&e),
+        Err(e) => return Served::error(engine_error(&e)),
     };
-    match engine.embed(&config.name, Some(config.version), &r.texts).await {
-        Ok(emb) => {
-            let dim = emb.vectors.first().map_or(0, Vec::len);
-            let data: Vec<f32> = emb.vectors.into_iter().flatten().collect();
-            let shape = vec![r.texts.len() as i64, dim as i64];
-            match Tensor::new("embedding", shape, TensorData::Fp32(data)) {
-                Ok(t) => (
-                    Response::Infer(Box::new(InferResponse {
-                        version: WIRE_VERSION,
-                        job_id: r.job_id,
-                        model_id: config.sha256,
-                        outputs: vec![t],
-                        receipt: None,
-                    })),
-                    "ok",
-                ),
-                Err(e) => engine_error(&Error::Sdk(e)),
-            }
+    let auth = match authorize(payments, &config, r.voucher.as_ref()) {
+        Ok(a) => a,
+        Err(refusal) => return refused(refusal),
+    };
+    let result = engine.embed(&config.name, Some(config.version), &r.texts).await.and_then(|emb| {
+        let dim = emb.vectors.first().map_or(0, Vec::len);
+        let data: Vec<f32> = emb.vectors.into_iter().flatten().collect();
+        let shape = vec![r.texts.len() as i64, dim as i64];
+        Tensor::new("embedding", shape, TensorData::Fp32(data)).map_err(Error::Sdk)
+    });
+    match result {
+        Ok(t) => {
+            let answer = InferResponse {
+                version: WIRE_VERSION,
+                job_id: r.job_id,
+                model_id: config.sha256,
+                outputs: vec![t],
+                receipt: None,
+            };
+            finish(payments, auth, answer, |outputs| Completed {
+                job_id: r.job_id,
+                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
+                model_id: config.sha256,
+                input_hash: texts_hash(&r.texts),
+                inputs: Vec::new(),
+                texts: r.texts.clone(),
+                outputs,
+            })
+            .await
         }
-        Err(e) => engine_error(&e),
+        Err(e) => {
+            if let (Some(p), Some(a)) = (payments, &auth) {
+                p.release(a);
+            }
+            Served::error(engine_error(&e))
+        }
     }
 }
 

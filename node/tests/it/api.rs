@@ -343,7 +343,7 @@ fn random_body() -> impl Strategy<Value = Vec<u8>> {
 fn random_bodies_never_cause_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let node = rt.block_on(start_node(|c| c.cache.enabled = false));
-    let app = router(AppState { engine: node.engine.clone() }, 1 << 20);
+    let app = router(AppState { engine: node.engine.clone(), payments: None }, 1 << 20);
     let paths =
         ["/v2/models/mlp-tiny/infer", "/v2/models/orientation/infer", "/v1/embeddings", "/v2/models/minilm-l6/infer"];
     proptest!(ProptestConfig::with_cases(300), |(body in random_body(), p in 0usize..4)| {

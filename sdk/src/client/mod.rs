@@ -6,10 +6,16 @@
 //! [`Client::infer`] picks a node, sends the request, and on a timeout, a lost connection, an overloaded or failing
 //! node tries the next one (each request is answered once; client mistakes are returned at once, not retried).
 //! [`Client::offer`] is the open market: gossip a [`JobOffer`], collect [`Bid`]s, send the job to the best one.
+//!
+//! With a [`Payer`] ([`Client::with_payer`]) every request to a node that charges for the model carries a voucher
+//! for the advertised price, and every answer must carry the node's receipt for exactly this job (job id, model,
+//! input and output hashes, price, the advertised operator's signature); otherwise the answer is refused. A refusal
+//! before any work gives the voucher's amount back; an unconfirmed channel is retried on the same node for a while.
 
 mod routing;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
@@ -26,9 +32,11 @@ pub use routing::Strategy;
 use routing::{Candidate, Router};
 
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
+use crate::payment::{Payer, Payment};
 use crate::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
-    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, decode, encode, jobs_topic,
+    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
+    tensors_hash, texts_hash,
 };
 use crate::{Error, ModelId, Result, Tensor};
 
@@ -108,7 +116,7 @@ enum Command {
         model: String,
         version: Option<u64>,
         exclude: Vec<PeerId>,
-        reply: oneshot::Sender<Option<PeerId>>,
+        reply: oneshot::Sender<Option<Picked>>,
     },
     Send {
         peer: PeerId,
@@ -128,12 +136,21 @@ enum Command {
     },
 }
 
+/// A node chosen for a request, with what its advert says about the model.
+#[derive(Clone, Copy, Debug)]
+struct Picked {
+    peer: PeerId,
+    operator: alloy::primitives::Address,
+    price: U256,
+}
+
 /// Handle to the client task. Clone it freely; the task ends when every handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     config: ClientConfig,
+    payer: Option<Arc<Payer>>,
 }
 
 impl Client {
@@ -174,7 +191,18 @@ impl Client {
             advert_ttl: config.advert_ttl,
         };
         tokio::spawn(actor.run());
-        Ok(Self { commands, peer_id, config })
+        Ok(Self { commands, peer_id, config, payer: None })
+    }
+
+    /// Pay for every job with `payer` (vouchers on its channels; receipts verified).
+    pub fn with_payer(mut self, payer: Arc<Payer>) -> Self {
+        self.payer = Some(payer);
+        self
+    }
+
+    /// The payer, if the client pays.
+    pub fn payer(&self) -> Option<&Arc<Payer>> {
+        self.payer.as_ref()
     }
 
     /// The client's libp2p identity.
@@ -215,13 +243,14 @@ impl Client {
     pub async fn infer(&self, model: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<InferOutcome> {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
         let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
-        self.with_failover(model, version, move || {
+        let input_hash = tensors_hash(&inputs);
+        self.with_failover(model, version, input_hash, move |job_id, voucher| {
             Request::Infer(InferRequest {
                 version: WIRE_VERSION,
-                job_id: random_id(),
+                job_id,
                 model: model_ref.clone(),
                 inputs: inputs.clone(),
-                voucher: None,
+                voucher,
                 queue_timeout_ms: queue_ms,
             })
         })
@@ -231,13 +260,14 @@ impl Client {
     /// Embed `texts` with a text-embedding model on a node serving it.
     pub async fn embed(&self, model: &str, version: Option<u64>, texts: Vec<String>) -> Result<InferOutcome> {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
-        self.with_failover(model, version, move || {
+        let input_hash = texts_hash(&texts);
+        self.with_failover(model, version, input_hash, move |job_id, voucher| {
             Request::Embed(EmbedRequest {
                 version: WIRE_VERSION,
-                job_id: random_id(),
+                job_id,
                 model: model_ref.clone(),
                 texts: texts.clone(),
-                voucher: None,
+                voucher,
             })
         })
         .await
@@ -247,7 +277,8 @@ impl Client {
         &self,
         model: &str,
         version: Option<u64>,
-        make: impl Fn() -> Request,
+        input_hash: B256,
+        make: impl Fn(B256, Option<WireVoucher>) -> Request,
     ) -> Result<InferOutcome> {
         let mut exclude = Vec::new();
         let mut last = Error::NoNodes { model: model.to_owned() };
@@ -255,25 +286,77 @@ impl Client {
             let picked = self
                 .ask(|reply| Command::Pick { model: model.to_owned(), version, exclude: exclude.clone(), reply })
                 .await?;
-            let Some(peer) = picked else { break };
-            match self.send_to(peer, make()).await {
-                Ok(Response::Infer(r)) => return Ok(InferOutcome { node: peer, response: *r, attempts: attempt }),
-                Ok(Response::Error(e)) => {
-                    let remote = Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message };
-                    match e.kind {
-                        // The node cannot serve it now, or its advert was stale: try another.
-                        ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel => last = remote,
-                        // Our request is at fault: another node would say the same.
-                        _ => return Err(remote),
-                    }
+            let Some(picked) = picked else { break };
+            let peer = picked.peer;
+            match self.run_on(picked, input_hash, &make).await {
+                Ok(response) => return Ok(InferOutcome { node: peer, response, attempts: attempt }),
+                Err(e @ Error::Remote { kind: ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel, .. }) => {
+                    // The node cannot serve it now, or its advert was stale: try another.
+                    last = e;
                 }
-                Ok(Response::Ack) => last = Error::Network(format!("node {peer} answered an inference with an ack")),
+                // Our request (or payment) is at fault, or the node cheated: another node would not help.
+                Err(e @ (Error::Remote { .. } | Error::PaymentRefused { .. } | Error::BadReceipt { .. })) => return Err(e),
+                // Funding failed (chain, limit, store): no node can be paid.
+                Err(e @ (Error::SpendLimit { .. } | Error::Store { .. } | Error::ChannelExhausted { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => last = e,
             }
             tracing::debug!(target: "sdk::client", %peer, err = %last, "failing over to another node");
             exclude.push(peer);
         }
         Err(last)
+    }
+
+    /// One job on one node: pay (if it charges), send, check the answer and its receipt.
+    async fn run_on(
+        &self,
+        picked: Picked,
+        input_hash: B256,
+        make: &impl Fn(B256, Option<WireVoucher>) -> Request,
+    ) -> Result<InferResponse> {
+        let peer = picked.peer;
+        let job_id = random_id();
+        // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
+        let mut waits = 0;
+        loop {
+            let payment = match &self.payer {
+                Some(payer) if !picked.price.is_zero() => Some(payer.pay(picked.operator, picked.price).await?),
+                _ => None,
+            };
+            let voucher = payment.as_ref().map(|p| p.voucher.clone());
+            let response = self.send_to(peer, make(job_id, voucher)).await?;
+            let give_back = |p: &Option<Payment>| {
+                if let (Some(payer), Some(p)) = (&self.payer, p) {
+                    payer.give_back(p);
+                }
+            };
+            return match response {
+                Response::Infer(r) => {
+                    if let (Some(payer), Some(p)) = (&self.payer, &payment) {
+                        check_receipt(payer, p, &r, job_id, input_hash, picked.operator)
+                            .map_err(|reason| Error::BadReceipt { peer: peer.to_string(), reason })?;
+                    }
+                    Ok(*r)
+                }
+                Response::Error(e) => {
+                    // Every typed error is answered before the job is charged.
+                    give_back(&payment);
+                    match e.payment {
+                        Some(refusal) if refusal.is_transient() && waits < 40 => {
+                            waits += 1;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            continue;
+                        }
+                        Some(refusal) => Err(Error::PaymentRefused { peer: peer.to_string(), refusal: Box::new(refusal) }),
+                        None => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
+                    }
+                }
+                Response::Ack | Response::Audit(_) => {
+                    Err(Error::Network(format!("node {peer} answered an inference with something else")))
+                }
+            };
+        }
     }
 
     /// Send one request to one node: connect (within the connect timeout), then wait (up to the request timeout)
@@ -362,8 +445,35 @@ impl Client {
                 Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response: *r, attempts: 1 } })
             }
             Response::Error(e) => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
-            Response::Ack => Err(Error::Network(format!("node {peer} answered a job with an ack"))),
+            Response::Ack | Response::Audit(_) => {
+                Err(Error::Network(format!("node {peer} answered a job with something else")))
+            }
         }
+    }
+}
+
+/// A paid answer must carry the node's receipt for exactly this job.
+fn check_receipt(
+    payer: &Payer,
+    payment: &Payment,
+    r: &InferResponse,
+    job_id: B256,
+    input_hash: B256,
+    operator: alloy::primitives::Address,
+) -> std::result::Result<(), String> {
+    let Some(receipt) = &r.receipt else { return Err("a paid answer without a receipt".into()) };
+    let checks = [
+        (receipt.job_id == job_id, "another job id"),
+        (receipt.model_id == B256::from(*r.model_id.as_bytes()), "another model id than the answer"),
+        (receipt.input_hash == input_hash, "another input hash than our inputs"),
+        (receipt.output_hash == tensors_hash(&r.outputs), "another output hash than the outputs"),
+        (receipt.price == payment.price, "another price than advertised"),
+        (receipt.node == operator, "another node than the advert's operator"),
+        (receipt.verify(payer.domain()), "a signature that is not the node's"),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, what)) => Err(format!("the receipt names {what}")),
+        None => Ok(()),
     }
 }
 
@@ -452,7 +562,16 @@ impl Actor {
                         })
                     })
                     .collect();
-                let _ = reply.send(self.router.pick(self.strategy, &model, candidates));
+                let picked = self.router.pick(self.strategy, &model, candidates).and_then(|peer| {
+                    let advert = &self.nodes.get(&peer)?.advert;
+                    let m = advert
+                        .models
+                        .iter()
+                        .filter(|m| m.name == model && version.is_none_or(|x| x == m.version))
+                        .max_by_key(|m| m.version)?;
+                    Some(Picked { peer, operator: advert.operator, price: m.price_wei })
+                });
+                let _ = reply.send(picked);
             }
             Command::Send { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, *request);
@@ -538,10 +657,10 @@ impl Actor {
                             }
                             Response::Ack
                         }
-                        _ => Response::Error(crate::protocol::ProtocolError {
-                            kind: ErrorKind::BadInput,
-                            message: "this peer is a client; it runs no inference".into(),
-                        }),
+                        _ => Response::Error(crate::protocol::ProtocolError::new(
+                            ErrorKind::BadInput,
+                            "this peer is a client; it runs no inference",
+                        )),
                     };
                     let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
                 }

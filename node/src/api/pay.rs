@@ -1,0 +1,132 @@
+//! Payment over HTTP, for clients that do not speak libp2p: a voucher in the `X-MLBridge-Voucher` header
+//! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`), an optional
+//! `X-MLBridge-Job-Id` (32 bytes hex; default: derived from the voucher), and the node's receipt in the answer
+//! (`X-MLBridge-Receipt` header and the body). Addresses on the free list (operators' own use) pay nothing.
+
+use std::net::SocketAddr;
+
+use alloy::primitives::{B256, U256, keccak256};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use mlbridge_sdk::protocol::{PaymentRefusal, ReceiptMsg, WireVoucher};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::inference::ModelConfig;
+use crate::payment::{Authorization, PaymentService};
+
+/// Header carrying the voucher.
+pub const VOUCHER_HEADER: &str = "x-mlbridge-voucher";
+/// Header carrying the client's job id.
+pub const JOB_ID_HEADER: &str = "x-mlbridge-job-id";
+/// Header carrying the node's receipt (JSON).
+pub const RECEIPT_HEADER: &str = "x-mlbridge-receipt";
+
+/// Format a voucher for [`VOUCHER_HEADER`].
+pub fn voucher_header(v: &WireVoucher) -> String {
+    format!("{}:{}:0x{}", v.channel_id, v.cumulative_amount, hex::encode(v.signature))
+}
+
+/// Parse [`VOUCHER_HEADER`].
+pub fn parse_voucher(text: &str) -> Result<WireVoucher, String> {
+    let mut parts = text.trim().split(':');
+    let (Some(ch), Some(amount), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err("expected <channel id>:<cumulative amount>:<signature>".into());
+    };
+    let channel_id: B256 = ch.parse().map_err(|e| format!("channel id: {e}"))?;
+    let cumulative_amount = U256::from_str_radix(amount, 10).map_err(|e| format!("amount: {e}"))?;
+    let bytes = hex::decode(sig.trim_start_matches("0x")).map_err(|e| format!("signature: {e}"))?;
+    let signature: [u8; 65] = bytes.try_into().map_err(|_| "signature: must be 65 bytes".to_string())?;
+    Ok(WireVoucher { channel_id, cumulative_amount, signature })
+}
+
+/// A receipt as JSON (hex signature).
+pub fn receipt_json(r: &ReceiptMsg) -> Value {
+    json!({
+        "job_id": r.job_id, "model_id": r.model_id, "input_hash": r.input_hash, "output_hash": r.output_hash,
+        "price": r.price.to_string(), "node": r.node, "signature": format!("0x{}", hex::encode(r.signature)),
+    })
+}
+
+impl From<Box<PaymentRefusal>> for ApiError {
+    fn from(r: Box<PaymentRefusal>) -> Self {
+        ApiError::with_status(StatusCode::PAYMENT_REQUIRED, r.to_string())
+    }
+}
+
+/// The caller's address, when the server knows it (`into_make_service_with_connect_info`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
+}
+
+/// A paid HTTP job in progress.
+pub(crate) struct HttpPayment<'a> {
+    pub(crate) service: &'a PaymentService,
+    pub(crate) auth: Authorization,
+    pub(crate) job_id: B256,
+}
+
+/// Check the request's payment for a job on `config`; `None` when the node, the model or the caller is free.
+pub(crate) fn authorize<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    config: &ModelConfig,
+) -> Result<Option<HttpPayment<'a>>, ApiError> {
+    let Some(service) = state.payments.as_deref() else { return Ok(None) };
+    let price = U256::from(config.price_wei);
+    if price.is_zero() {
+        return Ok(None);
+    }
+    if peer.is_some_and(|p| service.is_free(p.ip())) {
+        service.metrics().free_jobs.inc();
+        return Ok(None);
+    }
+    let voucher = match headers.get(VOUCHER_HEADER) {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| ApiError::bad_request("the voucher header is not text"))
+                .and_then(|t| parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}"))))?,
+        ),
+        None => None,
+    };
+    let job_id = match headers.get(JOB_ID_HEADER) {
+        Some(h) => h
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse::<B256>().ok())
+            .ok_or_else(|| ApiError::bad_request(format!("{JOB_ID_HEADER} must be 32 bytes of hex")))?,
+        None => voucher.as_ref().map_or(B256::ZERO, |v| {
+            keccak256([v.channel_id.as_slice(), &v.cumulative_amount.to_be_bytes::<32>()].concat())
+        }),
+    };
+    let auth = service.authorize(voucher.as_ref(), price)?;
+    Ok(Some(HttpPayment { service, auth, job_id }))
+}
+
+/// The receipt as a response header.
+pub(crate) fn receipt_header(r: &ReceiptMsg) -> (axum::http::HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&receipt_json(r).to_string()).unwrap_or(HeaderValue::from_static("{}"));
+    (axum::http::HeaderName::from_static(RECEIPT_HEADER), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voucher_header_round_trips_and_garbage_is_refused() {
+        let v = WireVoucher { channel_id: B256::repeat_byte(3), cumulative_amount: U256::from(12345u64), signature: [7; 65] };
+        assert_eq!(parse_voucher(&voucher_header(&v)).unwrap(), v);
+        assert!(parse_voucher("nonsense").is_err());
+        assert!(parse_voucher(&format!("{}:12:0x00", B256::ZERO)).is_err(), "short signature");
+        assert!(parse_voucher(&format!("{}:-1:0x{}", B256::ZERO, "00".repeat(65))).is_err(), "negative amount");
+    }
+}

@@ -1,0 +1,203 @@
+//! The voucher check in front of every paid job, and the bookkeeping after it.
+//!
+//! [`Gate::authorize`] runs before any work: the channel is confirmed and pays us, is not about to stop being
+//! redeemable, the voucher is signed by its payer and stays within the confirmed deposit, and the vouchers we hold
+//! cover every job charged on the channel plus this one. The check and the reservation of the price happen under
+//! one lock per node, so two concurrent jobs can never take the same increment. [`Gate::commit`] turns the
+//! reservation into a charge, writes the channel entry and the job record and flushes the ledger — before the
+//! answer is sent. [`Gate::release`] undoes a reservation whose job failed: nothing is recorded for it.
+//!
+//! Coverage rather than strict succession: a client may have several jobs in flight on one channel, and their
+//! vouchers can arrive out of order. The node therefore accepts a voucher when `max(highest held, voucher) >=
+//! charged + in flight + price` — the highest voucher it holds always pays for every job it answered, and a
+//! replayed or lower voucher adds nothing, so it is refused unless the payer had already paid ahead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::sol_types::Eip712Domain;
+use mlbridge_sdk::protocol::{PaymentRefusal, WireVoucher};
+use mlbridge_sdk::voucher::SignedVoucher;
+
+use super::ledger::{ChannelEntry, JobRecord, Ledger};
+use super::watcher::{Lookup, Watcher};
+use crate::Result;
+
+/// A job's reserved payment.
+#[derive(Clone, Debug)]
+pub struct Authorization {
+    /// The channel.
+    pub channel_id: B256,
+    /// Price reserved.
+    pub price: U256,
+    /// The voucher's amount.
+    pub amount: U256,
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: ChannelEntry,
+    in_flight: U256,
+}
+
+/// The voucher check and its state.
+#[derive(Debug)]
+pub struct Gate {
+    ledger: Ledger,
+    watcher: Watcher,
+    domain: Eip712Domain,
+    payee: Address,
+    expiry_margin: u64,
+    slots: Mutex<HashMap<B256, Slot>>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Gate {
+    /// A gate for `payee` (our operator) over the ledger and the chain view.
+    pub fn new(ledger: Ledger, watcher: Watcher, domain: Eip712Domain, payee: Address, expiry_margin: u64) -> Self {
+        Self { ledger, watcher, domain, payee, expiry_margin, slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The chain view.
+    pub fn watcher(&self) -> &Watcher {
+        &self.watcher
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<B256, Slot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Check `voucher` for a job of `price` and reserve the price. Nothing is recorded on refusal.
+    pub fn authorize(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, Box<PaymentRefusal>> {
+        self.check(voucher, price).map_err(Box::new)
+    }
+
+    #[allow(clippy::result_large_err)] // boxed once by `authorize`
+    fn check(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, PaymentRefusal> {
+        let Some(v) = voucher else { return Err(PaymentRefusal::Required { price, payee: self.payee }) };
+        let channel = v.channel_id;
+        let view = match self.watcher.lookup(&channel) {
+            Lookup::Confirmed(view) => view,
+            Lookup::Unconfirmed { have } => {
+                return Err(PaymentRefusal::Unconfirmed { channel, have, need: self.watcher.confirmations() });
+            }
+            Lookup::Unknown => return Err(PaymentRefusal::UnknownChannel { channel, payee: self.payee }),
+        };
+        if view.payee != self.payee {
+            return Err(PaymentRefusal::WrongPayee { channel, payee: view.payee, node: self.payee });
+        }
+        let deadline = view.deadline();
+        if deadline <= now_ms() / 1000 + self.expiry_margin {
+            return Err(PaymentRefusal::Expiring { channel, deadline });
+        }
+        let signed = SignedVoucher { channel_id: channel, cumulative_amount: v.cumulative_amount, signature: v.signature };
+        let signer = signed.signer(&self.domain).unwrap_or(Address::ZERO);
+        if signer != view.payer {
+            return Err(PaymentRefusal::BadSignature { channel, signer, payer: view.payer });
+        }
+        if v.cumulative_amount > view.deposit {
+            return Err(PaymentRefusal::OverDeposit { channel, amount: v.cumulative_amount, deposit: view.deposit });
+        }
+        let mut slots = self.slots();
+        let slot = match slots.entry(channel) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                let entry = self.ledger.channel(&channel).ok().flatten().unwrap_or_else(|| ChannelEntry {
+                    channel_id: channel,
+                    payer: view.payer,
+                    ..ChannelEntry::default()
+                });
+                vacant.insert(Slot { entry, in_flight: U256::ZERO })
+            }
+        };
+        let best = slot.entry.best_amount;
+        let needed = slot.entry.charged + slot.in_flight + price;
+        if best.max(v.cumulative_amount) < needed {
+            let amount = v.cumulative_amount;
+            let needed = needed.max(best + price);
+            return Err(if amount == best {
+                PaymentRefusal::Replayed { channel, amount, needed }
+            } else if amount < best {
+                PaymentRefusal::BelowAccepted { channel, amount, accepted: best, needed }
+            } else {
+                PaymentRefusal::Underpaid { channel, amount, needed, price }
+            });
+        }
+        slot.in_flight += price;
+        if v.cumulative_amount > best {
+            slot.entry.best_amount = v.cumulative_amount;
+            slot.entry.best_signature = v.signature.to_vec();
+        }
+        slot.entry.deadline = deadline;
+        Ok(Authorization { channel_id: channel, price, amount: v.cumulative_amount })
+    }
+
+    /// The job was answered: charge it, record it, and make both durable. Call before sending the answer.
+    pub async fn commit(&self, auth: &Authorization, job: &JobRecord) -> Result<()> {
+        {
+            let mut slots = self.slots();
+            let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
+            slot.in_flight -= auth.price;
+            slot.entry.charged += auth.price;
+            slot.entry.jobs += 1;
+            // Written under the lock, so a later state never lands before an earlier one.
+            self.ledger.put_channel(&slot.entry)?;
+            self.ledger.put_job(job)?;
+        }
+        self.ledger.flush().await
+    }
+
+    /// The job failed after authorization: free its reservation. Nothing is charged or recorded.
+    pub fn release(&self, auth: &Authorization) {
+        if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
+            slot.in_flight -= auth.price;
+        }
+    }
+
+    /// Settlement learned what is redeemed on chain: update the in-memory entry and the ledger.
+    pub fn mark_redeemed(&self, channel: &B256, redeemed: U256, failed: Option<String>) -> Result<()> {
+        let mut slots = self.slots();
+        let mut entry = match slots.get(channel) {
+            Some(s) => s.entry.clone(),
+            None => match self.ledger.channel(channel)? {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+        };
+        if redeemed > entry.redeemed {
+            entry.redeemed = redeemed;
+            // Jobs are paid in order of their vouchers; the settled count follows the redeemed amount.
+            entry.jobs_settled = if redeemed >= entry.best_amount { entry.jobs } else { entry.jobs_settled };
+        }
+        if failed.is_some() {
+            entry.failed = failed;
+        }
+        self.ledger.put_channel(&entry)?;
+        if let Some(s) = slots.get_mut(channel) {
+            s.entry = entry;
+        }
+        Ok(())
+    }
+
+    /// Current entries (the ledger's, updated by in-memory state of channels in use).
+    pub fn entries(&self) -> Result<Vec<ChannelEntry>> {
+        let slots = self.slots();
+        let mut out = self.ledger.channels()?;
+        for e in &mut out {
+            if let Some(s) = slots.get(&e.channel_id) {
+                *e = s.entry.clone();
+            }
+        }
+        Ok(out)
+    }
+}

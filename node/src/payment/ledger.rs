@@ -1,0 +1,255 @@
+//! The durable payment ledger (`sled`): per channel the highest accepted voucher, what was charged and what is
+//! redeemed; a record of every paid job for the audit window; the settlements made; the chain watcher's confirmed
+//! view of our channels (so a restarted node keeps serving confirmed channels while the RPC is down).
+//!
+//! Writers insert and then [`Ledger::flush`]; a voucher is on disk before the job's answer leaves the node.
+
+use std::path::{Path, PathBuf};
+
+use alloy::primitives::{Address, B256, U256};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What the node holds on one channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEntry {
+    /// The channel.
+    pub channel_id: B256,
+    /// Its payer.
+    pub payer: Address,
+    /// Highest accepted voucher amount (what settlement redeems).
+    pub best_amount: U256,
+    /// Its 65-byte signature.
+    pub best_signature: Vec<u8>,
+    /// Sum of the prices of answered jobs.
+    pub charged: U256,
+    /// Jobs answered.
+    pub jobs: u64,
+    /// Redeemed on chain (confirmed), as settlement last saw it.
+    pub redeemed: U256,
+    /// Jobs covered by the redeemed amount (for gas per job).
+    pub jobs_settled: u64,
+    /// Redemption deadline (unix seconds) from the chain view.
+    pub deadline: u64,
+    /// Why it can no longer be redeemed (e.g. expired before settlement), if so.
+    pub failed: Option<String>,
+}
+
+impl ChannelEntry {
+    /// Accepted but not yet redeemed, wei.
+    pub fn unredeemed(&self) -> U256 {
+        if self.failed.is_some() { U256::ZERO } else { self.best_amount.saturating_sub(self.redeemed) }
+    }
+}
+
+/// One paid job, kept for the audit window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The client's job id.
+    pub job_id: B256,
+    /// The channel that paid.
+    pub channel_id: B256,
+    /// The weights that ran.
+    pub model_id: B256,
+    /// sha256 of the inputs.
+    pub input_hash: B256,
+    /// sha256 of the outputs.
+    pub output_hash: B256,
+    /// Price charged, wei.
+    pub price: U256,
+    /// The voucher amount that came with it.
+    pub voucher_amount: U256,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// A confirmed redemption transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementRecord {
+    /// The transaction.
+    pub tx_hash: B256,
+    /// Block it was confirmed in.
+    pub block: u64,
+    /// Vouchers redeemed.
+    pub channels: u32,
+    /// Jobs newly paid by it.
+    pub jobs: u64,
+    /// Newly redeemed, wei (our share plus the protocol fee).
+    pub amount: U256,
+    /// Protocol fee sent to ValidatorRewards, wei.
+    pub protocol_fee: U256,
+    /// Gas used.
+    pub gas_used: u64,
+    /// What the gas cost, wei.
+    pub gas_cost: U256,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// The sled database and its trees.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: sled::Db,
+    path: PathBuf,
+    channels: sled::Tree,
+    jobs: sled::Tree,
+    jobs_by_time: sled::Tree,
+    settlements: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    mlbridge_sdk::protocol::encode(v)
+}
+
+impl Ledger {
+    /// Open (or create) the ledger at `path`. Only one process may hold it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let fail = |e: sled::Error| Error::Ledger {
+            path: path.to_owned(),
+            reason: format!("{e} (is another mlbridge-node using this ledger folder?)"),
+        };
+        let db = sled::open(path).map_err(fail)?;
+        let tree = |name: &str| db.open_tree(name).map_err(fail);
+        Ok(Self {
+            channels: tree("channels")?,
+            jobs: tree("jobs")?,
+            jobs_by_time: tree("jobs_by_time")?,
+            settlements: tree("settlements")?,
+            meta: tree("meta")?,
+            path: path.to_owned(),
+            db,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Ledger { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        ciborium::from_reader(bytes).map_err(|e| self.err(format!("corrupt record: {e}")))
+    }
+
+    /// Make everything inserted so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// One channel's entry.
+    pub fn channel(&self, id: &B256) -> Result<Option<ChannelEntry>> {
+        match self.channels.get(id.as_slice()).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every channel entry.
+    pub fn channels(&self) -> Result<Vec<ChannelEntry>> {
+        self.channels.iter().map(|kv| self.decode(&kv.map_err(|e| self.err(e))?.1)).collect()
+    }
+
+    /// Write a channel entry (not flushed).
+    pub fn put_channel(&self, entry: &ChannelEntry) -> Result<()> {
+        self.channels.insert(entry.channel_id.as_slice(), cbor(entry)).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// Write a job record (not flushed).
+    pub fn put_job(&self, job: &JobRecord) -> Result<()> {
+        self.jobs.insert(job.job_id.as_slice(), cbor(job)).map_err(|e| self.err(e))?;
+        let mut key = job.at_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(job.job_id.as_slice());
+        self.jobs_by_time.insert(key, &[]).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// One job record.
+    pub fn job(&self, id: &B256) -> Result<Option<JobRecord>> {
+        match self.jobs.get(id.as_slice()).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of job records held.
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Forget job records older than `before_ms`; returns how many.
+    pub fn prune_jobs(&self, before_ms: u64) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.jobs_by_time.range(..before_ms.to_be_bytes().to_vec()) {
+            let (key, _) = kv.map_err(|e| self.err(e))?;
+            self.jobs.remove(&key[8..]).map_err(|e| self.err(e))?;
+            self.jobs_by_time.remove(&key).map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Record a confirmed settlement (not flushed).
+    pub fn put_settlement(&self, s: &SettlementRecord) -> Result<()> {
+        let seq = self.db.generate_id().map_err(|e| self.err(e))?;
+        self.settlements.insert(seq.to_be_bytes(), cbor(s)).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// The latest `n` settlements, newest first.
+    pub fn settlements(&self, n: usize) -> Result<Vec<SettlementRecord>> {
+        self.settlements.iter().rev().take(n).map(|kv| self.decode(&kv.map_err(|e| self.err(e))?.1)).collect()
+    }
+
+    /// A small named value (the chain watcher's saved view).
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Save a small named value (not flushed).
+    pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.meta.insert(key, cbor(value)).map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_old_jobs_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = ChannelEntry {
+            channel_id: B256::repeat_byte(1),
+            best_amount: U256::from(30u64),
+            best_signature: vec![7; 65],
+            charged: U256::from(30u64),
+            jobs: 3,
+            ..ChannelEntry::default()
+        };
+        let job = |id: u8, at_ms: u64| JobRecord {
+            job_id: B256::repeat_byte(id),
+            channel_id: entry.channel_id,
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price: U256::from(10u64),
+            voucher_amount: U256::from(10u64),
+            at_ms,
+        };
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            l.put_channel(&entry).unwrap();
+            l.put_job(&job(1, 1_000)).unwrap();
+            l.put_job(&job(2, 5_000)).unwrap();
+            l.flush().await.unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.channel(&entry.channel_id).unwrap(), Some(entry.clone()));
+        assert_eq!(l.channel(&entry.channel_id).unwrap().unwrap().unredeemed(), U256::from(30u64));
+        assert_eq!(l.prune_jobs(2_000).unwrap(), 1);
+        assert!(l.job(&B256::repeat_byte(1)).unwrap().is_none());
+        assert!(l.job(&B256::repeat_byte(2)).unwrap().is_some());
+    }
+}

@@ -1,0 +1,72 @@
+//! Prometheus metrics of payments and settlement.
+
+use prometheus::{Counter, Gauge, IntCounter, IntCounterVec, Opts, Registry};
+
+/// Payment metrics. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct PaymentMetrics {
+    /// Paid jobs answered (voucher accepted, job recorded).
+    pub paid_jobs: IntCounter,
+    /// Prices of answered paid jobs, wei.
+    pub charged_wei: Counter,
+    /// Payments refused, by reason.
+    pub refused: IntCounterVec,
+    /// Requests served free (allowlist).
+    pub free_jobs: IntCounter,
+    /// Confirmed redemption transactions.
+    pub settlements: IntCounter,
+    /// Jobs paid by confirmed redemptions.
+    pub settled_jobs: IntCounter,
+    /// Gas used by confirmed redemptions.
+    pub settlement_gas: IntCounter,
+    /// What redemption gas cost, wei.
+    pub settlement_cost_wei: Counter,
+    /// Revenue redeemed (after the protocol fee), wei.
+    pub revenue_wei: Counter,
+    /// Protocol fees sent to ValidatorRewards by our redemptions, wei.
+    pub protocol_fees_wei: Counter,
+    /// Accepted but not yet redeemed, wei.
+    pub unredeemed_wei: Gauge,
+    /// Vouchers the contract refused to redeem (e.g. the channel expired first).
+    pub vouchers_lost: IntCounter,
+    /// Receipts published on the receipts topic.
+    pub receipts_published: IntCounter,
+}
+
+impl PaymentMetrics {
+    /// Create and register in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            paid_jobs: IntCounter::new("mlbridge_paid_jobs_total", "Paid jobs answered")?,
+            charged_wei: Counter::new("mlbridge_charged_wei_total", "Prices of answered paid jobs, wei")?,
+            refused: IntCounterVec::new(
+                Opts::new("mlbridge_payments_refused_total", "Payments refused, by reason"),
+                &["reason"],
+            )?,
+            free_jobs: IntCounter::new("mlbridge_free_jobs_total", "Requests served free (allowlist)")?,
+            settlements: IntCounter::new("mlbridge_settlements_total", "Confirmed redemption transactions")?,
+            settled_jobs: IntCounter::new("mlbridge_settled_jobs_total", "Jobs paid by confirmed redemptions")?,
+            settlement_gas: IntCounter::new("mlbridge_settlement_gas_total", "Gas used by confirmed redemptions")?,
+            settlement_cost_wei: Counter::new("mlbridge_settlement_cost_wei_total", "Redemption gas cost, wei")?,
+            revenue_wei: Counter::new("mlbridge_revenue_wei_total", "Revenue redeemed after the protocol fee, wei")?,
+            protocol_fees_wei: Counter::new("mlbridge_protocol_fees_wei_total", "Protocol fees of our redemptions")?,
+            unredeemed_wei: Gauge::new("mlbridge_unredeemed_wei", "Accepted but not yet redeemed, wei")?,
+            vouchers_lost: IntCounter::new("mlbridge_vouchers_lost_total", "Vouchers the contract refused to redeem")?,
+            receipts_published: IntCounter::new("mlbridge_receipts_published_total", "Receipts gossiped")?,
+        };
+        registry.register(Box::new(m.paid_jobs.clone()))?;
+        registry.register(Box::new(m.charged_wei.clone()))?;
+        registry.register(Box::new(m.refused.clone()))?;
+        registry.register(Box::new(m.free_jobs.clone()))?;
+        registry.register(Box::new(m.settlements.clone()))?;
+        registry.register(Box::new(m.settled_jobs.clone()))?;
+        registry.register(Box::new(m.settlement_gas.clone()))?;
+        registry.register(Box::new(m.settlement_cost_wei.clone()))?;
+        registry.register(Box::new(m.revenue_wei.clone()))?;
+        registry.register(Box::new(m.protocol_fees_wei.clone()))?;
+        registry.register(Box::new(m.unredeemed_wei.clone()))?;
+        registry.register(Box::new(m.vouchers_lost.clone()))?;
+        registry.register(Box::new(m.receipts_published.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,299 @@
+//! Getting paid (DESIGN.md §3, §5): voucher checks before any work, the durable ledger, signed receipts, the audit
+//! record for validators, and settlement on chain.
+//!
+//! - [`watcher`]: the confirmed view of the channels paying this node, from contract events.
+//! - [`gate`]: the voucher check and the per-channel bookkeeping (no two jobs take the same increment).
+//! - [`ledger`]: `sled` trees for channels, job records, settlements; flushed before an answer leaves.
+//! - [`settlement`]: the background `redeemMany` task, tracked to N confirmations.
+//! - [`audit`]: inputs and outputs of recent paid jobs, served to validators over the audit protocol.
+//!
+//! [`PaymentService`] ties them together for the p2p and HTTP front ends: [`PaymentService::authorize`] before the
+//! work, [`PaymentService::complete`] (receipt + durable record) or [`PaymentService::release`] after it.
+
+pub mod audit;
+pub mod gate;
+pub mod ledger;
+pub mod metrics;
+pub mod settlement;
+pub mod watcher;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::Eip712Domain;
+use mlbridge_sdk::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender};
+use mlbridge_sdk::protocol::{AuditRecord, ModelRef, PaymentRefusal, ReceiptMsg, WireVoucher, tensors_hash};
+use mlbridge_sdk::receipt::Receipt;
+use mlbridge_sdk::{ModelId, Tensor};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use audit::AuditStore;
+pub use gate::{Authorization, Gate};
+pub use ledger::Ledger;
+pub use metrics::PaymentMetrics;
+pub use settlement::{SettleReport, SettlementConfig, Settler, SettlerHandle};
+pub use watcher::{Watcher, WatcherConfig};
+
+use crate::config::PaymentConfig;
+use crate::{Error, Result};
+
+/// Everything a paid job needs. Shared (`Arc`) by the p2p and HTTP front ends.
+#[derive(Debug)]
+pub struct PaymentService {
+    gate: Arc<Gate>,
+    operator: PrivateKeySigner,
+    domain: Eip712Domain,
+    audit: AuditStore,
+    metrics: PaymentMetrics,
+    settler: SettlerHandle,
+    deployment: Deployment,
+    free_for: Vec<IpAddr>,
+    free_localhost: bool,
+}
+
+/// What the work of a paid job produced, for its receipt and audit record.
+#[derive(Debug)]
+pub struct Completed<'a> {
+    /// The client's job id.
+    pub job_id: B256,
+    /// The model served.
+    pub model: ModelRef,
+    /// Its weights.
+    pub model_id: ModelId,
+    /// Hash of the inputs (tensors or texts).
+    pub input_hash: B256,
+    /// The inputs (tensor jobs).
+    pub inputs: Vec<Tensor>,
+    /// The texts (embedding jobs).
+    pub texts: Vec<String>,
+    /// The outputs returned.
+    pub outputs: &'a [Tensor],
+}
+
+impl PaymentService {
+    /// Connect to the chain, open the ledger, sync the channel view and start settlement. Tasks stop (settling
+    /// once more) when `shutdown` is cancelled.
+    pub async fn start(
+        config: &PaymentConfig,
+        operator: PrivateKeySigner,
+        registry: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<Self>, Vec<JoinHandle<()>>)> {
+        let path = config.deployment.as_deref().ok_or_else(|| Error::Config {
+            path: "payment.deployment".into(),
+            reason: "paid mode needs the contracts' addresses file (contracts/deployments/<chainId>.json)".into(),
+        })?;
+        let deployment = Deployment::load(path)?;
+        let url = config.rpc_url.parse().map_err(|e| Error::Config {
+            path: "payment.rpc_url".into(),
+            reason: format!("'{}' is not a URL: {e}", config.rpc_url),
+        })?;
+        let provider = ProviderBuilder::new().connect_http(url).erased();
+        let ledger = Ledger::open(&config.ledger)?;
+        let metrics = PaymentMetrics::register(registry)?;
+        let chain_metrics = mlbridge_sdk::chain::ChainMetrics::register(registry)?;
+        let poll = Duration::from_millis(config.poll_interval_ms.max(10));
+        let watch_config = WatcherConfig {
+            contract: deployment.payment_channels,
+            payee: operator.address(),
+            start_block: deployment.start_block,
+            confirmations: config.confirmations,
+            poll_interval: poll,
+        };
+        let (watcher, watch_task) =
+            Watcher::start(provider.clone(), ledger.clone(), watch_config, shutdown.clone()).await?;
+        let domain = deployment.domain();
+        let gate =
+            Arc::new(Gate::new(ledger, watcher, domain.clone(), operator.address(), config.expiry_margin_secs));
+        // The sender needs the chain id; with the RPC down at start, settlement waits for it in the background.
+        let sender_config = SenderConfig { poll_interval: poll, ..SenderConfig::default() };
+        let tracker_config = TrackerConfig {
+            confirmations: config.confirmations,
+            poll_interval: poll,
+            resubmit_after: Duration::from_secs(config.resubmit_after_secs),
+            ..TrackerConfig::default()
+        };
+        let tracker = ConfirmationTracker::spawn(provider.clone(), tracker_config, Some(chain_metrics.clone()));
+        let settle_config = SettlementConfig {
+            interval: Duration::from_secs_f64(config.settle_interval_secs.max(0.05)),
+            gas_multiple: config.settle_gas_multiple,
+            redeem_gas: config.redeem_gas,
+            deadline_margin: Duration::from_secs(config.expiry_margin_secs * 2),
+            max_batch: config.max_batch,
+            confirm_timeout: Duration::from_secs(config.confirm_timeout_secs),
+            shutdown_timeout: Duration::from_secs(config.shutdown_settle_secs),
+        };
+        let (settler, settle_task) = spawn_settler(
+            gate.clone(),
+            provider,
+            operator.clone(),
+            sender_config,
+            tracker,
+            deployment.payment_channels,
+            settle_config,
+            metrics.clone(),
+            Some(chain_metrics),
+            shutdown,
+        );
+        let service = Arc::new(Self {
+            gate,
+            operator,
+            domain,
+            audit: AuditStore::new(
+                Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
+                config.audit_retention_mib << 20,
+            ),
+            metrics,
+            settler,
+            deployment,
+            free_for: config.free_allowlist.clone(),
+            free_localhost: config.free_localhost,
+        });
+        Ok((service, vec![watch_task, settle_task]))
+    }
+
+    /// The voucher gate.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// Payment metrics.
+    pub fn metrics(&self) -> &PaymentMetrics {
+        &self.metrics
+    }
+
+    /// The settlement task.
+    pub fn settler(&self) -> &SettlerHandle {
+        &self.settler
+    }
+
+    /// The contract set.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The operator (payee) address.
+    pub fn payee(&self) -> Address {
+        self.operator.address()
+    }
+
+    /// Whether HTTP requests from `ip` are served free (operators' own use).
+    pub fn is_free(&self, ip: IpAddr) -> bool {
+        (self.free_localhost && ip.is_loopback()) || self.free_for.contains(&ip)
+    }
+
+    /// Check a job's voucher and reserve its price; a refusal is counted by reason.
+    pub fn authorize(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, Box<PaymentRefusal>> {
+        self.gate.authorize(voucher, price).inspect_err(|r| {
+            self.metrics.refused.with_label_values(&[refusal_label(r)]).inc();
+        })
+    }
+
+    /// The job failed: nothing is charged.
+    pub fn release(&self, auth: &Authorization) {
+        self.gate.release(auth);
+    }
+
+    /// The job succeeded: sign its receipt, record it durably (flushed) and keep it for audits. The answer may be
+    /// sent once this returns.
+    pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        let receipt = Receipt {
+            jobId: done.job_id,
+            modelId: B256::from(*done.model_id.as_bytes()),
+            inputHash: done.input_hash,
+            outputHash: tensors_hash(done.outputs),
+            price: auth.price,
+            node: self.operator.address(),
+        };
+        let signed = match ReceiptMsg::sign(&receipt, &self.operator, &self.domain) {
+            Ok(s) => s,
+            Err(e) => {
+                self.gate.release(auth);
+                return Err(Error::Sdk(e));
+            }
+        };
+        let job = ledger::JobRecord {
+            job_id: done.job_id,
+            channel_id: auth.channel_id,
+            model_id: receipt.modelId,
+            input_hash: receipt.inputHash,
+            output_hash: receipt.outputHash,
+            price: auth.price,
+            voucher_amount: auth.amount,
+            at_ms: gate::now_ms(),
+        };
+        self.gate.commit(auth, &job).await?;
+        self.metrics.paid_jobs.inc();
+        self.metrics.charged_wei.inc_by(f64::from(auth.price));
+        self.audit.insert(AuditRecord {
+            version: mlbridge_sdk::protocol::WIRE_VERSION,
+            receipt: signed.clone(),
+            model: done.model,
+            inputs: done.inputs,
+            texts: done.texts,
+            outputs: done.outputs.to_vec(),
+        });
+        Ok(signed)
+    }
+
+    /// A recent job's audit record.
+    pub fn audit(&self, job: &B256) -> Option<Arc<AuditRecord>> {
+        self.audit.get(job)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_settler(
+    gate: Arc<Gate>,
+    provider: DynProvider,
+    operator: PrivateKeySigner,
+    sender_config: SenderConfig,
+    tracker: ConfirmationTracker,
+    contract: Address,
+    config: SettlementConfig,
+    metrics: PaymentMetrics,
+    chain_metrics: Option<mlbridge_sdk::chain::ChainMetrics>,
+    shutdown: CancellationToken,
+) -> (SettlerHandle, JoinHandle<()>) {
+    let (handle, inbox) = settlement::channel();
+    let task = tokio::spawn(async move {
+        // TxSender::new asks the chain id; keep trying while the RPC is down.
+        let sender = loop {
+            match TxSender::new(provider.clone(), operator.clone(), sender_config.clone(), chain_metrics.clone()).await
+            {
+                Ok(s) => break Arc::new(s),
+                Err(err) => {
+                    tracing::warn!(target: "node::payment", %err, "settlement cannot reach the chain yet");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let settler = Settler { gate, sender, tracker, provider, contract, config, metrics };
+        settler.run(inbox, shutdown).await;
+    });
+    (handle, task)
+}
+
+fn refusal_label(r: &PaymentRefusal) -> &'static str {
+    match r {
+        PaymentRefusal::Required { .. } => "no_voucher",
+        PaymentRefusal::UnknownChannel { .. } => "unknown_channel",
+        PaymentRefusal::Unconfirmed { .. } => "unconfirmed",
+        PaymentRefusal::WrongPayee { .. } => "wrong_payee",
+        PaymentRefusal::BadSignature { .. } => "bad_signature",
+        PaymentRefusal::Replayed { .. } => "replayed",
+        PaymentRefusal::BelowAccepted { .. } => "below_accepted",
+        PaymentRefusal::Underpaid { .. } => "underpaid",
+        PaymentRefusal::OverDeposit { .. } => "over_deposit",
+        PaymentRefusal::Expiring { .. } => "expiring",
+    }
+}
+

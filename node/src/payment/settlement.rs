@@ -1,0 +1,293 @@
+//! Settlement: a background task that redeems the best voucher of each channel with `redeemMany`.
+//!
+//! A channel is due when its unredeemed value reaches `gas_multiple` times the current cost of redeeming it, when
+//! its redemption deadline (expiry or close) is near, on `redeem --now` and at shutdown. Each batch is sent with the
+//! chain layer's sender and tracked to N confirmations (the tracker re-sends it after a reorg); only then are the
+//! `Redeemed` events written to the ledger. A revert naming a channel takes that channel out of the batch; an RPC
+//! failure, a dropped transaction or a timeout leaves everything for the next round. The contract pays a voucher
+//! only above what is already redeemed, so a retried or duplicated batch can never pay twice, and since the ledger
+//! keeps the best voucher until the chain shows it redeemed, none is ever lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::types::TransactionReceipt;
+use mlbridge_sdk::chain::bindings::PaymentChannels;
+use mlbridge_sdk::chain::{ConfirmationTracker, ContractRevert, TxSender, TxState, wait_confirmed};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::gate::{Gate, now_ms};
+use super::ledger::{ChannelEntry, SettlementRecord};
+use super::metrics::PaymentMetrics;
+use crate::{Error, Result};
+
+/// Settlement settings.
+#[derive(Clone, Debug)]
+pub struct SettlementConfig {
+    /// How often to look for due channels.
+    pub interval: Duration,
+    /// Redeem a channel once its unredeemed value is this many times the gas cost of redeeming it.
+    pub gas_multiple: u64,
+    /// Gas one channel's redemption costs inside `redeemMany` (for the threshold).
+    pub redeem_gas: u64,
+    /// Redeem a channel whose deadline is this close, whatever its value.
+    pub deadline_margin: Duration,
+    /// Vouchers per transaction.
+    pub max_batch: usize,
+    /// Longest wait for a batch's confirmations before retrying it.
+    pub confirm_timeout: Duration,
+    /// Longest time spent settling at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// What one settlement round did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SettleReport {
+    /// Confirmed transactions.
+    pub transactions: Vec<SettlementRecord>,
+    /// Channels still due afterwards (a failure will be retried).
+    pub pending: usize,
+}
+
+enum Command {
+    Now(oneshot::Sender<std::result::Result<SettleReport, String>>),
+}
+
+/// The settlement task's end of its command channel.
+#[derive(Debug)]
+pub struct SettleInbox(mpsc::Receiver<Command>);
+
+/// A handle and the inbox the task will read (the task may start later, e.g. once the RPC answers).
+pub fn channel() -> (SettlerHandle, SettleInbox) {
+    let (commands, rx) = mpsc::channel(8);
+    (SettlerHandle { commands }, SettleInbox(rx))
+}
+
+/// Handle to the settlement task.
+#[derive(Clone, Debug)]
+pub struct SettlerHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl SettlerHandle {
+    /// Redeem every channel with unredeemed value now and wait for the confirmations.
+    pub async fn settle_now(&self) -> Result<SettleReport> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || Error::Settlement("the settlement task has stopped".into());
+        self.commands.send(Command::Now(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(Error::Settlement)
+    }
+}
+
+/// The settlement task's state.
+pub struct Settler {
+    /// Voucher state.
+    pub gate: Arc<Gate>,
+    /// Sends from the operator key.
+    pub sender: Arc<TxSender<DynProvider>>,
+    /// Confirmation tracking.
+    pub tracker: ConfirmationTracker,
+    /// Chain access.
+    pub provider: DynProvider,
+    /// `PaymentChannels`.
+    pub contract: alloy::primitives::Address,
+    /// Settings.
+    pub config: SettlementConfig,
+    /// Metrics.
+    pub metrics: PaymentMetrics,
+}
+
+impl Settler {
+    /// Run until `shutdown`, then settle everything once more (bounded by `shutdown_timeout`).
+    pub async fn run(self, inbox: SettleInbox, shutdown: CancellationToken) {
+        let mut rx = inbox.0;
+        {
+            let mut tick = tokio::time::interval(self.config.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(Command::Now(reply)) = rx.recv() => {
+                        let _ = reply.send(self.settle(true).await.map_err(|e| e.to_string()));
+                    }
+                    _ = tick.tick() => {
+                        if let Err(err) = self.settle(false).await {
+                            tracing::warn!(target: "node::payment", %err, "settlement round failed; retrying next round");
+                        }
+                    }
+                }
+            }
+            match tokio::time::timeout(self.config.shutdown_timeout, self.settle(true)).await {
+                Ok(Ok(r)) => tracing::info!(target: "node::payment", txs = r.transactions.len(), left = r.pending, "settled at shutdown"),
+                Ok(Err(err)) => tracing::warn!(target: "node::payment", %err, "settlement at shutdown failed; the ledger keeps the vouchers for the next start"),
+                Err(_) => tracing::warn!(target: "node::payment", "settlement at shutdown timed out; the ledger keeps the vouchers for the next start"),
+            }
+        }
+    }
+
+    /// Channels due now (all with unredeemed value when `force`).
+    async fn due(&self, force: bool) -> Result<Vec<ChannelEntry>> {
+        let now = now_ms() / 1000;
+        let mut entries = self.gate.entries()?;
+        // The chain may know of redemptions the ledger missed (a crash between confirmation and bookkeeping).
+        for e in &mut entries {
+            if let super::watcher::Lookup::Confirmed(view) = self.gate.watcher().lookup(&e.channel_id)
+                && view.redeemed > e.redeemed
+            {
+                self.gate.mark_redeemed(&e.channel_id, view.redeemed, None)?;
+                e.redeemed = view.redeemed;
+            }
+        }
+        entries.retain(|e| !e.unredeemed().is_zero());
+        if force || entries.is_empty() {
+            return Ok(entries);
+        }
+        let gas_price = self.provider.get_gas_price().await.map_err(rpc)?;
+        let threshold = U256::from(gas_price) * U256::from(self.config.redeem_gas) * U256::from(self.config.gas_multiple);
+        let margin = self.config.deadline_margin.as_secs();
+        entries.retain(|e| e.unredeemed() >= threshold || e.deadline <= now + margin);
+        Ok(entries)
+    }
+
+    async fn settle(&self, force: bool) -> Result<SettleReport> {
+        let mut due = self.due(force).await?;
+        let mut report = SettleReport::default();
+        while !due.is_empty() {
+            let take = due.len().min(self.config.max_batch.max(1));
+            let batch: Vec<ChannelEntry> = due.drain(..take).collect();
+            match self.redeem(batch).await {
+                Ok(Some(record)) => report.transactions.push(record),
+                Ok(None) => {}
+                Err(e) => {
+                    report.pending = due.len() + take;
+                    return if report.transactions.is_empty() { Err(e) } else { Ok(report) };
+                }
+            }
+        }
+        self.update_gauges();
+        Ok(report)
+    }
+
+    /// Redeem one batch: send, take out channels the contract refuses, wait for N confirmations, book it.
+    async fn redeem(&self, mut batch: Vec<ChannelEntry>) -> Result<Option<SettlementRecord>> {
+        let contract = PaymentChannels::new(self.contract, self.provider.clone());
+        let sent = loop {
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            let vouchers: Vec<PaymentChannels::SignedVoucher> = batch
+                .iter()
+                .map(|e| PaymentChannels::SignedVoucher {
+                    channelId: e.channel_id,
+                    cumulativeAmount: e.best_amount,
+                    signature: Bytes::copy_from_slice(&e.best_signature),
+                })
+                .collect();
+            let tx = contract.redeemMany(vouchers).into_transaction_request();
+            match self.sender.send("redeem", tx).await {
+                Ok(sent) => break sent,
+                Err(mlbridge_sdk::Error::Contract(ContractRevert::PaymentChannels(revert))) => {
+                    let Some(bad) = refused_channel(&revert) else {
+                        return Err(Error::Settlement(format!("redeemMany refused: {revert:?}")));
+                    };
+                    let reason = ContractRevert::PaymentChannels(revert).to_string();
+                    tracing::error!(target: "node::payment", channel = %bad, %reason, "a voucher can no longer be redeemed");
+                    self.metrics.vouchers_lost.inc();
+                    self.gate.mark_redeemed(&bad, U256::ZERO, Some(reason))?;
+                    batch.retain(|e| e.channel_id != bad);
+                }
+                Err(e) => return Err(Error::Chain(e)),
+            }
+        };
+        tracing::info!(target: "node::payment", tx = %sent.hash, channels = batch.len(), "redemption sent");
+        let state = self.tracker.track_sent(&sent).await.map_err(Error::Chain)?;
+        let confirmed = tokio::time::timeout(self.config.confirm_timeout, wait_confirmed(state)).await;
+        let block = match confirmed {
+            Ok(Ok(TxState::Confirmed { block, .. })) => block,
+            Ok(Ok(other)) => return Err(Error::Settlement(format!("redemption {} ended {other:?}", sent.hash))),
+            Ok(Err(e)) => return Err(Error::Chain(e)),
+            Err(_) => return Err(Error::Settlement(format!("redemption {} not confirmed in time", sent.hash))),
+        };
+        let receipt = self
+            .provider
+            .get_transaction_receipt(sent.hash)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| Error::Settlement(format!("no receipt for confirmed redemption {}", sent.hash)))?;
+        if !receipt.status() {
+            return Err(Error::Settlement(format!("redemption {} reverted on chain; retrying", sent.hash)));
+        }
+        self.book(&batch, &receipt, block).await.map(Some)
+    }
+
+    /// Write a confirmed redemption to the ledger and the metrics.
+    async fn book(
+        &self,
+        batch: &[ChannelEntry],
+        receipt: &TransactionReceipt,
+        block: u64,
+    ) -> Result<SettlementRecord> {
+        let mut record = SettlementRecord {
+            tx_hash: receipt.transaction_hash,
+            block,
+            channels: 0,
+            jobs: 0,
+            amount: U256::ZERO,
+            protocol_fee: U256::ZERO,
+            gas_used: receipt.gas_used,
+            gas_cost: U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price),
+            at_ms: now_ms(),
+        };
+        for log in receipt.inner.logs() {
+            let Ok(e) = log.log_decode::<PaymentChannels::Redeemed>() else { continue };
+            let e = e.inner.data;
+            if let Some(entry) = batch.iter().find(|b| b.channel_id == e.channelId) {
+                record.jobs += entry.jobs.saturating_sub(entry.jobs_settled);
+            }
+            record.channels += 1;
+            record.amount += e.amount;
+            record.protocol_fee += e.fee;
+            self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount, None)?;
+        }
+        self.gate.ledger().put_settlement(&record)?;
+        self.gate.ledger().flush().await?;
+        let m = &self.metrics;
+        m.settlements.inc();
+        m.settled_jobs.inc_by(record.jobs);
+        m.settlement_gas.inc_by(record.gas_used);
+        m.settlement_cost_wei.inc_by(f64::from(record.gas_cost));
+        m.revenue_wei.inc_by(f64::from(record.amount - record.protocol_fee));
+        m.protocol_fees_wei.inc_by(f64::from(record.protocol_fee));
+        tracing::info!(target: "node::payment", tx = %record.tx_hash, block, channels = record.channels, jobs = record.jobs,
+            gas = record.gas_used, amount = %record.amount, "redemption confirmed");
+        Ok(record)
+    }
+
+    fn update_gauges(&self) {
+        if let Ok(entries) = self.gate.entries() {
+            let total: U256 = entries.iter().map(ChannelEntry::unredeemed).sum();
+            self.metrics.unredeemed_wei.set(f64::from(total));
+        }
+    }
+}
+
+fn rpc(e: impl std::fmt::Display) -> Error {
+    Error::Chain(mlbridge_sdk::Error::Rpc(e.to_string()))
+}
+
+/// The channel a `PaymentChannels` revert names, when it is about one channel's voucher.
+fn refused_channel(e: &PaymentChannels::PaymentChannelsErrors) -> Option<B256> {
+    use PaymentChannels::PaymentChannelsErrors as E;
+    match e {
+        E::ChannelExpired(x) => Some(x.channelId),
+        E::ChannelNotFound(x) => Some(x.channelId),
+        E::ChannelInsufficientDeposit(x) => Some(x.channelId),
+        E::VoucherInvalidSigner(x) => Some(x.channelId),
+        E::VoucherPayeeMismatch(x) => Some(x.channelId),
+        _ => None,
+    }
+}
