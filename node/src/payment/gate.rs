@@ -91,6 +91,7 @@ impl Gate {
             Lookup::Unconfirmed { have } => {
                 return Err(PaymentRefusal::Unconfirmed { channel, have, need: self.watcher.confirmations() });
             }
+            Lookup::Foreign { payee } => return Err(PaymentRefusal::WrongPayee { channel, payee, node: self.payee }),
             Lookup::Unknown => return Err(PaymentRefusal::UnknownChannel { channel, payee: self.payee }),
         };
         if view.payee != self.payee {

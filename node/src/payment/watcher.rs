@@ -67,14 +67,25 @@ pub enum Lookup {
         /// Confirmations so far.
         have: u64,
     },
+    /// A confirmed channel that pays someone else.
+    Foreign {
+        /// Its payee.
+        payee: Address,
+    },
     /// Not a channel (or not seen yet).
     Unknown,
 }
+
+/// Most channels of other payees remembered (to tell "another node's channel" from "no channel").
+const MAX_FOREIGN: usize = 100_000;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct View {
     /// Confirmed channels paying us.
     channels: HashMap<B256, ChannelView>,
+    /// Confirmed channels paying others: payee (bounded by `MAX_FOREIGN`; not saved).
+    #[serde(skip)]
+    foreign: HashMap<B256, Address>,
     /// Last block applied to `channels`, and its hash.
     synced: u64,
     synced_hash: B256,
@@ -113,6 +124,9 @@ impl Watcher {
         let v = self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = v.channels.get(channel) {
             return Lookup::Confirmed(c.clone());
+        }
+        if let Some(payee) = v.foreign.get(channel) {
+            return Lookup::Foreign { payee: *payee };
         }
         match v.unconfirmed.get(channel) {
             Some(block) => Lookup::Unconfirmed { have: (v.head + 1).saturating_sub(*block).min(self.confirmations) },
@@ -257,6 +271,9 @@ impl Poller {
                         withdrawn: false,
                     },
                 );
+            }
+            PaymentChannelsEvents::ChannelOpened(e) if view.foreign.len() < MAX_FOREIGN => {
+                view.foreign.insert(e.channelId, e.payee);
             }
             PaymentChannelsEvents::ChannelToppedUp(e) => {
                 if let Some(c) = view.channels.get_mut(&e.channelId) {

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod api;
+mod chain;
 mod p2p;
+mod paid;
 mod repository;
 mod support;

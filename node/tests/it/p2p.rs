@@ -11,7 +11,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use mlbridge_node::config::NodeConfig;
 use mlbridge_node::server::RunningNode;
 use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
@@ -28,17 +28,6 @@ fn p2p_fast(c: &mut NodeConfig) {
     c.cache.enabled = false;
 }
 
-async fn addrs(node: &RunningNode) -> Vec<Multiaddr> {
-    let p2p = node.p2p.as_ref().unwrap();
-    for _ in 0..100 {
-        let a = p2p.listen_addrs().await.unwrap();
-        if !a.is_empty() {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("node did not listen");
-}
 
 /// Node A, then B and C bootstrapping to A; `edit(i, config)` adjusts each.
 async fn network(edit: impl Fn(usize, &mut NodeConfig)) -> Vec<RunningNode> {
@@ -401,7 +390,7 @@ async fn request_rate_is_bounded_per_peer() {
         kinds.push(match c.send_to(peer(&node), request()).await.unwrap() {
             Response::Infer(_) => None,
             Response::Error(e) => Some(e.kind),
-            Response::Ack => panic!("ack"),
+            Response::Ack | Response::Audit(_) => panic!("not an inference answer"),
         });
     }
     let refused = kinds.iter().filter(|k| **k == Some(ErrorKind::Overloaded)).count();

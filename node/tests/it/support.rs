@@ -74,3 +74,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 pub async fn metrics_text(node: &RunningNode) -> String {
     reqwest::get(format!("http://{}/metrics", node.metrics_addr)).await.unwrap().text().await.unwrap()
 }
+
+/// The node's p2p listen addresses (with /p2p/<id>), once it listens.
+pub async fn addrs(node: &RunningNode) -> Vec<libp2p::Multiaddr> {
+    let p2p = node.p2p.as_ref().unwrap();
+    for _ in 0..100 {
+        let a = p2p.listen_addrs().await.unwrap();
+        if !a.is_empty() {
+            return a;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("node did not listen");
+}

@@ -99,6 +99,8 @@ pub struct InferOutcome {
     pub response: InferResponse,
     /// Nodes tried (1 = no failover).
     pub attempts: usize,
+    /// The voucher that paid for it (paid jobs).
+    pub paid: Option<WireVoucher>,
 }
 
 /// The result of an open-market job.
@@ -289,7 +291,7 @@ impl Client {
             let Some(picked) = picked else { break };
             let peer = picked.peer;
             match self.run_on(picked, input_hash, &make).await {
-                Ok(response) => return Ok(InferOutcome { node: peer, response, attempts: attempt }),
+                Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
                 Err(e @ Error::Remote { kind: ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel, .. }) => {
                     // The node cannot serve it now, or its advert was stale: try another.
                     last = e;
@@ -314,7 +316,7 @@ impl Client {
         picked: Picked,
         input_hash: B256,
         make: &impl Fn(B256, Option<WireVoucher>) -> Request,
-    ) -> Result<InferResponse> {
+    ) -> Result<(InferResponse, Option<WireVoucher>)> {
         let peer = picked.peer;
         let job_id = random_id();
         // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
@@ -337,7 +339,7 @@ impl Client {
                         check_receipt(payer, p, &r, job_id, input_hash, picked.operator)
                             .map_err(|reason| Error::BadReceipt { peer: peer.to_string(), reason })?;
                     }
-                    Ok(*r)
+                    Ok((*r, payment.map(|p| p.voucher)))
                 }
                 Response::Error(e) => {
                     // Every typed error is answered before the job is charged.
@@ -442,7 +444,7 @@ impl Client {
         });
         match self.send_to(peer, request).await? {
             Response::Infer(r) => {
-                Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response: *r, attempts: 1 } })
+                Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response: *r, attempts: 1, paid: None } })
             }
             Response::Error(e) => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
             Response::Ack | Response::Audit(_) => {

@@ -56,6 +56,8 @@ pub struct VoucherStore {
     path: PathBuf,
     reserve_ahead: u64,
     channels: Mutex<HashMap<B256, ChannelRecord>>,
+    /// Amounts of refused jobs below the top, per channel: amount -> price (reused before signing higher).
+    returned: Mutex<HashMap<B256, std::collections::BTreeMap<U256, U256>>>,
 }
 
 fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -74,7 +76,13 @@ impl VoucherStore {
             rec.signed = rec.reserved;
             channels.insert(rec.channel_id, rec);
         }
-        Ok(Self { db, path: path.to_owned(), reserve_ahead: reserve_ahead.max(1), channels: Mutex::new(channels) })
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            reserve_ahead: reserve_ahead.max(1),
+            channels: Mutex::new(channels),
+            returned: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Where the store lives.
@@ -131,6 +139,15 @@ impl VoucherStore {
     /// Fails when the deposit does not cover it.
     pub fn next_amount(&self, channel: &B256, price: U256) -> Result<U256> {
         let mut map = self.lock();
+        // A refused job's amount of the same price is used again first: the node never charged it.
+        let mut returned = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(free) = returned.get_mut(channel)
+            && let Some(amount) = free.iter().find(|(_, p)| **p == price).map(|(a, _)| *a)
+        {
+            free.remove(&amount);
+            return Ok(amount);
+        }
+        drop(returned);
         let rec = map.get_mut(channel).ok_or(Error::NoChannel { channel: *channel })?;
         let amount = rec.signed + price;
         if amount > rec.deposit {
@@ -148,12 +165,17 @@ impl VoucherStore {
         Ok(amount)
     }
 
-    /// Give back the amount of a job the node refused before doing any work, if nothing was signed after it.
+    /// Give back the amount of a job the node refused before doing any work: the top amount is unsigned again,
+    /// one below the top is kept for the next job of the same price.
     pub fn give_back(&self, channel: &B256, amount: U256, price: U256) {
-        if let Some(rec) = self.lock().get_mut(channel)
-            && rec.signed == amount
-        {
-            rec.signed = amount - price;
+        let mut map = self.lock();
+        let Some(rec) = map.get_mut(channel) else { return };
+        let mut returned = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let free = returned.entry(*channel).or_default();
+        free.insert(amount, price);
+        // Unsign from the top down while the top was given back.
+        while let Some(p) = free.remove(&rec.signed) {
+            rec.signed -= p;
         }
     }
 }
@@ -205,6 +227,13 @@ mod tests {
         assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(20u64));
         assert!(matches!(s.next_amount(&ch, U256::from(10u64)), Err(Error::ChannelExhausted { .. })));
         assert!(s.best_for(Address::repeat_byte(9), U256::from(10u64), 0, 60).is_none(), "5 wei left");
+        // Refused out of order: 10 (below the top) is reused first, then 20 is unsigned once 10 is gone too.
+        s.give_back(&ch, U256::from(10u64), U256::from(10u64));
+        assert_eq!(s.get(&ch).unwrap().signed, U256::from(20u64));
+        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(10u64));
+        s.give_back(&ch, U256::from(10u64), U256::from(10u64));
+        s.give_back(&ch, U256::from(20u64), U256::from(10u64));
+        assert_eq!(s.get(&ch).unwrap().signed, U256::ZERO, "both unsigned");
         assert!(s.best_for(Address::repeat_byte(9), U256::from(5u64), 0, 60).is_some());
     }
 }

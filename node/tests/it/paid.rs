@@ -1,0 +1,282 @@
+//! Paid inference end to end on real anvil, real libp2p and real ONNX Runtime: channels from the SDK, voucher
+//! checks, the durable ledger, receipts, settlement with `redeemMany`, bad payments, an RPC outage and a reorg.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::ext::AnvilApi;
+use alloy::rpc::types::anvil::ReorgOptions;
+use alloy::signers::local::PrivateKeySigner;
+use libp2p::PeerId;
+use mlbridge_node::server::RunningNode;
+use mlbridge_sdk::chain::bindings::PaymentChannels;
+use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::protocol::{
+    AuditRequest, ErrorKind, InferRequest, ModelRef, PaymentRefusal, Request, Response, WIRE_VERSION, WireVoucher,
+};
+use mlbridge_sdk::voucher::Voucher;
+use mlbridge_sdk::{Tensor, TensorData};
+
+use crate::chain::*;
+use crate::support::*;
+
+const PRICE: u128 = 100_000_000_000; // mlp-tiny's price_wei
+
+fn input(seed: f32) -> Vec<Tensor> {
+    let data = (0..256).map(|i| seed + i as f32 / 256.0).collect();
+    vec![Tensor::new("input", vec![1, 256], TensorData::Fp32(data)).unwrap()]
+}
+
+async fn client(boot: &RunningNode, strategy: Strategy) -> Client {
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: addrs(boot).await,
+        mdns: false,
+        heartbeat: Duration::from_millis(200),
+        ..NetConfig::default()
+    };
+    Client::start(ClientConfig { net, strategy, request_timeout: Duration::from_secs(10), ..ClientConfig::default() })
+        .unwrap()
+}
+
+fn peer(node: &RunningNode) -> PeerId {
+    node.p2p.as_ref().unwrap().peer_id()
+}
+
+async fn redeemed(chain: &Chain, channel: B256) -> U256 {
+    let pc = PaymentChannels::new(chain.deployment.payment_channels, chain.provider());
+    U256::from(pc.getChannel(channel).call().await.unwrap().redeemed)
+}
+
+/// Run `n` paid mlp-tiny jobs with `concurrency` tasks; returns jobs per node and the highest voucher per channel.
+async fn paid_load(c: &Client, n: usize, concurrency: usize) -> (HashMap<PeerId, usize>, HashMap<B256, U256>) {
+    let seen = Arc::new(std::sync::Mutex::new((HashMap::new(), HashMap::new())));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, seen, next) = (c.clone(), seen.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                let out = c.infer("mlp-tiny", Some(1), input(0.25)).await.unwrap();
+                let v = out.paid.expect("a paid job carries its voucher");
+                assert!(out.response.receipt.is_some(), "a paid answer carries the receipt");
+                let mut s = seen.lock().unwrap();
+                *s.0.entry(out.node).or_default() += 1;
+                let best = s.1.entry(v.channel_id).or_insert(U256::ZERO);
+                *best = (*best).max(v.cumulative_amount);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
+    let chain = Chain::start().await;
+    let (la, lb, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_node(|c| paid(c, &chain, &chain.url(), 1, la.path())).await;
+    let boot: Vec<String> = addrs(&a).await.iter().map(ToString::to_string).collect();
+    let b = start_node(|c| {
+        paid(c, &chain, &chain.url(), 2, lb.path());
+        c.p2p.bootstrap = boot;
+    })
+    .await;
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let c = client(&a, Strategy::RoundRobin).await.with_payer(payer.clone());
+    assert_eq!(c.wait_for_nodes("mlp-tiny", 2, Duration::from_secs(20)).await.unwrap().len(), 2);
+    let (op_a, op_b) = (chain.key(1).address(), chain.key(2).address());
+    let rewards = chain.deployment.validator_rewards;
+    let before = [chain.balance(op_a).await, chain.balance(op_b).await, chain.balance(rewards).await];
+
+    // The payer opens one channel to each operator by itself (policy: up to 1 ETH), then pays every job.
+    let (per_node, best) = paid_load(&c, 1000, 8).await;
+    assert_eq!(per_node.values().sum::<usize>(), 1000);
+    assert!(per_node[&peer(&a)] >= 300 && per_node[&peer(&b)] >= 300, "round robin spreads: {per_node:?}");
+    assert_eq!(payer.store().list().len(), 2, "one channel per node");
+
+    let mut gas = 0u64;
+    let mut gas_cost = [U256::ZERO; 2];
+    for (i, node) in [&a, &b].into_iter().enumerate() {
+        let report = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
+        assert_eq!(report.transactions.len(), 1, "one redeemMany per node");
+        let tx = &report.transactions[0];
+        assert_eq!(tx.jobs as usize, per_node[&peer(node)], "every answered job is paid");
+        gas += tx.gas_used;
+        gas_cost[i] = tx.gas_cost;
+    }
+    let fee = |x: U256| x * U256::from(500u64) / U256::from(10_000u64);
+    let mut fees = U256::ZERO;
+    for (i, (node, op)) in [(&a, op_a), (&b, op_b)].into_iter().enumerate() {
+        let channel = payer.store().list().into_iter().find(|c| c.payee == op).unwrap().channel_id;
+        let due = U256::from(PRICE) * U256::from(per_node[&peer(node)] as u64);
+        assert_eq!(redeemed(&chain, channel).await, due, "on chain: the sum of the prices of this node's jobs");
+        assert_eq!(best[&channel], due, "the client's highest voucher is exactly what was redeemed");
+        let received = chain.balance(op).await + gas_cost[i] - before[i];
+        assert_eq!(received, due - fee(due), "the operator got the prices minus the protocol fee");
+        fees += fee(due);
+    }
+    assert_eq!(chain.balance(rewards).await - before[2], fees, "ValidatorRewards received the fees");
+    println!("settled 1000 paid jobs on 2 nodes with 2 redeemMany transactions: {gas} gas, {:.1} gas per job", gas as f64 / 1000.0);
+
+    // Validators can fetch a recent job's inputs and outputs over the audit protocol.
+    let job = b.payments.as_ref().unwrap().gate().ledger().job_count();
+    assert!(job > 0);
+    let last = c.infer("mlp-tiny", Some(1), input(0.75)).await.unwrap();
+    let receipt = last.response.receipt.clone().unwrap();
+    let audit = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: receipt.job_id });
+    let Response::Audit(record) = c.send_to(last.node, audit).await.unwrap() else { panic!("an audit record") };
+    assert_eq!(record.receipt, receipt);
+    assert_eq!(record.inputs, input(0.75));
+    assert_eq!(record.outputs, last.response.outputs);
+    let unknown = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: B256::repeat_byte(9) });
+    let Response::Error(e) = c.send_to(last.node, unknown).await.unwrap() else { panic!("not found") };
+    assert_eq!(e.kind, ErrorKind::NotFound);
+}
+
+fn next_job_id() -> B256 {
+    static N: AtomicUsize = AtomicUsize::new(1);
+    B256::left_padding_from(&N.fetch_add(1, Ordering::SeqCst).to_be_bytes())
+}
+
+fn request(voucher: Option<WireVoucher>) -> Request {
+    Request::Infer(InferRequest {
+        version: WIRE_VERSION,
+        job_id: next_job_id(),
+        model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
+        inputs: input(0.5),
+        voucher,
+        queue_timeout_ms: None,
+    })
+}
+
+fn voucher(signer: &PrivateKeySigner, chain: &Chain, channel: B256, amount: u128) -> WireVoucher {
+    let v = Voucher::new(channel, U256::from(amount)).sign(signer, &chain.deployment.domain()).unwrap();
+    WireVoucher { channel_id: v.channel_id, cumulative_amount: v.cumulative_amount, signature: v.signature }
+}
+
+/// Open a channel from key `from` to `payee` straight through the contract (no waiting for confirmations).
+async fn open_raw(chain: &Chain, from: usize, payee: Address, deposit: u128) -> B256 {
+    let pc = PaymentChannels::new(chain.deployment.payment_channels, chain.wallet(from));
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_400 * 7;
+    let receipt = pc.open(payee, expiry).value(U256::from(deposit)).send().await.unwrap().get_receipt().await.unwrap();
+    receipt.decoded_log::<PaymentChannels::ChannelOpened>().unwrap().channelId
+}
+
+async fn refusal(c: &Client, node: &RunningNode, v: Option<WireVoucher>) -> PaymentRefusal {
+    match c.send_to(peer(node), request(v)).await.unwrap() {
+        Response::Error(e) if e.kind == ErrorKind::Payment => e.payment.expect("a typed payment refusal"),
+        other => panic!("expected a payment refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
+    let chain = Chain::start().await;
+    let ledger = tempfile::tempdir().unwrap();
+    let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    let c = client(&node, Strategy::RoundRobin).await;
+    let (payer, op) = (chain.key(3), chain.key(1).address());
+    let ours = open_raw(&chain, 3, op, 10 * PRICE).await;
+    let others = open_raw(&chain, 3, chain.key(2).address(), 10 * PRICE).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // 3 confirmations at 150 ms blocks, then a poll
+    let inferences = || node.engine.metrics().inferences.with_label_values(&["mlp-tiny/1"]).get();
+
+    assert!(matches!(refusal(&c, &node, None).await, PaymentRefusal::Required { price, payee } if price == U256::from(PRICE) && payee == op));
+    let forged = voucher(&PrivateKeySigner::random(), &chain, ours, PRICE);
+    assert!(matches!(refusal(&c, &node, Some(forged)).await, PaymentRefusal::BadSignature { .. }));
+    let over = voucher(&payer, &chain, ours, 10 * PRICE + 1);
+    assert!(matches!(refusal(&c, &node, Some(over)).await, PaymentRefusal::OverDeposit { .. }));
+    let foreign = voucher(&payer, &chain, others, PRICE);
+    assert!(matches!(refusal(&c, &node, Some(foreign)).await, PaymentRefusal::WrongPayee { .. }));
+    let unknown = voucher(&payer, &chain, B256::repeat_byte(7), PRICE);
+    assert!(matches!(refusal(&c, &node, Some(unknown)).await, PaymentRefusal::UnknownChannel { .. }));
+    chain.mining(false);
+    let fresh = open_raw(&chain, 3, op, 10 * PRICE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = voucher(&payer, &chain, fresh, PRICE);
+    assert!(matches!(refusal(&c, &node, Some(early)).await, PaymentRefusal::Unconfirmed { have: 1, need: 3, .. }));
+    chain.mining(true);
+    assert_eq!(inferences(), 0, "no refused job ran");
+    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 0, "nothing recorded");
+
+    // Two good vouchers, then a replay of the second and a lower one.
+    for k in 1..=2 {
+        let ok = c.send_to(peer(&node), request(Some(voucher(&payer, &chain, ours, k * PRICE)))).await.unwrap();
+        assert!(matches!(ok, Response::Infer(ref r) if r.receipt.is_some()), "{ok:?}");
+    }
+    let replay = voucher(&payer, &chain, ours, 2 * PRICE);
+    assert!(matches!(refusal(&c, &node, Some(replay)).await, PaymentRefusal::Replayed { needed, .. } if needed == U256::from(3 * PRICE)));
+    let lower = voucher(&payer, &chain, ours, PRICE);
+    assert!(matches!(refusal(&c, &node, Some(lower)).await, PaymentRefusal::BelowAccepted { .. }));
+    assert_eq!(inferences(), 2, "only the two paid jobs ran");
+    let gate = node.payments.as_ref().unwrap().gate();
+    assert_eq!(gate.ledger().job_count(), 2);
+    let entry = gate.ledger().channel(&ours).unwrap().unwrap();
+    assert_eq!((entry.jobs, entry.best_amount, entry.charged), (2, U256::from(2 * PRICE), U256::from(2 * PRICE)));
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_payments_refused_total{reason=\"replayed\"}"), 1.0);
+    assert_eq!(metric(&text, "mlbridge_paid_jobs_total"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_goes_on_through_an_rpc_outage_and_settlement_catches_up() {
+    let chain = Chain::start().await;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", chain.anvil.port()).parse().unwrap()).await;
+    let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(|c| paid(c, &chain, &proxy.url(), 1, ledger.path())).await;
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let c = client(&node, Strategy::RoundRobin).await.with_payer(payer.clone());
+    c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+    paid_load(&c, 50, 4).await;
+
+    proxy.set_down(true);
+    let (_, best) = paid_load(&c, 100, 4).await; // the node only sees a dead RPC now
+    let settle = node.payments.as_ref().unwrap().settler();
+    assert!(settle.settle_now().await.is_err(), "no settlement without the chain");
+    proxy.set_down(false);
+    let report = settle.settle_now().await.unwrap();
+    let channel = *best.keys().next().unwrap();
+    assert_eq!(report.transactions.iter().map(|t| t.jobs).sum::<u64>(), 150);
+    assert_eq!(redeemed(&chain, channel).await, U256::from(150 * PRICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorged_redemption_ends_confirmed_once() {
+    let chain = Chain::start().await;
+    let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let c = client(&node, Strategy::RoundRobin).await.with_payer(payer.clone());
+    c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+    let (_, best) = paid_load(&c, 20, 2).await;
+    let channel = *best.keys().next().unwrap();
+
+    chain.mining(false);
+    let settler = node.payments.as_ref().unwrap().settler().clone();
+    let settling = tokio::spawn(async move { settler.settle_now().await });
+    // Wait until the redemption is mined, then replace its block.
+    let p = chain.provider();
+    for _ in 0..200 {
+        if redeemed(&chain, channel).await > U256::ZERO {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(redeemed(&chain, channel).await, U256::from(20 * PRICE), "mined once");
+    tokio::time::sleep(Duration::from_millis(400)).await; // the tracker (50 ms polls) records the inclusion
+    p.anvil_reorg(ReorgOptions { depth: 1, tx_block_pairs: vec![] }).await.unwrap();
+    chain.mining(true);
+    let report = tokio::time::timeout(Duration::from_secs(30), settling).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.transactions.len(), 1, "one confirmed redemption");
+    assert_eq!(redeemed(&chain, channel).await, U256::from(20 * PRICE), "paid exactly once after the reorg");
+    let text = metrics_text(&node).await;
+    assert!(metric(&text, "mlbridge_chain_tx_reorged_total{kind=\"redeem\"}") >= 1.0, "the tracker saw the reorg");
+    assert_eq!(metric(&text, "mlbridge_chain_tx_confirmed_total{kind=\"redeem\"}"), 1.0);
+}
