@@ -4,6 +4,7 @@
 
 mod api;
 mod chain;
+mod crash;
 mod p2p;
 mod paid;
 mod repository;

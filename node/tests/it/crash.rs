@@ -1,0 +1,180 @@
+//! Crash durability: the real `mlbridge-node` binary is killed with SIGKILL at random moments during a paid load,
+//! ten times, and restarted each time. Every voucher whose job was answered must end up redeemed, exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::{B256, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::Filter;
+use mlbridge_sdk::chain::bindings::PaymentChannels;
+use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::{Tensor, TensorData};
+
+use crate::chain::*;
+use crate::support::models_root;
+
+struct NodeProcess {
+    child: Child,
+    p2p: libp2p::Multiaddr,
+    metrics: String,
+}
+
+fn spawn_node(config: &Path, log: &Path) -> NodeProcess {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlbridge-node"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut p2p, mut metrics) = (None, None);
+    while p2p.is_none() {
+        let line = lines.next().expect("the node printed its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("mlbridge-node: API on ") {
+            metrics = rest.split("metrics on http://").nth(1).map(|m| m.trim_end_matches("/metrics").to_owned());
+        }
+        if let Some(addr) = line.strip_prefix("mlbridge-node: p2p on ") {
+            p2p = Some(addr.parse().unwrap());
+        }
+    }
+    NodeProcess { child, p2p: p2p.unwrap(), metrics: metrics.unwrap() }
+}
+
+/// A small deterministic random sequence (xorshift), seeded from the clock.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_paid_load_loses_no_payment() {
+    let chain = Chain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"model_repository = "{models}"
+operator_key = "{key}"
+[http]
+listen = "127.0.0.1:0"
+[metrics]
+listen = "127.0.0.1:0"
+[cache]
+enabled = false
+[p2p]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mdns = false
+advert_interval_secs = 0.3
+identity_file = "{dir}/identity"
+[payment]
+enabled = true
+rpc_url = "{rpc}"
+deployment = "{deployment}"
+ledger = "{dir}/ledger"
+poll_interval_ms = 50
+settle_interval_secs = 0.4
+settle_gas_multiple = 0
+confirm_timeout_secs = 20
+resubmit_after_secs = 2
+"#,
+            models = models_root().display(),
+            key = chain.key_hex(1),
+            dir = dir.path().display(),
+            rpc = chain.url(),
+            deployment = chain.deployment_file.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("node.log");
+    let store = tempfile::tempdir().unwrap();
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let answered: Arc<Mutex<(u64, U256, Option<B256>)>> = Arc::new(Mutex::new((0, U256::ZERO, None)));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = Rng(seed | 1);
+    println!("kill schedule seed {seed}");
+
+    for round in 0..10 {
+        let mut node = spawn_node(&config, &log);
+        let net = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![node.p2p.clone()],
+            mdns: false,
+            heartbeat: Duration::from_millis(200),
+            ..NetConfig::default()
+        };
+        let config = ClientConfig { net, strategy: Strategy::RoundRobin, ..ClientConfig::default() };
+        let c = Client::start(config).unwrap().with_payer(payer.clone());
+        assert!(!c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap().is_empty());
+        let mut load = Vec::new();
+        for t in 0..4 {
+            let (c, answered) = (c.clone(), answered.clone());
+            load.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let data = (0..256).map(|k| (t * 1000 + i + k) as f32 / 4096.0).collect();
+                    let x = vec![Tensor::new("input", vec![1, 256], TensorData::Fp32(data)).unwrap()];
+                    // Failures are expected around the kill; only answered jobs count.
+                    if let Ok(out) = c.infer("mlp-tiny", Some(1), x).await {
+                        let v = out.paid.expect("paid");
+                        let mut a = answered.lock().unwrap();
+                        a.0 += 1;
+                        a.1 = a.1.max(v.cumulative_amount);
+                        a.2 = Some(v.channel_id);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300 + rng.next(1200))).await;
+        node.child.kill().unwrap(); // SIGKILL
+        node.child.wait().unwrap();
+        for t in load {
+            t.abort();
+        }
+        println!("round {round}: killed with {} jobs answered so far", answered.lock().unwrap().0);
+    }
+
+    // Restart once more and settle everything the ledger holds.
+    let mut node = spawn_node(&config, &log);
+    let http = reqwest::Client::new();
+    let report = http.post(format!("http://{}/admin/redeem", node.metrics)).send().await.unwrap();
+    assert!(report.status().is_success(), "{:?}", report.text().await);
+    let status: serde_json::Value =
+        http.get(format!("http://{}/admin/status", node.metrics)).send().await.unwrap().json().await.unwrap();
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+
+    let (jobs, best_answered, channel) = *answered.lock().unwrap();
+    let channel = channel.expect("jobs were answered");
+    assert!(jobs >= 10, "the load ran: {jobs} jobs");
+    let pc = PaymentChannels::new(chain.deployment.payment_channels, chain.provider());
+    let redeemed = U256::from(pc.getChannel(channel).call().await.unwrap().redeemed);
+    assert!(redeemed >= best_answered, "every answered job is paid: redeemed {redeemed} < answered {best_answered}");
+    let entry = &status["channels"][0];
+    assert_eq!(entry["redeemed_wei"], redeemed.to_string(), "the ledger agrees with the chain");
+    assert_eq!(entry["best_voucher_wei"], redeemed.to_string(), "the best voucher held is redeemed, nothing left");
+    // Exactly once: the Redeemed events of the channel add up to the redeemed total (nothing paid twice).
+    let filter = Filter::new()
+        .address(chain.deployment.payment_channels)
+        .event_signature(<PaymentChannels::Redeemed as alloy::sol_types::SolEvent>::SIGNATURE_HASH)
+        .topic1(channel)
+        .from_block(0);
+    let logs = chain.provider().get_logs(&filter).await.unwrap();
+    let paid: U256 = logs.iter().map(|l| l.log_decode::<PaymentChannels::Redeemed>().unwrap().inner.data.amount).sum();
+    assert_eq!(paid, redeemed, "redemptions add up to the total once");
+    println!(
+        "{jobs} jobs answered across 10 kills; highest answered voucher {best_answered}, redeemed {redeemed} in {} redemptions",
+        logs.len()
+    );
+}
