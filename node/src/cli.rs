@@ -26,6 +26,29 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load every model in the repository, verify its sha256, run one inference and print a table.
     Models(InferenceArgs),
+    /// Register this node on chain: stake, PeerId (from the identity file) and a metadata URI.
+    Register {
+        /// Node, key and chain.
+        #[command(flatten)]
+        operator: crate::operator::OperatorArgs,
+        /// Stake in ETH (default: the contract's minimum).
+        #[arg(long, default_value = "")]
+        stake: String,
+        /// Where the node describes itself (models, region, contact).
+        #[arg(long, default_value = "")]
+        metadata_uri: String,
+    },
+    /// Stake, channels, unredeemed value and the last settlements with their confirmations.
+    Status(crate::operator::OperatorArgs),
+    /// Redeem vouchers on chain.
+    Redeem {
+        /// Node, key and chain.
+        #[command(flatten)]
+        operator: crate::operator::OperatorArgs,
+        /// Redeem every channel's best voucher now (instead of waiting for the settlement threshold).
+        #[arg(long, required = true)]
+        now: bool,
+    },
 }
 
 /// Where models and ONNX Runtime are.
@@ -171,6 +194,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Models(args) => tokio::task::spawn_blocking(move || models(&args))
             .await
             .map_err(|e| crate::Error::LoadFailed { model: "*".into(), reason: e.to_string() })?,
+        Command::Register { operator, stake, metadata_uri } => {
+            crate::operator::register(&operator, &stake, &metadata_uri).await
+        }
+        Command::Status(operator) => crate::operator::status(&operator).await,
+        Command::Redeem { operator, .. } => crate::operator::redeem_now(&operator).await,
     }
 }
 

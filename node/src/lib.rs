@@ -11,7 +11,8 @@
 //!   the result cache (memory or Redis) and WordPiece tokenization for embedding models.
 //! - [`api`]: the KServe v2 REST API and OpenAI-compatible `/v1/embeddings` (axum), `/metrics` on its own port.
 //! - [`metrics`]: Prometheus metrics (requests, latency, queue depth, batch size, cache, load time, process).
-//! - [`config`] + [`cli`]: TOML config overridden by flags/env; `serve` and `models` commands.
+//! - [`config`] + [`cli`]: TOML config overridden by flags/env; `serve` and `models` commands; [`operator`]:
+//!   `register`, `status`, `redeem --now`.
 //! - [`p2p`]: the libp2p swarm actor: serves inference/embedding requests from peers through the engine, publishes
 //!   signed adverts, bids on gossiped job offers, bans misbehaving peers.
 //! - [`server`]: starts the engine, the listeners and the swarm; ctrl-c/SIGTERM drain queues and stop gracefully.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod inference;
 pub mod metrics;
+pub mod operator;
 pub mod p2p;
 pub mod payment;
 pub mod server;

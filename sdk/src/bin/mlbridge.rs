@@ -3,11 +3,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use alloy::primitives::utils::{format_ether, parse_ether};
+use alloy::primitives::{Address, B256};
+use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
+use mlbridge_sdk::chain::Deployment;
 use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
 use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::payment::{Payer, PayerConfig, PaymentPolicy, TxProgress};
 use mlbridge_sdk::{ModelId, Tensor, TensorData};
 
 /// ML Bridge client: pay for and run inference on the ML Bridge network.
@@ -24,6 +32,9 @@ enum Command {
     Nodes(NetArgs),
     /// Run an inference over the network: texts for embedding models, or a JSON file of tensors.
     Infer(InferArgs),
+    /// Payment channels: open, top up, close, withdraw, list.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Print the model id (sha256 of the ONNX bytes) of model files, as receipts and prices name them.
     ModelId {
         /// ONNX model files.
@@ -46,10 +57,192 @@ struct NetArgs {
     wait: f64,
 }
 
+#[derive(Debug, Subcommand)]
+enum ChannelCommand {
+    /// Open a channel to a node operator (waits for the confirmations).
+    Open {
+        #[command(flatten)]
+        pay: PayArgs,
+        /// The node operator to pay (from `mlbridge nodes`).
+        #[arg(long)]
+        payee: Address,
+        /// Deposit in ETH (e.g. 0.01).
+        #[arg(long)]
+        deposit: String,
+        /// Hours until the channel can no longer be redeemed.
+        #[arg(long, default_value_t = 24 * 7)]
+        expiry_hours: u64,
+    },
+    /// Add ETH to a channel.
+    TopUp {
+        #[command(flatten)]
+        pay: PayArgs,
+        /// The channel id.
+        channel: B256,
+        /// Amount in ETH.
+        #[arg(long)]
+        amount: String,
+    },
+    /// Start closing a channel; the node keeps the challenge window to redeem, then `withdraw` returns the rest.
+    Close {
+        #[command(flatten)]
+        pay: PayArgs,
+        /// The channel id.
+        channel: B256,
+    },
+    /// Take back what the node did not redeem, after the close window or expiry.
+    Withdraw {
+        #[command(flatten)]
+        pay: PayArgs,
+        /// The channel id.
+        channel: B256,
+    },
+    /// List this payer's channels (refreshed from the chain).
+    List {
+        #[command(flatten)]
+        pay: PayArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Payment")]
+struct PayArgs {
+    /// Payer private key (hex).
+    #[arg(long = "key", env = "MLBRIDGE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Chain RPC URL.
+    #[arg(long, env = "MLBRIDGE_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    rpc_url: String,
+    /// The contracts' addresses file.
+    #[arg(long, env = "MLBRIDGE_DEPLOYMENT", default_value = "contracts/deployments/31337.json")]
+    deployment: PathBuf,
+    /// Where the payer keeps its channels and signed amounts.
+    #[arg(long, env = "MLBRIDGE_STORE", default_value = "data/payer")]
+    store: PathBuf,
+    /// Most ETH `infer` may deposit by itself (opening or topping up channels).
+    #[arg(long, default_value = "0")]
+    max_spend: String,
+    /// Deposit of each automatic open or top-up, ETH.
+    #[arg(long, default_value = "0.01")]
+    auto_deposit: String,
+}
+
+impl PayArgs {
+    async fn payer(&self) -> anyhow::Result<Payer> {
+        let key = self.key.as_deref().context("give the payer key with --key or MLBRIDGE_KEY")?;
+        let signer: PrivateKeySigner = key.trim().parse().context("--key is not a hex private key")?;
+        let config = PayerConfig {
+            rpc_url: self.rpc_url.clone(),
+            deployment: Deployment::load(&self.deployment)?,
+            store: self.store.clone(),
+            policy: PaymentPolicy {
+                max_spend: parse_ether(&self.max_spend).context("--max-spend is not an ETH amount")?,
+                deposit: parse_ether(&self.auto_deposit).context("--auto-deposit is not an ETH amount")?,
+                ..PaymentPolicy::default()
+            },
+            confirmations: 3,
+            poll_interval: Duration::from_millis(250),
+        };
+        Ok(Payer::connect(signer, config).await?)
+    }
+}
+
+/// A progress bar that follows a channel transaction to its confirmations.
+fn tx_bar(what: &str) -> (ProgressBar, impl FnMut(TxProgress) + Send) {
+    let bar = ProgressBar::new(3);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len} confirmations")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("{what}: sending"));
+    let (b, what) = (bar.clone(), what.to_owned());
+    let update = move |p: TxProgress| match p {
+        TxProgress::Sent(hash) => b.set_message(format!("{what}: {hash} sent")),
+        TxProgress::Pending => {
+            b.set_position(0);
+            b.set_message(format!("{what}: pending"));
+        }
+        TxProgress::Confirmations { block, have, need } => {
+            b.set_length(need);
+            b.set_position(have);
+            b.set_message(format!("{what}: in block {block}"));
+        }
+        TxProgress::Confirmed { block } => {
+            b.set_position(b.length().unwrap_or(3));
+            b.set_message(format!("{what}: confirmed in block {block}"));
+        }
+    };
+    (bar, update)
+}
+
+async fn channel(cmd: ChannelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ChannelCommand::Open { pay, payee, deposit, expiry_hours } => {
+            let payer = pay.payer().await?;
+            let deposit = parse_ether(&deposit).context("--deposit is not an ETH amount")?;
+            let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + expiry_hours * 3600;
+            let (bar, mut progress) = tx_bar("open");
+            let rec = payer.open_channel(payee, deposit, expiry, &mut progress).await;
+            bar.finish();
+            let rec = rec?;
+            println!("channel {} to {} with {} ETH, redeemable until unix {}", rec.channel_id, payee, format_ether(deposit), expiry);
+        }
+        ChannelCommand::TopUp { pay, channel, amount } => {
+            let payer = pay.payer().await?;
+            let amount = parse_ether(&amount).context("--amount is not an ETH amount")?;
+            let (bar, mut progress) = tx_bar("top-up");
+            let rec = payer.top_up(channel, amount, &mut progress).await;
+            bar.finish();
+            println!("channel {channel} now holds {} ETH", format_ether(rec?.deposit));
+        }
+        ChannelCommand::Close { pay, channel } => {
+            let payer = pay.payer().await?;
+            let (bar, mut progress) = tx_bar("close");
+            let rec = payer.close(channel, &mut progress).await;
+            bar.finish();
+            println!("channel {channel} closes at unix {}; then run `mlbridge channel withdraw {channel}`", rec?.closes_at);
+        }
+        ChannelCommand::Withdraw { pay, channel } => {
+            let payer = pay.payer().await?;
+            let (bar, mut progress) = tx_bar("withdraw");
+            let refund = payer.withdraw(channel, &mut progress).await;
+            bar.finish();
+            println!("withdrew {} ETH from channel {channel}", format_ether(refund?));
+        }
+        ChannelCommand::List { pay } => {
+            let payer = pay.payer().await?;
+            println!("{:<66} {:<42} {:>14} {:>14} {:>12} status", "channel", "payee", "deposit ETH", "signed ETH", "expiry");
+            for rec in payer.store().list() {
+                let rec = payer.refresh(rec.channel_id).await.unwrap_or(rec);
+                let status = if rec.withdrawn {
+                    "withdrawn".to_string()
+                } else if rec.closes_at != 0 {
+                    format!("closing until {}", rec.closes_at)
+                } else {
+                    "open".to_string()
+                };
+                println!(
+                    "{:<66} {:<42} {:>14} {:>14} {:>12} {status}",
+                    rec.channel_id.to_string(),
+                    rec.payee.to_string(),
+                    format_ether(rec.deposit),
+                    format_ether(rec.signed),
+                    rec.expiry
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Args)]
 struct InferArgs {
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    pay: PayArgs,
     /// Model name.
     #[arg(long)]
     model: String,
@@ -120,6 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}  {}", ModelId::of_file(&file)?, file.display());
             }
         }
+        Command::Channel(cmd) => channel(cmd).await?,
         Command::Nodes(net) => {
             let c = client(&net, Strategy::ModelAware)?;
             tokio::time::sleep(Duration::from_secs_f64(net.wait)).await;
@@ -152,7 +346,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 StrategyArg::Weighted => Strategy::WeightedCapacity,
                 StrategyArg::ModelAware => Strategy::ModelAware,
             };
-            let c = client(&args.net, strategy)?;
+            let mut c = client(&args.net, strategy)?;
+            // With a payer key every job is paid (channels opened within --max-spend); without one only free nodes
+            // answer.
+            if args.pay.key.is_some() {
+                c = c.with_payer(Arc::new(args.pay.payer().await?));
+            }
             let found = c.wait_for_nodes(&args.model, 1, Duration::from_secs_f64(args.net.wait.max(1.0) * 3.0)).await?;
             if found.is_empty() {
                 bail!("no node serving '{}' was seen; check --bootstrap and the model name", args.model);
@@ -169,12 +368,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|t| serde_json::json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(), "data": t.data() }))
                 .collect();
+            let receipt = out.response.receipt.as_ref().map(|r| {
+                serde_json::json!({
+                    "job_id": r.job_id, "price_wei": r.price.to_string(), "node": r.node,
+                    "input_hash": r.input_hash, "output_hash": r.output_hash,
+                    "signature": format!("0x{}", hex::encode(r.signature)),
+                })
+            });
+            let paid = out.paid.as_ref().map(|v| {
+                serde_json::json!({ "channel": v.channel_id, "cumulative_wei": v.cumulative_amount.to_string() })
+            });
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "node": out.node.to_string(),
                     "model_id": out.response.model_id,
                     "outputs": outputs,
+                    "receipt": receipt,
+                    "paid": paid,
                 }))?
             );
         }
