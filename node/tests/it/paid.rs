@@ -280,3 +280,54 @@ async fn a_reorged_redemption_ends_confirmed_once() {
     assert!(metric(&text, "mlbridge_chain_tx_reorged_total{kind=\"redeem\"}") >= 1.0, "the tracker saw the reorg");
     assert_eq!(metric(&text, "mlbridge_chain_tx_confirmed_total{kind=\"redeem\"}"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
+    use mlbridge_node::api::pay::{RECEIPT_HEADER, VOUCHER_HEADER, voucher_header};
+    let chain = Chain::start().await;
+    let (l1, l2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(|c| paid(c, &chain, &chain.url(), 1, l1.path())).await;
+    let channel = open_raw(&chain, 3, chain.key(1).address(), 1_000 * PRICE).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let payer = chain.key(3);
+    let http = reqwest::Client::new();
+    let post = |path: &str, v: Option<WireVoucher>, body: serde_json::Value| {
+        let mut req = http.post(url(&node, path)).json(&body);
+        if let Some(v) = v {
+            req = req.header(VOUCHER_HEADER, voucher_header(&v));
+        }
+        req.send()
+    };
+
+    let resp = post("/v2/models/mlp-tiny/versions/1/infer", None, mlp_request(1, 0.5)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 402, "no voucher: payment required");
+    assert!(resp.text().await.unwrap().contains("voucher"));
+    let v1 = voucher(&payer, &chain, channel, PRICE);
+    let resp = post("/v2/models/mlp-tiny/versions/1/infer", Some(v1.clone()), mlp_request(1, 0.5)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers().contains_key(RECEIPT_HEADER));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let receipt = &body["parameters"]["receipt"];
+    assert_eq!(receipt["price"], PRICE.to_string());
+    assert_eq!(receipt["node"].as_str().unwrap().to_lowercase(), chain.key(1).address().to_string().to_lowercase());
+    let replay = post("/v2/models/mlp-tiny/versions/1/infer", Some(v1), mlp_request(1, 0.5)).await.unwrap();
+    assert_eq!(replay.status().as_u16(), 402, "a replayed voucher is refused");
+    // Embeddings: minilm-l6 v2 costs 2e13 wei.
+    let v2 = voucher(&payer, &chain, channel, PRICE + 20_000_000_000_000);
+    let body = serde_json::json!({ "model": "minilm-l6:2", "input": "A man is eating food." });
+    let resp = post("/v1/embeddings", Some(v2), body).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["receipt"]["price"], "20000000000000");
+    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 2);
+
+    // The operator's own use: a node configured free for localhost serves without a voucher.
+    let free = start_node(|c| {
+        paid(c, &chain, &chain.url(), 2, l2.path());
+        c.payment.free_localhost = true;
+    })
+    .await;
+    let (status, _) = crate::support::post(&free, "/v2/models/mlp-tiny/infer", &mlp_request(1, 0.5)).await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&metrics_text(&free).await, "mlbridge_free_jobs_total"), 1.0);
+}
