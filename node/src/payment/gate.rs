@@ -202,3 +202,105 @@ impl Gate {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloy::signers::local::PrivateKeySigner;
+    use mlbridge_sdk::voucher::Voucher;
+
+    use super::*;
+    use crate::payment::watcher::ChannelView;
+
+    const PRICE: u64 = 10;
+
+    struct Setup {
+        gate: std::sync::Arc<Gate>,
+        payer: PrivateKeySigner,
+        domain: Eip712Domain,
+        channel: B256,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let payer = PrivateKeySigner::random();
+        let payee = Address::repeat_byte(0xee);
+        let channel = B256::repeat_byte(1);
+        let view = ChannelView {
+            payer: payer.address(),
+            payee,
+            deposit: U256::from(1_000u64),
+            redeemed: U256::ZERO,
+            expiry: u64::MAX / 2,
+            closes_at: 0,
+            withdrawn: false,
+        };
+        let domain = mlbridge_sdk::eip712::domain(31337, Address::repeat_byte(0xcc));
+        let gate = Gate::new(
+            Ledger::open(dir.path()).unwrap(),
+            Watcher::fixed([(channel, view)], 3),
+            domain.clone(),
+            payee,
+            60,
+        );
+        Setup { gate: std::sync::Arc::new(gate), payer, domain, channel, _dir: dir }
+    }
+
+    fn voucher(s: &Setup, amount: u64) -> WireVoucher {
+        let v = Voucher::new(s.channel, U256::from(amount)).sign(&s.payer, &s.domain).unwrap();
+        WireVoucher { channel_id: v.channel_id, cumulative_amount: v.cumulative_amount, signature: v.signature }
+    }
+
+    #[test]
+    fn concurrent_requests_never_take_the_same_increment() {
+        let s = setup();
+        let v = voucher(&s, PRICE);
+        // 16 threads race with the same voucher: exactly one wins.
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..16).map(|_| scope.spawn(|| s.gate.authorize(Some(&v), U256::from(PRICE)).is_ok())).collect();
+            handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+        });
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn out_of_order_vouchers_are_covered_and_failed_jobs_cost_nothing() {
+        let s = setup();
+        let price = U256::from(PRICE);
+        // Two jobs in flight; their vouchers arrive highest first.
+        let second = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        // A third with no new money is refused while both are in flight.
+        assert!(matches!(
+            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err(),
+            PaymentRefusal::Replayed { .. }
+        ));
+        // The first fails: its reservation is released, so the same amount pays the next job.
+        s.gate.release(&first);
+        let again = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let job = |id: u8, auth: &Authorization| JobRecord {
+            job_id: B256::repeat_byte(id),
+            channel_id: s.channel,
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price: auth.price,
+            voucher_amount: auth.amount,
+            at_ms: 1,
+        };
+        rt.block_on(s.gate.commit(&second, &job(2, &second))).unwrap();
+        rt.block_on(s.gate.commit(&again, &job(3, &again))).unwrap();
+        let entry = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
+        assert_eq!((entry.jobs, entry.charged, entry.best_amount), (2, U256::from(2 * PRICE), U256::from(2 * PRICE)));
+        assert!(matches!(
+            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE + PRICE / 2)), price).unwrap_err(),
+            PaymentRefusal::Underpaid { .. }
+        ));
+        assert!(matches!(
+            *s.gate.authorize(Some(&voucher(&s, 1_001)), price).unwrap_err(),
+            PaymentRefusal::OverDeposit { .. }
+        ));
+    }
+}

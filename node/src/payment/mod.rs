@@ -138,7 +138,12 @@ impl PaymentService {
             settle_config,
             metrics.clone(),
             Some(chain_metrics),
-            shutdown,
+            shutdown.clone(),
+        );
+        let prune_task = spawn_pruning(
+            gate.clone(),
+            Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
+            shutdown.clone(),
         );
         let service = Arc::new(Self {
             gate,
@@ -154,7 +159,7 @@ impl PaymentService {
             free_for: config.free_allowlist.clone(),
             free_localhost: config.free_localhost,
         });
-        Ok((service, vec![watch_task, settle_task]))
+        Ok((service, vec![watch_task, settle_task, prune_task]))
     }
 
     /// The voucher gate.
@@ -280,6 +285,24 @@ fn spawn_settler(
         settler.run(inbox, shutdown).await;
     });
     (handle, task)
+}
+
+/// Forget job records older than the audit window, once a minute.
+fn spawn_pruning(gate: Arc<Gate>, retention: Duration, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let cutoff = gate::now_ms().saturating_sub(retention.as_millis() as u64);
+            match gate.ledger().prune_jobs(cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(target: "node::payment", n, "job records past the audit window pruned"),
+                Err(err) => tracing::warn!(target: "node::payment", %err, "pruning job records failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        }
+    })
 }
 
 fn refusal_label(r: &PaymentRefusal) -> &'static str {

@@ -134,6 +134,12 @@ impl Watcher {
         }
     }
 
+    /// A fixed view (tests, and tools that only read).
+    pub fn fixed(channels: impl IntoIterator<Item = (B256, ChannelView)>, confirmations: u64) -> Self {
+        let view = View { channels: channels.into_iter().collect(), ..View::default() };
+        Self { view: Arc::new(RwLock::new(view)), confirmations }
+    }
+
     /// The confirmation depth.
     pub fn confirmations(&self) -> u64 {
         self.confirmations
