@@ -3,6 +3,7 @@
 //! Every load loop is bounded in time and in requests, and talks to 127.0.0.1 only.
 
 mod load;
+mod paid;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ struct Cli {
     /// The node binary, for the cold-start measurement.
     #[arg(long, default_value = "target/release/mlbridge-node")]
     node_bin: PathBuf,
+    /// The anvil binary, for the paid benchmark.
+    #[arg(long, default_value = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")]
+    anvil: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -36,6 +40,8 @@ enum Suite {
     Inference,
     /// libp2p request-response vs HTTP vs raw ONNX Runtime.
     P2p,
+    /// Paid vs free over libp2p, and settlement gas per inference.
+    Paid,
 }
 
 fn main() {
@@ -45,6 +51,7 @@ fn main() {
     let result = match cli.suite {
         Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
         Suite::P2p => rt.block_on(scenarios::p2p(&cli.model_repository, limits)),
+        Suite::Paid => rt.block_on(paid::paid(&cli.model_repository, &cli.anvil, limits)),
     };
     if let Err(err) = result {
         eprintln!("Error: {err:?}");

@@ -22,7 +22,7 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Sequence length of MiniLM requests.
 const SEQ: usize = 128;
 
-fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>) {
+pub(crate) fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>) {
     let share = raw.map(|r| format!("{:>6.1}%", 100.0 * s.throughput() / r)).unwrap_or_else(|| "      -".into());
     println!(
         "| {what:<22} | {path:<12} | {c:>4} | {:>10.1} | {:>8.3} | {:>8.3} | {:>8.3} | {share} | {:>5} |",
@@ -34,7 +34,7 @@ fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>) {
     );
 }
 
-fn header(title: &str) {
+pub(crate) fn header(title: &str) {
     println!("\n### {title}\n");
     println!(
         "| model                  | path         | conc |  req/s     | p50 ms   | p95 ms   | p99 ms   | of raw  | errs  |"
@@ -44,7 +44,7 @@ fn header(title: &str) {
     );
 }
 
-async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Result<RunningNode> {
+pub(crate) async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Result<RunningNode> {
     let mut config = NodeConfig { model_repository: repo.to_owned(), ..NodeConfig::default() };
     config.http.listen = "127.0.0.1:0".parse()?;
     config.metrics.listen = "127.0.0.1:0".parse()?;
@@ -57,7 +57,7 @@ async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Result<Running
 }
 
 /// One request of batch 1 for the model: MiniLM gets `SEQ` tokens, others the config's example input.
-fn request(engine: &Engine, name: &str, version: u64, salt: usize) -> Result<Vec<Tensor>> {
+pub(crate) fn request(engine: &Engine, name: &str, version: u64, salt: usize) -> Result<Vec<Tensor>> {
     let config = engine.config(name, Some(version))?;
     if name.starts_with("minilm") {
         let ids: Vec<i64> = (0..SEQ).map(|i| 1000 + ((i * 7919 + salt * 104_729) % 20_000) as i64).collect();
