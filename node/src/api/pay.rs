@@ -1,7 +1,8 @@
 //! Payment over HTTP, for clients that do not speak libp2p: a voucher in the `X-MLBridge-Voucher` header
 //! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`), an optional
 //! `X-MLBridge-Job-Id` (32 bytes hex; default: derived from the voucher), and the node's receipt in the answer
-//! (`X-MLBridge-Receipt` header and the body). Addresses on the free list (operators' own use) pay nothing.
+//! (`X-MLBridge-Receipt` header and the body). Addresses on the free list (operators' own use) pay nothing unless
+//! they attach a voucher.
 
 use std::net::SocketAddr;
 
@@ -85,10 +86,6 @@ pub(crate) fn authorize<'a>(
     if price.is_zero() {
         return Ok(None);
     }
-    if peer.is_some_and(|p| service.is_free(p.ip())) {
-        service.metrics().free_jobs.inc();
-        return Ok(None);
-    }
     let voucher = match headers.get(VOUCHER_HEADER) {
         Some(h) => Some(
             h.to_str()
@@ -97,6 +94,11 @@ pub(crate) fn authorize<'a>(
         ),
         None => None,
     };
+    // Free callers pay nothing unless they attach a voucher anyway.
+    if voucher.is_none() && peer.is_some_and(|p| service.is_free(p.ip())) {
+        service.metrics().free_jobs.inc();
+        return Ok(None);
+    }
     let job_id = match headers.get(JOB_ID_HEADER) {
         Some(h) => h
             .to_str()

@@ -3,8 +3,13 @@
 //! view of our channels (so a restarted node keeps serving confirmed channels while the RPC is down).
 //!
 //! Writers insert and then [`Ledger::flush`]; a voucher is on disk before the job's answer leaves the node.
+//! Flushes are group commits: one thread runs sled's (blocking) flush for every caller waiting at that moment, so
+//! concurrent jobs share one fsync. (sled 0.34's own `flush_async` can deadlock when called concurrently, see
+//! spacejam/sled#1308, so it is not used.)
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy::primitives::{Address, B256, U256};
 use serde::de::DeserializeOwned;
@@ -88,10 +93,70 @@ pub struct SettlementRecord {
     pub at_ms: u64,
 }
 
+/// Group commit: callers take a ticket and wait until a flush that started after their ticket has finished.
+#[derive(Debug)]
+struct Flusher {
+    tickets: Arc<AtomicU64>,
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Highest ticket made durable, and the error of the last flush if it failed.
+    flushed: tokio::sync::watch::Receiver<(u64, Option<String>)>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Self {
+        let tickets = Arc::new(AtomicU64::new(0));
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let (done, flushed) = tokio::sync::watch::channel((0u64, None));
+        let issued = tickets.clone();
+        let thread = std::thread::Builder::new()
+            .name("ledger-flush".into())
+            .spawn(move || {
+                // Ends when every Ledger handle (and so the sender) is gone.
+                while woken.recv().is_ok() {
+                    let upto = issued.load(Ordering::SeqCst);
+                    let outcome = db.flush().err().map(|e| e.to_string());
+                    let _ = done.send((upto, outcome));
+                }
+            })
+            .expect("spawning the ledger flush thread");
+        Self { tickets, wake: Some(wake), thread: Some(thread), flushed }
+    }
+
+    async fn flush(&self) -> std::result::Result<(), String> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        // A pending wake-up already covers us if the channel is full.
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+        let mut flushed = self.flushed.clone();
+        loop {
+            {
+                let (upto, err) = &*flushed.borrow_and_update();
+                if *upto >= ticket {
+                    return err.clone().map_or(Ok(()), Err);
+                }
+            }
+            flushed.changed().await.map_err(|_| "the ledger flush thread stopped".to_string())?;
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Stop the thread and wait for it, so the database (and its file lock) is released when the ledger is dropped.
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The sled database and its trees.
 #[derive(Clone, Debug)]
 pub struct Ledger {
     db: sled::Db,
+    flusher: Arc<Flusher>,
     path: PathBuf,
     channels: sled::Tree,
     jobs: sled::Tree,
@@ -114,6 +179,7 @@ impl Ledger {
         let db = sled::open(path).map_err(fail)?;
         let tree = |name: &str| db.open_tree(name).map_err(fail);
         Ok(Self {
+            flusher: Arc::new(Flusher::start(db.clone())),
             channels: tree("channels")?,
             jobs: tree("jobs")?,
             jobs_by_time: tree("jobs_by_time")?,
@@ -132,9 +198,9 @@ impl Ledger {
         ciborium::from_reader(bytes).map_err(|e| self.err(format!("corrupt record: {e}")))
     }
 
-    /// Make everything inserted so far durable.
+    /// Make everything inserted so far durable (a group commit shared with concurrent callers).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+        self.flusher.flush().await.map_err(|e| self.err(e))
     }
 
     /// One channel's entry.
@@ -251,5 +317,25 @@ mod tests {
         assert_eq!(l.prune_jobs(2_000).unwrap(), 1);
         assert!(l.job(&B256::repeat_byte(1)).unwrap().is_none());
         assert!(l.job(&B256::repeat_byte(2)).unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_flushes_all_complete() {
+        // sled's own flush_async deadlocks here (spacejam/sled#1308); the group commit must not.
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let tasks: Vec<_> = (0..200u8)
+            .map(|i| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    l.put_meta(&format!("k{i}"), &i).unwrap();
+                    l.flush().await.unwrap();
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), all).await.expect("no deadlock");
+        assert!(done.iter().all(Result::is_ok));
+        assert_eq!(l.meta::<u8>("k199").unwrap(), Some(199));
     }
 }

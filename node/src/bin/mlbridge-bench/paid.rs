@@ -110,7 +110,15 @@ pub(crate) async fn paid(repo: &Path, anvil_bin: &Path, limits: Limits) -> Resul
                 let inputs = inputs.clone();
                 load::run(c, limits, move |_| {
                     let (cl, inputs) = (cl.clone(), inputs.clone());
-                    async move { cl.infer(name, Some(version), inputs).await.is_ok() }
+                    async move {
+                        match cl.infer(name, Some(version), inputs).await {
+                            Ok(_) => true,
+                            Err(err) => {
+                                tracing::warn!(%err, "request failed");
+                                false
+                            }
+                        }
+                    }
                 })
             };
             let f: Stats = measure(free_client.clone()).await;
