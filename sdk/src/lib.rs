@@ -31,6 +31,7 @@ pub mod net;
 pub mod payment;
 pub mod protocol;
 pub mod receipt;
+pub mod signer;
 pub mod tensor;
 pub mod voucher;
 

@@ -28,6 +28,7 @@ use alloy::sol_types::Eip712Domain;
 use mlbridge_sdk::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender};
 use mlbridge_sdk::protocol::{AuditRecord, ModelRef, PaymentRefusal, ReceiptMsg, WireVoucher, tensors_hash};
 use mlbridge_sdk::receipt::Receipt;
+use mlbridge_sdk::signer::FastSigner;
 use mlbridge_sdk::{ModelId, Tensor};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +47,7 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct PaymentService {
     gate: Arc<Gate>,
-    operator: PrivateKeySigner,
+    operator: FastSigner,
     domain: Eip712Domain,
     audit: AuditStore,
     metrics: PaymentMetrics,
@@ -147,7 +148,7 @@ impl PaymentService {
         );
         let service = Arc::new(Self {
             gate,
-            operator,
+            operator: FastSigner::new(&operator),
             domain,
             audit: AuditStore::new(
                 Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),

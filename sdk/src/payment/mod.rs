@@ -28,6 +28,7 @@ pub use store::{ChannelRecord, VoucherStore};
 use crate::chain::bindings::PaymentChannels;
 use crate::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender, TxState, rpc_error};
 use crate::protocol::WireVoucher;
+use crate::signer::FastSigner;
 use crate::voucher::Voucher;
 use crate::{Error, Result};
 
@@ -113,6 +114,8 @@ pub struct Payment {
 #[derive(Debug)]
 pub struct Payer {
     signer: PrivateKeySigner,
+    /// The same key, for the per-job voucher signatures.
+    fast: FastSigner,
     provider: DynProvider,
     sender: TxSender<DynProvider>,
     tracker: ConfirmationTracker,
@@ -145,6 +148,7 @@ impl Payer {
         Ok(Self {
             domain: config.deployment.domain(),
             deployment: config.deployment,
+            fast: FastSigner::new(&signer),
             signer,
             provider,
             sender,
@@ -324,7 +328,7 @@ impl Payer {
             }
             Err(e) => return Err(e),
         };
-        let signed = Voucher::new(channel.channel_id, amount).sign(&self.signer, &self.domain)?;
+        let signed = Voucher::new(channel.channel_id, amount).sign(&self.fast, &self.domain)?;
         Ok(Payment {
             payee,
             price,
