@@ -94,12 +94,17 @@ pub async fn register(args: &OperatorArgs, stake: &str, metadata_uri: &str) -> R
         .registerNode(Bytes::from(peer_id.to_bytes()), metadata_uri.to_owned())
         .value(stake)
         .into_transaction_request();
-    let sender = TxSender::new(provider.clone(), signer.clone(), SenderConfig::default(), None).await.map_err(Error::Chain)?;
+    let sender =
+        TxSender::new(provider.clone(), signer.clone(), SenderConfig::default(), None).await.map_err(Error::Chain)?;
     let sent = sender.send("register", tx).await.map_err(Error::Chain)?;
     println!("register: {} sent; waiting for 3 confirmations", sent.hash);
     let tracker = ConfirmationTracker::spawn(provider, TrackerConfig::default(), None);
     let state = wait_confirmed(tracker.track_sent(&sent).await.map_err(Error::Chain)?).await.map_err(Error::Chain)?;
-    println!("registered operator {} with PeerId {peer_id} and {} ETH stake ({state:?})", signer.address(), format_ether(stake));
+    println!(
+        "registered operator {} with PeerId {peer_id} and {} ETH stake ({state:?})",
+        signer.address(),
+        format_ether(stake)
+    );
     Ok(())
 }
 

@@ -197,7 +197,9 @@ impl ProtocolError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum PaymentRefusal {
     /// The job carries no voucher and the node is paid.
-    #[error("this node is paid: attach a voucher of at least {price} wei more than your last one on a channel to {payee}")]
+    #[error(
+        "this node is paid: attach a voucher of at least {price} wei more than your last one on a channel to {payee}"
+    )]
     Required {
         /// The model's price, wei.
         price: U256,
@@ -233,7 +235,9 @@ pub enum PaymentRefusal {
         node: Address,
     },
     /// The voucher was not signed by the channel's payer.
-    #[error("the voucher for channel {channel} is signed by {signer}, not the channel's payer {payer}; sign with the payer key")]
+    #[error(
+        "the voucher for channel {channel} is signed by {signer}, not the channel's payer {payer}; sign with the payer key"
+    )]
     BadSignature {
         /// The channel.
         channel: B256,
@@ -253,7 +257,9 @@ pub enum PaymentRefusal {
         needed: U256,
     },
     /// The voucher's cumulative amount is below one already accepted.
-    #[error("voucher {amount} on channel {channel} is below the {accepted} wei already accepted; sign at least {needed} wei")]
+    #[error(
+        "voucher {amount} on channel {channel} is below the {accepted} wei already accepted; sign at least {needed} wei"
+    )]
     BelowAccepted {
         /// The channel.
         channel: B256,
@@ -265,7 +271,9 @@ pub enum PaymentRefusal {
         needed: U256,
     },
     /// The voucher adds less than the job's price (the price may have changed).
-    #[error("voucher {amount} on channel {channel} does not cover the price; the node needs at least {needed} wei (price {price})")]
+    #[error(
+        "voucher {amount} on channel {channel} does not cover the price; the node needs at least {needed} wei (price {price})"
+    )]
     Underpaid {
         /// The channel.
         channel: B256,
@@ -287,7 +295,9 @@ pub enum PaymentRefusal {
         deposit: U256,
     },
     /// The channel closes or expires too soon for the node to redeem safely.
-    #[error("channel {channel} stops being redeemable at unix time {deadline}, too soon to accept work; open a new channel")]
+    #[error(
+        "channel {channel} stops being redeemable at unix time {deadline}, too soon to accept work; open a new channel"
+    )]
     Expiring {
         /// The channel.
         channel: B256,

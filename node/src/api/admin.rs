@@ -17,7 +17,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn service(state: &AppState) -> Result<&PaymentService, ApiError> {
-    state.payments.as_deref().ok_or_else(|| ApiError::not_found("this node is not in paid mode ([payment] enabled = false)"))
+    state
+        .payments
+        .as_deref()
+        .ok_or_else(|| ApiError::not_found("this node is not in paid mode ([payment] enabled = false)"))
 }
 
 /// The node's payment state as JSON.

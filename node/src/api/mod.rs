@@ -50,10 +50,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 /// The metrics router (`GET /metrics`), served on its own port, with the operator's admin endpoints
 /// (`GET /admin/status`, `POST /admin/redeem`): keep that port private.
 pub fn metrics_router(metrics: NodeMetrics, state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(render))
-        .with_state(metrics)
-        .merge(admin::router(state))
+    Router::new().route("/metrics", get(render)).with_state(metrics).merge(admin::router(state))
 }
 
 async fn render(State(metrics): State<NodeMetrics>) -> impl IntoResponse {

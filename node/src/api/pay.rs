@@ -87,11 +87,11 @@ pub(crate) fn authorize<'a>(
         return Ok(None);
     }
     let voucher = match headers.get(VOUCHER_HEADER) {
-        Some(h) => Some(
-            h.to_str()
-                .map_err(|_| ApiError::bad_request("the voucher header is not text"))
-                .and_then(|t| parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}"))))?,
-        ),
+        Some(h) => {
+            Some(h.to_str().map_err(|_| ApiError::bad_request("the voucher header is not text")).and_then(|t| {
+                parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}")))
+            })?)
+        }
         None => None,
     };
     // Free callers pay nothing unless they attach a voucher anyway.
@@ -125,7 +125,11 @@ mod tests {
 
     #[test]
     fn voucher_header_round_trips_and_garbage_is_refused() {
-        let v = WireVoucher { channel_id: B256::repeat_byte(3), cumulative_amount: U256::from(12345u64), signature: [7; 65] };
+        let v = WireVoucher {
+            channel_id: B256::repeat_byte(3),
+            cumulative_amount: U256::from(12345u64),
+            signature: [7; 65],
+        };
         assert_eq!(parse_voucher(&voucher_header(&v)).unwrap(), v);
         assert!(parse_voucher("nonsense").is_err());
         assert!(parse_voucher(&format!("{}:12:0x00", B256::ZERO)).is_err(), "short signature");

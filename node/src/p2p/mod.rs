@@ -30,16 +30,16 @@ use mlbridge_sdk::protocol::{
     MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
     WIRE_VERSION, WireVoucher, decode, encode, jobs_topic, tensors_hash, texts_hash,
 };
-use std::sync::Arc;
 use mlbridge_sdk::{Tensor, TensorData};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::P2pConfig;
 use crate::inference::Engine;
-use crate::inference::engine::is_client_error;
 use crate::inference::ModelConfig;
+use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
 use crate::payment::{Authorization, Completed, PaymentService};
 use crate::{Error, Result};
@@ -158,6 +158,7 @@ pub fn spawn(
         rates: HashMap::new(),
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
+        receipt_listeners: std::collections::HashSet::new(),
     };
     actor.subscribe()?;
     actor.dial_bootstrap();
@@ -215,6 +216,8 @@ struct Actor {
     invalid: HashMap<PeerId, u32>,
     /// Job topic of each served model id -> (name, version).
     job_topics: HashMap<TopicHash, (String, u64)>,
+    /// Peers subscribed to the receipts topic (validators).
+    receipt_listeners: std::collections::HashSet<PeerId>,
 }
 
 fn now_ms() -> u64 {
@@ -330,11 +333,18 @@ impl Actor {
                     acceptance,
                 );
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. }))
-                if topic == IdentTopic::new(ADVERTS_TOPIC).hash() =>
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })) => {
+                if topic == IdentTopic::new(ADVERTS_TOPIC).hash() {
+                    // A new listener: advertise now rather than at the next tick.
+                    self.publish_advert();
+                } else if topic == IdentTopic::new(RECEIPTS_TOPIC).hash() {
+                    self.receipt_listeners.insert(peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }))
+                if topic == IdentTopic::new(RECEIPTS_TOPIC).hash() =>
             {
-                // A new listener: advertise now rather than at the next tick.
-                self.publish_advert();
+                self.receipt_listeners.remove(&peer_id);
             }
             _ => {}
         }
@@ -428,8 +438,10 @@ impl Actor {
         if self.swarm.behaviour_mut().rpc.send_response(a.channel, a.response).is_err() {
             tracing::debug!(target: "node::p2p", peer = %a.peer, "the requester went away before the answer");
         }
-        if let (Some(receipt), Some(p)) = (a.receipt, &self.payments) {
-            // For validators; with nobody subscribed yet the publish fails and the receipt stays in the ledger.
+        if let (Some(receipt), Some(p)) = (a.receipt, &self.payments)
+            && !self.receipt_listeners.is_empty()
+        {
+            // For validators (nobody listening: the receipt stays in the ledger and the audit store).
             if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&receipt)).is_ok() {
                 p.metrics().receipts_published.inc();
             }

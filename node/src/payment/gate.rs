@@ -101,7 +101,8 @@ impl Gate {
         if deadline <= now_ms() / 1000 + self.expiry_margin {
             return Err(PaymentRefusal::Expiring { channel, deadline });
         }
-        let signed = SignedVoucher { channel_id: channel, cumulative_amount: v.cumulative_amount, signature: v.signature };
+        let signed =
+            SignedVoucher { channel_id: channel, cumulative_amount: v.cumulative_amount, signature: v.signature };
         let signer = signed.signer(&self.domain).unwrap_or(Address::ZERO);
         if signer != view.payer {
             return Err(PaymentRefusal::BadSignature { channel, signer, payer: view.payer });

@@ -109,8 +109,7 @@ impl PaymentService {
         let (watcher, watch_task) =
             Watcher::start(provider.clone(), ledger.clone(), watch_config, shutdown.clone()).await?;
         let domain = deployment.domain();
-        let gate =
-            Arc::new(Gate::new(ledger, watcher, domain.clone(), operator.address(), config.expiry_margin_secs));
+        let gate = Arc::new(Gate::new(ledger, watcher, domain.clone(), operator.address(), config.expiry_margin_secs));
         // The sender needs the chain id; with the RPC down at start, settlement waits for it in the background.
         let sender_config = SenderConfig { poll_interval: poll, ..SenderConfig::default() };
         let tracker_config = TrackerConfig {
@@ -320,4 +319,3 @@ fn refusal_label(r: &PaymentRefusal) -> &'static str {
         PaymentRefusal::Expiring { .. } => "expiring",
     }
 }
-

@@ -122,9 +122,15 @@ impl Settler {
                 }
             }
             match tokio::time::timeout(self.config.shutdown_timeout, self.settle(true)).await {
-                Ok(Ok(r)) => tracing::info!(target: "node::payment", txs = r.transactions.len(), left = r.pending, "settled at shutdown"),
-                Ok(Err(err)) => tracing::warn!(target: "node::payment", %err, "settlement at shutdown failed; the ledger keeps the vouchers for the next start"),
-                Err(_) => tracing::warn!(target: "node::payment", "settlement at shutdown timed out; the ledger keeps the vouchers for the next start"),
+                Ok(Ok(r)) => {
+                    tracing::info!(target: "node::payment", txs = r.transactions.len(), left = r.pending, "settled at shutdown")
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(target: "node::payment", %err, "settlement at shutdown failed; the ledger keeps the vouchers for the next start")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "node::payment", "settlement at shutdown timed out; the ledger keeps the vouchers for the next start")
+                }
             }
         }
     }
@@ -147,7 +153,8 @@ impl Settler {
             return Ok(entries);
         }
         let gas_price = self.provider.get_gas_price().await.map_err(rpc)?;
-        let threshold = U256::from(gas_price) * U256::from(self.config.redeem_gas) * U256::from(self.config.gas_multiple);
+        let threshold =
+            U256::from(gas_price) * U256::from(self.config.redeem_gas) * U256::from(self.config.gas_multiple);
         let margin = self.config.deadline_margin.as_secs();
         entries.retain(|e| e.unredeemed() >= threshold || e.deadline <= now + margin);
         Ok(entries)
@@ -225,12 +232,7 @@ impl Settler {
     }
 
     /// Write a confirmed redemption to the ledger and the metrics.
-    async fn book(
-        &self,
-        batch: &[ChannelEntry],
-        receipt: &TransactionReceipt,
-        block: u64,
-    ) -> Result<SettlementRecord> {
+    async fn book(&self, batch: &[ChannelEntry], receipt: &TransactionReceipt, block: u64) -> Result<SettlementRecord> {
         let mut record = SettlementRecord {
             tx_hash: receipt.transaction_hash,
             block,

@@ -28,7 +28,6 @@ fn p2p_fast(c: &mut NodeConfig) {
     c.cache.enabled = false;
 }
 
-
 /// Node A, then B and C bootstrapping to A; `edit(i, config)` adjusts each.
 async fn network(edit: impl Fn(usize, &mut NodeConfig)) -> Vec<RunningNode> {
     let a = start_node(|c| {

@@ -92,6 +92,8 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     let c = client(&a, Strategy::RoundRobin).await.with_payer(payer.clone());
     assert_eq!(c.wait_for_nodes("mlp-tiny", 2, Duration::from_secs(20)).await.unwrap().len(), 2);
     let (op_a, op_b) = (chain.key(1).address(), chain.key(2).address());
+    let receipts = listen_for_receipts(addrs(&a).await.remove(0));
+    tokio::time::sleep(Duration::from_millis(600)).await; // the listener joins the receipts mesh
     let rewards = chain.deployment.validator_rewards;
     let before = [chain.balance(op_a).await, chain.balance(op_b).await, chain.balance(rewards).await];
 
@@ -100,6 +102,9 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     assert_eq!(per_node.values().sum::<usize>(), 1000);
     assert!(per_node[&peer(&a)] >= 300 && per_node[&peer(&b)] >= 300, "round robin spreads: {per_node:?}");
     assert_eq!(payer.store().list().len(), 2, "one channel per node");
+    let heard = receipts.lock().unwrap().clone();
+    assert!(!heard.is_empty(), "receipts are gossiped to validators");
+    assert!(heard.iter().all(|r| r.verify(&chain.deployment.domain()) && (r.node == op_a || r.node == op_b)));
 
     let mut gas = 0u64;
     let mut gas_cost = [U256::ZERO; 2];
@@ -123,7 +128,10 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
         fees += fee(due);
     }
     assert_eq!(chain.balance(rewards).await - before[2], fees, "ValidatorRewards received the fees");
-    println!("settled 1000 paid jobs on 2 nodes with 2 redeemMany transactions: {gas} gas, {:.1} gas per job", gas as f64 / 1000.0);
+    println!(
+        "settled 1000 paid jobs on 2 nodes with 2 redeemMany transactions: {gas} gas, {:.1} gas per job",
+        gas as f64 / 1000.0
+    );
 
     // Validators can fetch a recent job's inputs and outputs over the audit protocol.
     let job = b.payments.as_ref().unwrap().gate().ledger().job_count();
@@ -138,6 +146,41 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     let unknown = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: B256::repeat_byte(9) });
     let Response::Error(e) = c.send_to(last.node, unknown).await.unwrap() else { panic!("not found") };
     assert_eq!(e.kind, ErrorKind::NotFound);
+}
+
+/// A validator-like peer subscribed to the receipts topic; returns what it hears.
+fn listen_for_receipts(node: libp2p::Multiaddr) -> Arc<std::sync::Mutex<Vec<mlbridge_sdk::protocol::ReceiptMsg>>> {
+    use futures::StreamExt;
+    use libp2p::gossipsub::{self, IdentTopic};
+    use mlbridge_sdk::net::{BehaviourEvent, build_swarm};
+    use mlbridge_sdk::protocol::{MAX_GOSSIP_BYTES, RECEIPTS_TOPIC, ReceiptMsg, decode};
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let net = NetConfig { listen: vec![], mdns: false, heartbeat: Duration::from_millis(100), ..NetConfig::default() };
+    let mut swarm = build_swarm(libp2p::identity::Keypair::generate_ed25519(), &net).unwrap();
+    swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(RECEIPTS_TOPIC)).unwrap();
+    swarm.dial(node).unwrap();
+    let out = heard.clone();
+    tokio::spawn(async move {
+        loop {
+            if let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                message_id,
+                propagation_source,
+            })) = swarm.select_next_some().await
+            {
+                if let Ok(r) = decode::<ReceiptMsg>(&message.data, MAX_GOSSIP_BYTES) {
+                    out.lock().unwrap().push(r);
+                }
+                let accept = gossipsub::MessageAcceptance::Accept;
+                let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    accept,
+                );
+            }
+        }
+    });
+    heard
 }
 
 fn next_job_id() -> B256 {
@@ -188,7 +231,9 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     tokio::time::sleep(Duration::from_millis(1200)).await; // 3 confirmations at 150 ms blocks, then a poll
     let inferences = || node.engine.metrics().inferences.with_label_values(&["mlp-tiny/1"]).get();
 
-    assert!(matches!(refusal(&c, &node, None).await, PaymentRefusal::Required { price, payee } if price == U256::from(PRICE) && payee == op));
+    assert!(
+        matches!(refusal(&c, &node, None).await, PaymentRefusal::Required { price, payee } if price == U256::from(PRICE) && payee == op)
+    );
     let forged = voucher(&PrivateKeySigner::random(), &chain, ours, PRICE);
     assert!(matches!(refusal(&c, &node, Some(forged)).await, PaymentRefusal::BadSignature { .. }));
     let over = voucher(&payer, &chain, ours, 10 * PRICE + 1);
@@ -212,7 +257,9 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
         assert!(matches!(ok, Response::Infer(ref r) if r.receipt.is_some()), "{ok:?}");
     }
     let replay = voucher(&payer, &chain, ours, 2 * PRICE);
-    assert!(matches!(refusal(&c, &node, Some(replay)).await, PaymentRefusal::Replayed { needed, .. } if needed == U256::from(3 * PRICE)));
+    assert!(
+        matches!(refusal(&c, &node, Some(replay)).await, PaymentRefusal::Replayed { needed, .. } if needed == U256::from(3 * PRICE))
+    );
     let lower = voucher(&payer, &chain, ours, PRICE);
     assert!(matches!(refusal(&c, &node, Some(lower)).await, PaymentRefusal::BelowAccepted { .. }));
     assert_eq!(inferences(), 2, "only the two paid jobs ran");

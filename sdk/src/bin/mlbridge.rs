@@ -182,12 +182,19 @@ async fn channel(cmd: ChannelCommand) -> anyhow::Result<()> {
         ChannelCommand::Open { pay, payee, deposit, expiry_hours } => {
             let payer = pay.payer().await?;
             let deposit = parse_ether(&deposit).context("--deposit is not an ETH amount")?;
-            let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + expiry_hours * 3600;
+            let expiry =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + expiry_hours * 3600;
             let (bar, mut progress) = tx_bar("open");
             let rec = payer.open_channel(payee, deposit, expiry, &mut progress).await;
             bar.finish();
             let rec = rec?;
-            println!("channel {} to {} with {} ETH, redeemable until unix {}", rec.channel_id, payee, format_ether(deposit), expiry);
+            println!(
+                "channel {} to {} with {} ETH, redeemable until unix {}",
+                rec.channel_id,
+                payee,
+                format_ether(deposit),
+                expiry
+            );
         }
         ChannelCommand::TopUp { pay, channel, amount } => {
             let payer = pay.payer().await?;
@@ -202,7 +209,10 @@ async fn channel(cmd: ChannelCommand) -> anyhow::Result<()> {
             let (bar, mut progress) = tx_bar("close");
             let rec = payer.close(channel, &mut progress).await;
             bar.finish();
-            println!("channel {channel} closes at unix {}; then run `mlbridge channel withdraw {channel}`", rec?.closes_at);
+            println!(
+                "channel {channel} closes at unix {}; then run `mlbridge channel withdraw {channel}`",
+                rec?.closes_at
+            );
         }
         ChannelCommand::Withdraw { pay, channel } => {
             let payer = pay.payer().await?;
@@ -213,7 +223,10 @@ async fn channel(cmd: ChannelCommand) -> anyhow::Result<()> {
         }
         ChannelCommand::List { pay } => {
             let payer = pay.payer().await?;
-            println!("{:<66} {:<42} {:>14} {:>14} {:>12} status", "channel", "payee", "deposit ETH", "signed ETH", "expiry");
+            println!(
+                "{:<66} {:<42} {:>14} {:>14} {:>12} status",
+                "channel", "payee", "deposit ETH", "signed ETH", "expiry"
+            );
             for rec in payer.store().list() {
                 let rec = payer.refresh(rec.channel_id).await.unwrap_or(rec);
                 let status = if rec.withdrawn {
@@ -375,9 +388,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "signature": format!("0x{}", hex::encode(r.signature)),
                 })
             });
-            let paid = out.paid.as_ref().map(|v| {
-                serde_json::json!({ "channel": v.channel_id, "cumulative_wei": v.cumulative_amount.to_string() })
-            });
+            let paid = out.paid.as_ref().map(
+                |v| serde_json::json!({ "channel": v.channel_id, "cumulative_wei": v.cumulative_amount.to_string() }),
+            );
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({

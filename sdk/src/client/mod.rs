@@ -35,8 +35,8 @@ use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addres
 use crate::payment::{Payer, Payment};
 use crate::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
-    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
-    tensors_hash, texts_hash,
+    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic, tensors_hash,
+    texts_hash,
 };
 use crate::{Error, ModelId, Result, Tensor};
 
@@ -292,12 +292,19 @@ impl Client {
             let peer = picked.peer;
             match self.run_on(picked, input_hash, &make).await {
                 Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
-                Err(e @ Error::Remote { kind: ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel, .. }) => {
+                Err(
+                    e @ Error::Remote {
+                        kind: ErrorKind::Overloaded | ErrorKind::Internal | ErrorKind::UnknownModel,
+                        ..
+                    },
+                ) => {
                     // The node cannot serve it now, or its advert was stale: try another.
                     last = e;
                 }
                 // Our request (or payment) is at fault, or the node cheated: another node would not help.
-                Err(e @ (Error::Remote { .. } | Error::PaymentRefused { .. } | Error::BadReceipt { .. })) => return Err(e),
+                Err(e @ (Error::Remote { .. } | Error::PaymentRefused { .. } | Error::BadReceipt { .. })) => {
+                    return Err(e);
+                }
                 // Funding failed (chain, limit, store): no node can be paid.
                 Err(e @ (Error::SpendLimit { .. } | Error::Store { .. } | Error::ChannelExhausted { .. })) => {
                     return Err(e);
@@ -350,7 +357,9 @@ impl Client {
                             tokio::time::sleep(Duration::from_millis(250)).await;
                             continue;
                         }
-                        Some(refusal) => Err(Error::PaymentRefused { peer: peer.to_string(), refusal: Box::new(refusal) }),
+                        Some(refusal) => {
+                            Err(Error::PaymentRefused { peer: peer.to_string(), refusal: Box::new(refusal) })
+                        }
                         None => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
                     }
                 }

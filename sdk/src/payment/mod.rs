@@ -217,7 +217,11 @@ impl Payer {
                 TxState::Dropped => return Err(Error::Rpc("the transaction was dropped by the chain".into())),
                 TxState::Included { block, .. } => {
                     let head = self.provider.get_block_number().await.unwrap_or(block);
-                    progress(TxProgress::Confirmations { block, have: (head + 1).saturating_sub(block).min(need), need });
+                    progress(TxProgress::Confirmations {
+                        block,
+                        have: (head + 1).saturating_sub(block).min(need),
+                        need,
+                    });
                 }
                 TxState::Pending | TxState::Reorged { .. } | TxState::Resubmitted => progress(TxProgress::Pending),
             }
