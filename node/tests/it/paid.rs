@@ -143,6 +143,10 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     assert_eq!(record.receipt, receipt);
     assert_eq!(record.inputs, input(0.75));
     assert_eq!(record.outputs, last.response.outputs);
+    // The open market pays too: the winning bid's price goes to its node's operator, with a verified receipt.
+    let model_id = a.engine.config("mlp-tiny", Some(1)).unwrap().sha256;
+    let market = c.offer(model_id, input(0.9), U256::from(PRICE), Duration::from_millis(1500)).await.unwrap();
+    assert!(market.outcome.paid.is_some() && market.outcome.response.receipt.is_some());
     let unknown = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: B256::repeat_byte(9) });
     let Response::Error(e) = c.send_to(last.node, unknown).await.unwrap() else { panic!("not found") };
     assert_eq!(e.kind, ErrorKind::NotFound);

@@ -290,7 +290,7 @@ impl Client {
                 .await?;
             let Some(picked) = picked else { break };
             let peer = picked.peer;
-            match self.run_on(picked, input_hash, &make).await {
+            match self.run_on(picked, random_id(), input_hash, &make).await {
                 Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
                 Err(
                     e @ Error::Remote {
@@ -321,11 +321,11 @@ impl Client {
     async fn run_on(
         &self,
         picked: Picked,
+        job_id: B256,
         input_hash: B256,
         make: &impl Fn(B256, Option<WireVoucher>) -> Request,
     ) -> Result<(InferResponse, Option<WireVoucher>)> {
         let peer = picked.peer;
-        let job_id = random_id();
         // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
         let mut waits = 0;
         loop {
@@ -443,23 +443,31 @@ impl Client {
         else {
             return Err(Error::NoNodes { model: model_id.to_string() });
         };
-        let request = Request::Infer(InferRequest {
-            version: WIRE_VERSION,
-            job_id,
-            model: bid.model.clone(),
-            inputs,
-            voucher: None,
-            queue_timeout_ms: self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
-        });
-        match self.send_to(peer, request).await? {
-            Response::Infer(r) => {
-                Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response: *r, attempts: 1, paid: None } })
-            }
-            Response::Error(e) => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
-            Response::Ack | Response::Audit(_) => {
-                Err(Error::Network(format!("node {peer} answered a job with something else")))
-            }
-        }
+        // Pay the bid's price to the operator of the node's advert (receipt checked as for routed jobs).
+        let operator = self
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.peer_id == peer)
+            .map(|n| n.operator)
+            .ok_or_else(|| Error::NoNodes { model: model_id.to_string() })?;
+        let picked = Picked { peer, operator, price: bid.price_wei };
+        let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
+        let input_hash = tensors_hash(&inputs);
+        let model = bid.model.clone();
+        let (response, paid) = self
+            .run_on(picked, job_id, input_hash, &move |job_id, voucher| {
+                Request::Infer(InferRequest {
+                    version: WIRE_VERSION,
+                    job_id,
+                    model: model.clone(),
+                    inputs: inputs.clone(),
+                    voucher,
+                    queue_timeout_ms: queue_ms,
+                })
+            })
+            .await?;
+        Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response, attempts: 1, paid } })
     }
 }
 
