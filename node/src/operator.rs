@@ -168,13 +168,15 @@ pub async fn status(args: &OperatorArgs) -> Result<()> {
             ch["failed"].as_str().map(|f| format!(" FAILED: {f}")).unwrap_or_default()
         );
     }
-    println!("last settlements (head {}):", status["head"]);
+    // Confirmations against the chain's head now (the node's view may be a poll behind).
+    let head = provider.get_block_number().await.ok().or_else(|| status["head"].as_u64()).unwrap_or_default();
+    println!("last settlements (head {head}):");
     for s in status["settlements"].as_array().cloned().unwrap_or_default() {
+        let block = s["block"].as_u64().unwrap_or_default();
         println!(
-            "  {} block {} ({} confirmations) channels {} jobs {} amount {} ETH gas {}",
+            "  {} block {block} ({} confirmations) channels {} jobs {} amount {} ETH gas {}",
             s["tx"].as_str().unwrap_or("?"),
-            s["block"],
-            s["confirmations"],
+            (head + 1).saturating_sub(block),
             s["channels"],
             s["jobs"],
             format_ether(wei(&s["amount_wei"])),

@@ -3,7 +3,8 @@
 //! A payer must never sign a lower or conflicting amount, even after a crash: the amount it may sign up to is
 //! reserved on disk (flushed) *before* a voucher with it is signed. Reserving `reserve_ahead` prices at a time makes
 //! that one disk write per `reserve_ahead` vouchers; after a restart signing resumes above the reservation, so a crash
-//! costs the payer at most `reserve_ahead - 1` prices that no job used.
+//! costs the payer at most `reserve_ahead - 1` prices that no job used. Dropping the store (a clean exit) writes the
+//! exact amounts back, so short-lived processes such as the CLI lose nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,6 +181,19 @@ impl VoucherStore {
     }
 }
 
+impl Drop for VoucherStore {
+    /// A clean exit: give back the unused reservations, so the next process resumes exactly where this one stopped.
+    fn drop(&mut self) {
+        let records: Vec<ChannelRecord> = self.lock().values().filter(|r| r.reserved > r.signed).cloned().collect();
+        for mut rec in records {
+            rec.reserved = rec.signed;
+            if let Err(err) = self.write(&rec) {
+                tracing::warn!(target: "sdk::payment", %err, "cannot release the voucher reservation; the next run skips it");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,21 +212,40 @@ mod tests {
         }
     }
 
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn amounts_grow_and_survive_a_restart_without_going_back() {
         let dir = tempfile::tempdir().unwrap();
+        let (live, crashed) = (dir.path().join("live"), dir.path().join("crashed"));
         let ch = B256::repeat_byte(1);
         {
-            let s = VoucherStore::open(dir.path(), 4).unwrap();
+            let s = VoucherStore::open(&live, 4).unwrap();
             s.upsert(record(1, 1000)).unwrap();
             let amounts: Vec<U256> = (0..5).map(|_| s.next_amount(&ch, U256::from(10u64)).unwrap()).collect();
             assert_eq!(amounts, (1..=5u64).map(|i| U256::from(10 * i)).collect::<Vec<_>>());
             // Reserved in blocks of 4 prices: after 50 signed, 80 is reserved on disk.
             assert_eq!(s.get(&ch).unwrap().reserved, U256::from(80u64));
+            // What a crash now would leave on disk.
+            copy_dir(&live, &crashed);
         }
-        // "Crash": reopen. Signing resumes above the reservation, never at or below anything signed before.
-        let s = VoucherStore::open(dir.path(), 4).unwrap();
+        // After the crash, signing resumes above the reservation, never at or below anything signed before.
+        let s = VoucherStore::open(&crashed, 4).unwrap();
         assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(90u64));
+        // After a clean exit the reservation was given back: the next process continues exactly.
+        let s = VoucherStore::open(&live, 4).unwrap();
+        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(60u64));
     }
 
     #[test]
