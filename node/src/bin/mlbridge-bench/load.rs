@@ -31,6 +31,21 @@ impl Stats {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The mean of several measurements of the same thing (throughput, percentiles and errors averaged).
+    pub(crate) fn mean(runs: &[Stats]) -> Stats {
+        let n = runs.len().max(1) as f64;
+        let avg = |f: fn(&Stats) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        let elapsed = Duration::from_secs_f64(avg(|s| s.elapsed.as_secs_f64()));
+        Stats {
+            requests: (avg(Stats::throughput) * elapsed.as_secs_f64()).round() as usize,
+            errors: runs.iter().map(|s| s.errors).sum(),
+            elapsed,
+            p50_ms: avg(|s| s.p50_ms),
+            p95_ms: avg(|s| s.p95_ms),
+            p99_ms: avg(|s| s.p99_ms),
+        }
+    }
+
     pub(crate) fn from_latencies(mut lat: Vec<Duration>, errors: usize, elapsed: Duration) -> Self {
         lat.sort();
         let pct = |p: f64| {

@@ -29,6 +29,12 @@ struct Cli {
     /// The node binary, for the cold-start measurement.
     #[arg(long, default_value = "target/release/mlbridge-node")]
     node_bin: PathBuf,
+    /// Only these models (paid benchmark; default: mlp-tiny and minilm-l6).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Measurements per row, alternating free and paid (paid benchmark); the row shows their mean.
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
     /// The anvil binary, for the paid benchmark.
     #[arg(long, default_value = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")]
     anvil: PathBuf,
@@ -55,7 +61,9 @@ fn main() {
     let result = match cli.suite {
         Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
         Suite::P2p => rt.block_on(scenarios::p2p(&cli.model_repository, limits)),
-        Suite::Paid => rt.block_on(paid::paid(&cli.model_repository, &cli.anvil, limits)),
+        Suite::Paid => {
+            rt.block_on(paid::paid(&cli.model_repository, &cli.anvil, &cli.models, cli.repeats.max(1), limits))
+        }
     };
     if let Err(err) = result {
         eprintln!("Error: {err:?}");

@@ -46,7 +46,13 @@ async fn client_for(n: &RunningNode) -> Result<Client> {
 }
 
 /// Paid vs free over p2p for mlp-tiny and MiniLM INT8 at concurrency 1/16/64, and settlement gas per inference.
-pub(crate) async fn paid(repo: &Path, anvil_bin: &Path, limits: Limits) -> Result<()> {
+pub(crate) async fn paid(
+    repo: &Path,
+    anvil_bin: &Path,
+    models: &[String],
+    repeats: usize,
+    limits: Limits,
+) -> Result<()> {
     let anvil = Anvil::at(anvil_bin).arg("--host").arg("127.0.0.1").arg("--block-time").arg("1").try_spawn()?;
     let key = |i: usize| -> PrivateKeySigner { anvil.keys()[i].clone().into() };
     let deployer = ProviderBuilder::new().wallet(key(0)).connect_http(anvil.endpoint().parse()?).erased();
@@ -100,9 +106,12 @@ pub(crate) async fn paid(repo: &Path, anvil_bin: &Path, limits: Limits) -> Resul
     let warm = request(&paid.engine, "mlp-tiny", 1, 0)?;
     paid_client.infer("mlp-tiny", Some(1), warm).await.context("warm-up paid job")?;
 
-    header("paid vs free over libp2p (\"of raw\" = share of the free path at the same concurrency)");
+    header("paid vs free over libp2p (\"of raw\" = share of the free path at the same concurrency; mean of the alternating runs)");
     let mut ratios = Vec::new();
     for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {
+        if !models.is_empty() && !models.iter().any(|m| m == name) {
+            continue;
+        }
         let what = format!("{name}/{version} {label}");
         let inputs = request(&free.engine, name, version, 0)?;
         for c in [1usize, 16, 64] {
@@ -121,9 +130,14 @@ pub(crate) async fn paid(repo: &Path, anvil_bin: &Path, limits: Limits) -> Resul
                     }
                 })
             };
-            let f: Stats = measure(free_client.clone()).await;
+            // Alternate free and paid runs so that drift in this machine's speed hits both alike.
+            let (mut frees, mut paids) = (Vec::new(), Vec::new());
+            for _ in 0..repeats {
+                frees.push(measure(free_client.clone()).await);
+                paids.push(measure(paid_client.clone()).await);
+            }
+            let (f, p) = (Stats::mean(&frees), Stats::mean(&paids));
             row(&what, "p2p free", c, &f, Some(f.throughput()));
-            let p: Stats = measure(paid_client.clone()).await;
             row(&what, "p2p paid", c, &p, Some(f.throughput()));
             ratios.push((what.clone(), c, p.throughput() / f.throughput()));
         }
