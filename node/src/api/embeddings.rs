@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{self, PeerAddr};
-use crate::payment::Completed;
+use crate::payment::{Completed, guarded};
 
 /// Request body: `{"model": "minilm-l6", "input": "text" | ["texts"]}`.
 #[derive(Debug, Deserialize)]
@@ -61,15 +61,8 @@ pub(crate) async fn embeddings(
     }
     let config = state.engine.config(name, version)?.clone();
     let paid = pay::authorize(&state, &headers, peer.0, &config)?;
-    let out = match state.engine.embed(name, Some(config.version), &texts).await {
-        Ok(o) => o,
-        Err(e) => {
-            if let Some(p) = &paid {
-                p.service.release(&p.auth);
-            }
-            return Err(e.into());
-        }
-    };
+    let work = state.engine.embed(name, Some(config.version), &texts);
+    let out = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
             let dim = out.vectors.first().map_or(0, Vec::len);
@@ -86,7 +79,7 @@ pub(crate) async fn embeddings(
                 texts: texts.clone(),
                 outputs: &outputs,
             };
-            Some(p.service.complete(&p.auth, done).await?)
+            Some(p.service.complete(&p.auth, done)?)
         }
         None => None,
     };

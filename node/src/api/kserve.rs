@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{self, PeerAddr};
 use crate::inference::ModelConfig;
-use crate::payment::Completed;
+use crate::payment::{Completed, guarded};
 
 /// `POST .../infer` body.
 #[derive(Debug, Deserialize)]
@@ -208,15 +208,8 @@ async fn run_infer(
     let inputs = req.inputs.into_iter().map(to_tensor).collect::<Result<Vec<_>, _>>()?;
     let paid = pay::authorize(state, headers, peer.0, config)?;
     let kept = paid.as_ref().map(|_| inputs.clone());
-    let inference = match state.engine.infer(&config.name, Some(config.version), inputs).await {
-        Ok(i) => i,
-        Err(e) => {
-            if let Some(p) = &paid {
-                p.service.release(&p.auth);
-            }
-            return Err(e.into());
-        }
-    };
+    let work = state.engine.infer(&config.name, Some(config.version), inputs);
+    let inference = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
             let inputs = kept.unwrap_or_default();
@@ -229,7 +222,7 @@ async fn run_infer(
                 texts: Vec::new(),
                 outputs: &inference.outputs,
             };
-            Some(p.service.complete(&p.auth, done).await?)
+            Some(p.service.complete(&p.auth, done)?)
         }
         None => None,
     };

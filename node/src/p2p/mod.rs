@@ -41,7 +41,7 @@ use crate::inference::Engine;
 use crate::inference::ModelConfig;
 use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
-use crate::payment::{Authorization, Completed, PaymentService};
+use crate::payment::{Authorization, Completed, PaymentService, guarded};
 use crate::{Error, Result};
 
 /// Commands to the swarm task.
@@ -590,7 +590,7 @@ async fn finish(
 ) -> Served {
     let mut answer = answer;
     let receipt = match (payments, auth) {
-        (Some(p), Some(auth)) => match p.complete(&auth, done(&answer.outputs)).await {
+        (Some(p), Some(auth)) => match p.complete(&auth, done(&answer.outputs)) {
             Ok(r) => Some(r),
             Err(e) => return Served::error(engine_error(&e)),
         },
@@ -616,7 +616,8 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
     // A paid job keeps its inputs for the receipt and the audit record.
     let kept = auth.as_ref().map(|_| r.inputs.clone());
     let queue_timeout = r.queue_timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
-    match engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout).await {
+    let work = engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout);
+    match guarded(payments, auth.as_ref(), work).await {
         Ok(inference) => {
             let answer = InferResponse {
                 version: WIRE_VERSION,
@@ -637,12 +638,7 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
             })
             .await
         }
-        Err(e) => {
-            if let (Some(p), Some(a)) = (payments, &auth) {
-                p.release(a);
-            }
-            Served::error(engine_error(&e))
-        }
+        Err(e) => Served::error(engine_error(&e)),
     }
 }
 
@@ -655,13 +651,14 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };
-    let result = engine.embed(&config.name, Some(config.version), &r.texts).await.and_then(|emb| {
+    let work = async {
+        let emb = engine.embed(&config.name, Some(config.version), &r.texts).await?;
         let dim = emb.vectors.first().map_or(0, Vec::len);
         let data: Vec<f32> = emb.vectors.into_iter().flatten().collect();
         let shape = vec![r.texts.len() as i64, dim as i64];
         Tensor::new("embedding", shape, TensorData::Fp32(data)).map_err(Error::Sdk)
-    });
-    match result {
+    };
+    match guarded(payments, auth.as_ref(), work).await {
         Ok(t) => {
             let answer = InferResponse {
                 version: WIRE_VERSION,
@@ -681,12 +678,7 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
             })
             .await
         }
-        Err(e) => {
-            if let (Some(p), Some(a)) = (payments, &auth) {
-                p.release(a);
-            }
-            Served::error(engine_error(&e))
-        }
+        Err(e) => Served::error(engine_error(&e)),
     }
 }
 

@@ -2,15 +2,17 @@
 //!
 //! [`Gate::authorize`] runs before any work: the channel is confirmed and pays us, is not about to stop being
 //! redeemable, the voucher is signed by its payer and stays within the confirmed deposit, and the vouchers we hold
-//! cover every job charged on the channel plus this one. The check and the reservation of the price happen under
-//! one lock per node, so two concurrent jobs can never take the same increment. [`Gate::commit`] turns the
-//! reservation into a charge, writes the channel entry and the job record and flushes the ledger — before the
-//! answer is sent. [`Gate::release`] undoes a reservation whose job failed: nothing is recorded for it.
+//! cover every job charged on the channel plus this one. The check and the charge happen under one lock per node,
+//! so two concurrent jobs can never take the same increment. [`Gate::persist`] writes the channel entry (best
+//! voucher and charges) and flushes the ledger; callers run it *while* the model computes and wait for it before
+//! answering, so the voucher is on disk before the answer leaves without adding the fsync to the job's latency.
+//! [`Gate::record`] adds the job record (made durable by the next flush); [`Gate::release`] refunds the charge of
+//! a job that failed after authorization. A refused payment records nothing.
 //!
 //! Coverage rather than strict succession: a client may have several jobs in flight on one channel, and their
 //! vouchers can arrive out of order. The node therefore accepts a voucher when `max(highest held, voucher) >=
-//! charged + in flight + price` — the highest voucher it holds always pays for every job it answered, and a
-//! replayed or lower voucher adds nothing, so it is refused unless the payer had already paid ahead.
+//! charged + price` (charges include jobs in flight) — the highest voucher it holds always pays for every job it
+//! answered, and a replayed or lower voucher adds nothing, so it is refused unless the payer had already paid ahead.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,7 +41,6 @@ pub struct Authorization {
 #[derive(Debug)]
 struct Slot {
     entry: ChannelEntry,
-    in_flight: U256,
 }
 
 /// The voucher check and its state.
@@ -119,11 +120,11 @@ impl Gate {
                     payer: view.payer,
                     ..ChannelEntry::default()
                 });
-                vacant.insert(Slot { entry, in_flight: U256::ZERO })
+                vacant.insert(Slot { entry })
             }
         };
         let best = slot.entry.best_amount;
-        let needed = slot.entry.charged + slot.in_flight + price;
+        let needed = slot.entry.charged + price;
         if best.max(v.cumulative_amount) < needed {
             let amount = v.cumulative_amount;
             let needed = needed.max(best + price);
@@ -135,7 +136,8 @@ impl Gate {
                 PaymentRefusal::Underpaid { channel, amount, needed, price }
             });
         }
-        slot.in_flight += price;
+        slot.entry.charged += price;
+        slot.entry.jobs += 1;
         if v.cumulative_amount > best {
             slot.entry.best_amount = v.cumulative_amount;
             slot.entry.best_signature = v.signature.to_vec();
@@ -144,25 +146,32 @@ impl Gate {
         Ok(Authorization { channel_id: channel, price, amount: v.cumulative_amount })
     }
 
-    /// The job was answered: charge it, record it, and make both durable. Call before sending the answer.
-    pub async fn commit(&self, auth: &Authorization, job: &JobRecord) -> Result<()> {
+    /// Make the channel's best voucher and charges durable (a group commit). Run it alongside the job's work and
+    /// wait for it before answering.
+    pub async fn persist(&self, auth: &Authorization) -> Result<()> {
         {
-            let mut slots = self.slots();
-            let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
-            slot.in_flight -= auth.price;
-            slot.entry.charged += auth.price;
-            slot.entry.jobs += 1;
+            let slots = self.slots();
+            let slot = slots.get(&auth.channel_id).expect("an authorized channel has a slot");
             // Written under the lock, so a later state never lands before an earlier one.
             self.ledger.put_channel(&slot.entry)?;
-            self.ledger.put_job(job)?;
         }
         self.ledger.flush().await
     }
 
-    /// The job failed after authorization: free its reservation. Nothing is charged or recorded.
+    /// Keep the record of an answered job (durable with the next flush).
+    pub fn record(&self, job: &JobRecord) -> Result<()> {
+        self.ledger.put_job(job)
+    }
+
+    /// The job failed after authorization: refund its charge.
     pub fn release(&self, auth: &Authorization) {
-        if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
-            slot.in_flight -= auth.price;
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get_mut(&auth.channel_id) {
+            slot.entry.charged -= auth.price;
+            slot.entry.jobs -= 1;
+            if let Err(err) = self.ledger.put_channel(&slot.entry) {
+                tracing::warn!(target: "node::payment", %err, "cannot write a refund to the ledger");
+            }
         }
     }
 
@@ -277,7 +286,7 @@ mod tests {
             *s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err(),
             PaymentRefusal::Replayed { .. }
         ));
-        // The first fails: its reservation is released, so the same amount pays the next job.
+        // The first fails: its charge is refunded, so the same amount pays the next job.
         s.gate.release(&first);
         let again = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -291,8 +300,10 @@ mod tests {
             voucher_amount: auth.amount,
             at_ms: 1,
         };
-        rt.block_on(s.gate.commit(&second, &job(2, &second))).unwrap();
-        rt.block_on(s.gate.commit(&again, &job(3, &again))).unwrap();
+        for (id, auth) in [(2, &second), (3, &again)] {
+            rt.block_on(s.gate.persist(auth)).unwrap();
+            s.gate.record(&job(id, auth)).unwrap();
+        }
         let entry = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
         assert_eq!((entry.jobs, entry.charged, entry.best_amount), (2, U256::from(2 * PRICE), U256::from(2 * PRICE)));
         assert!(matches!(

@@ -8,7 +8,8 @@
 //! - [`audit`]: inputs and outputs of recent paid jobs, served to validators over the audit protocol.
 //!
 //! [`PaymentService`] ties them together for the p2p and HTTP front ends: [`PaymentService::authorize`] before the
-//! work, [`PaymentService::complete`] (receipt + durable record) or [`PaymentService::release`] after it.
+//! work, [`PaymentService::secure`] alongside it (the voucher on disk), then [`PaymentService::complete`] (receipt,
+//! job record, audit record) or [`PaymentService::release`] after it.
 
 pub mod audit;
 pub mod gate;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod settlement;
 pub mod watcher;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,9 +206,14 @@ impl PaymentService {
         self.gate.release(auth);
     }
 
-    /// The job succeeded: sign its receipt, record it durably (flushed) and keep it for audits. The answer may be
-    /// sent once this returns.
-    pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+    /// Make the job's voucher durable. Run it while the job computes; answer only once it returned `Ok`.
+    pub async fn secure(&self, auth: &Authorization) -> Result<()> {
+        self.gate.persist(auth).await
+    }
+
+    /// The job succeeded (and [`PaymentService::secure`] returned): sign its receipt, record the job and keep it for
+    /// audits.
+    pub fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
         let receipt = Receipt {
             jobId: done.job_id,
             modelId: B256::from(*done.model_id.as_bytes()),
@@ -232,7 +239,7 @@ impl PaymentService {
             voucher_amount: auth.amount,
             at_ms: gate::now_ms(),
         };
-        self.gate.commit(auth, &job).await?;
+        self.gate.record(&job)?;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
         self.audit.insert(AuditRecord {
@@ -249,6 +256,30 @@ impl PaymentService {
     /// A recent job's audit record.
     pub fn audit(&self, job: &B256) -> Option<Arc<AuditRecord>> {
         self.audit.get(job)
+    }
+}
+
+/// Run a job's `work` while its voucher is made durable (paid jobs); if either fails the charge is refunded.
+pub async fn guarded<T>(
+    payments: Option<&PaymentService>,
+    auth: Option<&Authorization>,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let secure = async {
+        match (payments, auth) {
+            (Some(p), Some(a)) => p.secure(a).await,
+            _ => Ok(()),
+        }
+    };
+    let (out, secured) = tokio::join!(work, secure);
+    match (out, secured) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) | (_, Err(e)) => {
+            if let (Some(p), Some(a)) = (payments, auth) {
+                p.release(a);
+            }
+            Err(e)
+        }
     }
 }
 

@@ -106,7 +106,9 @@ pub(crate) async fn paid(
     let warm = request(&paid.engine, "mlp-tiny", 1, 0)?;
     paid_client.infer("mlp-tiny", Some(1), warm).await.context("warm-up paid job")?;
 
-    header("paid vs free over libp2p (\"of raw\" = share of the free path at the same concurrency; mean of the alternating runs)");
+    header(
+        "paid vs free over libp2p (\"of raw\" = share of the free path at the same concurrency; mean of the alternating runs)",
+    );
     let mut ratios = Vec::new();
     for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {
         if !models.is_empty() && !models.iter().any(|m| m == name) {
