@@ -14,10 +14,7 @@ use alloy::signers::local::PrivateKeySigner;
 use mlbridge_node::config::NodeConfig;
 use mlbridge_sdk::chain::{DeployParams, Deployment, deploy};
 use mlbridge_sdk::payment::{Payer, PayerConfig, PaymentPolicy};
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool as Flag;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+pub use mlbridge_testkit::Proxy;
 
 pub const ETHER: u128 = 1_000_000_000_000_000_000;
 
@@ -121,49 +118,4 @@ pub async fn payer(chain: &Chain, key: usize, store: &Path, max_spend: u128) -> 
         poll_interval: Duration::from_millis(50),
     };
     Arc::new(Payer::connect(chain.key(key), config).await.unwrap())
-}
-
-/// A TCP proxy in front of the RPC; `set_down(true)` cuts every connection and refuses new ones.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    down: Arc<Flag>,
-    kill: broadcast::Sender<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let down = Arc::new(Flag::new(false));
-        let (kill, _) = broadcast::channel(16);
-        let (down2, kill2) = (down.clone(), kill.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if down2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut killed = kill2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = killed.recv() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, down, kill }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            let _ = self.kill.send(());
-        }
-    }
 }

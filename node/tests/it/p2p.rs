@@ -52,15 +52,7 @@ async fn network(edit: impl Fn(usize, &mut NodeConfig)) -> Vec<RunningNode> {
 }
 
 async fn client(boot: &RunningNode, strategy: Strategy) -> Client {
-    let net = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: addrs(boot).await,
-        mdns: false,
-        heartbeat: Duration::from_millis(200),
-        ..NetConfig::default()
-    };
-    Client::start(ClientConfig { net, strategy, request_timeout: Duration::from_secs(5), ..ClientConfig::default() })
-        .unwrap()
+    client_with_timeout(boot, strategy, Duration::from_secs(5)).await
 }
 
 fn mlp_input(seed: f32) -> Vec<Tensor> {

@@ -13,7 +13,7 @@ use alloy::signers::local::PrivateKeySigner;
 use libp2p::PeerId;
 use mlbridge_node::server::RunningNode;
 use mlbridge_sdk::chain::bindings::PaymentChannels;
-use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+use mlbridge_sdk::client::{Client, Strategy};
 use mlbridge_sdk::net::NetConfig;
 use mlbridge_sdk::protocol::{
     AuditRequest, ErrorKind, InferRequest, ModelRef, PaymentRefusal, Request, Response, WIRE_VERSION, WireVoucher,
@@ -32,15 +32,7 @@ fn input(seed: f32) -> Vec<Tensor> {
 }
 
 async fn client(boot: &RunningNode, strategy: Strategy) -> Client {
-    let net = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: addrs(boot).await,
-        mdns: false,
-        heartbeat: Duration::from_millis(200),
-        ..NetConfig::default()
-    };
-    Client::start(ClientConfig { net, strategy, request_timeout: Duration::from_secs(10), ..ClientConfig::default() })
-        .unwrap()
+    client_with_timeout(boot, strategy, Duration::from_secs(10)).await
 }
 
 fn peer(node: &RunningNode) -> PeerId {

@@ -87,3 +87,21 @@ pub async fn addrs(node: &RunningNode) -> Vec<libp2p::Multiaddr> {
     }
     panic!("node did not listen");
 }
+
+/// A network client bootstrapped to `boot` on 127.0.0.1, with `request_timeout` per request.
+pub async fn client_with_timeout(
+    boot: &RunningNode,
+    strategy: mlbridge_sdk::client::Strategy,
+    request_timeout: std::time::Duration,
+) -> mlbridge_sdk::client::Client {
+    use mlbridge_sdk::client::{Client, ClientConfig};
+    use mlbridge_sdk::net::NetConfig;
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: addrs(boot).await,
+        mdns: false,
+        heartbeat: std::time::Duration::from_millis(200),
+        ..NetConfig::default()
+    };
+    Client::start(ClientConfig { net, strategy, request_timeout, ..ClientConfig::default() }).unwrap()
+}

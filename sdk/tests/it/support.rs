@@ -2,15 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use mlbridge_sdk::chain::{DeployParams, Deployment, deploy};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+pub use mlbridge_testkit::Proxy;
 
 pub fn anvil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
@@ -42,51 +39,6 @@ pub fn wallet_provider(url: &str, signer: PrivateKeySigner) -> DynProvider {
 pub async fn deploy_all(anvil: &AnvilInstance) -> Deployment {
     let p = wallet_provider(&anvil.endpoint(), key(anvil, 0));
     deploy(&p, &DeployParams::default()).await.unwrap()
-}
-
-/// A TCP proxy in front of the RPC; `set_down(true)` cuts every connection and refuses new ones.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    down: Arc<AtomicBool>,
-    kill: broadcast::Sender<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let down = Arc::new(AtomicBool::new(false));
-        let (kill, _) = broadcast::channel(16);
-        let (down2, kill2) = (down.clone(), kill.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if down2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut killed = kill2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = killed.recv() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, down, kill }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            let _ = self.kill.send(());
-        }
-    }
 }
 
 pub fn anvil_addr(anvil: &AnvilInstance) -> SocketAddr {

@@ -12,38 +12,15 @@ use alloy::node_bindings::Anvil;
 use alloy::primitives::U256;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use anyhow::{Context, Result, bail};
-use mlbridge_node::server::RunningNode;
+use anyhow::{Context, Result};
 use mlbridge_sdk::chain::{DeployParams, deploy};
-use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
-use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::client::Client;
 use mlbridge_sdk::payment::{Payer, PayerConfig, PaymentPolicy};
 
 use crate::load::{self, Limits, Stats};
-use crate::scenarios::{header, node, request, row};
+use crate::scenarios::{client_for, header, node, request, row};
 
 const ETHER: u128 = 1_000_000_000_000_000_000;
-
-async fn client_for(n: &RunningNode) -> Result<Client> {
-    let p2p = n.p2p.as_ref().context("p2p is enabled")?;
-    let mut addrs = p2p.listen_addrs().await?;
-    while addrs.is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        addrs = p2p.listen_addrs().await?;
-    }
-    let net = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-        bootstrap: addrs,
-        mdns: false,
-        heartbeat: Duration::from_millis(200),
-        ..NetConfig::default()
-    };
-    let client = Client::start(ClientConfig { net, strategy: Strategy::RoundRobin, ..ClientConfig::default() })?;
-    if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await?.is_empty() {
-        bail!("the client did not see the node's advert");
-    }
-    Ok(client)
-}
 
 /// Paid vs free over p2p for mlp-tiny and MiniLM INT8 at concurrency 1/16/64, and settlement gas per inference.
 pub(crate) async fn paid(

@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use mlbridge_node::config::NodeConfig;
 use mlbridge_node::inference::{Engine, ModelRepository, OnnxRuntime};
 use mlbridge_node::server::{RunningNode, start};
+use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+use mlbridge_sdk::net::NetConfig;
 use mlbridge_sdk::{Tensor, TensorData};
 use serde_json::json;
 
@@ -335,20 +337,8 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
     Ok(())
 }
 
-/// Throughput and latency over libp2p next to HTTP and raw ONNX Runtime, for mlp-tiny and MiniLM INT8.
-pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
-    use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
-    use mlbridge_sdk::net::NetConfig;
-
-    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
-    println!("# P2P benchmark");
-    println!(
-        "\n{} CPUs, {} s per row, batch 1 per request; node and client in one process on 127.0.0.1 (libp2p over TCP, \
-         noise, yamux); result cache off.",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        limits.seconds
-    );
-    let n = node(repo, |c| c.cache.enabled = false).await?;
+/// A network client (round robin) that has seen `n`'s advert.
+pub(crate) async fn client_for(n: &RunningNode) -> Result<Client> {
     let p2p = n.p2p.as_ref().context("p2p is enabled")?;
     let mut addrs = p2p.listen_addrs().await?;
     while addrs.is_empty() {
@@ -366,6 +356,21 @@ pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
     if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await?.is_empty() {
         bail!("the client did not see the node's advert");
     }
+    Ok(client)
+}
+
+/// Throughput and latency over libp2p next to HTTP and raw ONNX Runtime, for mlp-tiny and MiniLM INT8.
+pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    println!("# P2P benchmark");
+    println!(
+        "\n{} CPUs, {} s per row, batch 1 per request; node and client in one process on 127.0.0.1 (libp2p over TCP, \
+         noise, yamux); result cache off.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        limits.seconds
+    );
+    let n = node(repo, |c| c.cache.enabled = false).await?;
+    let client = client_for(&n).await?;
     let runtime = OnnxRuntime::init(None)?;
     let repository = ModelRepository::open(repo)?;
     header("libp2p vs HTTP vs raw ONNX Runtime");
