@@ -139,13 +139,15 @@ impl Settler {
     async fn due(&self, force: bool) -> Result<Vec<ChannelEntry>> {
         let now = now_ms() / 1000;
         let mut entries = self.gate.entries()?;
-        // The chain may know of redemptions the ledger missed (a crash between confirmation and bookkeeping).
         for e in &mut entries {
-            if let super::watcher::Lookup::Confirmed(view) = self.gate.watcher().lookup(&e.channel_id)
-                && view.redeemed > e.redeemed
-            {
-                self.gate.mark_redeemed(&e.channel_id, view.redeemed, None)?;
-                e.redeemed = view.redeemed;
+            if let super::watcher::Lookup::Confirmed(view) = self.gate.watcher().lookup(&e.channel_id) {
+                // The chain may know of redemptions the ledger missed (a crash between confirmation and bookkeeping).
+                if view.redeemed > e.redeemed {
+                    self.gate.mark_redeemed(&e.channel_id, view.redeemed, None)?;
+                    e.redeemed = view.redeemed;
+                }
+                // The deadline as the chain has it now: a close started after our last job moves it closer.
+                e.deadline = view.deadline();
             }
         }
         entries.retain(|e| !e.unredeemed().is_zero());

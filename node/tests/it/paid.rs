@@ -374,3 +374,33 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics_text(&free).await, "mlbridge_free_jobs_total"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_its_payer_closes_is_redeemed_before_the_close_window_ends() {
+    let chain = Chain::start().await;
+    let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(|c| {
+        paid(c, &chain, &chain.url(), 1, ledger.path());
+        // Jobs are accepted on 7-day channels, but a 24 h close window is "near" (within 2 x 2 days).
+        c.payment.expiry_margin_secs = 2 * 86_400;
+        c.payment.settle_interval_secs = 0.2;
+        c.payment.settle_gas_multiple = 1_000_000_000; // never because of the value
+    })
+    .await;
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let c = client(&node, Strategy::RoundRobin).await.with_payer(payer.clone());
+    c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+    let (_, best) = paid_load(&c, 10, 2).await;
+    let channel = *best.keys().next().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(redeemed(&chain, channel).await, U256::ZERO, "not due yet");
+
+    payer.close(channel, &mut |_| {}).await.unwrap();
+    for _ in 0..100 {
+        if redeemed(&chain, channel).await > U256::ZERO {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redeemed(&chain, channel).await, U256::from(10 * PRICE), "redeemed once the close started");
+}
