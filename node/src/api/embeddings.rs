@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use mlbridge_sdk::protocol::{ModelRef, texts_hash};
 use mlbridge_sdk::{Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{self, PeerAddr};
-use crate::payment::{Completed, guarded};
+use crate::payment::{Completed, JobInput, guarded};
 
 /// Request body: `{"model": "minilm-l6", "input": "text" | ["texts"]}`.
 #[derive(Debug, Deserialize)]
@@ -72,11 +71,8 @@ pub(crate) async fn embeddings(
             let outputs = [tensor];
             let done = Completed {
                 job_id: p.job_id,
-                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
-                model_id: config.sha256,
-                input_hash: texts_hash(&texts),
-                inputs: Vec::new(),
-                texts: texts.clone(),
+                config: &config,
+                input: JobInput::Texts(texts.clone()),
                 outputs: &outputs,
             };
             Some(p.service.complete(&p.auth, done)?)

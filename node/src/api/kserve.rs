@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mlbridge_sdk::protocol::{ModelRef, tensors_hash};
 use mlbridge_sdk::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,7 +12,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{self, PeerAddr};
 use crate::inference::ModelConfig;
-use crate::payment::{Completed, guarded};
+use crate::payment::{Completed, JobInput, guarded};
 
 /// `POST .../infer` body.
 #[derive(Debug, Deserialize)]
@@ -212,14 +211,10 @@ async fn run_infer(
     let inference = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
-            let inputs = kept.unwrap_or_default();
             let done = Completed {
                 job_id: p.job_id,
-                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
-                model_id: config.sha256,
-                input_hash: tensors_hash(&inputs),
-                inputs,
-                texts: Vec::new(),
+                config,
+                input: JobInput::Tensors(kept.unwrap_or_default()),
                 outputs: &inference.outputs,
             };
             Some(p.service.complete(&p.auth, done)?)

@@ -28,7 +28,7 @@ use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
     MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
-    WIRE_VERSION, WireVoucher, decode, encode, jobs_topic, tensors_hash, texts_hash,
+    WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use crate::inference::Engine;
 use crate::inference::ModelConfig;
 use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
-use crate::payment::{Authorization, Completed, PaymentService, guarded};
+use crate::payment::{Authorization, Completed, JobInput, PaymentService, guarded};
 use crate::{Error, Result};
 
 /// Commands to the swarm task.
@@ -582,18 +582,20 @@ fn authorize(
 }
 
 /// Answer a finished job; a paid one gets its receipt after the ledger holds it.
-async fn finish(
+fn finish(
     payments: Option<&PaymentService>,
     auth: Option<Authorization>,
-    answer: InferResponse,
-    done: impl FnOnce(&[Tensor]) -> Completed<'_>,
+    mut answer: InferResponse,
+    config: &ModelConfig,
+    input: JobInput,
 ) -> Served {
-    let mut answer = answer;
     let receipt = match (payments, auth) {
-        (Some(p), Some(auth)) => match p.complete(&auth, done(&answer.outputs)) {
-            Ok(r) => Some(r),
-            Err(e) => return Served::error(engine_error(&e)),
-        },
+        (Some(p), Some(auth)) => {
+            match p.complete(&auth, Completed { job_id: answer.job_id, config, input, outputs: &answer.outputs }) {
+                Ok(r) => Some(r),
+                Err(e) => return Served::error(engine_error(&e)),
+            }
+        }
         _ => None,
     };
     answer.receipt.clone_from(&receipt);
@@ -626,17 +628,7 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
                 outputs: inference.outputs.as_ref().clone(),
                 receipt: None,
             };
-            let inputs = kept.unwrap_or_default();
-            finish(payments, auth, answer, |outputs| Completed {
-                job_id: r.job_id,
-                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
-                model_id: config.sha256,
-                input_hash: tensors_hash(&inputs),
-                inputs,
-                texts: Vec::new(),
-                outputs,
-            })
-            .await
+            finish(payments, auth, answer, &config, JobInput::Tensors(kept.unwrap_or_default()))
         }
         Err(e) => Served::error(engine_error(&e)),
     }
@@ -667,16 +659,7 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
                 outputs: vec![t],
                 receipt: None,
             };
-            finish(payments, auth, answer, |outputs| Completed {
-                job_id: r.job_id,
-                model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
-                model_id: config.sha256,
-                input_hash: texts_hash(&r.texts),
-                inputs: Vec::new(),
-                texts: r.texts.clone(),
-                outputs,
-            })
-            .await
+            finish(payments, auth, answer, &config, JobInput::Texts(r.texts))
         }
         Err(e) => Served::error(engine_error(&e)),
     }

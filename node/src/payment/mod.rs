@@ -27,11 +27,13 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
+use mlbridge_sdk::Tensor;
 use mlbridge_sdk::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender};
-use mlbridge_sdk::protocol::{AuditRecord, ModelRef, PaymentRefusal, ReceiptMsg, WireVoucher, tensors_hash};
+use mlbridge_sdk::protocol::{
+    AuditRecord, ModelRef, PaymentRefusal, ReceiptMsg, WireVoucher, tensors_hash, texts_hash,
+};
 use mlbridge_sdk::receipt::Receipt;
 use mlbridge_sdk::signer::FastSigner;
-use mlbridge_sdk::{ModelId, Tensor};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +45,7 @@ pub use settlement::{SettleReport, SettlementConfig, Settler, SettlerHandle};
 pub use watcher::{Watcher, WatcherConfig};
 
 use crate::config::PaymentConfig;
+use crate::inference::ModelConfig;
 use crate::{Error, Result};
 
 /// Everything a paid job needs. Shared (`Arc`) by the p2p and HTTP front ends.
@@ -59,21 +62,24 @@ pub struct PaymentService {
     free_localhost: bool,
 }
 
+/// What a paid job ran on.
+#[derive(Debug)]
+pub enum JobInput {
+    /// Named tensors (inference jobs).
+    Tensors(Vec<Tensor>),
+    /// Texts (embedding jobs).
+    Texts(Vec<String>),
+}
+
 /// What the work of a paid job produced, for its receipt and audit record.
 #[derive(Debug)]
 pub struct Completed<'a> {
     /// The client's job id.
     pub job_id: B256,
     /// The model served.
-    pub model: ModelRef,
-    /// Its weights.
-    pub model_id: ModelId,
-    /// Hash of the inputs (tensors or texts).
-    pub input_hash: B256,
-    /// The inputs (tensor jobs).
-    pub inputs: Vec<Tensor>,
-    /// The texts (embedding jobs).
-    pub texts: Vec<String>,
+    pub config: &'a ModelConfig,
+    /// Its input.
+    pub input: JobInput,
     /// The outputs returned.
     pub outputs: &'a [Tensor],
 }
@@ -214,22 +220,29 @@ impl PaymentService {
     /// The job succeeded (and [`PaymentService::secure`] returned): sign its receipt, record the job and keep it for
     /// audits.
     pub fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        let recorded = self.record(auth, done);
+        if recorded.is_err() {
+            self.gate.release(auth);
+        }
+        recorded
+    }
+
+    fn record(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        let (input_hash, inputs, texts) = match done.input {
+            JobInput::Tensors(t) => (tensors_hash(&t), t, Vec::new()),
+            JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t),
+        };
+        let config = done.config;
         let receipt = Receipt {
             jobId: done.job_id,
-            modelId: B256::from(*done.model_id.as_bytes()),
-            inputHash: done.input_hash,
+            modelId: B256::from(*config.sha256.as_bytes()),
+            inputHash: input_hash,
             outputHash: tensors_hash(done.outputs),
             price: auth.price,
             node: self.operator.address(),
         };
-        let signed = match ReceiptMsg::sign(&receipt, &self.operator, &self.domain) {
-            Ok(s) => s,
-            Err(e) => {
-                self.gate.release(auth);
-                return Err(Error::Sdk(e));
-            }
-        };
-        let job = ledger::JobRecord {
+        let signed = ReceiptMsg::sign(&receipt, &self.operator, &self.domain)?;
+        self.gate.record(&ledger::JobRecord {
             job_id: done.job_id,
             channel_id: auth.channel_id,
             model_id: receipt.modelId,
@@ -238,16 +251,15 @@ impl PaymentService {
             price: auth.price,
             voucher_amount: auth.amount,
             at_ms: gate::now_ms(),
-        };
-        self.gate.record(&job)?;
+        })?;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
         self.audit.insert(AuditRecord {
             version: mlbridge_sdk::protocol::WIRE_VERSION,
             receipt: signed.clone(),
-            model: done.model,
-            inputs: done.inputs,
-            texts: done.texts,
+            model: ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) },
+            inputs,
+            texts,
             outputs: done.outputs.to_vec(),
         });
         Ok(signed)
