@@ -248,7 +248,8 @@ impl Payer {
             signed: old.as_ref().map_or(U256::from(on_chain.redeemed), |o| o.signed),
             reserved: old.as_ref().map_or(U256::from(on_chain.redeemed), |o| o.reserved),
             closes_at: u64::from(on_chain.closesAt),
-            withdrawn: on_chain.deposit == on_chain.redeemed && old.as_ref().is_some_and(|o| o.closes_at != 0),
+            // The contract keeps no flag; `withdraw` records it.
+            withdrawn: old.as_ref().is_some_and(|o| o.withdrawn),
         };
         self.store.upsert(rec.clone())?;
         Ok(rec)
