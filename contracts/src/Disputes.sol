@@ -2,49 +2,105 @@
 pragma solidity ^0.8.28;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
+import {IDisputes} from "./interfaces/IDisputes.sol";
 
 /// @title Disputes
-/// @notice A staked validator that re-executed a job and got a different result challenges the node with the node's
-///         own EIP-712 receipt (verified here: it must be signed by the node's registered operator), its output hash
-///         and a bond. Validators vote, weighted by stake, until the voting period ends. A strict majority against the
-///         node slashes `SLASH_BPS` of the node's stake: the challenger gets its bond back plus `CHALLENGER_BPS` of
-///         the slash, and the voters who voted against the node share the rest. Otherwise the challenger's bond goes
-///         to the voters who sided with the node. One dispute per receipt.
-/// @dev Receipts use the PaymentChannels EIP-712 domain (name "MLBridge", version "1", chain id, PaymentChannels),
-///      so a node signs every receipt in one domain. Payouts are pulled (`claimVoteReward`, `withdraw`) so that no
-///      recipient can block a resolution. Pro-rata division leaves at most (voters - 1) wei of dust per dispute.
-contract Disputes is ReentrancyGuardTransient {
-    /// @notice EIP-712 type hash of a receipt.
+/// @notice A staked validator that re-executed a job and got a different result challenges the node in two steps:
+///         `commit` a hash of the evidence and of itself, then, in a later block and within `REVEAL_WINDOW`,
+///         `challenge` with the evidence: the node's receipt (a Merkle leaf), its proof, the node-signed receipt
+///         batch, its own output hash and a bond that scales with the slash it seeks. Receipts older than
+///         `AUDIT_WINDOW` cannot be challenged. Validators vote with their stake as checkpointed at the block before
+///         the challenge (stake added later does not count); the node is slashed only if more than `QUORUM_BPS` of
+///         the total validator stake at that block voted against it. The losing side pays: a slashed node loses
+///         `SLASH_BPS` of its bonded stake (active + unbonding) as it stood at the challenge, of which `BURN_BPS` is
+///         burned, `CHALLENGER_BPS` goes to the challenger (with its bond back) and the rest to the voters against
+///         the node; a failed challenger's bond goes to the voters who sided with the node, or to the node if none
+///         did. The accused node cannot withdraw stake while the dispute is open, nor can a voter until the vote ends.
+/// @dev Receipts follow ../shared/DESIGN.md §3: each leaf is the EIP-712 struct hash of a `Receipt`, leaves form an
+///      OpenZeppelin-`MerkleProof` tree (sorted pairs), and the node signs `ReceiptBatch{root, node, count,
+///      issuedAt}` in the PaymentChannels EIP-712 domain (name "MLBridge", version "1", chain id, PaymentChannels).
+///      Payouts are pulled (`claimVoteReward`, `withdraw`) so no recipient can block a resolution. Pro-rata division
+///      leaves at most (voters - 1) wei of dust per dispute.
+contract Disputes is IDisputes, ReentrancyGuardTransient {
+    /// @notice EIP-712 type hash of a receipt (a Merkle leaf is its struct hash).
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
-        "Receipt(bytes32 jobId,bytes32 modelId,bytes32 inputHash,bytes32 outputHash,uint256 price,address node)"
+        "Receipt(bytes32 jobId,bytes32 modelId,bytes32 inputHash,bytes32 outputHash,uint256 units,uint256 price,"
+        "bytes32 channelId,uint64 issuedAt)"
     );
+    /// @notice EIP-712 type hash of a receipt batch (what the node signs).
+    bytes32 public constant BATCH_TYPEHASH =
+        keccak256("ReceiptBatch(bytes32 root,address node,uint256 count,uint64 issuedAt)");
+    /// @notice Where the burned part of a slash goes.
+    address public constant BURN_ADDRESS = address(0xdEaD);
     bytes32 private constant _DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     uint256 private constant BPS = 10_000;
 
-    /// @notice The staking contract (validators, nodes, slashing).
+    /// @notice The staking contract (validators, nodes, checkpointed stake, slashing).
     IStaking public immutable STAKING;
     /// @notice The contract whose EIP-712 domain receipts are signed in.
     address public immutable RECEIPT_DOMAIN_CONTRACT;
     /// @notice Smallest bond a challenger must post, in wei.
     uint256 public immutable MIN_BOND;
+    /// @notice Bond as a share of the slash sought, in basis points (the bond is at least `MIN_BOND`).
+    uint256 public immutable BOND_BPS;
+    /// @notice Seconds after a receipt's `issuedAt` during which it can be challenged.
+    uint256 public immutable AUDIT_WINDOW;
+    /// @notice Seconds after a commitment during which it can be revealed.
+    uint256 public immutable REVEAL_WINDOW;
     /// @notice Seconds validators have to vote.
     uint256 public immutable VOTING_PERIOD;
-    /// @notice Share of the node's active stake slashed on a lost dispute, in basis points.
+    /// @notice Share of the total validator stake that must vote against the node to slash it (strictly more).
+    uint256 public immutable QUORUM_BPS;
+    /// @notice Share of the node's bonded stake slashed on a lost dispute, in basis points.
     uint256 public immutable SLASH_BPS;
     /// @notice Share of the slash paid to the challenger, in basis points.
     uint256 public immutable CHALLENGER_BPS;
+    /// @notice Share of the slash burned, in basis points.
+    uint256 public immutable BURN_BPS;
 
-    /// @notice A node-signed receipt: the evidence of what the node claims it computed.
+    /// @notice Deployment parameters (see the immutables of the same names).
+    struct Params {
+        uint256 minBond;
+        uint256 bondBps;
+        uint256 auditWindow;
+        uint256 revealWindow;
+        uint256 votingPeriod;
+        uint256 quorumBps;
+        uint256 slashBps;
+        uint256 challengerBps;
+        uint256 burnBps;
+    }
+
+    /// @notice One answered job as the node committed to it: a leaf of a signed batch.
     struct Receipt {
         bytes32 jobId;
         bytes32 modelId;
         bytes32 inputHash;
         bytes32 outputHash;
+        uint256 units;
         uint256 price;
+        bytes32 channelId;
+        uint64 issuedAt;
+    }
+
+    /// @notice What the node signs once per batch of answered jobs.
+    struct ReceiptBatch {
+        bytes32 root;
         address node;
+        uint256 count;
+        uint64 issuedAt;
+    }
+
+    /// @notice A challenge's evidence: the receipt, its Merkle proof, the batch and the node's batch signature.
+    struct Evidence {
+        Receipt receipt;
+        bytes32[] proof;
+        ReceiptBatch batch;
+        bytes batchSignature;
     }
 
     /// @notice Outcome of a dispute.
@@ -60,13 +116,17 @@ contract Disputes is ReentrancyGuardTransient {
         uint64 deadline;
         Outcome outcome;
         address challenger;
-        bytes32 receiptDigest;
+        uint64 snapshotBlock;
+        bytes32 receiptLeaf;
         bytes32 challengerOutputHash;
         uint256 bond;
+        uint256 slashTarget;
+        uint256 totalStake;
         uint256 votesNodeWrong;
         uint256 votesNodeRight;
         uint256 slashed;
         uint256 voterPool;
+        uint256 burned;
     }
 
     struct Vote {
@@ -75,78 +135,110 @@ contract Disputes is ReentrancyGuardTransient {
         bool claimed;
     }
 
+    struct Commitment {
+        uint64 blockNumber;
+        uint64 timestamp;
+    }
+
     Dispute[] private _disputes;
+    mapping(bytes32 => Commitment) private _commitments;
+    /// @dev keccak256(node, leaf) => dispute id + 1.
     mapping(bytes32 => uint256) private _byReceiptPlusOne;
     mapping(uint256 => mapping(address => Vote)) private _votes;
     mapping(address => uint256) private _credits;
+    mapping(address => uint256) private _openAgainst;
+    mapping(address => uint256) private _votingLockedUntil;
     /// @dev Bonds of open disputes + credits + unclaimed voter pools: what this contract owes.
     uint256 private _owed;
 
+    /// @notice A challenger committed to evidence it will reveal.
+    /// @param commitment keccak256(abi.encode(challenger, node, receiptLeaf, challengerOutputHash, salt)).
+    /// @param revealBy Last second at which it can be revealed.
+    event Committed(bytes32 indexed commitment, uint256 revealBy);
     /// @notice A validator opened a dispute.
     /// @param disputeId The dispute.
     /// @param node The accused node operator.
     /// @param challenger The validator.
-    /// @param receiptDigest EIP-712 digest of the receipt.
-    /// @param jobId The job.
-    /// @param modelId The model that ran.
-    /// @param nodeOutputHash What the node claims it output.
+    /// @param receipt The challenged receipt.
+    /// @param receiptLeaf Its Merkle leaf (EIP-712 struct hash).
     /// @param challengerOutputHash What the validator got.
     /// @param bond The challenger's bond.
+    /// @param slashTarget What the node loses if the challenge wins.
     /// @param deadline End of voting (unix seconds).
     event DisputeOpened(
         uint256 indexed disputeId,
         address indexed node,
         address indexed challenger,
-        bytes32 receiptDigest,
-        bytes32 jobId,
-        bytes32 modelId,
-        bytes32 nodeOutputHash,
+        Receipt receipt,
+        bytes32 receiptLeaf,
         bytes32 challengerOutputHash,
         uint256 bond,
+        uint256 slashTarget,
         uint256 deadline
     );
     /// @notice A validator voted.
     /// @param disputeId The dispute.
     /// @param validator The voter.
     /// @param nodeWrong True if it sides with the challenger.
-    /// @param weight Its stake at voting time.
+    /// @param weight Its stake at the block before the challenge.
     event Voted(uint256 indexed disputeId, address indexed validator, bool nodeWrong, uint256 weight);
     /// @notice A dispute was resolved.
     /// @param disputeId The dispute.
     /// @param outcome NodeSlashed or ChallengerLost.
     /// @param slashed Amount slashed from the node (0 if the challenger lost).
     /// @param voterPool Amount shared among the winning side's voters.
-    event DisputeResolved(uint256 indexed disputeId, Outcome outcome, uint256 slashed, uint256 voterPool);
+    /// @param burned Amount of the slash burned.
+    event DisputeResolved(
+        uint256 indexed disputeId, Outcome outcome, uint256 slashed, uint256 voterPool, uint256 burned
+    );
     /// @notice A voter claimed its share of a dispute's pool.
     /// @param disputeId The dispute.
     /// @param voter The voter.
     /// @param amount The amount sent.
     event VoteRewardClaimed(uint256 indexed disputeId, address indexed voter, uint256 amount);
-    /// @notice Credited funds (challenger bond and reward) were withdrawn.
+    /// @notice Funds were credited (a winning challenger's bond and reward, or a failed bond for the node).
+    /// @param disputeId The dispute.
+    /// @param account The account credited.
+    /// @param amount The amount.
+    event Credited(uint256 indexed disputeId, address indexed account, uint256 amount);
+    /// @notice Credited funds were withdrawn.
     /// @param account The recipient.
     /// @param amount The amount sent.
     event CreditWithdrawn(address indexed account, uint256 amount);
 
-    /// @notice Only active validators may challenge or vote.
+    /// @notice Only validators with stake before the challenge may challenge or vote.
     /// @param account The caller.
     error DisputeNotValidator(address account);
-    /// @notice The bond is below `MIN_BOND`.
+    /// @notice The bond is below what this challenge needs.
     /// @param given The bond attached.
-    /// @param minimum The minimum.
-    error DisputeBondTooSmall(uint256 given, uint256 minimum);
-    /// @notice The receipt is not signed by the node it names.
+    /// @param required The minimum for this node's stake.
+    error DisputeBondTooSmall(uint256 given, uint256 required);
+    /// @notice No commitment for this evidence by this challenger, or it is from this block.
+    error DisputeNotCommitted();
+    /// @notice The commitment's reveal window has passed; commit again.
+    /// @param revealBy When it ended.
+    error DisputeCommitmentExpired(uint256 revealBy);
+    /// @notice This commitment exists already.
+    error DisputeAlreadyCommitted();
+    /// @notice The receipt is older than the audit window.
+    /// @param issuedAt The receipt's time.
+    /// @param challengeableUntil When it stopped being challengeable.
+    error DisputeReceiptTooOld(uint256 issuedAt, uint256 challengeableUntil);
+    /// @notice The proof does not lead from the receipt to the batch root.
+    error DisputeInvalidProof();
+    /// @notice The batch is not signed by the node it names.
     /// @param signer Who signed it.
-    /// @param node The node named in the receipt.
+    /// @param node The node named in the batch.
     error DisputeInvalidReceiptSignature(address signer, address node);
-    /// @notice The receipt's node is not a registered node.
+    /// @notice The batch's node is not a registered node.
     /// @param node The address.
     error DisputeNotANode(address node);
     /// @notice The challenger's output equals the node's: nothing to dispute.
     error DisputeSameOutput();
     /// @notice This receipt is already disputed.
-    /// @param receiptDigest The receipt.
+    /// @param receiptLeaf The receipt.
     /// @param disputeId The existing dispute.
-    error DisputeAlreadyExists(bytes32 receiptDigest, uint256 disputeId);
+    error DisputeAlreadyExists(bytes32 receiptLeaf, uint256 disputeId);
     /// @notice No dispute with this id.
     /// @param disputeId The id.
     error DisputeNotFound(uint256 disputeId);
@@ -170,6 +262,10 @@ contract Disputes is ReentrancyGuardTransient {
     error DisputeNothingToClaim(address account);
     /// @notice Invalid constructor arguments.
     error DisputeInvalidParams();
+    /// @notice Staking's unbonding delay must be longer than audit + reveal + voting windows.
+    /// @param unbondingDelay Staking's delay.
+    /// @param disputeLifetime This contract's audit + reveal + voting windows.
+    error DisputeUnbondingTooShort(uint256 unbondingDelay, uint256 disputeLifetime);
     /// @notice ETH may only arrive as a bond or from slashing.
     /// @param from The sender.
     error DisputeUnexpectedPayment(address from);
@@ -180,30 +276,30 @@ contract Disputes is ReentrancyGuardTransient {
 
     /// @param staking The Staking contract.
     /// @param receiptDomainContract The PaymentChannels contract (the receipts' EIP-712 verifying contract).
-    /// @param minBond Smallest challenger bond in wei.
-    /// @param votingPeriod Seconds of voting.
-    /// @param slashBps Share of the node's stake slashed, in basis points.
-    /// @param challengerBps Share of the slash paid to the challenger, in basis points.
-    constructor(
-        IStaking staking,
-        address receiptDomainContract,
-        uint256 minBond,
-        uint256 votingPeriod,
-        uint256 slashBps,
-        uint256 challengerBps
-    ) {
+    /// @param p Bonds, windows and shares; windows within [1 minute, 30 days], quorum within [50%, 100%).
+    constructor(IStaking staking, address receiptDomainContract, Params memory p) {
         if (
-            address(staking) == address(0) || receiptDomainContract == address(0) || slashBps > BPS
-                || challengerBps > BPS
+            address(staking) == address(0) || receiptDomainContract == address(0) || p.minBond == 0 || p.bondBps > BPS
+                || p.slashBps == 0 || p.slashBps > BPS || p.challengerBps + p.burnBps > BPS || p.quorumBps < BPS / 2
+                || p.quorumBps >= BPS || !_windowOk(p.auditWindow) || !_windowOk(p.revealWindow)
+                || !_windowOk(p.votingPeriod)
         ) {
             revert DisputeInvalidParams();
         }
+        uint256 lifetime = p.auditWindow + p.revealWindow + p.votingPeriod;
+        uint256 delay = staking.UNBONDING_DELAY();
+        if (delay <= lifetime) revert DisputeUnbondingTooShort(delay, lifetime);
         STAKING = staking;
         RECEIPT_DOMAIN_CONTRACT = receiptDomainContract;
-        MIN_BOND = minBond;
-        VOTING_PERIOD = votingPeriod;
-        SLASH_BPS = slashBps;
-        CHALLENGER_BPS = challengerBps;
+        MIN_BOND = p.minBond;
+        BOND_BPS = p.bondBps;
+        AUDIT_WINDOW = p.auditWindow;
+        REVEAL_WINDOW = p.revealWindow;
+        VOTING_PERIOD = p.votingPeriod;
+        QUORUM_BPS = p.quorumBps;
+        SLASH_BPS = p.slashBps;
+        CHALLENGER_BPS = p.challengerBps;
+        BURN_BPS = p.burnBps;
     }
 
     /// @notice Accepts ETH only from Staking (slashed stake).
@@ -211,47 +307,60 @@ contract Disputes is ReentrancyGuardTransient {
         if (msg.sender != address(STAKING)) revert DisputeUnexpectedPayment(msg.sender);
     }
 
-    /// @notice Challenge a node's receipt with a bond. The caller's vote against the node is counted at once.
-    /// @param receipt The node's receipt.
-    /// @param nodeSignature The node operator's 65-byte EIP-712 signature of the receipt.
+    /// @notice Commit to a challenge without showing it: reveal it with `challenge` in a later block, within
+    ///         `REVEAL_WINDOW`. A copy of the commitment is useless to anyone else (it names the challenger).
+    /// @param commitment `commitmentOf(challenger, node, receiptLeaf, challengerOutputHash, salt)`.
+    function commit(bytes32 commitment) external {
+        if (_commitments[commitment].blockNumber != 0) revert DisputeAlreadyCommitted();
+        _commitments[commitment] = Commitment({blockNumber: uint64(block.number), timestamp: uint64(block.timestamp)});
+        emit Committed(commitment, block.timestamp + REVEAL_WINDOW);
+    }
+
+    /// @notice Reveal a committed challenge with its evidence and a bond of at least `requiredBond(node)`. The
+    ///         caller's vote against the node is counted at once.
+    /// @param evidence The receipt, its proof, the batch and the node's batch signature.
     /// @param challengerOutputHash The hash of the output the challenger computed.
+    /// @param salt The secret mixed into the commitment.
     /// @return disputeId The new dispute.
-    function challenge(Receipt calldata receipt, bytes calldata nodeSignature, bytes32 challengerOutputHash)
+    function challenge(Evidence calldata evidence, bytes32 challengerOutputHash, bytes32 salt)
         external
         payable
         returns (uint256 disputeId)
     {
-        bytes32 digest = _checkChallenge(receipt, nodeSignature, challengerOutputHash);
-        disputeId = _disputes.length;
-        uint256 deadline = block.timestamp + VOTING_PERIOD;
-        uint256 weight = STAKING.stakeOf(msg.sender);
-        Dispute storage d = _disputes.push();
-        d.node = receipt.node;
-        d.deadline = uint64(deadline);
-        d.challenger = msg.sender;
-        d.receiptDigest = digest;
-        d.challengerOutputHash = challengerOutputHash;
-        d.bond = msg.value;
-        d.votesNodeWrong = weight;
-        _byReceiptPlusOne[digest] = disputeId + 1;
-        _votes[disputeId][msg.sender] = Vote({weight: uint128(weight), nodeWrong: true, claimed: false});
-        _owed += msg.value;
-        _emitOpened(disputeId, receipt, digest, challengerOutputHash, deadline);
+        bytes32 leaf = receiptLeaf(evidence.receipt);
+        _consumeCommitment(commitmentOf(msg.sender, evidence.batch.node, leaf, challengerOutputHash, salt));
+        uint256 weight = STAKING.validatorStakeAt(msg.sender, block.number - 1);
+        if (weight == 0) revert DisputeNotValidator(msg.sender);
+        _checkEvidence(evidence, leaf, challengerOutputHash);
+        disputeId = _open(evidence.batch.node, leaf, challengerOutputHash, weight);
+        Dispute storage d = _disputes[disputeId];
+        emit DisputeOpened(
+            disputeId,
+            d.node,
+            msg.sender,
+            evidence.receipt,
+            leaf,
+            challengerOutputHash,
+            msg.value,
+            d.slashTarget,
+            d.deadline
+        );
         emit Voted(disputeId, msg.sender, true, weight);
     }
 
-    /// @notice Vote on an open dispute with the caller's current stake as weight.
+    /// @notice Vote on an open dispute with the caller's validator stake at the block before the challenge.
     /// @param disputeId The dispute.
     /// @param nodeWrong True to side with the challenger, false to side with the node.
     function vote(uint256 disputeId, bool nodeWrong) external {
         Dispute storage d = _existing(disputeId);
         if (block.timestamp >= d.deadline) revert DisputeVotingClosed(disputeId, d.deadline);
-        if (!STAKING.isActiveValidator(msg.sender)) revert DisputeNotValidator(msg.sender);
         if (_votes[disputeId][msg.sender].weight != 0) revert DisputeAlreadyVoted(disputeId, msg.sender);
-        uint256 weight = STAKING.stakeOf(msg.sender);
+        uint256 weight = STAKING.validatorStakeAt(msg.sender, d.snapshotBlock);
+        if (weight == 0) revert DisputeNotValidator(msg.sender);
         _votes[disputeId][msg.sender] = Vote({weight: uint128(weight), nodeWrong: nodeWrong, claimed: false});
         if (nodeWrong) d.votesNodeWrong += weight;
         else d.votesNodeRight += weight;
+        _lockVoter(msg.sender, d.deadline);
         emit Voted(disputeId, msg.sender, nodeWrong, weight);
     }
 
@@ -261,21 +370,31 @@ contract Disputes is ReentrancyGuardTransient {
         Dispute storage d = _existing(disputeId);
         if (d.outcome != Outcome.Pending) revert DisputeAlreadyResolved(disputeId);
         if (block.timestamp < d.deadline) revert DisputeVotingOpen(disputeId, d.deadline);
-        if (d.votesNodeWrong > d.votesNodeRight) {
+        _openAgainst[d.node] -= 1;
+        if (quorumReached(disputeId)) {
             d.outcome = Outcome.NodeSlashed;
-            uint256 target = STAKING.stakeOf(d.node) * SLASH_BPS / BPS;
             // Interaction with our own trusted Staking; it sends the slashed ETH back to receive().
-            uint256 slashed = target == 0 ? 0 : STAKING.slash(d.node, target);
+            uint256 slashed = d.slashTarget == 0 ? 0 : STAKING.slash(d.node, d.slashTarget);
+            uint256 burned = slashed * BURN_BPS / BPS;
             uint256 challengerReward = slashed * CHALLENGER_BPS / BPS;
             d.slashed = slashed;
-            d.voterPool = slashed - challengerReward;
-            _credits[d.challenger] += d.bond + challengerReward;
-            _owed += slashed;
+            d.burned = burned;
+            d.voterPool = slashed - burned - challengerReward;
+            _credit(disputeId, d.challenger, d.bond + challengerReward);
+            // The bond was owed already; the slash adds what is not burned.
+            _owed += slashed - burned;
+            emit DisputeResolved(disputeId, d.outcome, slashed, d.voterPool, burned);
+            if (burned > 0) _send(BURN_ADDRESS, burned);
         } else {
             d.outcome = Outcome.ChallengerLost;
-            d.voterPool = d.bond;
+            if (d.votesNodeRight > 0) {
+                d.voterPool = d.bond;
+            } else {
+                // Nobody voted for the node: the bond compensates the node itself.
+                _credit(disputeId, d.node, d.bond);
+            }
+            emit DisputeResolved(disputeId, d.outcome, 0, d.voterPool, 0);
         }
-        emit DisputeResolved(disputeId, d.outcome, d.slashed, d.voterPool);
     }
 
     /// @notice Claim the caller's share of a resolved dispute's voter pool (winning side only).
@@ -296,7 +415,7 @@ contract Disputes is ReentrancyGuardTransient {
         if (amount > 0) _send(msg.sender, amount);
     }
 
-    /// @notice Withdraw credited funds (a winning challenger's bond and reward).
+    /// @notice Withdraw credited funds (a winning challenger's bond and reward; a failed bond for a node).
     /// @return amount The amount sent.
     function withdraw() external nonReentrant returns (uint256 amount) {
         amount = _credits[msg.sender];
@@ -307,21 +426,79 @@ contract Disputes is ReentrancyGuardTransient {
         _send(msg.sender, amount);
     }
 
-    /// @notice The EIP-712 digest of a receipt, in the PaymentChannels domain.
+    /// @inheritdoc IDisputes
+    function isLocked(address account) external view returns (bool) {
+        return _openAgainst[account] != 0 || block.timestamp < _votingLockedUntil[account];
+    }
+
+    /// @inheritdoc IDisputes
+    function disputeLifetime() external view returns (uint256) {
+        return AUDIT_WINDOW + REVEAL_WINDOW + VOTING_PERIOD;
+    }
+
+    /// @notice Whether more than `QUORUM_BPS` of the validator stake at the challenge has voted against the node.
+    /// @param disputeId The dispute.
+    /// @return True if the node would be slashed if voting ended now.
+    function quorumReached(uint256 disputeId) public view returns (bool) {
+        Dispute storage d = _existing(disputeId);
+        return d.votesNodeWrong * BPS > d.totalStake * QUORUM_BPS;
+    }
+
+    /// @notice The bond a challenge of `node` needs now: `BOND_BPS` of the slash it seeks, at least `MIN_BOND`.
+    /// @param node The node operator.
+    /// @return The bond in wei.
+    function requiredBond(address node) external view returns (uint256) {
+        return _requiredBond(STAKING.bondedOf(node) * SLASH_BPS / BPS);
+    }
+
+    /// @notice The commitment a challenger publishes first.
+    /// @param challenger Who will reveal.
+    /// @param node The accused node operator.
+    /// @param leaf The receipt's Merkle leaf (`receiptLeaf`).
+    /// @param challengerOutputHash The challenger's output hash.
+    /// @param salt A secret the challenger picks.
+    /// @return The commitment.
+    function commitmentOf(address challenger, address node, bytes32 leaf, bytes32 challengerOutputHash, bytes32 salt)
+        public
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(challenger, node, leaf, challengerOutputHash, salt));
+    }
+
+    /// @notice A commitment's block and time (zero if none).
+    /// @param commitment The commitment.
+    /// @return blockNumber The block it was made in.
+    /// @return timestamp When it was made.
+    function commitmentInfo(bytes32 commitment) external view returns (uint256 blockNumber, uint256 timestamp) {
+        Commitment storage c = _commitments[commitment];
+        return (c.blockNumber, c.timestamp);
+    }
+
+    /// @notice A receipt's Merkle leaf: its EIP-712 struct hash.
     /// @param receipt The receipt.
-    /// @return The digest the node signs.
-    function receiptDigest(Receipt calldata receipt) public view returns (bytes32) {
-        bytes32 structHash = keccak256(
+    /// @return The leaf.
+    function receiptLeaf(Receipt calldata receipt) public pure returns (bytes32) {
+        return keccak256(
             abi.encode(
                 RECEIPT_TYPEHASH,
                 receipt.jobId,
                 receipt.modelId,
                 receipt.inputHash,
                 receipt.outputHash,
+                receipt.units,
                 receipt.price,
-                receipt.node
+                receipt.channelId,
+                receipt.issuedAt
             )
         );
+    }
+
+    /// @notice The EIP-712 digest of a receipt batch, in the PaymentChannels domain: what the node signs.
+    /// @param batch The batch.
+    /// @return The digest.
+    function batchDigest(ReceiptBatch calldata batch) public view returns (bytes32) {
+        bytes32 structHash = keccak256(abi.encode(BATCH_TYPEHASH, batch.root, batch.node, batch.count, batch.issuedAt));
         return keccak256(abi.encodePacked("\x19\x01", receiptDomainSeparator(), structHash));
     }
 
@@ -338,6 +515,16 @@ contract Disputes is ReentrancyGuardTransient {
     /// @return The dispute.
     function getDispute(uint256 disputeId) external view returns (Dispute memory) {
         return _existing(disputeId);
+    }
+
+    /// @notice The dispute of a node's receipt, if any.
+    /// @param node The node operator.
+    /// @param leaf The receipt's leaf.
+    /// @return exists Whether it was disputed.
+    /// @return disputeId The dispute (0 if none).
+    function disputeOf(address node, bytes32 leaf) external view returns (bool exists, uint256 disputeId) {
+        uint256 plusOne = _byReceiptPlusOne[_receiptKey(node, leaf)];
+        return (plusOne != 0, plusOne == 0 ? 0 : plusOne - 1);
     }
 
     /// @notice A validator's vote on a dispute.
@@ -361,6 +548,13 @@ contract Disputes is ReentrancyGuardTransient {
         return _disputes.length;
     }
 
+    /// @notice Open disputes against `node`.
+    /// @param node The node operator.
+    /// @return The count.
+    function openDisputesAgainst(address node) external view returns (uint256) {
+        return _openAgainst[node];
+    }
+
     /// @notice Credited funds of `account`, withdrawable now.
     /// @param account The account.
     /// @return The amount.
@@ -374,42 +568,77 @@ contract Disputes is ReentrancyGuardTransient {
         return _owed;
     }
 
-    /// @dev All checks of `challenge`; returns the receipt digest.
-    function _checkChallenge(Receipt calldata receipt, bytes calldata nodeSignature, bytes32 challengerOutputHash)
-        private
-        view
-        returns (bytes32 digest)
-    {
-        if (!STAKING.isActiveValidator(msg.sender)) revert DisputeNotValidator(msg.sender);
-        if (msg.value < MIN_BOND || msg.value == 0) revert DisputeBondTooSmall(msg.value, MIN_BOND);
-        digest = receiptDigest(receipt);
-        address signer = ECDSA.recoverCalldata(digest, nodeSignature);
-        if (signer != receipt.node) revert DisputeInvalidReceiptSignature(signer, receipt.node);
-        if (STAKING.roleOf(receipt.node) != IStaking.Role.Node) revert DisputeNotANode(receipt.node);
-        if (challengerOutputHash == receipt.outputHash) revert DisputeSameOutput();
-        uint256 existing = _byReceiptPlusOne[digest];
-        if (existing != 0) revert DisputeAlreadyExists(digest, existing - 1);
+    /// @dev Delete a commitment made in an earlier block and still within its reveal window.
+    function _consumeCommitment(bytes32 commitment) private {
+        Commitment memory c = _commitments[commitment];
+        if (c.blockNumber == 0 || c.blockNumber >= block.number) revert DisputeNotCommitted();
+        uint256 revealBy = uint256(c.timestamp) + REVEAL_WINDOW;
+        if (block.timestamp > revealBy) revert DisputeCommitmentExpired(revealBy);
+        delete _commitments[commitment];
     }
 
-    function _emitOpened(
-        uint256 disputeId,
-        Receipt calldata receipt,
-        bytes32 digest,
-        bytes32 challengerOutputHash,
-        uint256 deadline
-    ) private {
-        emit DisputeOpened(
-            disputeId,
-            receipt.node,
-            msg.sender,
-            digest,
-            receipt.jobId,
-            receipt.modelId,
-            receipt.outputHash,
-            challengerOutputHash,
-            msg.value,
-            deadline
-        );
+    /// @dev Every check of the evidence itself.
+    function _checkEvidence(Evidence calldata ev, bytes32 leaf, bytes32 challengerOutputHash) private view {
+        uint256 challengeableUntil = uint256(ev.receipt.issuedAt) + AUDIT_WINDOW;
+        if (block.timestamp > challengeableUntil) revert DisputeReceiptTooOld(ev.receipt.issuedAt, challengeableUntil);
+        if (!MerkleProof.verifyCalldata(ev.proof, ev.batch.root, leaf)) revert DisputeInvalidProof();
+        address signer = ECDSA.recoverCalldata(batchDigest(ev.batch), ev.batchSignature);
+        if (signer != ev.batch.node) revert DisputeInvalidReceiptSignature(signer, ev.batch.node);
+        if (STAKING.roleOf(ev.batch.node) != IStaking.Role.Node) revert DisputeNotANode(ev.batch.node);
+        if (challengerOutputHash == ev.receipt.outputHash) revert DisputeSameOutput();
+        uint256 existing = _byReceiptPlusOne[_receiptKey(ev.batch.node, leaf)];
+        if (existing != 0) revert DisputeAlreadyExists(leaf, existing - 1);
+    }
+
+    /// @dev Check the bond and record a new dispute with the challenger's vote; locks the node and the challenger.
+    function _open(address node, bytes32 leaf, bytes32 challengerOutputHash, uint256 weight)
+        private
+        returns (uint256 disputeId)
+    {
+        uint256 slashTarget = STAKING.bondedOf(node) * SLASH_BPS / BPS;
+        uint256 required = _requiredBond(slashTarget);
+        if (msg.value < required) revert DisputeBondTooSmall(msg.value, required);
+        disputeId = _disputes.length;
+        uint256 deadline = block.timestamp + VOTING_PERIOD;
+        uint256 snapshot = block.number - 1;
+        Dispute storage d = _disputes.push();
+        d.node = node;
+        d.deadline = uint64(deadline);
+        d.challenger = msg.sender;
+        d.snapshotBlock = uint64(snapshot);
+        d.receiptLeaf = leaf;
+        d.challengerOutputHash = challengerOutputHash;
+        d.bond = msg.value;
+        d.slashTarget = slashTarget;
+        d.totalStake = STAKING.totalValidatorStakeAt(snapshot);
+        d.votesNodeWrong = weight;
+        _byReceiptPlusOne[_receiptKey(node, leaf)] = disputeId + 1;
+        _votes[disputeId][msg.sender] = Vote({weight: uint128(weight), nodeWrong: true, claimed: false});
+        _openAgainst[node] += 1;
+        _lockVoter(msg.sender, deadline);
+        _owed += msg.value;
+    }
+
+    function _requiredBond(uint256 slashTarget) private view returns (uint256) {
+        uint256 scaled = slashTarget * BOND_BPS / BPS;
+        return scaled > MIN_BOND ? scaled : MIN_BOND;
+    }
+
+    function _lockVoter(address voter, uint256 deadline) private {
+        if (_votingLockedUntil[voter] < deadline) _votingLockedUntil[voter] = deadline;
+    }
+
+    function _credit(uint256 disputeId, address account, uint256 amount) private {
+        _credits[account] += amount;
+        emit Credited(disputeId, account, amount);
+    }
+
+    function _receiptKey(address node, bytes32 leaf) private pure returns (bytes32) {
+        return keccak256(abi.encode(node, leaf));
+    }
+
+    function _windowOk(uint256 window) private pure returns (bool) {
+        return window >= 1 minutes && window <= 30 days;
     }
 
     function _existing(uint256 disputeId) private view returns (Dispute storage) {

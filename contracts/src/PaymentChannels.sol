@@ -22,6 +22,10 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(bytes32 channelId,uint256 cumulativeAmount)");
     /// @notice Basis points in one whole.
     uint256 private constant BPS = 10_000;
+    /// @notice Shortest close window the constructor accepts (a payee needs time to notice and redeem).
+    uint256 public constant MIN_CHALLENGE_WINDOW = 1 hours;
+    /// @notice Longest close window the constructor accepts.
+    uint256 public constant MAX_CHALLENGE_WINDOW = 365 days;
 
     /// @notice Where protocol fees go.
     IValidatorRewards public immutable REWARDS;
@@ -40,8 +44,8 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     struct Channel {
         address payer;
         uint64 expiry;
-        uint32 closesAt;
         address payee;
+        uint64 closesAt;
         uint128 deposit;
         uint128 redeemed;
     }
@@ -127,7 +131,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     /// @param deposit The channel's deposit.
     /// @param needed The voucher's cumulative amount.
     error ChannelInsufficientDeposit(bytes32 channelId, uint256 deposit, uint256 needed);
-    /// @notice Invalid arguments to `open`.
+    /// @notice Invalid arguments to `open`, `topUp` or the constructor.
     error ChannelInvalidParams();
     /// @notice The channel is already closing.
     /// @param channelId The channel.
@@ -148,9 +152,12 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     /// @param rewards The ValidatorRewards contract that receives fees.
     /// @param feeBps Protocol fee in basis points (at most 10,000).
-    /// @param challengeWindow Seconds the payee keeps to redeem after `startClose`.
+    /// @param challengeWindow Seconds the payee keeps to redeem after `startClose`: at least one hour, at most a year.
     constructor(IValidatorRewards rewards, uint256 feeBps, uint256 challengeWindow) EIP712("MLBridge", "1") {
-        if (feeBps > BPS || address(rewards) == address(0)) revert ChannelInvalidParams();
+        if (
+            feeBps > BPS || address(rewards) == address(0) || challengeWindow < MIN_CHALLENGE_WINDOW
+                || challengeWindow > MAX_CHALLENGE_WINDOW
+        ) revert ChannelInvalidParams();
         REWARDS = rewards;
         FEE_BPS = feeBps;
         CHALLENGE_WINDOW = challengeWindow;
@@ -167,7 +174,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         if (expiry <= block.timestamp) revert ChannelInvalidParams();
         channelId = keccak256(abi.encode(msg.sender, payee, _nonce++));
         _channels[channelId] = Channel({
-            payer: msg.sender, expiry: expiry, closesAt: 0, payee: payee, deposit: uint128(msg.value), redeemed: 0
+            payer: msg.sender, expiry: expiry, payee: payee, closesAt: 0, deposit: uint128(msg.value), redeemed: 0
         });
         _outstanding += msg.value;
         emit ChannelOpened(channelId, msg.sender, payee, msg.value, expiry);
@@ -245,7 +252,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         uint256 deadline = _deadline(ch);
         if (block.timestamp >= deadline) revert ChannelExpired(channelId, deadline);
         uint256 closesAt = block.timestamp + CHALLENGE_WINDOW;
-        ch.closesAt = uint32(closesAt);
+        ch.closesAt = uint64(closesAt);
         emit ChannelClosing(channelId, closesAt < ch.expiry ? closesAt : ch.expiry);
     }
 

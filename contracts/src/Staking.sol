@@ -2,15 +2,24 @@
 pragma solidity ^0.8.28;
 
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {Checkpoints} from "@openzeppelin/contracts/utils/structs/Checkpoints.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
+import {IDisputes} from "./interfaces/IDisputes.sol";
+import {IValidatorRewards} from "./interfaces/IValidatorRewards.sol";
 
 /// @title Staking
 /// @notice Native-ETH stake for ML Bridge nodes and validators: register above a minimum stake, add stake, unbond
-///         with a delay, withdraw. Only the Disputes contract can slash, and slashing reaches unbonding stake too, so
-///         unbonding cannot be used to escape a pending dispute.
-/// @dev Every address has at most one role. The active validator set (validators at or above the minimum stake) and
-///      its total stake are maintained on every change so other contracts can read them in O(1).
+///         with a delay, withdraw. Only the Disputes contract can slash, and slashing reaches unbonding stake too;
+///         an accused node (and a validator whose vote is running) cannot withdraw until its dispute ends, and the
+///         unbonding delay is longer than a dispute's whole life, so unbonding cannot be used to escape one.
+/// @dev Every address has at most one role. Validator weight (active stake of validators at or above the minimum,
+///      0 otherwise) is checkpointed per block, per validator and in total, so votes and rewards weigh stake as it
+///      stood at a past block and never stake added after the fact. Any decrease of a validator's stake is reported
+///      to ValidatorRewards (unbonding stake earns nothing).
 contract Staking is IStaking, ReentrancyGuardTransient {
+    using Checkpoints for Checkpoints.Trace208;
+
     /// @notice Minimum stake for a node, in wei.
     uint256 public immutable MIN_NODE_STAKE;
     /// @notice Minimum stake for a validator, in wei.
@@ -30,7 +39,11 @@ contract Staking is IStaking, ReentrancyGuardTransient {
     }
 
     address private _disputes;
+    IValidatorRewards private _rewards;
     mapping(address => Participant) private _participants;
+    /// @dev Validator weight history per account and in total, keyed by block number.
+    mapping(address => Checkpoints.Trace208) private _weightHistory;
+    Checkpoints.Trace208 private _totalWeightHistory;
     address[] private _activeValidators;
     mapping(address => uint256) private _activeIndexPlusOne;
     /// @dev Stake of each active validator as last counted in `_totalActiveValidatorStake`.
@@ -67,9 +80,10 @@ contract Staking is IStaking, ReentrancyGuardTransient {
     /// @param account The slashed participant.
     /// @param amount The amount taken.
     event Slashed(address indexed account, uint256 amount);
-    /// @notice The Disputes contract was set.
-    /// @param disputes Its address.
-    event DisputesSet(address disputes);
+    /// @notice The Disputes and ValidatorRewards contracts were set.
+    /// @param disputes The only slasher.
+    /// @param rewards Told about every validator stake decrease.
+    event ModulesSet(address disputes, address rewards);
 
     /// @notice The account already has a role.
     /// @param account The account.
@@ -93,8 +107,19 @@ contract Staking is IStaking, ReentrancyGuardTransient {
     /// @notice Only the Disputes contract may do this.
     /// @param caller The caller.
     error StakingOnlyDisputes(address caller);
-    /// @notice Only the deployer may set the Disputes contract, and only once.
-    error StakingDisputesAlreadySet();
+    /// @notice Only the deployer may set the Disputes and ValidatorRewards contracts, only once, both non-zero.
+    error StakingModulesAlreadySet();
+    /// @notice The unbonding delay must be longer than a dispute's whole life (audit, reveal and voting windows).
+    /// @param unbondingDelay This contract's delay.
+    /// @param disputeLifetime The Disputes contract's audit + reveal + voting windows.
+    error StakingUnbondingTooShort(uint256 unbondingDelay, uint256 disputeLifetime);
+    /// @notice Withdrawal is locked while a dispute involving the account is open.
+    /// @param account The account.
+    error StakingLockedByDispute(address account);
+    /// @notice Stake history can only be read for past blocks.
+    /// @param blockNumber The block asked for.
+    /// @param current The current block.
+    error StakingFutureLookup(uint256 blockNumber, uint256 current);
     /// @notice A node must give a non-empty PeerId.
     error StakingEmptyPeerId();
     /// @notice Sending ETH failed.
@@ -112,14 +137,20 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         _deployer = msg.sender;
     }
 
-    /// @notice Set the Disputes contract, the only slasher. Callable once, by the deployer.
+    /// @notice Set the Disputes contract (the only slasher, and the judge of withdrawal locks) and the
+    ///         ValidatorRewards contract (told of validator stake decreases). Callable once, by the deployer.
+    /// @dev Refuses a Disputes contract whose dispute lifetime is not shorter than the unbonding delay.
     /// @param disputes_ The Disputes contract.
-    function setDisputes(address disputes_) external {
-        if (msg.sender != _deployer || _disputes != address(0) || disputes_ == address(0)) {
-            revert StakingDisputesAlreadySet();
+    /// @param rewards_ The ValidatorRewards contract.
+    function setModules(address disputes_, address rewards_) external {
+        if (msg.sender != _deployer || _disputes != address(0) || disputes_ == address(0) || rewards_ == address(0)) {
+            revert StakingModulesAlreadySet();
         }
+        uint256 lifetime = IDisputes(disputes_).disputeLifetime();
+        if (UNBONDING_DELAY <= lifetime) revert StakingUnbondingTooShort(UNBONDING_DELAY, lifetime);
         _disputes = disputes_;
-        emit DisputesSet(disputes_);
+        _rewards = IValidatorRewards(rewards_);
+        emit ModulesSet(disputes_, rewards_);
     }
 
     /// @notice Register the caller as a node operator with the attached stake.
@@ -167,14 +198,19 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         p.unbondingReleaseAt = uint64(releaseAt);
         _syncValidator(msg.sender);
         emit UnbondRequested(msg.sender, amount, releaseAt);
+        _reportDecrease(msg.sender, p.role);
     }
 
-    /// @notice Withdraw all unbonding stake whose delay has passed.
+    /// @notice Withdraw all unbonding stake whose delay has passed. Locked while the caller is the accused node of an
+    ///         open dispute, or a validator whose challenge or vote is still running.
     function withdraw() external nonReentrant {
         Participant storage p = _participants[msg.sender];
         uint256 amount = p.unbonding;
         if (amount == 0 || block.timestamp < p.unbondingReleaseAt) {
             revert StakingNothingToWithdraw(amount == 0 ? 0 : p.unbondingReleaseAt);
+        }
+        if (_disputes != address(0) && IDisputes(_disputes).isLocked(msg.sender)) {
+            revert StakingLockedByDispute(msg.sender);
         }
         p.unbonding = 0;
         _totalUnbonding -= amount;
@@ -196,6 +232,7 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         slashed = fromStake + fromUnbonding;
         _syncValidator(account);
         emit Slashed(account, slashed);
+        if (fromStake > 0) _reportDecrease(account, p.role);
         if (slashed > 0) _send(msg.sender, slashed);
     }
 
@@ -207,6 +244,27 @@ contract Staking is IStaking, ReentrancyGuardTransient {
     /// @inheritdoc IStaking
     function stakeOf(address account) external view returns (uint256) {
         return _participants[account].stake;
+    }
+
+    /// @inheritdoc IStaking
+    function bondedOf(address account) external view returns (uint256) {
+        Participant storage p = _participants[account];
+        return p.stake + p.unbonding;
+    }
+
+    /// @inheritdoc IStaking
+    function validatorStakeOf(address account) public view returns (uint256) {
+        return isActiveValidator(account) ? _participants[account].stake : 0;
+    }
+
+    /// @inheritdoc IStaking
+    function validatorStakeAt(address account, uint256 blockNumber) external view returns (uint256) {
+        return _weightHistory[account].upperLookupRecent(_pastKey(blockNumber));
+    }
+
+    /// @inheritdoc IStaking
+    function totalValidatorStakeAt(uint256 blockNumber) external view returns (uint256) {
+        return _totalWeightHistory.upperLookupRecent(_pastKey(blockNumber));
     }
 
     /// @notice Unbonding stake of `account` and when it is released.
@@ -233,6 +291,12 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         return p.role == Role.Validator && p.stake >= MIN_VALIDATOR_STAKE;
     }
 
+    /// @inheritdoc IStaking
+    function isActiveNode(address account) external view returns (bool) {
+        Participant storage p = _participants[account];
+        return p.role == Role.Node && p.stake >= MIN_NODE_STAKE;
+    }
+
     /// @notice The active validator set and its total stake.
     /// @return validators Active validators.
     /// @return totalStake Their combined active stake.
@@ -253,6 +317,12 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         return _disputes;
     }
 
+    /// @notice The ValidatorRewards contract.
+    /// @return The address told of validator stake decreases.
+    function rewards() external view returns (address) {
+        return address(_rewards);
+    }
+
     function _register(Role role, uint256 minimum) private returns (Participant storage p) {
         p = _participants[msg.sender];
         if (p.role != Role.None) revert StakingAlreadyRegistered(msg.sender);
@@ -262,7 +332,13 @@ contract Staking is IStaking, ReentrancyGuardTransient {
         _totalBonded += msg.value;
     }
 
-    /// @dev Keep the active validator set and its total stake in step with `account`'s stake.
+    /// @dev The checkpoint key of a past block; the current block's weights can still change.
+    function _pastKey(uint256 blockNumber) private view returns (uint48) {
+        if (blockNumber >= block.number) revert StakingFutureLookup(blockNumber, block.number);
+        return SafeCast.toUint48(blockNumber);
+    }
+
+    /// @dev Keep the active validator set, its total stake and the weight checkpoints in step with `account`'s stake.
     function _syncValidator(address account) private {
         uint256 indexPlusOne = _activeIndexPlusOne[account];
         if (indexPlusOne != 0) {
@@ -271,6 +347,7 @@ contract Staking is IStaking, ReentrancyGuardTransient {
             _lastCounted[account] = 0;
         }
         bool active = isActiveValidator(account);
+        _checkpointWeights(account, active ? _participants[account].stake : 0);
         if (active) {
             uint256 stake = _participants[account].stake;
             _totalActiveValidatorStake += stake;
@@ -287,6 +364,22 @@ contract Staking is IStaking, ReentrancyGuardTransient {
             _activeValidators.pop();
             _activeIndexPlusOne[account] = 0;
         }
+    }
+
+    /// @dev Record `account`'s new weight and the new total at this block (after `_syncValidator`'s bookkeeping of
+    ///      the total, which this mirrors).
+    function _checkpointWeights(address account, uint256 weight) private {
+        Checkpoints.Trace208 storage history = _weightHistory[account];
+        uint256 previous = history.latest();
+        if (previous == weight) return;
+        uint48 key = SafeCast.toUint48(block.number);
+        history.push(key, SafeCast.toUint208(weight));
+        _totalWeightHistory.push(key, SafeCast.toUint208(_totalWeightHistory.latest() - previous + weight));
+    }
+
+    /// @dev Tell ValidatorRewards that a validator's active stake went down (our own trusted contract).
+    function _reportDecrease(address account, Role role) private {
+        if (role == Role.Validator && address(_rewards) != address(0)) _rewards.stakeReduced(account);
     }
 
     function _send(address to, uint256 amount) private {

@@ -7,12 +7,17 @@ import {IValidatorRewards} from "./interfaces/IValidatorRewards.sol";
 
 /// @title ValidatorRewards
 /// @notice Protocol fees from PaymentChannels, shared per epoch among the validators that attested in that epoch,
-///         pro rata to their stake at attestation time. Epochs are `EPOCH_LENGTH` blocks long; an epoch's fees
-///         become claimable when it ends. Fees of an epoch that nobody attested can be rolled into the current one.
-/// @dev Per-validator attested epochs are kept in a list with a claim cursor, so `claim()` only walks unclaimed
-///      epochs. Integer division leaves at most (attesters - 1) wei of dust per epoch in the contract.
+///         pro rata to their stake checkpointed at the epoch's start. Epochs are `EPOCH_LENGTH` blocks long. When an
+///         attested epoch ends, every fee not yet allocated (its own and those of earlier epochs nobody attested)
+///         becomes its pot, so unattested fees roll forward by themselves to the next attested epoch.
+/// @dev A validator's weight in an epoch is the smaller of its checkpointed stake at the end of the block before
+///      the epoch starts and its stake when it attests; Staking reports every later decrease (unbonding, slashing)
+///      and the weight follows it down, so unbonding stake earns nothing. Pots are finalized lazily by the first
+///      call after their epoch ends; views compute them the same way. `claim(maxEpochs)` walks at most `maxEpochs`
+///      epochs, so no validator's rewards can grow too large to claim. Integer division leaves at most
+///      (attesters - 1) wei of dust per epoch in the contract.
 contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
-    /// @notice The staking contract (validator set and stakes).
+    /// @notice The staking contract (validator set and checkpointed stakes).
     IStaking public immutable STAKING;
     /// @notice Epoch length in blocks.
     uint256 public immutable EPOCH_LENGTH;
@@ -20,48 +25,65 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
     uint256 public immutable GENESIS_BLOCK;
 
     struct Epoch {
-        uint256 fees;
+        uint256 pot;
         uint256 totalWeight;
-        uint256 claimed;
+    }
+
+    struct Attestation {
+        uint128 weight;
+        bool attested;
     }
 
     mapping(uint256 => Epoch) private _epochs;
-    /// @dev validator => epoch => weight (stake at attestation; 0 = did not attest).
-    mapping(address => mapping(uint256 => uint256)) private _weights;
+    mapping(address => mapping(uint256 => Attestation)) private _attestations;
     mapping(address => uint256[]) private _attestedEpochs;
     mapping(address => uint256) private _claimCursor;
     mapping(address => uint256) private _claimedTotal;
     uint256 private _feesReceived;
+    uint256 private _allocated;
     uint256 private _claimedAll;
+    /// @dev The attested epoch whose pot is not finalized yet, plus one (0 = none). At most one: attestations are
+    ///      only for the current epoch and every entry point finalizes a finished one first.
+    uint256 private _openEpochPlusOne;
 
-    /// @notice Fees arrived for an epoch.
-    /// @param epoch The epoch credited.
+    /// @notice Fees arrived; they wait for the next attested epoch to end.
+    /// @param epoch The current epoch.
     /// @param from Who sent them (PaymentChannels).
     /// @param amount The amount.
     event FeesReceived(uint256 indexed epoch, address indexed from, uint256 amount);
+    /// @notice An attested epoch ended and took every unallocated fee as its pot.
+    /// @param epoch The epoch.
+    /// @param pot The fees its attesters share.
+    /// @param totalWeight The sum of its attesters' weights.
+    event EpochFinalized(uint256 indexed epoch, uint256 pot, uint256 totalWeight);
     /// @notice A validator attested for an epoch.
     /// @param epoch The epoch.
     /// @param validator The validator.
     /// @param jobsChecked How many jobs it re-executed.
     /// @param resultsRoot Merkle root of its results (evidence for later disputes).
-    /// @param weight Its stake at attestation (its share weight).
+    /// @param weight Its share weight (stake at the epoch's start, or less if it has less now).
     event Attested(
         uint256 indexed epoch, address indexed validator, uint256 jobsChecked, bytes32 resultsRoot, uint256 weight
     );
+    /// @notice A validator's weight in the current epoch went down with its stake.
+    /// @param epoch The epoch.
+    /// @param validator The validator.
+    /// @param weight Its new weight.
+    event WeightReduced(uint256 indexed epoch, address indexed validator, uint256 weight);
     /// @notice A validator claimed rewards.
     /// @param validator The validator.
     /// @param amount The amount sent.
+    /// @param epochs Number of epochs claimed.
     /// @param throughEpoch The last epoch included.
-    event Claimed(address indexed validator, uint256 amount, uint256 throughEpoch);
-    /// @notice Fees of a finished epoch without attesters moved to the current epoch.
-    /// @param fromEpoch The finished epoch.
-    /// @param toEpoch The current epoch.
-    /// @param amount The amount moved.
-    event FeesRolledOver(uint256 indexed fromEpoch, uint256 indexed toEpoch, uint256 amount);
+    event Claimed(address indexed validator, uint256 amount, uint256 epochs, uint256 throughEpoch);
 
     /// @notice Only active validators may attest.
     /// @param account The caller.
     error RewardsNotValidator(address account);
+    /// @notice The validator had no stake when the epoch started, so it has no weight in it.
+    /// @param epoch The epoch.
+    /// @param validator The validator.
+    error RewardsNoStakeAtEpochStart(uint256 epoch, address validator);
     /// @notice Attestations are only accepted for the current epoch.
     /// @param epoch The epoch given.
     /// @param current The current epoch.
@@ -70,12 +92,12 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
     /// @param epoch The epoch.
     /// @param validator The validator.
     error RewardsAlreadyAttested(uint256 epoch, address validator);
-    /// @notice Nothing to claim yet.
+    /// @notice Nothing to claim yet (or `maxEpochs` is zero).
     /// @param validator The validator.
     error RewardsNothingToClaim(address validator);
-    /// @notice The epoch cannot be rolled over (not finished, has attesters, or no fees).
-    /// @param epoch The epoch.
-    error RewardsCannotRollOver(uint256 epoch);
+    /// @notice Only the Staking contract reports stake decreases.
+    /// @param caller The caller.
+    error RewardsOnlyStaking(address caller);
     /// @notice Invalid constructor arguments.
     error RewardsInvalidParams();
     /// @notice Sending ETH failed.
@@ -94,61 +116,72 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
 
     /// @inheritdoc IValidatorRewards
     function depositFees() external payable {
-        uint256 epoch = currentEpoch();
-        _epochs[epoch].fees += msg.value;
+        _finalizeEnded();
         _feesReceived += msg.value;
-        emit FeesReceived(epoch, msg.sender, msg.value);
+        emit FeesReceived(currentEpoch(), msg.sender, msg.value);
     }
 
-    /// @notice Attest to the current epoch's re-execution work; the caller's current stake becomes its share weight.
+    /// @notice Attest to the current epoch's re-execution work. The caller's weight is its stake checkpointed at the
+    ///         epoch's start (or its current stake, if lower), and follows any later decrease in this epoch.
     /// @param epoch Must be the current epoch.
     /// @param jobsChecked How many jobs were re-executed.
     /// @param resultsRoot Merkle root over (jobId, outputHash, verdict) of the checked jobs.
     function attest(uint256 epoch, uint256 jobsChecked, bytes32 resultsRoot) external {
+        _finalizeEnded();
         uint256 current = currentEpoch();
         if (epoch != current) revert RewardsWrongEpoch(epoch, current);
         if (!STAKING.isActiveValidator(msg.sender)) revert RewardsNotValidator(msg.sender);
-        if (_weights[msg.sender][epoch] != 0) revert RewardsAlreadyAttested(epoch, msg.sender);
-        uint256 weight = STAKING.stakeOf(msg.sender);
-        _weights[msg.sender][epoch] = weight;
+        Attestation storage a = _attestations[msg.sender][epoch];
+        if (a.attested) revert RewardsAlreadyAttested(epoch, msg.sender);
+        uint256 start = epochStartBlock(epoch);
+        uint256 weight = start == 0 ? 0 : STAKING.validatorStakeAt(msg.sender, start - 1);
+        uint256 now_ = STAKING.validatorStakeOf(msg.sender);
+        if (now_ < weight) weight = now_;
+        if (weight == 0) revert RewardsNoStakeAtEpochStart(epoch, msg.sender);
+        a.weight = uint128(weight);
+        a.attested = true;
         _epochs[epoch].totalWeight += weight;
         _attestedEpochs[msg.sender].push(epoch);
+        if (_openEpochPlusOne == 0) _openEpochPlusOne = epoch + 1;
         emit Attested(epoch, msg.sender, jobsChecked, resultsRoot, weight);
     }
 
-    /// @notice Claim the caller's share of every finished epoch it attested and has not claimed.
+    /// @inheritdoc IValidatorRewards
+    function stakeReduced(address validator) external {
+        if (msg.sender != address(STAKING)) revert RewardsOnlyStaking(msg.sender);
+        _finalizeEnded();
+        uint256 epoch = currentEpoch();
+        Attestation storage a = _attestations[validator][epoch];
+        uint256 weight = a.weight;
+        uint256 remaining = STAKING.validatorStakeOf(validator);
+        if (weight <= remaining) return;
+        a.weight = uint128(remaining);
+        _epochs[epoch].totalWeight -= weight - remaining;
+        emit WeightReduced(epoch, validator, remaining);
+    }
+
+    /// @notice Claim the caller's share of up to `maxEpochs` finished epochs it attested, oldest first.
+    /// @param maxEpochs How many epochs to walk at most (bounds the gas of one call).
     /// @return amount The amount sent.
-    function claim() external nonReentrant returns (uint256 amount) {
+    function claim(uint256 maxEpochs) external nonReentrant returns (uint256 amount) {
+        _finalizeEnded();
         uint256 current = currentEpoch();
         uint256[] storage epochs = _attestedEpochs[msg.sender];
-        uint256 cursor = _claimCursor[msg.sender];
+        uint256 first = _claimCursor[msg.sender];
+        uint256 cursor = first;
         uint256 last;
-        while (cursor < epochs.length && epochs[cursor] < current) {
+        while (cursor < epochs.length && cursor - first < maxEpochs && epochs[cursor] < current) {
             uint256 e = epochs[cursor];
-            uint256 share = _share(msg.sender, e);
-            _epochs[e].claimed += share;
-            amount += share;
+            amount += _share(msg.sender, e, _epochs[e].pot);
             last = e;
             ++cursor;
         }
-        if (cursor == _claimCursor[msg.sender]) revert RewardsNothingToClaim(msg.sender);
+        if (cursor == first) revert RewardsNothingToClaim(msg.sender);
         _claimCursor[msg.sender] = cursor;
         _claimedTotal[msg.sender] += amount;
         _claimedAll += amount;
-        emit Claimed(msg.sender, amount, last);
+        emit Claimed(msg.sender, amount, cursor - first, last);
         if (amount > 0) _send(msg.sender, amount);
-    }
-
-    /// @notice Move the fees of a finished epoch that nobody attested into the current epoch.
-    /// @param epoch The finished epoch.
-    function rollOver(uint256 epoch) external {
-        uint256 current = currentEpoch();
-        Epoch storage e = _epochs[epoch];
-        if (epoch >= current || e.totalWeight != 0 || e.fees == 0) revert RewardsCannotRollOver(epoch);
-        uint256 amount = e.fees;
-        e.fees = 0;
-        _epochs[current].fees += amount;
-        emit FeesRolledOver(epoch, current, amount);
     }
 
     /// @notice The current epoch number.
@@ -157,14 +190,34 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         return (block.number - GENESIS_BLOCK) / EPOCH_LENGTH;
     }
 
-    /// @notice Rewards of `validator` claimable now (finished epochs not yet claimed).
+    /// @notice The first block of `epoch`.
+    /// @param epoch The epoch.
+    /// @return The block number.
+    function epochStartBlock(uint256 epoch) public view returns (uint256) {
+        return GENESIS_BLOCK + epoch * EPOCH_LENGTH;
+    }
+
+    /// @notice Rewards of `validator` claimable now (finished epochs not yet claimed). Walks every unclaimed epoch:
+    ///         for off-chain use.
     /// @param validator The validator.
     /// @return amount The claimable amount.
     function pendingRewards(address validator) public view returns (uint256 amount) {
         uint256 current = currentEpoch();
         uint256[] storage epochs = _attestedEpochs[validator];
         for (uint256 i = _claimCursor[validator]; i < epochs.length && epochs[i] < current; ++i) {
-            amount += _share(validator, epochs[i]);
+            (uint256 pot,) = epochInfo(epochs[i]);
+            amount += _share(validator, epochs[i], pot);
+        }
+    }
+
+    /// @notice Number of finished epochs `validator` attested and has not claimed (what `claim` would walk).
+    /// @param validator The validator.
+    /// @return count The number of epochs.
+    function unclaimedEpochs(address validator) external view returns (uint256 count) {
+        uint256 current = currentEpoch();
+        uint256[] storage epochs = _attestedEpochs[validator];
+        for (uint256 i = _claimCursor[validator]; i < epochs.length && epochs[i] < current; ++i) {
+            ++count;
         }
     }
 
@@ -175,22 +228,38 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         return _claimedTotal[validator] + pendingRewards(validator);
     }
 
-    /// @notice An epoch's fees, total attesting weight and claimed amount.
+    /// @notice An epoch's pot and total attesting weight. The pot of an attested epoch that has ended is shown even
+    ///         before a transaction finalizes it; it is 0 for unattested and running epochs.
     /// @param epoch The epoch.
-    /// @return fees Fees received for the epoch.
+    /// @return pot Fees its attesters share.
     /// @return totalWeight Sum of the attesters' weights.
-    /// @return claimed Amount claimed from it so far.
-    function epochInfo(uint256 epoch) external view returns (uint256 fees, uint256 totalWeight, uint256 claimed) {
+    function epochInfo(uint256 epoch) public view returns (uint256 pot, uint256 totalWeight) {
         Epoch storage e = _epochs[epoch];
-        return (e.fees, e.totalWeight, e.claimed);
+        pot = e.pot;
+        if (_pendingFinalization() == epoch + 1) pot = _feesReceived - _allocated;
+        return (pot, e.totalWeight);
     }
 
-    /// @notice The weight `validator` attested with in `epoch` (0 if it did not attest).
+    /// @notice Fees not in any epoch's pot yet: they go to the next attested epoch when it ends.
+    /// @return The amount in wei.
+    function unallocatedFees() external view returns (uint256) {
+        return _pendingFinalization() != 0 ? 0 : _feesReceived - _allocated;
+    }
+
+    /// @notice The weight `validator` has in `epoch` (0 if it did not attest or unbonded everything).
     /// @param validator The validator.
     /// @param epoch The epoch.
     /// @return The weight.
     function weightOf(address validator, uint256 epoch) external view returns (uint256) {
-        return _weights[validator][epoch];
+        return _attestations[validator][epoch].weight;
+    }
+
+    /// @notice Whether `validator` attested in `epoch`.
+    /// @param validator The validator.
+    /// @param epoch The epoch.
+    /// @return True if it did.
+    function hasAttested(address validator, uint256 epoch) external view returns (bool) {
+        return _attestations[validator][epoch].attested;
     }
 
     /// @notice All fees ever received and all rewards ever claimed.
@@ -200,9 +269,31 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         return (_feesReceived, _claimedAll);
     }
 
-    function _share(address validator, uint256 epoch) private view returns (uint256) {
+    /// @dev The open epoch plus one if it has ended and has weight (its pot is everything unallocated), else 0.
+    function _pendingFinalization() private view returns (uint256) {
+        uint256 open = _openEpochPlusOne;
+        if (open == 0 || open - 1 >= currentEpoch() || _epochs[open - 1].totalWeight == 0) return 0;
+        return open;
+    }
+
+    /// @dev Give a finished attested epoch every unallocated fee as its pot. An epoch whose attesters all unbonded
+    ///      (weight 0) gets nothing: its fees roll forward too.
+    function _finalizeEnded() private {
+        uint256 open = _openEpochPlusOne;
+        if (open == 0 || open - 1 >= currentEpoch()) return;
+        _openEpochPlusOne = 0;
+        uint256 epoch = open - 1;
         Epoch storage e = _epochs[epoch];
-        return e.fees * _weights[validator][epoch] / e.totalWeight;
+        if (e.totalWeight == 0) return;
+        uint256 pot = _feesReceived - _allocated;
+        e.pot = pot;
+        _allocated += pot;
+        emit EpochFinalized(epoch, pot, e.totalWeight);
+    }
+
+    function _share(address validator, uint256 epoch, uint256 pot) private view returns (uint256) {
+        uint256 total = _epochs[epoch].totalWeight;
+        return total == 0 ? 0 : pot * _attestations[validator][epoch].weight / total;
     }
 
     function _send(address to, uint256 amount) private {

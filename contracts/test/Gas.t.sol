@@ -59,29 +59,88 @@ contract GasTest is Fixture {
         _redeemMany(100);
     }
 
-    function test_gas_attestClaimChallengeResolve() public {
+    function _snap(string memory group, string memory name) internal returns (uint256 gas) {
+        gas = vm.snapshotGasLastCall(group, name);
+        emit log_named_uint(name, gas);
+    }
+
+    function _disputeSetup() internal returns (Disputes.Evidence memory ev, bytes32 salt) {
         registerNode(node);
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 3 ether);
-        rewards.depositFees{value: 1 ether}();
+        registerValidator(validator3, 4 ether);
+        nextBlock();
+        Disputes.Receipt[] memory rs = new Disputes.Receipt[](64);
+        for (uint256 i = 0; i < 64; ++i) {
+            rs[i] = receipt(bytes32(i), keccak256(abi.encode("out", i)));
+        }
+        ev = evidenceInBatch(NODE_KEY, rs, 21);
+        salt = bytes32("salt");
+        bytes32 commitment = disputes.commitmentOf(validator, node, disputes.receiptLeaf(ev.receipt), "ours", salt);
         vm.prank(validator);
-        rewards.attest(0, 120, bytes32("root"));
-        emit log_named_uint("attest", vm.snapshotGasLastCall("ValidatorRewards", "attest"));
-        vm.roll(block.number + EPOCH_LENGTH);
-        vm.prank(validator);
-        rewards.claim();
-        emit log_named_uint("claim (1 epoch)", vm.snapshotGasLastCall("ValidatorRewards", "claim (1 epoch)"));
+        disputes.commit(commitment);
+        _snap("Disputes", "commit");
+        nextBlock();
+    }
 
-        Disputes.Receipt memory r = receipt(bytes32("job"), keccak256("node out"));
-        bytes memory sig = signReceipt(NODE_KEY, r);
+    function test_gas_disputeSlash() public {
+        (Disputes.Evidence memory ev, bytes32 salt) = _disputeSetup();
         vm.prank(validator);
-        uint256 id = disputes.challenge{value: MIN_BOND}(r, sig, keccak256("our out"));
-        emit log_named_uint("challenge", vm.snapshotGasLastCall("Disputes", "challenge"));
+        uint256 id = disputes.challenge{value: 0.5 ether}(ev, "ours", salt);
+        _snap("Disputes", "challenge (reveal, 64-leaf batch proof)");
         vm.prank(validator2);
         disputes.vote(id, true);
-        emit log_named_uint("vote", vm.snapshotGasLastCall("Disputes", "vote"));
+        _snap("Disputes", "vote");
         vm.warp(block.timestamp + VOTING_PERIOD);
         disputes.resolve(id);
-        emit log_named_uint("resolve (slash)", vm.snapshotGasLastCall("Disputes", "resolve (slash)"));
+        _snap("Disputes", "resolve (slash)");
+        vm.prank(validator2);
+        disputes.claimVoteReward(id);
+        _snap("Disputes", "claimVoteReward");
+        vm.prank(validator);
+        disputes.withdraw();
+        _snap("Disputes", "withdraw");
+    }
+
+    function test_gas_disputeChallengerLost() public {
+        (Disputes.Evidence memory ev, bytes32 salt) = _disputeSetup();
+        vm.prank(validator);
+        uint256 id = disputes.challenge{value: 0.5 ether}(ev, "ours", salt);
+        vm.prank(validator3);
+        disputes.vote(id, false);
+        vm.warp(block.timestamp + VOTING_PERIOD);
+        disputes.resolve(id);
+        _snap("Disputes", "resolve (challenger lost)");
+    }
+
+    function test_gas_rewards() public {
+        registerValidator(validator, 2 ether);
+        registerValidator(validator2, 3 ether);
+        vm.roll(rewards.epochStartBlock(1));
+        rewards.depositFees{value: 1 ether}();
+        _snap("ValidatorRewards", "depositFees");
+        vm.prank(validator);
+        rewards.attest(1, 120, bytes32("root"));
+        _snap("ValidatorRewards", "attest");
+        vm.roll(rewards.epochStartBlock(2));
+        vm.prank(validator);
+        rewards.claim(1);
+        _snap("ValidatorRewards", "claim (1 epoch)");
+        for (uint256 e = 2; e < 102; ++e) {
+            rewards.depositFees{value: 1 ether}();
+            vm.prank(validator2);
+            rewards.attest(e, 1, bytes32("root"));
+            vm.roll(rewards.epochStartBlock(e + 1));
+        }
+        vm.prank(validator2);
+        rewards.claim(100);
+        _snap("ValidatorRewards", "claim (100 epochs)");
+        vm.prank(validator2);
+        staking.requestUnbond(1 ether);
+        _snap("Staking", "requestUnbond (validator)");
+        vm.warp(block.timestamp + UNBONDING_DELAY);
+        vm.prank(validator2);
+        staking.withdraw();
+        _snap("Staking", "withdraw");
     }
 }

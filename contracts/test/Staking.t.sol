@@ -120,13 +120,46 @@ contract StakingTest is Fixture {
         assertEq(address(staking).balance, bonded + unb, "balance = totals");
     }
 
-    function test_setDisputes_onlyOnce() public {
-        vm.expectRevert(Staking.StakingDisputesAlreadySet.selector);
-        staking.setDisputes(address(1));
-        Staking fresh = new Staking(1, 1, 1);
-        vm.expectRevert(Staking.StakingDisputesAlreadySet.selector);
+    function test_setModules_onlyOnceByTheDeployer() public {
+        vm.expectRevert(Staking.StakingModulesAlreadySet.selector);
+        staking.setModules(address(disputes), address(rewards));
+        Staking fresh = new Staking(1, 1, 30 days);
+        vm.expectRevert(Staking.StakingModulesAlreadySet.selector);
         vm.prank(payer);
-        fresh.setDisputes(address(1));
+        fresh.setModules(address(disputes), address(rewards));
+        vm.expectRevert(Staking.StakingModulesAlreadySet.selector);
+        fresh.setModules(address(disputes), address(0));
+        fresh.setModules(address(disputes), address(rewards));
+        assertEq(fresh.disputes(), address(disputes), "disputes");
+        assertEq(fresh.rewards(), address(rewards), "rewards");
+    }
+
+    /// Votes and rewards read stake as it stood at a past block: checkpoints per validator and in total.
+    function test_checkpoints_weighStakeAtPastBlocks() public {
+        uint256 b0 = block.number;
+        registerValidator(validator, 2 ether);
+        registerValidator(validator2, 3 ether);
+        nextBlock();
+        uint256 b1 = block.number;
+        vm.prank(validator);
+        staking.increaseStake{value: 5 ether}();
+        vm.prank(validator2);
+        staking.requestUnbond(2 ether); // 1 ether left: under the minimum, so no weight
+        nextBlock();
+        assertEq(staking.validatorStakeAt(validator, b0 - 1), 0, "before registering");
+        assertEq(staking.validatorStakeAt(validator, b0), 2 ether, "registered");
+        assertEq(staking.totalValidatorStakeAt(b0), 5 ether, "total at b0");
+        assertEq(staking.validatorStakeAt(validator, b1), 7 ether, "increased");
+        assertEq(staking.validatorStakeAt(validator2, b1), 0, "under the minimum weighs nothing");
+        assertEq(staking.totalValidatorStakeAt(b1), 7 ether, "total at b1");
+        assertEq(staking.validatorStakeOf(validator2), 0, "now");
+        vm.expectRevert(abi.encodeWithSelector(Staking.StakingFutureLookup.selector, block.number, block.number));
+        staking.validatorStakeAt(validator, block.number);
+        // Nodes have no validator weight.
+        registerNode(node);
+        nextBlock();
+        assertEq(staking.validatorStakeAt(node, block.number - 1), 0, "nodes do not vote");
+        assertEq(staking.bondedOf(validator2), 3 ether, "bonded = active + unbonding");
     }
 
     function testFuzz_stakeNeverNegativeAndBalanceMatches(uint256 stakeSeed, uint256 unbondSeed, uint256 slashSeed)

@@ -58,26 +58,36 @@ contract TransferFailuresTest is Fixture {
 
     function test_rewardsClaimToARejecter() public {
         rejecter.exec(address(staking), 2 ether, abi.encodeCall(Staking.registerValidator, ()));
+        vm.roll(rewards.epochStartBlock(1));
         rewards.depositFees{value: 1 ether}();
-        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.attest, (0, 1, bytes32(0))));
-        vm.roll(block.number + EPOCH_LENGTH);
+        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.attest, (1, 1, bytes32(0))));
+        vm.roll(rewards.epochStartBlock(2));
         vm.expectRevert(
             abi.encodeWithSelector(ValidatorRewards.RewardsTransferFailed.selector, address(rejecter), 1 ether)
         );
-        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.claim, ()));
+        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.claim, (10)));
         assertEq(rewards.pendingRewards(address(rejecter)), 1 ether, "still claimable");
     }
 
     function test_disputeWithdrawToARejecter() public {
         registerNode(node);
-        rejecter.exec(address(staking), 2 ether, abi.encodeCall(Staking.registerValidator, ()));
-        Disputes.Receipt memory r = receipt(bytes32("job"), keccak256("node out"));
-        bytes memory sig = signReceipt(NODE_KEY, r);
-        rejecter.exec(address(disputes), MIN_BOND, abi.encodeCall(Disputes.challenge, (r, sig, keccak256("our out"))));
+        rejecter.exec(address(staking), 5 ether, abi.encodeCall(Staking.registerValidator, ()));
+        registerValidator(validator, 2 ether);
+        nextBlock();
+        Disputes.Evidence memory ev = evidenceOf(NODE_KEY, receipt(bytes32("job"), keccak256("node out")));
+        bytes32 out = keccak256("our out");
+        bytes32 leaf = disputes.receiptLeaf(ev.receipt);
+        rejecter.exec(
+            address(disputes),
+            0,
+            abi.encodeCall(Disputes.commit, (disputes.commitmentOf(address(rejecter), node, leaf, out, bytes32(0))))
+        );
+        nextBlock();
+        rejecter.exec(address(disputes), 0.5 ether, abi.encodeCall(Disputes.challenge, (ev, out, bytes32(0))));
         vm.warp(block.timestamp + VOTING_PERIOD);
         disputes.resolve(0);
         uint256 credit = disputes.creditOf(address(rejecter));
-        assertEq(credit, MIN_BOND + 2.5 ether, "bond back plus half the slash");
+        assertEq(credit, 0.5 ether + 1 ether, "bond back plus 20% of the 5 ether slash");
         vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeTransferFailed.selector, address(rejecter), credit));
         rejecter.exec(address(disputes), 0, abi.encodeCall(Disputes.withdraw, ()));
         assertEq(disputes.creditOf(address(rejecter)), credit, "still credited");

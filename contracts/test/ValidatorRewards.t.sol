@@ -10,69 +10,71 @@ contract ValidatorRewardsTest is Fixture {
         deploySystem();
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 6 ether);
+        // Epoch 0 started at deployment, before these stakes: work from epoch 1 on.
+        vm.roll(rewards.epochStartBlock(1));
     }
 
-    function test_depositFees_creditsCurrentEpoch() public {
-        vm.roll(block.number + EPOCH_LENGTH * 3);
+    function _attest(address who, uint256 epoch) internal {
+        vm.prank(who);
+        rewards.attest(epoch, 10, bytes32("root"));
+    }
+
+    function _endEpoch() internal {
+        vm.roll(rewards.epochStartBlock(rewards.currentEpoch() + 1));
+    }
+
+    function test_depositFees_waitForTheNextAttestedEpoch() public {
         vm.expectEmit();
-        emit ValidatorRewards.FeesReceived(3, address(this), 1 ether);
+        emit ValidatorRewards.FeesReceived(1, address(this), 1 ether);
         rewards.depositFees{value: 1 ether}();
-        (uint256 fees,,) = rewards.epochInfo(3);
-        assertEq(fees, 1 ether, "fees in epoch 3");
+        assertEq(rewards.unallocatedFees(), 1 ether, "unallocated");
+        (uint256 pot,) = rewards.epochInfo(1);
+        assertEq(pot, 0, "no pot while the epoch runs");
     }
 
-    function test_attestAndClaim_shareProRataToStake() public {
+    function test_attestAndClaim_shareProRataToStakeAtEpochStart() public {
         rewards.depositFees{value: 4 ether}();
         vm.expectEmit();
-        emit ValidatorRewards.Attested(0, validator, 10, bytes32("root"), 2 ether);
-        vm.prank(validator);
-        rewards.attest(0, 10, bytes32("root"));
-        vm.prank(validator2);
-        rewards.attest(0, 7, bytes32("root2"));
+        emit ValidatorRewards.Attested(1, validator, 10, bytes32("root"), 2 ether);
+        _attest(validator, 1);
+        _attest(validator2, 1);
         // Not claimable while the epoch runs.
         assertEq(rewards.pendingRewards(validator), 0, "pending during epoch");
         vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNothingToClaim.selector, validator));
         vm.prank(validator);
-        rewards.claim();
-        vm.roll(block.number + EPOCH_LENGTH);
+        rewards.claim(10);
+        _endEpoch();
         assertEq(rewards.pendingRewards(validator), 1 ether, "2/8 of 4");
         assertEq(rewards.pendingRewards(validator2), 3 ether, "6/8 of 4");
         uint256 before = validator.balance;
         vm.prank(validator);
-        assertEq(rewards.claim(), 1 ether, "claimed");
+        assertEq(rewards.claim(10), 1 ether, "claimed");
         assertEq(validator.balance - before, 1 ether, "paid");
         assertEq(rewards.totalEarned(validator), 1 ether, "earned");
         vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNothingToClaim.selector, validator));
         vm.prank(validator);
-        rewards.claim();
+        rewards.claim(10);
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNothingToClaim.selector, validator2));
+        vm.prank(validator2);
+        rewards.claim(0);
     }
 
     function test_attest_revertsForWrongEpochStrangersAndTwice() public {
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsWrongEpoch.selector, 1, 0));
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsWrongEpoch.selector, 2, 1));
         vm.prank(validator);
-        rewards.attest(1, 0, 0);
+        rewards.attest(2, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNotValidator.selector, payer));
         vm.prank(payer);
-        rewards.attest(0, 0, 0);
+        rewards.attest(1, 0, 0);
+        _attest(validator, 1);
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsAlreadyAttested.selector, 1, validator));
         vm.prank(validator);
-        rewards.attest(0, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsAlreadyAttested.selector, 0, validator));
-        vm.prank(validator);
-        rewards.attest(0, 0, 0);
+        rewards.attest(1, 0, 0);
     }
 
-    function test_rollOver_movesUnattestedFees() public {
-        rewards.depositFees{value: 1 ether}();
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsCannotRollOver.selector, 0));
-        rewards.rollOver(0);
-        vm.roll(block.number + EPOCH_LENGTH);
-        vm.expectEmit();
-        emit ValidatorRewards.FeesRolledOver(0, 1, 1 ether);
-        rewards.rollOver(0);
-        (uint256 fees,,) = rewards.epochInfo(1);
-        assertEq(fees, 1 ether, "moved");
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsCannotRollOver.selector, 0));
-        rewards.rollOver(0);
+    function test_stakeReduced_onlyStaking() public {
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsOnlyStaking.selector, address(this)));
+        rewards.stakeReduced(validator);
     }
 
     function test_constructor_revertsOnZeroEpoch() public {
@@ -80,25 +82,129 @@ contract ValidatorRewardsTest is Fixture {
         new ValidatorRewards(IStaking(address(staking)), 0);
     }
 
+    /// Last-block stake: stake added in the last block of an epoch has no weight in it; stake added before an epoch
+    /// and unbonded in it (after attesting, in the same block) earns nothing.
+    function test_attack_lastBlockStake() public {
+        address attacker = vm.addr(0xBAD);
+        vm.deal(attacker, 1000 ether);
+        rewards.depositFees{value: 10 ether}();
+        _attest(validator, 1);
+        // Last block of epoch 1: stake, attest, unbond.
+        vm.roll(rewards.epochStartBlock(2) - 1);
+        vm.prank(attacker);
+        staking.registerValidator{value: 500 ether}();
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNoStakeAtEpochStart.selector, 1, attacker));
+        vm.prank(attacker);
+        rewards.attest(1, 1000, bytes32("x"));
+        // First block of epoch 2: its stake counts at the epoch's start, so it attests... and unbonds at once.
+        _endEpoch();
+        rewards.depositFees{value: 10 ether}();
+        _attest(validator, 2);
+        _attest(attacker, 2);
+        assertEq(rewards.weightOf(attacker, 2), 500 ether, "weight at the epoch's start");
+        vm.prank(attacker);
+        staking.requestUnbond(500 ether);
+        assertEq(rewards.weightOf(attacker, 2), 0, "unbonding stake earns nothing");
+        _endEpoch();
+        assertEq(rewards.pendingRewards(attacker), 0, "attacker earned nothing");
+        assertEq(rewards.pendingRewards(validator), 20 ether, "the honest validator earned both epochs");
+    }
+
+    /// Partial unbonding cuts the weight to what is left; slashing does too.
+    function test_weightFollowsStakeDown() public {
+        _attest(validator2, 1);
+        _attest(validator, 1);
+        vm.prank(validator2);
+        staking.requestUnbond(2 ether);
+        assertEq(rewards.weightOf(validator2, 1), 4 ether, "6 - 2");
+        (, uint256 total) = rewards.epochInfo(1);
+        assertEq(total, 6 ether, "4 + 2");
+        rewards.depositFees{value: 6 ether}();
+        _endEpoch();
+        assertEq(rewards.pendingRewards(validator2), 4 ether, "4/6 of 6");
+        assertEq(rewards.pendingRewards(validator), 2 ether, "2/6 of 6");
+        // Stake added during an epoch does not raise the weight in it.
+        _attest(validator, 2);
+        vm.prank(validator);
+        staking.increaseStake{value: 100 ether}();
+        assertEq(rewards.weightOf(validator, 2), 2 ether, "still the stake at the epoch's start");
+    }
+
+    /// Unbounded claim: 1,000 attested epochs are claimed in bounded calls, all of it, each call well inside a block.
+    function test_attack_unboundedClaim() public {
+        uint256 epochs = 1000;
+        for (uint256 i = 0; i < epochs; ++i) {
+            rewards.depositFees{value: 1 ether}();
+            _attest(validator, rewards.currentEpoch());
+            _endEpoch();
+        }
+        assertEq(rewards.unclaimedEpochs(validator), epochs, "1000 epochs to claim");
+        uint256 total;
+        uint256 maxGas;
+        for (uint256 i = 0; i < epochs / 100; ++i) {
+            uint256 gasBefore = gasleft();
+            vm.prank(validator);
+            total += rewards.claim(100);
+            uint256 used = gasBefore - gasleft();
+            if (used > maxGas) maxGas = used;
+        }
+        assertEq(total, epochs * 1 ether, "everything claimed");
+        assertLt(maxGas, 5_000_000, "a 100-epoch claim fits easily in a block");
+        emit log_named_uint("claim(100) gas, at most", maxGas);
+        assertEq(rewards.unclaimedEpochs(validator), 0, "nothing left");
+    }
+
+    /// Stuck fees: fees of epochs nobody attested roll forward by themselves to the next attested epoch.
+    function test_attack_stuckFeesRollForward() public {
+        for (uint256 i = 0; i < 5; ++i) {
+            rewards.depositFees{value: 1 ether}();
+            _endEpoch();
+        }
+        uint256 e = rewards.currentEpoch();
+        rewards.depositFees{value: 1 ether}();
+        _attest(validator, e);
+        assertEq(rewards.unallocatedFees(), 6 ether, "all six wait for this epoch");
+        _endEpoch();
+        rewards.depositFees{value: 7 ether}(); // the next epoch's fee does not join the finished pot
+        (uint256 pot,) = rewards.epochInfo(e);
+        assertEq(pot, 6 ether, "one pot with the five unattested epochs' fees");
+        assertEq(rewards.unallocatedFees(), 7 ether, "the new fee waits");
+        vm.prank(validator);
+        assertEq(rewards.claim(1), 6 ether, "claimed without any roll-over transaction");
+    }
+
+    /// An epoch whose every attester unbonded has no weight: its fees roll forward instead of being stranded.
+    function test_feesOfAnEpochWhoseAttestersAllUnbondedRollForward() public {
+        rewards.depositFees{value: 3 ether}();
+        _attest(validator, 1);
+        vm.prank(validator);
+        staking.requestUnbond(2 ether);
+        _endEpoch();
+        _attest(validator2, 2);
+        _endEpoch();
+        vm.prank(validator2);
+        assertEq(rewards.claim(5), 3 ether, "epoch 1's fees reached epoch 2's attester");
+        assertEq(rewards.pendingRewards(validator), 0, "the unbonded validator got nothing");
+    }
+
     function testFuzz_claimsNeverExceedFees(uint256[4] memory fees, uint256 stakeSeed) public {
         uint256 extra = bound(stakeSeed, 0, 100 ether);
         vm.prank(validator);
         staking.increaseStake{value: extra + 1}();
+        _endEpoch();
         uint256 total;
-        for (uint256 e = 0; e < fees.length; ++e) {
-            uint256 f = bound(fees[e], 0, 50 ether);
+        for (uint256 i = 0; i < fees.length; ++i) {
+            uint256 f = bound(fees[i], 0, 50 ether);
             total += f;
             rewards.depositFees{value: f}();
-            vm.prank(validator);
-            rewards.attest(e, 1, 0);
-            vm.prank(validator2);
-            rewards.attest(e, 1, 0);
-            vm.roll(block.number + EPOCH_LENGTH);
+            _attest(validator, rewards.currentEpoch());
+            _attest(validator2, rewards.currentEpoch());
+            _endEpoch();
         }
         vm.prank(validator);
-        uint256 a = rewards.claim();
+        uint256 a = rewards.claim(10);
         vm.prank(validator2);
-        uint256 b = rewards.claim();
+        uint256 b = rewards.claim(10);
         assertLe(a + b, total, "claims <= fees");
         assertLe(total - (a + b), 2 * fees.length, "dust is at most (attesters - 1) wei per epoch");
         (uint256 received, uint256 claimed) = rewards.totals();

@@ -11,20 +11,50 @@ interface IStaking {
         Validator
     }
 
+    /// @notice Seconds between an unbonding request and the earliest withdrawal.
+    /// @return The delay.
+    function UNBONDING_DELAY() external view returns (uint256);
+
     /// @notice Role of `account` (None if unregistered).
     /// @param account The address to look up.
     /// @return The account's role.
     function roleOf(address account) external view returns (Role);
 
-    /// @notice Active (bonded) stake of `account` in wei.
+    /// @notice Active (bonded, not unbonding) stake of `account` in wei.
     /// @param account The address to look up.
     /// @return The active stake.
     function stakeOf(address account) external view returns (uint256);
+
+    /// @notice Everything slashable of `account`: active plus unbonding stake, in wei.
+    /// @param account The address to look up.
+    /// @return The bonded total.
+    function bondedOf(address account) external view returns (uint256);
 
     /// @notice Whether `account` is a validator with at least the minimum validator stake.
     /// @param account The address to look up.
     /// @return True if it is an active validator.
     function isActiveValidator(address account) external view returns (bool);
+
+    /// @notice Whether `account` is a node with at least the minimum node stake.
+    /// @param account The address to look up.
+    /// @return True if it is an active node.
+    function isActiveNode(address account) external view returns (bool);
+
+    /// @notice Voting and reward weight of `account` now: its active stake if it is an active validator, else 0.
+    /// @param account The address to look up.
+    /// @return The weight in wei.
+    function validatorStakeOf(address account) external view returns (uint256);
+
+    /// @notice Voting and reward weight of `account` at the end of block `blockNumber` (a past block).
+    /// @param account The address to look up.
+    /// @param blockNumber A block before the current one.
+    /// @return The weight in wei.
+    function validatorStakeAt(address account, uint256 blockNumber) external view returns (uint256);
+
+    /// @notice Total weight of all active validators at the end of block `blockNumber` (a past block).
+    /// @param blockNumber A block before the current one.
+    /// @return The total in wei.
+    function totalValidatorStakeAt(uint256 blockNumber) external view returns (uint256);
 
     /// @notice Slash up to `amount` from `account` (active stake first, then unbonding) and send it to the caller.
     /// @dev Only the Disputes contract may call this.

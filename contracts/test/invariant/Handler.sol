@@ -8,7 +8,9 @@ import {PaymentChannels} from "../../src/PaymentChannels.sol";
 import {ValidatorRewards} from "../../src/ValidatorRewards.sol";
 import {Disputes} from "../../src/Disputes.sol";
 
-/// @notice Drives every contract with bounded random actions and keeps ghost totals of money in and out.
+/// @notice Drives every contract with bounded random actions and keeps ghost totals of money in and out. Every
+///         action checks its preconditions first (forge runs with `fail_on_revert = true`); the only reverts it
+///         accepts are asserted ones (a withdrawal locked by a dispute).
 contract Handler is Test {
     Staking internal immutable staking;
     PaymentChannels internal immutable channels;
@@ -16,8 +18,10 @@ contract Handler is Test {
     Disputes internal immutable disputes;
 
     uint256[2] internal payerKeys = [uint256(0xA1), 0xA2];
-    uint256[2] internal nodeKeys = [uint256(0xB1), 0xB2];
-    uint256[3] internal validatorKeys = [uint256(0xC1), 0xC2, 0xC3];
+    /// @dev The first two are registered by the test's setUp; the third registers through the handler.
+    uint256[3] internal nodeKeys = [uint256(0xB1), 0xB2, 0xB3];
+    /// @dev The first three are registered by the test's setUp; the fourth registers through the handler (late).
+    uint256[4] internal validatorKeys = [uint256(0xC1), 0xC2, 0xC3, 0xC4];
 
     bytes32[] public channelIds;
     mapping(bytes32 => uint256) public payerKeyOf;
@@ -31,6 +35,10 @@ contract Handler is Test {
     uint256 public redemptions;
     uint256 public replays;
     uint256[] public disputeIds;
+    /// @dev Ghost: what nodes lost to resolutions, measured from their bonded stake.
+    uint256 public ghostSlashed;
+    uint256 public lockedWithdrawals;
+    uint256 internal jobCounter;
 
     constructor(Staking s, PaymentChannels c, ValidatorRewards r, Disputes d) {
         staking = s;
@@ -41,6 +49,10 @@ contract Handler is Test {
 
     function channelCount() external view returns (uint256) {
         return channelIds.length;
+    }
+
+    function disputeCount() external view returns (uint256) {
+        return disputeIds.length;
     }
 
     function validatorAt(uint256 i) external view returns (address) {
@@ -60,7 +72,7 @@ contract Handler is Test {
         vm.deal(payer, payer.balance + amount);
         vm.prank(payer);
         bytes32 id = channels.open{value: amount}(
-            vm.addr(nodeKeys[nodeSeed % 2]), uint64(block.timestamp + bound(expirySeed, 1 hours, 60 days))
+            vm.addr(nodeKeys[nodeSeed % 3]), uint64(block.timestamp + bound(expirySeed, 1 hours, 60 days))
         );
         channelIds.push(id);
         payerKeyOf[id] = key;
@@ -94,11 +106,11 @@ contract Handler is Test {
 
     function redeemMany(uint256 seed, uint256 amountSeed) external {
         if (channelIds.length == 0) return;
-        address payee = vm.addr(nodeKeys[seed % 2]);
+        address payee = vm.addr(nodeKeys[seed % 3]);
         PaymentChannels.SignedVoucher[] memory batch = new PaymentChannels.SignedVoucher[](3);
         uint256 n;
         for (uint256 i = 0; i < channelIds.length && n < 3; ++i) {
-            bytes32 id = channelIds[(seed + i) % channelIds.length];
+            bytes32 id = channelIds[(seed % channelIds.length + i) % channelIds.length];
             PaymentChannels.Channel memory ch = channels.getChannel(id);
             if (ch.payee != payee || block.timestamp >= channels.redeemDeadline(id)) continue;
             bool dup;
@@ -175,8 +187,8 @@ contract Handler is Test {
 
     // ------------------------------------------------------------------ staking + rewards
 
-    function registerValidator(uint256 seed, uint256 amountSeed) external {
-        address who = vm.addr(validatorKeys[seed % 3]);
+    function registerValidator(uint256 amountSeed) external {
+        address who = vm.addr(validatorKeys[3]);
         if (staking.roleOf(who) != IStaking.Role.None) return;
         uint256 amount = bound(amountSeed, 2 ether, 50 ether);
         vm.deal(who, who.balance + amount);
@@ -184,8 +196,17 @@ contract Handler is Test {
         staking.registerValidator{value: amount}();
     }
 
+    function registerNode(uint256 amountSeed) external {
+        address who = vm.addr(nodeKeys[2]);
+        if (staking.roleOf(who) != IStaking.Role.None) return;
+        uint256 amount = bound(amountSeed, 1 ether, 20 ether);
+        vm.deal(who, who.balance + amount);
+        vm.prank(who);
+        staking.registerNode{value: amount}("peer-3", "ipfs://n3");
+    }
+
     function increaseStake(uint256 seed, uint256 amountSeed) external {
-        address who = _registeredValidator(seed);
+        address who = _registered(seed);
         if (who == address(0)) return;
         uint256 amount = bound(amountSeed, 1, 10 ether);
         vm.deal(who, who.balance + amount);
@@ -194,75 +215,103 @@ contract Handler is Test {
     }
 
     function requestUnbond(uint256 seed, uint256 amountSeed) external {
-        address who = _registeredValidator(seed);
+        address who = _registered(seed);
         if (who == address(0) || staking.stakeOf(who) == 0) return;
+        uint256 amount = bound(amountSeed, 1, staking.stakeOf(who)); // before the prank: it applies to one call
         vm.prank(who);
-        staking.requestUnbond(bound(amountSeed, 1, staking.stakeOf(who)));
+        staking.requestUnbond(amount);
     }
 
+    /// Withdraw unbonded stake, for validators and nodes alike; under a dispute it must be refused.
     function withdrawStake(uint256 seed) external {
-        address who = vm.addr(validatorKeys[seed % 3]);
+        address who = _participant(seed);
         (uint256 amount, uint256 releaseAt) = staking.unbondingOf(who);
-        if (amount == 0 || block.timestamp < releaseAt) return;
+        if (amount == 0) return;
+        if (block.timestamp < releaseAt) vm.warp(releaseAt); // time passes until the release
+        bool locked = disputes.isLocked(who);
         vm.prank(who);
-        staking.withdraw();
+        try staking.withdraw() {
+            assertTrue(!locked, "withdrew while a dispute locked it");
+        } catch (bytes memory err) {
+            assertTrue(locked, "withdraw refused without a dispute");
+            bytes memory expected = abi.encodeWithSelector(Staking.StakingLockedByDispute.selector, who);
+            assertEq(keccak256(err), keccak256(expected), "refused for the lock, not something else");
+            lockedWithdrawals++;
+        }
     }
 
     function attest(uint256 seed) external {
-        address who = vm.addr(validatorKeys[seed % 3]);
+        address who = vm.addr(validatorKeys[seed % 4]);
         uint256 epoch = rewards.currentEpoch();
-        if (!staking.isActiveValidator(who) || rewards.weightOf(who, epoch) != 0) return;
+        uint256 start = rewards.epochStartBlock(epoch);
+        if (!staking.isActiveValidator(who) || rewards.hasAttested(who, epoch) || start == 0) return;
+        if (staking.validatorStakeAt(who, start - 1) == 0) return;
         vm.prank(who);
         rewards.attest(epoch, seed % 100, keccak256(abi.encode(seed)));
     }
 
-    function claim(uint256 seed) external {
-        address who = vm.addr(validatorKeys[seed % 3]);
-        if (rewards.pendingRewards(who) == 0) return;
-        vm.prank(who);
-        rewards.claim();
+    function depositFees(uint256 amountSeed) external {
+        uint256 amount = bound(amountSeed, 0, 1 ether);
+        vm.deal(address(this), address(this).balance + amount);
+        rewards.depositFees{value: amount}();
     }
 
-    function rollOver(uint256 epochSeed) external {
-        uint256 current = rewards.currentEpoch();
-        if (current == 0) return;
-        uint256 epoch = epochSeed % current;
-        (uint256 fees, uint256 weight,) = rewards.epochInfo(epoch);
-        if (fees == 0 || weight != 0) return;
-        rewards.rollOver(epoch);
+    function claim(uint256 seed, uint256 maxSeed) external {
+        address who = vm.addr(validatorKeys[seed % 4]);
+        if (rewards.unclaimedEpochs(who) == 0) return;
+        vm.prank(who);
+        rewards.claim(bound(maxSeed, 1, 5));
     }
 
     // ------------------------------------------------------------------ disputes
 
-    function challenge(uint256 seed, bytes32 jobId) external {
-        address who = vm.addr(validatorKeys[seed % 3]);
-        if (!staking.isActiveValidator(who)) return;
-        uint256 nodeKey = nodeKeys[seed % 2];
-        Disputes.Receipt memory r = Disputes.Receipt({
-            jobId: jobId,
-            modelId: keccak256("model"),
-            inputHash: keccak256(abi.encode(jobId)),
-            outputHash: keccak256("node output"),
-            price: 1e13,
-            node: vm.addr(nodeKey)
-        });
-        bytes32 digest = disputes.receiptDigest(r);
-        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(nodeKey, digest);
-        uint256 bond = 0.1 ether;
+    /// Commit, next block, reveal: a validator challenges a node's receipt (honest or not, the contracts cannot
+    /// tell; the vote decides).
+    function challenge(uint256 seed, uint256 bondSeed) external {
+        address who = vm.addr(validatorKeys[seed % 4]);
+        uint256 nodeKey = nodeKeys[(seed / 3) % 3];
+        if (!staking.isActiveValidator(who) || staking.roleOf(vm.addr(nodeKey)) != IStaking.Role.Node) return;
+        Disputes.Evidence memory ev = _evidence(nodeKey);
+        bytes32 leaf = disputes.receiptLeaf(ev.receipt);
+        vm.prank(who);
+        disputes.commit(keccak256(abi.encode(who, ev.batch.node, leaf, keccak256("other"), bytes32(seed))));
+        vm.roll(block.number + 1);
+        vm.warp(block.timestamp + 12);
+        if (staking.validatorStakeAt(who, block.number - 1) == 0) return;
+        uint256 bond = disputes.requiredBond(ev.batch.node) + bound(bondSeed, 0, 1 ether);
         vm.deal(who, who.balance + bond);
         vm.prank(who);
-        try disputes.challenge{value: bond}(r, abi.encodePacked(rr, s, v), keccak256("other")) returns (uint256 id) {
-            disputeIds.push(id);
-        } catch {}
+        uint256 id = disputes.challenge{value: bond}(ev, keccak256("other"), bytes32(seed));
+        disputeIds.push(id);
+    }
+
+    /// @dev A fresh receipt signed alone (a batch of one) by the node with `nodeKey`.
+    function _evidence(uint256 nodeKey) private returns (Disputes.Evidence memory ev) {
+        ev.receipt = Disputes.Receipt({
+            jobId: bytes32(++jobCounter),
+            modelId: keccak256("model"),
+            inputHash: keccak256(abi.encode(jobCounter)),
+            outputHash: keccak256("node output"),
+            units: 1,
+            price: 1e13,
+            channelId: bytes32(0),
+            issuedAt: uint64(block.timestamp)
+        });
+        ev.batch = Disputes.ReceiptBatch({
+            root: disputes.receiptLeaf(ev.receipt), node: vm.addr(nodeKey), count: 1, issuedAt: uint64(block.timestamp)
+        });
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(nodeKey, disputes.batchDigest(ev.batch));
+        ev.batchSignature = abi.encodePacked(r, s, v);
     }
 
     function voteOn(uint256 idSeed, uint256 voterSeed, bool nodeWrong) external {
         if (disputeIds.length == 0) return;
         uint256 id = disputeIds[idSeed % disputeIds.length];
-        address who = vm.addr(validatorKeys[voterSeed % 3]);
+        address who = vm.addr(validatorKeys[voterSeed % 4]);
         (uint256 weight,,) = disputes.voteOf(id, who);
         Disputes.Dispute memory d = disputes.getDispute(id);
-        if (weight != 0 || block.timestamp >= d.deadline || !staking.isActiveValidator(who)) return;
+        if (weight != 0 || block.timestamp >= d.deadline) return;
+        if (staking.validatorStakeAt(who, d.snapshotBlock) == 0) return;
         vm.prank(who);
         disputes.vote(id, nodeWrong);
     }
@@ -271,34 +320,57 @@ contract Handler is Test {
         if (disputeIds.length == 0) return;
         uint256 id = disputeIds[idSeed % disputeIds.length];
         Disputes.Dispute memory d = disputes.getDispute(id);
-        if (d.outcome != Disputes.Outcome.Pending || block.timestamp < d.deadline) return;
+        if (d.outcome != Disputes.Outcome.Pending) return;
+        if (block.timestamp < d.deadline) vm.warp(d.deadline); // time passes until the vote ends
+        bool quorum = disputes.quorumReached(id);
+        uint256 before = staking.bondedOf(d.node);
         disputes.resolve(id);
+        uint256 lost = before - staking.bondedOf(d.node);
+        assertTrue(quorum || lost == 0, "no slash without quorum");
+        ghostSlashed += lost;
     }
 
     function claimDispute(uint256 idSeed, uint256 voterSeed) external {
         if (disputeIds.length == 0) return;
         uint256 id = disputeIds[idSeed % disputeIds.length];
-        address who = vm.addr(validatorKeys[voterSeed % 3]);
-        vm.prank(who);
-        try disputes.claimVoteReward(id) {} catch {}
-        if (disputes.creditOf(who) > 0) {
+        address who = vm.addr(validatorKeys[voterSeed % 4]);
+        Disputes.Dispute memory d = disputes.getDispute(id);
+        (uint256 weight, bool nodeWrong, bool claimed) = disputes.voteOf(id, who);
+        bool won = d.outcome == Disputes.Outcome.NodeSlashed ? nodeWrong : !nodeWrong;
+        if (d.outcome != Disputes.Outcome.Pending && weight != 0 && !claimed && won) {
             vm.prank(who);
-            disputes.withdraw();
+            disputes.claimVoteReward(id);
         }
+        _withdrawCredit(who);
+        _withdrawCredit(d.node);
     }
 
     // ------------------------------------------------------------------ time
 
     function warp(uint256 secondsSeed) external {
-        vm.warp(block.timestamp + bound(secondsSeed, 1, 5 days));
+        vm.warp(block.timestamp + bound(secondsSeed, 1, 1 days));
     }
 
     function roll(uint256 blocksSeed) external {
         vm.roll(block.number + bound(blocksSeed, 1, 150));
     }
 
-    function _registeredValidator(uint256 seed) private view returns (address who) {
-        who = vm.addr(validatorKeys[seed % 3]);
-        if (staking.roleOf(who) != IStaking.Role.Validator) who = address(0);
+    function _withdrawCredit(address who) private {
+        if (disputes.creditOf(who) == 0) return;
+        vm.prank(who);
+        disputes.withdraw();
     }
+
+    function _registered(uint256 seed) private view returns (address who) {
+        who = _participant(seed);
+        if (staking.roleOf(who) == IStaking.Role.None) who = address(0);
+    }
+
+    /// @dev One of the four validators or three nodes.
+    function _participant(uint256 seed) private view returns (address) {
+        uint256 i = seed % 7;
+        return i < 4 ? vm.addr(validatorKeys[i]) : vm.addr(nodeKeys[i - 4]);
+    }
+
+    receive() external payable {}
 }

@@ -4,6 +4,7 @@ pragma solidity ^0.8.28;
 import {Fixture} from "../utils/Fixture.sol";
 import {Handler} from "./Handler.sol";
 import {PaymentChannels} from "../../src/PaymentChannels.sol";
+import {Disputes} from "../../src/Disputes.sol";
 
 /// @notice System invariants under random sequences of every action (forge: 256 runs x depth 64 by default).
 contract InvariantsTest is Fixture {
@@ -12,13 +13,20 @@ contract InvariantsTest is Fixture {
     function setUp() public {
         deploySystem();
         handler = new Handler(staking, channels, rewards, disputes);
-        // The handler's nodes are registered; validators register through the handler.
+        // Two of the handler's nodes and three of its validators start registered; the others join through it.
         for (uint256 i = 0; i < 2; ++i) {
             address n = handler.nodeAt(i);
             vm.deal(n, 100 ether);
             vm.prank(n);
             staking.registerNode{value: 10 ether}(abi.encodePacked("peer", i), "ipfs://n");
         }
+        for (uint256 i = 0; i < 3; ++i) {
+            address v = handler.validatorAt(i);
+            vm.deal(v, 100 ether);
+            vm.prank(v);
+            staking.registerValidator{value: (i + 2) * 1 ether}();
+        }
+        vm.roll(block.number + 1);
         targetContract(address(handler));
     }
 
@@ -51,7 +59,9 @@ contract InvariantsTest is Fixture {
         assertEq(handler.ghostPaidByRedemptions(), sum, "paid == sum of redeemed");
     }
 
-    /// Staking holds exactly active + unbonding stake; the validator set total matches member stakes.
+    /// Staking holds exactly active + unbonding stake; the validator set total matches member stakes; the
+    /// checkpointed total equals the sum of checkpointed weights; stake never goes negative (uint) nor above the
+    /// contract's balance.
     function invariant_stakeAccounting() public view {
         (uint256 bonded, uint256 unbonding) = staking.totals();
         assertEq(address(staking).balance, bonded + unbonding, "staking balance");
@@ -62,17 +72,64 @@ contract InvariantsTest is Fixture {
             sum += staking.stakeOf(set[i]);
         }
         assertEq(total, sum, "validator set total");
+        uint256 past = block.number - 1;
+        uint256 weights;
+        for (uint256 i = 0; i < 4; ++i) {
+            weights += staking.validatorStakeAt(handler.validatorAt(i), past);
+        }
+        assertEq(staking.totalValidatorStakeAt(past), weights, "checkpointed total == sum of checkpointed weights");
+        uint256 held;
+        for (uint256 i = 0; i < 4; ++i) {
+            held += staking.bondedOf(handler.validatorAt(i));
+        }
+        for (uint256 i = 0; i < 3; ++i) {
+            held += staking.bondedOf(handler.nodeAt(i));
+        }
+        assertEq(held, bonded + unbonding, "every wei of stake belongs to someone");
     }
 
-    /// Rewards claimed never exceed fees received, and the contract holds the rest.
-    function invariant_rewardsNeverOverpay() public view {
+    /// ValidatorRewards' balance equals pending rewards + unallocated fees + dust (at most one wei per validator
+    /// per epoch), and rewards claimed never exceed fees received.
+    function invariant_rewardsBalanceIsPendingPlusUnallocatedPlusDust() public view {
         (uint256 received, uint256 claimed) = rewards.totals();
         assertLe(claimed, received, "claimed <= received");
         assertEq(address(rewards).balance, received - claimed, "rewards balance");
+        uint256 owed = rewards.unallocatedFees();
+        for (uint256 i = 0; i < 4; ++i) {
+            owed += rewards.pendingRewards(handler.validatorAt(i));
+        }
+        uint256 balance = address(rewards).balance;
+        assertGe(balance, owed, "balance covers pending + unallocated");
+        assertLe(balance - owed, 4 * (rewards.currentEpoch() + 1), "dust only");
     }
 
-    /// Disputes can always pay what it owes.
+    /// Disputes holds exactly what it owes (bonds, credits, unclaimed pools; dust stays owed).
     function invariant_disputesSolvent() public view {
-        assertGe(address(disputes).balance, disputes.owed(), "disputes balance >= owed");
+        assertEq(address(disputes).balance, disputes.owed(), "disputes balance == owed");
+    }
+
+    /// No dispute slashes without a quorum of the validator stake at its challenge, and nodes lost exactly what the
+    /// disputes record as slashed.
+    function invariant_noSlashWithoutQuorum() public view {
+        uint256 n = handler.disputeCount();
+        uint256 slashed;
+        for (uint256 i = 0; i < n; ++i) {
+            Disputes.Dispute memory d = disputes.getDispute(handler.disputeIds(i));
+            if (d.outcome == Disputes.Outcome.NodeSlashed) {
+                assertGe(d.votesNodeWrong * 10_000, d.totalStake * QUORUM_BPS + 1, "slashed with a quorum");
+            } else {
+                assertEq(d.slashed, 0, "nothing slashed otherwise");
+            }
+            slashed += d.slashed;
+        }
+        assertEq(slashed, handler.ghostSlashed(), "nodes lost exactly the recorded slashes");
+    }
+
+    /// Printed with -vv after each run: evidence that the dispute and lock paths are exercised.
+    function afterInvariant() public {
+        emit log_named_uint("disputes opened", handler.disputeCount());
+        emit log_named_uint("wei slashed", handler.ghostSlashed());
+        emit log_named_uint("withdrawals refused under a dispute", handler.lockedWithdrawals());
+        emit log_named_uint("redemptions", handler.redemptions());
     }
 }

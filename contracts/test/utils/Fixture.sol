@@ -18,9 +18,14 @@ abstract contract Fixture is Test {
     uint256 internal constant FEE_BPS = 500; // 5%
     uint256 internal constant CHALLENGE_WINDOW = 1 days;
     uint256 internal constant MIN_BOND = 0.1 ether;
+    uint256 internal constant BOND_BPS = 1000; // 10% of the slash sought
+    uint256 internal constant AUDIT_WINDOW = 1 days;
+    uint256 internal constant REVEAL_WINDOW = 1 hours;
     uint256 internal constant VOTING_PERIOD = 3 days;
+    uint256 internal constant QUORUM_BPS = 5000; // more than half of the validator stake
     uint256 internal constant SLASH_BPS = 5000; // 50%
-    uint256 internal constant CHALLENGER_BPS = 5000; // half of the slash
+    uint256 internal constant CHALLENGER_BPS = 2000; // of the slash
+    uint256 internal constant BURN_BPS = 3000; // of the slash
 
     Staking internal staking;
     ValidatorRewards internal rewards;
@@ -40,14 +45,27 @@ abstract contract Fixture is Test {
     address internal validator2;
     address internal validator3;
 
+    function disputeParams() internal pure returns (Disputes.Params memory) {
+        return Disputes.Params({
+            minBond: MIN_BOND,
+            bondBps: BOND_BPS,
+            auditWindow: AUDIT_WINDOW,
+            revealWindow: REVEAL_WINDOW,
+            votingPeriod: VOTING_PERIOD,
+            quorumBps: QUORUM_BPS,
+            slashBps: SLASH_BPS,
+            challengerBps: CHALLENGER_BPS,
+            burnBps: BURN_BPS
+        });
+    }
+
     function deploySystem() internal {
+        vm.roll(10);
         staking = new Staking(MIN_NODE_STAKE, MIN_VALIDATOR_STAKE, UNBONDING_DELAY);
         rewards = new ValidatorRewards(IStaking(address(staking)), EPOCH_LENGTH);
         channels = new PaymentChannels(IValidatorRewards(address(rewards)), FEE_BPS, CHALLENGE_WINDOW);
-        disputes = new Disputes(
-            IStaking(address(staking)), address(channels), MIN_BOND, VOTING_PERIOD, SLASH_BPS, CHALLENGER_BPS
-        );
-        staking.setDisputes(address(disputes));
+        disputes = new Disputes(IStaking(address(staking)), address(channels), disputeParams());
+        staking.setModules(address(disputes), address(rewards));
 
         payer = vm.addr(PAYER_KEY);
         node = vm.addr(NODE_KEY);
@@ -62,6 +80,13 @@ abstract contract Fixture is Test {
             vm.deal([payer, node, otherNode, validator, validator2, validator3][i], 1000 ether);
         }
         vm.warp(1_700_000_000);
+    }
+
+    /// @dev Move one block (12 s) forward: what separates a commitment from its reveal, or a stake change from the
+    ///      checkpoint it lands in.
+    function nextBlock() internal {
+        vm.roll(block.number + 1);
+        vm.warp(block.timestamp + 12);
     }
 
     function signVoucher(uint256 key, bytes32 channelId, uint256 cumulative) internal view returns (bytes memory) {
@@ -88,15 +113,96 @@ abstract contract Fixture is Test {
         return Disputes.Receipt({
             jobId: jobId,
             modelId: keccak256("model"),
-            inputHash: keccak256("input"),
+            inputHash: keccak256(abi.encode("input", jobId)),
             outputHash: outputHash,
+            units: 1,
             price: 1e13,
-            node: node
+            channelId: keccak256("channel"),
+            issuedAt: uint64(block.timestamp)
         });
     }
 
-    function signReceipt(uint256 key, Disputes.Receipt memory r) internal view returns (bytes memory) {
-        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(key, disputes.receiptDigest(r));
-        return abi.encodePacked(rr, s, v);
+    function signBatch(uint256 key, Disputes.ReceiptBatch memory batch) internal view returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, disputes.batchDigest(batch));
+        return abi.encodePacked(r, s, v);
+    }
+
+    /// @dev Evidence for a receipt signed alone (a batch of one: root = leaf, empty proof).
+    function evidenceOf(uint256 key, Disputes.Receipt memory r) internal view returns (Disputes.Evidence memory ev) {
+        Disputes.Receipt[] memory rs = new Disputes.Receipt[](1);
+        rs[0] = r;
+        return evidenceInBatch(key, rs, 0);
+    }
+
+    /// @dev Evidence for receipt `index` of a batch the node with `key` signed over all of `rs`.
+    function evidenceInBatch(uint256 key, Disputes.Receipt[] memory rs, uint256 index)
+        internal
+        view
+        returns (Disputes.Evidence memory ev)
+    {
+        bytes32[] memory leaves = new bytes32[](rs.length);
+        for (uint256 i = 0; i < rs.length; ++i) {
+            leaves[i] = disputes.receiptLeaf(rs[i]);
+        }
+        (bytes32 root, bytes32[] memory proof) = merkleProof(leaves, index);
+        ev.receipt = rs[index];
+        ev.proof = proof;
+        ev.batch = Disputes.ReceiptBatch({
+            root: root, node: vm.addr(key), count: rs.length, issuedAt: uint64(block.timestamp)
+        });
+        ev.batchSignature = signBatch(key, ev.batch);
+    }
+
+    /// @dev The tree the node builds (sdk::receipt): sorted-pair keccak, an odd last node moves up unchanged.
+    function merkleProof(bytes32[] memory leaves, uint256 index)
+        internal
+        pure
+        returns (bytes32 root, bytes32[] memory proof)
+    {
+        bytes32[] memory level = leaves;
+        bytes32[] memory path = new bytes32[](64);
+        uint256 depth;
+        while (level.length > 1) {
+            uint256 sibling = index ^ 1;
+            if (sibling < level.length) path[depth++] = level[sibling];
+            bytes32[] memory next = new bytes32[]((level.length + 1) / 2);
+            for (uint256 i = 0; i < level.length; i += 2) {
+                next[i / 2] = i + 1 < level.length ? hashPair(level[i], level[i + 1]) : level[i];
+            }
+            level = next;
+            index /= 2;
+        }
+        proof = new bytes32[](depth);
+        for (uint256 i = 0; i < depth; ++i) {
+            proof[i] = path[i];
+        }
+        root = level[0];
+    }
+
+    function hashPair(bytes32 a, bytes32 b) internal pure returns (bytes32) {
+        return a < b ? keccak256(abi.encode(a, b)) : keccak256(abi.encode(b, a));
+    }
+
+    /// @dev `Disputes.commitmentOf`, computed here so that a `prank` before `commit` applies to `commit` itself.
+    function commitment(address who, address nodeAddr, bytes32 leaf, bytes32 out, bytes32 salt)
+        internal
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(who, nodeAddr, leaf, out, salt));
+    }
+
+    /// @dev Commit, move to the next block, reveal with `bond`; returns the dispute id.
+    function commitAndChallenge(address who, Disputes.Evidence memory ev, bytes32 ourOut, uint256 bond)
+        internal
+        returns (uint256 id)
+    {
+        bytes32 salt = keccak256(abi.encode(who, ev.receipt.jobId));
+        bytes32 leaf = disputes.receiptLeaf(ev.receipt);
+        vm.prank(who);
+        disputes.commit(commitment(who, ev.batch.node, leaf, ourOut, salt));
+        nextBlock();
+        vm.prank(who);
+        id = disputes.challenge{value: bond}(ev, ourOut, salt);
     }
 }
