@@ -459,48 +459,104 @@ impl Advert {
 }
 
 impl ReceiptMsg {
-    /// The EIP-712 receipt it carries.
+    /// The EIP-712 receipt it carries (the Merkle leaf's preimage).
     pub fn receipt(&self) -> crate::receipt::Receipt {
         crate::receipt::Receipt {
             jobId: self.job_id,
             modelId: self.model_id,
             inputHash: self.input_hash,
             outputHash: self.output_hash,
+            units: self.units,
             price: self.price,
-            node: self.node,
+            channelId: self.channel_id,
+            issuedAt: self.issued_at,
         }
     }
 
-    /// Sign `receipt` as the node operator.
-    pub fn sign<S: alloy::signers::SignerSync>(
-        receipt: &crate::receipt::Receipt,
-        signer: &S,
-        domain: &alloy::sol_types::Eip712Domain,
-    ) -> crate::Result<Self> {
-        Ok(Self {
+    /// The node operator that signed the batch.
+    pub fn node(&self) -> Address {
+        self.batch.node
+    }
+
+    /// `receipt` as leaf `proof` of the signed `batch`.
+    pub fn new(receipt: &crate::receipt::Receipt, proof: Vec<B256>, batch: BatchMsg) -> Self {
+        Self {
             version: WIRE_VERSION,
             job_id: receipt.jobId,
             model_id: receipt.modelId,
             input_hash: receipt.inputHash,
             output_hash: receipt.outputHash,
+            units: receipt.units,
             price: receipt.price,
-            node: receipt.node,
-            signature: receipt.sign(signer, domain)?,
-        })
+            channel_id: receipt.channelId,
+            issued_at: receipt.issuedAt,
+            proof,
+            batch,
+        }
     }
 
-    /// Whether the named node signed it.
+    /// Sign `receipt` alone as the node operator `node`: a batch of one (root = leaf, empty proof).
+    pub fn sign_single<S: alloy::signers::SignerSync>(
+        receipt: &crate::receipt::Receipt,
+        node: Address,
+        signer: &S,
+        domain: &alloy::sol_types::Eip712Domain,
+    ) -> crate::Result<Self> {
+        let batch = crate::receipt::ReceiptBatch {
+            root: receipt.leaf(),
+            node,
+            count: U256::from(1u64),
+            issuedAt: receipt.issuedAt,
+        };
+        let signature = batch.sign(signer, domain)?;
+        Ok(Self::new(receipt, Vec::new(), BatchMsg::new(&batch, signature)))
+    }
+
+    /// Whether the receipt proves into the batch root and the batch is signed by the node it names.
     pub fn verify(&self, domain: &alloy::sol_types::Eip712Domain) -> bool {
-        self.receipt().verify(&self.signature, domain).unwrap_or(false)
+        self.version == WIRE_VERSION
+            && self.proof.len() <= crate::receipt::MAX_PROOF_LEN
+            && crate::receipt::process_proof(&self.proof, self.receipt().leaf()) == self.batch.root
+            && self.batch.batch().verify(&self.batch.signature, domain)
+    }
+
+    /// Whether `issued_at` is within `skew_secs` of `now_secs`. A receipt dated in the past could be beyond the audit
+    /// window (unchallengeable) before anyone sees it, so clients refuse receipts that are not current.
+    pub fn issued_near(&self, now_secs: u64, skew_secs: u64) -> bool {
+        self.issued_at.abs_diff(now_secs) <= skew_secs
     }
 }
 
-/// A node-signed receipt on the wire (the EIP-712 `Receipt` of [`crate::receipt`] plus its signature).
+impl BatchMsg {
+    /// A signed batch on the wire.
+    pub fn new(batch: &crate::receipt::ReceiptBatch, signature: [u8; 65]) -> Self {
+        Self {
+            root: batch.root,
+            node: batch.node,
+            count: batch.count.saturating_to(),
+            issued_at: batch.issuedAt,
+            signature,
+        }
+    }
+
+    /// The EIP-712 batch the node signed.
+    pub fn batch(&self) -> crate::receipt::ReceiptBatch {
+        crate::receipt::ReceiptBatch {
+            root: self.root,
+            node: self.node,
+            count: U256::from(self.count),
+            issuedAt: self.issued_at,
+        }
+    }
+}
+
+/// A node-signed receipt on the wire: the job's EIP-712 [`crate::receipt::Receipt`], its Merkle proof and the
+/// signed batch it belongs to (DESIGN.md §3). This is the evidence `Disputes.challenge` takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptMsg {
     /// Wire version.
     pub version: u16,
-    /// The job.
+    /// The job (assigned by the node, unique per node).
     pub job_id: B256,
     /// The weights that ran.
     pub model_id: B256,
@@ -508,10 +564,31 @@ pub struct ReceiptMsg {
     pub input_hash: B256,
     /// sha256 of the canonical outputs.
     pub output_hash: B256,
-    /// Price charged, wei.
+    /// Units of work priced (samples, texts, tokens).
+    pub units: U256,
+    /// Price charged for the job, wei.
     pub price: U256,
+    /// The payment channel charged (zero for a free job).
+    pub channel_id: B256,
+    /// When the node answered, unix seconds (disputes are possible for the audit window after it).
+    pub issued_at: u64,
+    /// Merkle proof of the receipt's leaf in the batch (empty for a batch of one).
+    pub proof: Vec<B256>,
+    /// The signed batch.
+    pub batch: BatchMsg,
+}
+
+/// A node-signed receipt batch on the wire: EIP-712 `ReceiptBatch` plus the operator's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMsg {
+    /// Merkle root of the batch's receipt leaves.
+    pub root: B256,
     /// Node operator address.
     pub node: Address,
+    /// Number of receipts in the batch.
+    pub count: u64,
+    /// When the batch was signed, unix seconds.
+    pub issued_at: u64,
     /// 65-byte EIP-712 signature of the operator.
     #[serde(with = "serde_bytes65")]
     pub signature: [u8; 65],

@@ -41,11 +41,16 @@ pub fn parse_voucher(text: &str) -> Result<WireVoucher, String> {
     Ok(WireVoucher { channel_id, cumulative_amount, signature })
 }
 
-/// A receipt as JSON (hex signature).
+/// A receipt as JSON: the receipt's fields, its Merkle proof and the signed batch (hex signature).
 pub fn receipt_json(r: &ReceiptMsg) -> Value {
     json!({
         "job_id": r.job_id, "model_id": r.model_id, "input_hash": r.input_hash, "output_hash": r.output_hash,
-        "price": r.price.to_string(), "node": r.node, "signature": format!("0x{}", hex::encode(r.signature)),
+        "units": r.units.to_string(), "price": r.price.to_string(), "channel_id": r.channel_id,
+        "issued_at": r.issued_at, "proof": r.proof,
+        "batch": {
+            "root": r.batch.root, "node": r.batch.node, "count": r.batch.count, "issued_at": r.batch.issued_at,
+            "signature": format!("0x{}", hex::encode(r.batch.signature)),
+        },
     })
 }
 

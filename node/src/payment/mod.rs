@@ -238,10 +238,12 @@ impl PaymentService {
             modelId: B256::from(*config.sha256.as_bytes()),
             inputHash: input_hash,
             outputHash: tensors_hash(done.outputs),
+            units: U256::from(1u64),
             price: auth.price,
-            node: self.operator.address(),
+            channelId: auth.channel_id,
+            issuedAt: gate::now_ms() / 1000,
         };
-        let signed = ReceiptMsg::sign(&receipt, &self.operator, &self.domain)?;
+        let signed = ReceiptMsg::sign_single(&receipt, self.operator.address(), &self.operator, &self.domain)?;
         self.gate.record(&ledger::JobRecord {
             job_id: done.job_id,
             channel_id: auth.channel_id,

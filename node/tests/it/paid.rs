@@ -96,7 +96,7 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     assert_eq!(payer.store().list().len(), 2, "one channel per node");
     let heard = receipts.lock().unwrap().clone();
     assert!(!heard.is_empty(), "receipts are gossiped to validators");
-    assert!(heard.iter().all(|r| r.verify(&chain.deployment.domain()) && (r.node == op_a || r.node == op_b)));
+    assert!(heard.iter().all(|r| r.verify(&chain.deployment.domain()) && (r.node() == op_a || r.node() == op_b)));
 
     let mut gas = 0u64;
     let mut gas_cost = [U256::ZERO; 2];
@@ -352,7 +352,10 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     let body: serde_json::Value = resp.json().await.unwrap();
     let receipt = &body["parameters"]["receipt"];
     assert_eq!(receipt["price"], PRICE.to_string());
-    assert_eq!(receipt["node"].as_str().unwrap().to_lowercase(), chain.key(1).address().to_string().to_lowercase());
+    assert_eq!(
+        receipt["batch"]["node"].as_str().unwrap().to_lowercase(),
+        chain.key(1).address().to_string().to_lowercase()
+    );
     let replay = post("/v2/models/mlp-tiny/versions/1/infer", Some(v1), mlp_request(1, 0.5)).await.unwrap();
     assert_eq!(replay.status().as_u16(), 402, "a replayed voucher is refused");
     // Embeddings: minilm-l6 v2 costs 2e13 wei.

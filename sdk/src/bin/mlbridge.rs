@@ -383,9 +383,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             let receipt = out.response.receipt.as_ref().map(|r| {
                 serde_json::json!({
-                    "job_id": r.job_id, "price_wei": r.price.to_string(), "node": r.node,
-                    "input_hash": r.input_hash, "output_hash": r.output_hash,
-                    "signature": format!("0x{}", hex::encode(r.signature)),
+                    "job_id": r.job_id, "price_wei": r.price.to_string(), "units": r.units.to_string(),
+                    "node": r.node(), "channel_id": r.channel_id, "issued_at": r.issued_at,
+                    "input_hash": r.input_hash, "output_hash": r.output_hash, "proof": r.proof,
+                    "batch_root": r.batch.root, "batch_count": r.batch.count,
+                    "batch_signature": format!("0x{}", hex::encode(r.batch.signature)),
                 })
             });
             let paid = out.paid.as_ref().map(

@@ -47,12 +47,39 @@ pub struct DeployParams {
     pub challenge_window: U256,
     /// Minimum dispute bond, wei.
     pub min_bond: U256,
+    /// Dispute bond as a share of the slash sought, basis points.
+    pub bond_bps: U256,
+    /// How long after `issuedAt` a receipt can be challenged, seconds.
+    pub audit_window: U256,
+    /// How long a challenge commitment can be revealed, seconds.
+    pub reveal_window: U256,
     /// Voting period, seconds.
     pub voting_period: U256,
+    /// Share of the validator stake that must vote against a node to slash it (strictly more), basis points.
+    pub quorum_bps: U256,
     /// Share of stake slashed, basis points.
     pub slash_bps: U256,
     /// Challenger's share of a slash, basis points.
     pub challenger_bps: U256,
+    /// Burned share of a slash, basis points.
+    pub burn_bps: U256,
+}
+
+impl DeployParams {
+    /// The `Disputes` constructor's parameter struct.
+    pub fn disputes(&self) -> Disputes::Params {
+        Disputes::Params {
+            minBond: self.min_bond,
+            bondBps: self.bond_bps,
+            auditWindow: self.audit_window,
+            revealWindow: self.reveal_window,
+            votingPeriod: self.voting_period,
+            quorumBps: self.quorum_bps,
+            slashBps: self.slash_bps,
+            challengerBps: self.challenger_bps,
+            burnBps: self.burn_bps,
+        }
+    }
 }
 
 impl Default for DeployParams {
@@ -66,9 +93,14 @@ impl Default for DeployParams {
             fee_bps: U256::from(500u64),
             challenge_window: U256::from(24 * 3600u64),
             min_bond: ether / U256::from(10u64),
+            bond_bps: U256::from(1000u64),
+            audit_window: U256::from(24 * 3600u64),
+            reveal_window: U256::from(3600u64),
             voting_period: U256::from(3 * 24 * 3600u64),
+            quorum_bps: U256::from(5000u64),
             slash_bps: U256::from(5000u64),
-            challenger_bps: U256::from(5000u64),
+            challenger_bps: U256::from(2000u64),
+            burn_bps: U256::from(3000u64),
         }
     }
 }
@@ -134,22 +166,14 @@ pub async fn deploy<P: Provider + Clone>(provider: &P, params: &DeployParams) ->
         PaymentChannels::deploy(provider.clone(), *rewards.address(), params.fee_bps, params.challenge_window)
             .await
             .map_err(|e| deploy_err("PaymentChannels", e))?;
-    let disputes = Disputes::deploy(
-        provider.clone(),
-        *staking.address(),
-        *channels.address(),
-        params.min_bond,
-        params.voting_period,
-        params.slash_bps,
-        params.challenger_bps,
-    )
-    .await
-    .map_err(|e| deploy_err("Disputes", e))?;
+    let disputes = Disputes::deploy(provider.clone(), *staking.address(), *channels.address(), params.disputes())
+        .await
+        .map_err(|e| deploy_err("Disputes", e))?;
     staking
-        .setDisputes(*disputes.address())
+        .setModules(*disputes.address(), *rewards.address())
         .send()
         .await
-        .map_err(|e| deploy_err("Staking.setDisputes", e))?
+        .map_err(|e| deploy_err("Staking.setModules", e))?
         .get_receipt()
         .await
         .map_err(|e| Error::Rpc(e.to_string()))?;

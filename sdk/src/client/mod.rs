@@ -471,6 +471,14 @@ impl Client {
     }
 }
 
+/// How far a receipt's `issued_at` may be from the client's clock. A backdated receipt could already be beyond the
+/// audit window (unchallengeable); a receipt dated ahead only extends the node's own exposure, but is refused too.
+pub const MAX_RECEIPT_SKEW_SECS: u64 = 300;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A paid answer must carry the node's receipt for exactly this job.
 fn check_receipt(
     payer: &Payer,
@@ -487,8 +495,10 @@ fn check_receipt(
         (receipt.input_hash == input_hash, "another input hash than our inputs"),
         (receipt.output_hash == tensors_hash(&r.outputs), "another output hash than the outputs"),
         (receipt.price == payment.price, "another price than advertised"),
-        (receipt.node == operator, "another node than the advert's operator"),
-        (receipt.verify(payer.domain()), "a signature that is not the node's"),
+        (receipt.channel_id == payment.voucher.channel_id, "another channel than the one we paid on"),
+        (receipt.node() == operator, "another node than the advert's operator"),
+        (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
+        (receipt.verify(payer.domain()), "a proof or batch signature that is not the node's"),
     ];
     match checks.iter().find(|(ok, _)| !ok) {
         Some((_, what)) => Err(format!("the receipt names {what}")),

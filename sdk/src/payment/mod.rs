@@ -247,7 +247,7 @@ impl Payer {
             opened_block: old.as_ref().map_or(0, |o| o.opened_block),
             signed: old.as_ref().map_or(U256::from(on_chain.redeemed), |o| o.signed),
             reserved: old.as_ref().map_or(U256::from(on_chain.redeemed), |o| o.reserved),
-            closes_at: u64::from(on_chain.closesAt),
+            closes_at: on_chain.closesAt,
             // The contract keeps no flag; `withdraw` records it.
             withdrawn: old.as_ref().is_some_and(|o| o.withdrawn),
         };

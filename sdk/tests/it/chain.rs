@@ -14,6 +14,7 @@ use mlbridge_sdk::chain::{
     ChainMetrics, ConfirmationTracker, ContractRevert, Deployment, SenderConfig, TrackerConfig, TxSender, TxState,
     wait_confirmed,
 };
+use mlbridge_sdk::protocol::ReceiptMsg;
 use mlbridge_sdk::receipt::Receipt;
 use mlbridge_sdk::voucher::{SignedVoucher, Voucher};
 
@@ -81,14 +82,16 @@ async fn deploy_open_redeem_and_read_events() {
     let after = p.get_balance(node.address()).await.unwrap();
     assert_eq!(after + gas_cost - before, ev.amount - ev.fee, "payee received amount minus fee");
 
-    // Receipts: the Rust digest equals Disputes.receiptDigest and the node's signature verifies in Rust.
+    // Receipts: the Rust leaf and batch digest equal the contract's, and a node-signed batch of one verifies.
     let r = Receipt {
         jobId: B256::repeat_byte(1),
         modelId: B256::repeat_byte(2),
         inputHash: B256::repeat_byte(3),
         outputHash: B256::repeat_byte(4),
+        units: U256::from(3u64),
         price: U256::from(1000u64),
-        node: node.address(),
+        channelId: B256::repeat_byte(5),
+        issuedAt: 1_700_000_000,
     };
     let disputes = Disputes::new(d.disputes, p.clone());
     let onchain = Disputes::Receipt {
@@ -96,11 +99,17 @@ async fn deploy_open_redeem_and_read_events() {
         modelId: r.modelId,
         inputHash: r.inputHash,
         outputHash: r.outputHash,
+        units: r.units,
         price: r.price,
-        node: r.node,
+        channelId: r.channelId,
+        issuedAt: r.issuedAt,
     };
-    assert_eq!(disputes.receiptDigest(onchain).call().await.unwrap(), r.digest(&d.domain()));
-    assert!(r.verify(&r.sign(&node, &d.domain()).unwrap(), &d.domain()).unwrap());
+    assert_eq!(disputes.receiptLeaf(onchain).call().await.unwrap(), r.leaf());
+    let msg = ReceiptMsg::sign_single(&r, node.address(), &node, &d.domain()).unwrap();
+    assert!(msg.verify(&d.domain()));
+    let b = msg.batch.batch();
+    let onchain_batch = Disputes::ReceiptBatch { root: b.root, node: b.node, count: b.count, issuedAt: b.issuedAt };
+    assert_eq!(disputes.batchDigest(onchain_batch).call().await.unwrap(), b.digest(&d.domain()));
 }
 
 #[tokio::test]
@@ -423,4 +432,124 @@ async fn a_transaction_mined_before_tracking_started_is_confirmed() {
     let state = tracker.track(sent.hash, None, "foreign").await.unwrap();
     let confirmed = tokio::time::timeout(Duration::from_secs(3), wait_confirmed(state)).await.unwrap().unwrap();
     assert!(matches!(confirmed, TxState::Confirmed { block, .. } if Some(block) == receipt.block_number));
+}
+
+/// The Rust Merkle tree and batch signature are what `Disputes` verifies: a node signs a 64-receipt batch in Rust,
+/// a validator commits and reveals a challenge of one leaf through the bindings, and the contract opens the dispute;
+/// a proof for another leaf, or a batch signed by another key, is refused on-chain as in Rust.
+#[tokio::test]
+async fn a_challenge_of_a_leaf_from_a_64_receipt_batch_opens_a_dispute_on_anvil() {
+    use alloy::sol_types::SolCall;
+    use mlbridge_sdk::chain::bindings::Staking;
+    use mlbridge_sdk::protocol::BatchMsg;
+    use mlbridge_sdk::receipt::{MerkleTree, ReceiptBatch};
+
+    let anvil = spawn_anvil(None);
+    let d = deploy_all(&anvil).await;
+    let (node, validator) = (key(&anvil, 2), key(&anvil, 4));
+    let node_p = wallet_provider(&anvil.endpoint(), node.clone());
+    let val_p = wallet_provider(&anvil.endpoint(), validator.clone());
+    let staking_node = Staking::new(d.staking, node_p.clone());
+    staking_node
+        .registerNode(Bytes::from_static(b"12D3KooW"), "ipfs://n".into())
+        .value(U256::from(10 * ETHER))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    Staking::new(d.staking, val_p.clone())
+        .registerValidator()
+        .value(U256::from(3 * ETHER))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let receipts: Vec<Receipt> = (0..64u8)
+        .map(|i| Receipt {
+            jobId: B256::repeat_byte(i),
+            modelId: B256::repeat_byte(0xaa),
+            inputHash: B256::repeat_byte(i ^ 0x55),
+            outputHash: B256::repeat_byte(i ^ 0x33),
+            units: U256::from(1u64),
+            price: U256::from(1000u64),
+            channelId: B256::repeat_byte(7),
+            issuedAt: now,
+        })
+        .collect();
+    let tree = MerkleTree::new(receipts.iter().map(Receipt::leaf).collect()).unwrap();
+    let batch = ReceiptBatch { root: tree.root(), node: node.address(), count: U256::from(64u64), issuedAt: now };
+    let signature = batch.sign(&node, &d.domain()).unwrap();
+    let msg = ReceiptMsg::new(&receipts[41], tree.proof(41), BatchMsg::new(&batch, signature));
+    assert_eq!(msg.proof.len(), 6);
+    assert!(msg.verify(&d.domain()), "the SDK accepts it");
+
+    let disputes = Disputes::new(d.disputes, val_p.clone());
+    let evidence = |m: &ReceiptMsg| {
+        let r = m.receipt();
+        Disputes::Evidence {
+            receipt: Disputes::Receipt {
+                jobId: r.jobId,
+                modelId: r.modelId,
+                inputHash: r.inputHash,
+                outputHash: r.outputHash,
+                units: r.units,
+                price: r.price,
+                channelId: r.channelId,
+                issuedAt: r.issuedAt,
+            },
+            proof: m.proof.clone(),
+            batch: Disputes::ReceiptBatch {
+                root: m.batch.root,
+                node: m.batch.node,
+                count: U256::from(m.batch.count),
+                issuedAt: m.batch.issued_at,
+            },
+            batchSignature: Bytes::copy_from_slice(&m.batch.signature),
+        }
+    };
+    let ours = B256::repeat_byte(0xee);
+    let salt = B256::repeat_byte(0x5a);
+    let commitment = disputes
+        .commitmentOf(validator.address(), node.address(), receipts[41].leaf(), ours, salt)
+        .call()
+        .await
+        .unwrap();
+    disputes.commit(commitment).send().await.unwrap().get_receipt().await.unwrap();
+    // A reveal must come in a later block than its commitment (automine mines each transaction on its own).
+    provider(&anvil.endpoint()).anvil_mine(Some(1), None).await.unwrap();
+    let bond = disputes.requiredBond(node.address()).call().await.unwrap();
+    assert_eq!(bond, U256::from(ETHER / 2), "10% of the 5 ether slash sought");
+
+    // Refusals first (simulated calls): another leaf's proof, a batch signed by another key.
+    let mut wrong_proof = msg.clone();
+    wrong_proof.proof = tree.proof(40);
+    let err = disputes.challenge(evidence(&wrong_proof), ours, salt).value(bond).call().await.unwrap_err();
+    let decoded = err.as_decoded_interface_error::<Disputes::DisputesErrors>();
+    assert!(matches!(decoded, Some(Disputes::DisputesErrors::DisputeInvalidProof(_))), "{err}");
+    let mut forged = msg.clone();
+    forged.batch.signature = batch.sign(&key(&anvil, 5), &d.domain()).unwrap();
+    assert!(!forged.verify(&d.domain()), "the SDK refuses it too");
+    let err = disputes.challenge(evidence(&forged), ours, salt).value(bond).call().await.unwrap_err();
+    let decoded = err.as_decoded_interface_error::<Disputes::DisputesErrors>();
+    assert!(matches!(decoded, Some(Disputes::DisputesErrors::DisputeInvalidReceiptSignature(_))), "{err}");
+
+    let receipt = disputes.challenge(evidence(&msg), ours, salt).value(bond).send().await.unwrap().get_receipt().await;
+    let receipt = receipt.unwrap();
+    assert!(receipt.status());
+    let opened = receipt.decoded_log::<Disputes::DisputeOpened>().expect("DisputeOpened");
+    assert_eq!(opened.node, node.address());
+    assert_eq!(opened.receiptLeaf, receipts[41].leaf());
+    assert_eq!(opened.slashTarget, U256::from(5 * ETHER));
+    println!(
+        "challenge (64-leaf proof) gas: {} (calldata {} bytes)",
+        receipt.gas_used,
+        Disputes::challengeCall { evidence: evidence(&msg), challengerOutputHash: ours, salt }.abi_encode().len()
+    );
+    assert!(Staking::new(d.staking, node_p).isActiveNode(node.address()).call().await.unwrap());
 }
