@@ -304,12 +304,26 @@ pub enum PaymentRefusal {
         /// Unix seconds of its redemption deadline.
         deadline: u64,
     },
+    /// The node's last attempt to redeem this channel was refused on chain; it accepts no more work on it.
+    #[error("channel {channel} cannot be settled by this node now ({reason}); pay on another channel")]
+    Unsettleable {
+        /// The channel.
+        channel: B256,
+        /// What the contract said.
+        reason: String,
+    },
+    /// The node cannot check payments at the moment (its own fault, not the voucher's).
+    #[error("this node cannot check payments right now ({reason}); retry later or use another node")]
+    Unavailable {
+        /// What went wrong on the node.
+        reason: String,
+    },
 }
 
 impl PaymentRefusal {
     /// Whether waiting (a few blocks) could make the same voucher acceptable.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unconfirmed { .. })
+        matches!(self, Self::Unconfirmed { .. } | Self::Unavailable { .. })
     }
 }
 

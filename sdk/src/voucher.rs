@@ -58,9 +58,15 @@ impl SignedVoucher {
     }
 }
 
-/// Recover the signer of an EIP-712 digest from a 65-byte signature, refusing malleable (high-s) signatures as the
-/// contracts do.
+/// Recover the signer of an EIP-712 digest from a 65-byte signature, accepting exactly what the contracts'
+/// OpenZeppelin `ECDSA.recover` accepts: `v` of 27 or 28 and a low `s`. Anything else (a `v` of 0/1 or an EIP-155
+/// `v`, which recover the same address here but revert on chain) is refused, so no voucher the node holds can make a
+/// settlement transaction revert.
 pub(crate) fn recover(digest: &B256, signature: &[u8; 65]) -> Result<Address> {
+    let v = signature[64];
+    if v != 27 && v != 28 {
+        return Err(Error::Signature(format!("signature v byte is {v}; the contracts accept only 27 or 28")));
+    }
     let sig = Signature::from_raw_array(signature).map_err(|e| Error::Signature(e.to_string()))?;
     if sig.normalize_s().is_some() {
         return Err(Error::Signature("signature has a high s value (malleable); refuse it".into()));
@@ -85,6 +91,21 @@ mod tests {
         // Another domain (chain or contract) recovers someone else.
         assert_ne!(signed.signer(&domain(1, Address::repeat_byte(7))).unwrap(), payer.address());
         assert_ne!(signed.signer(&domain(31337, Address::repeat_byte(8))).unwrap(), payer.address());
+    }
+
+    #[test]
+    fn only_the_contracts_v_bytes_are_accepted() {
+        let payer = PrivateKeySigner::random();
+        let d = domain(31337, Address::repeat_byte(7));
+        let signed = Voucher::new(B256::repeat_byte(1), U256::from(42u64)).sign(&payer, &d).unwrap();
+        assert!(matches!(signed.signature[64], 27 | 28));
+        assert_eq!(signed.signer(&d).unwrap(), payer.address());
+        // The same (r, s) with v as 0/1 or EIP-155 (35+) recovers the payer in plain secp256k1 but reverts on chain.
+        for v in [signed.signature[64] - 27, signed.signature[64] + 10, 0, 1, 29, 255] {
+            let mut bad = signed.clone();
+            bad.signature[64] = v;
+            assert!(bad.signer(&d).is_err(), "v = {v} must be refused");
+        }
     }
 
     #[test]

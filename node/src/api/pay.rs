@@ -56,7 +56,11 @@ pub fn receipt_json(r: &ReceiptMsg) -> Value {
 
 impl From<Box<PaymentRefusal>> for ApiError {
     fn from(r: Box<PaymentRefusal>) -> Self {
-        ApiError::with_status(StatusCode::PAYMENT_REQUIRED, r.to_string())
+        let status = match *r {
+            PaymentRefusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::PAYMENT_REQUIRED,
+        };
+        ApiError::with_status(status, r.to_string())
     }
 }
 

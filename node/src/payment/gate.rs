@@ -115,7 +115,13 @@ impl Gate {
         let slot = match slots.entry(channel) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(vacant) => {
-                let entry = self.ledger.channel(&channel).ok().flatten().unwrap_or_else(|| ChannelEntry {
+                // A read error is never a fresh channel: that would accept old vouchers again and could persist a
+                // lower best voucher over the real one.
+                let stored = self.ledger.channel(&channel).map_err(|e| {
+                    tracing::error!(target: "node::payment", %channel, err = %e, "cannot read the channel's ledger entry");
+                    PaymentRefusal::Unavailable { reason: "the node's payment ledger cannot be read".into() }
+                })?;
+                let entry = stored.unwrap_or_else(|| ChannelEntry {
                     channel_id: channel,
                     payer: view.payer,
                     ..ChannelEntry::default()
@@ -123,6 +129,9 @@ impl Gate {
                 vacant.insert(Slot { entry })
             }
         };
+        if let Some(reason) = &slot.entry.failed {
+            return Err(PaymentRefusal::Unsettleable { channel, reason: reason.clone() });
+        }
         let best = slot.entry.best_amount;
         let needed = slot.entry.charged + price;
         if best.max(v.cumulative_amount) < needed {
@@ -176,7 +185,30 @@ impl Gate {
     }
 
     /// Settlement learned what is redeemed on chain: update the in-memory entry and the ledger.
-    pub fn mark_redeemed(&self, channel: &B256, redeemed: U256, failed: Option<String>) -> Result<()> {
+    pub fn mark_redeemed(&self, channel: &B256, redeemed: U256) -> Result<()> {
+        self.update_entry(channel, |entry| {
+            if redeemed > entry.redeemed {
+                entry.redeemed = redeemed;
+                // Jobs are paid in order of their vouchers; the settled count follows the redeemed amount.
+                entry.jobs_settled = if redeemed >= entry.best_amount { entry.jobs } else { entry.jobs_settled };
+                // A redemption went through: a passing failure (a lagging RPC, say) is over.
+                if !entry.failed_permanently {
+                    entry.failed = None;
+                }
+            }
+        })
+    }
+
+    /// Settlement's redemption of the channel was refused: the gate takes no more work on it, and unless the
+    /// failure is `permanent` settlement retries it every round (clearing the mark once it goes through).
+    pub fn mark_failed(&self, channel: &B256, reason: String, permanent: bool) -> Result<()> {
+        self.update_entry(channel, |entry| {
+            entry.failed = Some(reason);
+            entry.failed_permanently |= permanent;
+        })
+    }
+
+    fn update_entry(&self, channel: &B256, change: impl FnOnce(&mut ChannelEntry)) -> Result<()> {
         let mut slots = self.slots();
         let mut entry = match slots.get(channel) {
             Some(s) => s.entry.clone(),
@@ -185,14 +217,7 @@ impl Gate {
                 None => return Ok(()),
             },
         };
-        if redeemed > entry.redeemed {
-            entry.redeemed = redeemed;
-            // Jobs are paid in order of their vouchers; the settled count follows the redeemed amount.
-            entry.jobs_settled = if redeemed >= entry.best_amount { entry.jobs } else { entry.jobs_settled };
-        }
-        if failed.is_some() {
-            entry.failed = failed;
-        }
+        change(&mut entry);
         self.ledger.put_channel(&entry)?;
         if let Some(s) = slots.get_mut(channel) {
             s.entry = entry;
@@ -314,5 +339,75 @@ mod tests {
             *s.gate.authorize(Some(&voucher(&s, 1_001)), price).unwrap_err(),
             PaymentRefusal::OverDeposit { .. }
         ));
+    }
+
+    #[test]
+    fn only_the_contracts_v_bytes_pass_the_gate() {
+        let s = setup();
+        let good = voucher(&s, PRICE);
+        for v in [good.signature[64] - 27, good.signature[64] + 8] {
+            let mut bad = good.clone();
+            bad.signature[64] = v;
+            let refusal = s.gate.authorize(Some(&bad), U256::from(PRICE)).unwrap_err();
+            assert!(matches!(*refusal, PaymentRefusal::BadSignature { .. }), "v = {v}: {refusal}");
+        }
+        assert_eq!(s.gate.ledger().channel(&s.channel).unwrap(), None, "nothing recorded");
+        s.gate.authorize(Some(&good), U256::from(PRICE)).unwrap();
+    }
+
+    #[test]
+    fn a_channel_settlement_failed_on_takes_no_work_until_it_is_redeemed() {
+        let s = setup();
+        let price = U256::from(PRICE);
+        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(s.gate.persist(&first)).unwrap();
+        // A lagging RPC said ChannelNotFound: retried, but no more work meanwhile.
+        s.gate.mark_failed(&s.channel, "channel not found".into(), false).unwrap();
+        let refusal = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Unsettleable { .. }), "{refusal}");
+        let entry = s.gate.entries().unwrap().pop().unwrap();
+        assert_eq!(entry.unredeemed(), price, "still due: settlement retries it");
+        // The retry went through: the mark is gone and work resumes.
+        s.gate.mark_redeemed(&s.channel, price).unwrap();
+        s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        // Expired before redemption: permanent, nothing due, never cleared.
+        s.gate.mark_failed(&s.channel, "expired".into(), true).unwrap();
+        assert_eq!(s.gate.entries().unwrap().pop().unwrap().unredeemed(), U256::ZERO);
+        s.gate.mark_redeemed(&s.channel, U256::from(2 * PRICE)).unwrap();
+        let refusal = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Unsettleable { .. }), "{refusal}");
+    }
+
+    #[test]
+    fn a_ledger_read_error_is_an_internal_refusal_not_a_fresh_channel() {
+        let s = setup();
+        let price = U256::from(PRICE);
+        let best = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(s.gate.persist(&best)).unwrap();
+        let Setup { gate, payer, domain, channel, _dir } = s;
+        // The stored entry becomes unreadable (a bad disk, a record from an incompatible version), and a restarted
+        // gate (no entries in memory) meets it.
+        let ledger = gate.ledger().clone();
+        ledger.put_raw_channel(&channel, b"\xff\x00 not cbor");
+        let view = ChannelView {
+            payer: payer.address(),
+            payee: Address::repeat_byte(0xee),
+            deposit: U256::from(1_000u64),
+            redeemed: U256::ZERO,
+            expiry: u64::MAX / 2,
+            closes_at: 0,
+            withdrawn: false,
+        };
+        let payee = view.payee;
+        let gate = Gate::new(ledger, Watcher::fixed([(channel, view)], 3), domain.clone(), payee, 60);
+        // The old voucher (already used) must not pass as if the channel were new.
+        let old = Voucher::new(channel, price).sign(&payer, &domain).unwrap();
+        let old = WireVoucher { channel_id: channel, cumulative_amount: price, signature: old.signature };
+        let refusal = gate.authorize(Some(&old), price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Unavailable { .. }), "{refusal}");
+        assert!(refusal.is_transient());
+        assert!(gate.ledger().channel(&channel).is_err(), "the record was not overwritten");
     }
 }

@@ -38,14 +38,19 @@ pub struct ChannelEntry {
     pub jobs_settled: u64,
     /// Redemption deadline (unix seconds) from the chain view.
     pub deadline: u64,
-    /// Why it can no longer be redeemed (e.g. expired before settlement), if so.
+    /// Why the contract refused to redeem it at the last attempt, if it did. While set, the gate accepts no more
+    /// work on the channel; settlement keeps retrying unless the failure is permanent.
     pub failed: Option<String>,
+    /// Whether that refusal is final (the channel stopped being redeemable). Records written before this field
+    /// existed read as `false`: their channel is retried once and marked again if the reason still holds.
+    #[serde(default)]
+    pub failed_permanently: bool,
 }
 
 impl ChannelEntry {
-    /// Accepted but not yet redeemed, wei.
+    /// Accepted but not yet redeemed, wei (zero once the channel can never be redeemed).
     pub fn unredeemed(&self) -> U256 {
-        if self.failed.is_some() { U256::ZERO } else { self.best_amount.saturating_sub(self.redeemed) }
+        if self.failed_permanently { U256::ZERO } else { self.best_amount.saturating_sub(self.redeemed) }
     }
 }
 
@@ -216,6 +221,12 @@ impl Ledger {
         self.channels.iter().map(|kv| self.decode(&kv.map_err(|e| self.err(e))?.1)).collect()
     }
 
+    /// Write raw bytes as a channel's record (tests of unreadable records).
+    #[cfg(test)]
+    pub(crate) fn put_raw_channel(&self, id: &B256, bytes: &[u8]) {
+        self.channels.insert(id.as_slice(), bytes).unwrap();
+    }
+
     /// Write a channel entry (not flushed).
     pub fn put_channel(&self, entry: &ChannelEntry) -> Result<()> {
         self.channels.insert(entry.channel_id.as_slice(), cbor(entry)).map(|_| ()).map_err(|e| self.err(e))
@@ -282,6 +293,47 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape of a channel record before `failed_permanently` existed.
+    #[derive(Serialize)]
+    struct ChannelEntryV1 {
+        channel_id: B256,
+        payer: Address,
+        best_amount: U256,
+        best_signature: Vec<u8>,
+        charged: U256,
+        jobs: u64,
+        redeemed: U256,
+        jobs_settled: u64,
+        deadline: u64,
+        failed: Option<String>,
+    }
+
+    #[test]
+    fn records_of_the_previous_version_still_read() {
+        let old = ChannelEntryV1 {
+            channel_id: B256::repeat_byte(1),
+            payer: Address::repeat_byte(2),
+            best_amount: U256::from(30u64),
+            best_signature: vec![7; 65],
+            charged: U256::from(30u64),
+            jobs: 3,
+            redeemed: U256::from(10u64),
+            jobs_settled: 1,
+            deadline: 99,
+            failed: Some("expired".into()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.put_raw_channel(&old.channel_id, &cbor(&old));
+        let entry = ledger.channel(&old.channel_id).unwrap().unwrap();
+        assert_eq!((entry.best_amount, entry.jobs, entry.redeemed), (old.best_amount, 3, old.redeemed));
+        assert_eq!(entry.failed.as_deref(), Some("expired"));
+        assert!(!entry.failed_permanently, "unknown: retried once, marked again if it still fails");
+        // And a record this version cannot read at all is an error, never a default entry.
+        ledger.put_raw_channel(&old.channel_id, &cbor(&"not a channel"));
+        assert!(ledger.channel(&old.channel_id).is_err());
+    }
 
     #[tokio::test]
     async fn records_survive_reopening_and_old_jobs_are_pruned() {

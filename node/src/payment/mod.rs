@@ -362,5 +362,7 @@ fn refusal_label(r: &PaymentRefusal) -> &'static str {
         PaymentRefusal::Underpaid { .. } => "underpaid",
         PaymentRefusal::OverDeposit { .. } => "over_deposit",
         PaymentRefusal::Expiring { .. } => "expiring",
+        PaymentRefusal::Unsettleable { .. } => "unsettleable",
+        PaymentRefusal::Unavailable { .. } => "unavailable",
     }
 }

@@ -3,8 +3,12 @@
 //! A channel is due when its unredeemed value reaches `gas_multiple` times the current cost of redeeming it, when
 //! its redemption deadline (expiry or close) is near, on `redeem --now` and at shutdown. Each batch is sent with the
 //! chain layer's sender and tracked to N confirmations (the tracker re-sends it after a reorg); only then are the
-//! `Redeemed` events written to the ledger. A revert naming a channel takes that channel out of the batch; an RPC
-//! failure, a dropped transaction or a timeout leaves everything for the next round. The contract pays a voucher
+//! `Redeemed` events written to the ledger. A revert naming a channel takes that channel out of the batch; a revert
+//! that names none (a signature the contract's ECDSA refuses, say) is traced to its vouchers by simulating each one
+//! alone, and those are taken out, so one bad voucher never stops settlement of the others. A refused channel is
+//! marked failed (the gate takes no more work on it) and retried every round, except when it can never be redeemed
+//! again (expired or closed). An RPC failure, a dropped transaction or a timeout leaves everything for the next
+//! round. The contract pays a voucher
 //! only above what is already redeemed, so a retried or duplicated batch can never pay twice, and since the ledger
 //! keeps the best voucher until the chain shows it redeemed, none is ever lost.
 
@@ -143,7 +147,7 @@ impl Settler {
             if let super::watcher::Lookup::Confirmed(view) = self.gate.watcher().lookup(&e.channel_id) {
                 // The chain may know of redemptions the ledger missed (a crash between confirmation and bookkeeping).
                 if view.redeemed > e.redeemed {
-                    self.gate.mark_redeemed(&e.channel_id, view.redeemed, None)?;
+                    self.gate.mark_redeemed(&e.channel_id, view.redeemed)?;
                     e.redeemed = view.redeemed;
                 }
                 // The deadline as the chain has it now: a close started after our last job moves it closer.
@@ -199,15 +203,29 @@ impl Settler {
             let tx = contract.redeemMany(vouchers).into_transaction_request();
             match self.sender.send("redeem", tx).await {
                 Ok(sent) => break sent,
-                Err(mlbridge_sdk::Error::Contract(ContractRevert::PaymentChannels(revert))) => {
-                    let Some(bad) = refused_channel(&revert) else {
-                        return Err(Error::Settlement(format!("redeemMany refused: {revert:?}")));
+                Err(mlbridge_sdk::Error::Contract(revert)) => {
+                    let named = match &revert {
+                        ContractRevert::PaymentChannels(e) => refused_channel(e),
+                        _ => None,
                     };
-                    let reason = ContractRevert::PaymentChannels(revert).to_string();
-                    tracing::error!(target: "node::payment", channel = %bad, %reason, "a voucher can no longer be redeemed");
-                    self.metrics.vouchers_lost.inc();
-                    self.gate.mark_redeemed(&bad, U256::ZERO, Some(reason))?;
-                    batch.retain(|e| e.channel_id != bad);
+                    let refused = match named {
+                        Some((channel, permanent)) => vec![(channel, revert.to_string(), permanent)],
+                        None => self.simulate_each(&contract, &batch).await?,
+                    };
+                    if refused.is_empty() {
+                        return Err(Error::Settlement(format!(
+                            "redeemMany refused ({revert}) although each voucher alone redeems; retrying next round"
+                        )));
+                    }
+                    for (channel, reason, permanent) in refused {
+                        tracing::error!(target: "node::payment", %channel, %reason, permanent,
+                            "the contract refuses this channel's voucher; no more work is accepted on it");
+                        if permanent {
+                            self.metrics.vouchers_lost.inc();
+                        }
+                        self.gate.mark_failed(&channel, reason, permanent)?;
+                        batch.retain(|e| e.channel_id != channel);
+                    }
                 }
                 Err(e) => return Err(Error::Chain(e)),
             }
@@ -233,6 +251,31 @@ impl Settler {
         self.book(&batch, &receipt, block).await.map(Some)
     }
 
+    /// A batch reverted without naming a channel: redeem each voucher alone in a simulated call (`eth_call`) and
+    /// return the channels whose voucher the contract refuses, with the reason and whether it is permanent.
+    async fn simulate_each(
+        &self,
+        contract: &PaymentChannels::PaymentChannelsInstance<DynProvider>,
+        batch: &[ChannelEntry],
+    ) -> Result<Vec<(B256, String, bool)>> {
+        let mut refused = Vec::new();
+        for e in batch {
+            let call = contract.redeem(e.channel_id, e.best_amount, Bytes::copy_from_slice(&e.best_signature));
+            let Err(err) = call.call().await else { continue };
+            let Some(data) = err.as_revert_data() else { return Err(rpc(err)) };
+            let (reason, permanent) = match ContractRevert::decode(&data) {
+                Some(ContractRevert::PaymentChannels(pc)) => {
+                    let permanent = refused_channel(&pc).is_some_and(|(_, p)| p);
+                    (ContractRevert::PaymentChannels(pc).to_string(), permanent)
+                }
+                Some(other) => (other.to_string(), false),
+                None => (format!("reverted with 0x{}", alloy::hex::encode(&data)), false),
+            };
+            refused.push((e.channel_id, reason, permanent));
+        }
+        Ok(refused)
+    }
+
     /// Write a confirmed redemption to the ledger and the metrics.
     async fn book(&self, batch: &[ChannelEntry], receipt: &TransactionReceipt, block: u64) -> Result<SettlementRecord> {
         let mut record = SettlementRecord {
@@ -255,7 +298,7 @@ impl Settler {
             record.channels += 1;
             record.amount += e.amount;
             record.protocol_fee += e.fee;
-            self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount, None)?;
+            self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount)?;
         }
         self.gate.ledger().put_settlement(&record)?;
         self.gate.ledger().flush().await?;
@@ -283,15 +326,17 @@ fn rpc(e: impl std::fmt::Display) -> Error {
     Error::Chain(mlbridge_sdk::Error::Rpc(e.to_string()))
 }
 
-/// The channel a `PaymentChannels` revert names, when it is about one channel's voucher.
-fn refused_channel(e: &PaymentChannels::PaymentChannelsErrors) -> Option<B256> {
+/// The channel a `PaymentChannels` revert names, when it is about one channel's voucher, and whether the refusal is
+/// permanent. Only an expired (or closed) channel is: a `ChannelNotFound` can come from an RPC node that lags, so
+/// everything else is retried.
+fn refused_channel(e: &PaymentChannels::PaymentChannelsErrors) -> Option<(B256, bool)> {
     use PaymentChannels::PaymentChannelsErrors as E;
     match e {
-        E::ChannelExpired(x) => Some(x.channelId),
-        E::ChannelNotFound(x) => Some(x.channelId),
-        E::ChannelInsufficientDeposit(x) => Some(x.channelId),
-        E::VoucherInvalidSigner(x) => Some(x.channelId),
-        E::VoucherPayeeMismatch(x) => Some(x.channelId),
+        E::ChannelExpired(x) => Some((x.channelId, true)),
+        E::ChannelNotFound(x) => Some((x.channelId, false)),
+        E::ChannelInsufficientDeposit(x) => Some((x.channelId, false)),
+        E::VoucherInvalidSigner(x) => Some((x.channelId, false)),
+        E::VoucherPayeeMismatch(x) => Some((x.channelId, false)),
         _ => None,
     }
 }

@@ -232,6 +232,10 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     );
     let forged = voucher(&PrivateKeySigner::random(), &chain, ours, PRICE);
     assert!(matches!(refusal(&c, &node, Some(forged)).await, PaymentRefusal::BadSignature { .. }));
+    // The payer's own signature with v as 0/1: plain secp256k1 recovers the payer, the contract would revert.
+    let mut v0 = voucher(&payer, &chain, ours, PRICE);
+    v0.signature[64] -= 27;
+    assert!(matches!(refusal(&c, &node, Some(v0)).await, PaymentRefusal::BadSignature { .. }));
     let over = voucher(&payer, &chain, ours, 10 * PRICE + 1);
     assert!(matches!(refusal(&c, &node, Some(over)).await, PaymentRefusal::OverDeposit { .. }));
     let foreign = voucher(&payer, &chain, others, PRICE);
@@ -345,6 +349,10 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     let resp = post("/v2/models/mlp-tiny/versions/1/infer", None, mlp_request(1, 0.5)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 402, "no voucher: payment required");
     assert!(resp.text().await.unwrap().contains("voucher"));
+    let mut v0 = voucher(&payer, &chain, channel, PRICE);
+    v0.signature[64] -= 27;
+    let resp = post("/v2/models/mlp-tiny/versions/1/infer", Some(v0), mlp_request(1, 0.5)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 402, "a voucher whose v is 0/1 is refused");
     let v1 = voucher(&payer, &chain, channel, PRICE);
     let resp = post("/v2/models/mlp-tiny/versions/1/infer", Some(v1.clone()), mlp_request(1, 0.5)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -406,4 +414,56 @@ async fn a_channel_its_payer_closes_is_redeemed_before_the_close_window_ends() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(redeemed(&chain, channel).await, U256::from(10 * PRICE), "redeemed once the close started");
+}
+
+/// A voucher the contract refuses without naming a channel (here a `v` of 0 that an older node accepted) must not
+/// stop settlement: the bad channel is found by simulating each voucher, marked and refused new work, and every
+/// other channel is redeemed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
+    let chain = Chain::start().await;
+    let ledger = tempfile::tempdir().unwrap();
+    let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    let c = client(&node, Strategy::RoundRobin).await;
+    let (payer, op) = (chain.key(3), chain.key(1).address());
+    let bad = open_raw(&chain, 3, op, 10 * PRICE).await;
+    let good = open_raw(&chain, 3, op, 10 * PRICE).await;
+    wait_until(Duration::from_secs(10), || {
+        matches!(
+            node.payments.as_ref().unwrap().gate().watcher().lookup(&good),
+            mlbridge_node::payment::watcher::Lookup::Confirmed(_)
+        )
+    })
+    .await;
+    // What an older node would have stored for `bad`: the payer's signature with v = 0.
+    let mut v0 = voucher(&payer, &chain, bad, 2 * PRICE);
+    v0.signature[64] -= 27;
+    let gate = node.payments.as_ref().unwrap().gate();
+    gate.ledger()
+        .put_channel(&mlbridge_node::payment::ledger::ChannelEntry {
+            channel_id: bad,
+            payer: payer.address(),
+            best_amount: U256::from(2 * PRICE),
+            best_signature: v0.signature.to_vec(),
+            charged: U256::from(2 * PRICE),
+            jobs: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    for k in 1..=3 {
+        let ok = c.send_to(peer(&node), request(Some(voucher(&payer, &chain, good, k * PRICE)))).await.unwrap();
+        assert!(matches!(ok, Response::Infer(_)), "{ok:?}");
+    }
+    let report = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
+    assert_eq!(report.transactions.len(), 1, "{report:?}");
+    assert_eq!(redeemed(&chain, good).await, U256::from(3 * PRICE), "the good channel is paid");
+    assert_eq!(redeemed(&chain, bad).await, U256::ZERO);
+    let entry = gate.ledger().channel(&bad).unwrap().unwrap();
+    assert!(entry.failed.as_deref().is_some_and(|r| r.contains("ECDSA")), "{entry:?}");
+    assert!(!entry.failed_permanently, "retried every round");
+    let refused = refusal(&c, &node, Some(voucher(&payer, &chain, bad, 3 * PRICE))).await;
+    assert!(matches!(refused, PaymentRefusal::Unsettleable { .. }), "no more work on it: {refused}");
+    // The next round still settles (nothing new on the good channel, the bad one refused again).
+    let again = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
+    assert!(again.transactions.is_empty(), "{again:?}");
 }

@@ -1,6 +1,7 @@
 //! Starting real nodes on port 0, and test model repositories built from links to the real model files.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mlbridge_node::config::NodeConfig;
 use mlbridge_node::server::{RunningNode, start};
@@ -104,4 +105,13 @@ pub async fn client_with_timeout(
         ..NetConfig::default()
     };
     Client::start(ClientConfig { net, strategy, request_timeout, ..ClientConfig::default() }).unwrap()
+}
+
+/// Poll `cond` every 20 ms until it holds; fail the test after `limit` (instead of sleeping a guessed time).
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
