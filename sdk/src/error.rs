@@ -69,6 +69,14 @@ pub enum Error {
         /// The address.
         address: alloy::primitives::Address,
     },
+    /// The contracts at the deployment's addresses are not wired to each other as a deployment is.
+    #[error(
+        "the deployment file does not match the contracts on this chain: {what} (redeploy, or fix the addresses file)"
+    )]
+    DeploymentMismatch {
+        /// What differs.
+        what: String,
+    },
     /// The deployment (addresses) file is missing or malformed.
     #[error("deployment file {path}: {reason}")]
     DeploymentFile {

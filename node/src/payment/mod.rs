@@ -103,6 +103,7 @@ impl PaymentService {
             reason: format!("'{}' is not a URL: {e}", config.rpc_url),
         })?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
+        verify_deployment(&deployment, &provider, path).await?;
         let ledger = Ledger::open(&config.ledger)?;
         let metrics = PaymentMetrics::register(registry)?;
         let chain_metrics = mlbridge_sdk::chain::ChainMetrics::register(registry)?;
@@ -138,6 +139,7 @@ impl PaymentService {
         };
         let (settler, settle_task) = spawn_settler(
             gate.clone(),
+            deployment,
             provider,
             operator.clone(),
             sender_config,
@@ -297,9 +299,31 @@ pub async fn guarded<T>(
     }
 }
 
+/// Check the deployment file against the chain before accepting any voucher: a wrong file means vouchers that pass
+/// the gate and revert on chain. A mismatch fails the start; an RPC that does not answer (within 10 s) does not,
+/// since a restarted node keeps serving the channels it confirmed earlier; it is said loudly and settlement waits.
+async fn verify_deployment(deployment: &Deployment, provider: &DynProvider, path: &std::path::Path) -> Result<()> {
+    use mlbridge_sdk::Error as E;
+    match tokio::time::timeout(Duration::from_secs(10), deployment.verify(provider)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ (E::ChainIdMismatch { .. } | E::NoContractAt { .. } | E::DeploymentMismatch { .. }))) => {
+            Err(Error::Config { path: "payment.deployment".into(), reason: format!("{}: {e}", path.display()) })
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "node::payment", err = %e, "cannot verify the deployment file against the chain now; settlement verifies it before redeeming");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(target: "node::payment", "the chain RPC did not answer in 10 s; settlement verifies the deployment before redeeming");
+            Ok(())
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn_settler(
     gate: Arc<Gate>,
+    deployment: Deployment,
     provider: DynProvider,
     operator: PrivateKeySigner,
     sender_config: SenderConfig,
@@ -326,6 +350,19 @@ fn spawn_settler(
                 }
             }
         };
+        // Never redeem against a deployment the chain does not match (checked at start only if the RPC answered).
+        loop {
+            match deployment.verify(&provider).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::error!(target: "node::payment", %err, "settlement waits: the deployment is not verified");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
         let settler = Settler { gate, sender, tracker, provider, contract, config, metrics };
         settler.run(inbox, shutdown).await;
     });

@@ -467,3 +467,35 @@ async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
     let again = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
     assert!(again.transactions.is_empty(), "{again:?}");
 }
+
+/// A deployment file that does not match the chain fails the start, naming what differs: another chain id, an
+/// address without code, or contracts that are not wired to each other as the file says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_file_that_does_not_match_the_chain_fails_the_start() {
+    let chain = Chain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Box<dyn Fn(&mut mlbridge_sdk::chain::Deployment)>); 3] = [
+        ("chain id", Box::new(|d| d.chain_id = 1)),
+        ("no contract code", Box::new(|d| d.disputes = Address::repeat_byte(0x42))),
+        ("does not match the contracts", Box::new(|d| std::mem::swap(&mut d.validator_rewards, &mut d.disputes))),
+    ];
+    for (i, (expected, edit)) in cases.iter().enumerate() {
+        let mut d = chain.deployment;
+        edit(&mut d);
+        let file = dir.path().join(format!("deployment-{i}.json"));
+        d.save(&file).unwrap();
+        let ledger = dir.path().join(format!("ledger-{i}"));
+        let mut config = mlbridge_node::config::NodeConfig { model_repository: models_root(), ..Default::default() };
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        config.p2p.mdns = false;
+        paid(&mut config, &chain, &chain.url(), 1, &ledger);
+        config.payment.deployment = Some(file);
+        let err = match mlbridge_node::server::start(config).await {
+            Ok(_) => panic!("{expected}: the node started on a wrong deployment file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}

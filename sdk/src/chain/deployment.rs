@@ -123,8 +123,10 @@ impl Deployment {
         std::fs::write(path, text + "\n").map_err(|e| err(e.to_string()))
     }
 
-    /// Check that the RPC serves this deployment's chain and that every address holds contract code.
-    pub async fn verify<P: Provider>(&self, provider: &P) -> Result<()> {
+    /// Check that the RPC serves this deployment's chain, that every address holds contract code, and that the
+    /// contracts there are wired to each other as [`deploy`] and `script/Deploy.s.sol` wire them (so vouchers
+    /// checked against this file are the ones the chain will redeem).
+    pub async fn verify<P: Provider + Clone>(&self, provider: &P) -> Result<()> {
         let actual = provider.get_chain_id().await.map_err(rpc_error)?;
         if actual != self.chain_id {
             return Err(Error::ChainIdMismatch { expected: self.chain_id, actual });
@@ -138,6 +140,52 @@ impl Deployment {
             let code = provider.get_code_at(address).await.map_err(rpc_error)?;
             if code.is_empty() {
                 return Err(Error::NoContractAt { name, address });
+            }
+        }
+        self.verify_wiring(provider).await
+    }
+
+    async fn verify_wiring<P: Provider + Clone>(&self, provider: &P) -> Result<()> {
+        let mismatch = |what: String| Error::DeploymentMismatch { what };
+        // A call that reverts or returns garbage means the address holds another contract.
+        let read = |what: &'static str| move |e: alloy::contract::Error| mismatch(format!("{what}: {e}"));
+        let channels = PaymentChannels::new(self.payment_channels, provider.clone());
+        let separator = channels.domainSeparator().call().await.map_err(read("PaymentChannels.domainSeparator"))?;
+        if separator != self.domain().separator() {
+            return Err(mismatch(format!(
+                "PaymentChannels at {} signs in another EIP-712 domain than this file's",
+                self.payment_channels
+            )));
+        }
+        let checks = [
+            ("PaymentChannels.REWARDS", channels.REWARDS().call().await.map_err(read("PaymentChannels.REWARDS"))?, self.validator_rewards),
+            (
+                "ValidatorRewards.STAKING",
+                ValidatorRewards::new(self.validator_rewards, provider.clone())
+                    .STAKING()
+                    .call()
+                    .await
+                    .map_err(read("ValidatorRewards.STAKING"))?,
+                self.staking,
+            ),
+            (
+                "Staking.disputes",
+                Staking::new(self.staking, provider.clone()).disputes().call().await.map_err(read("Staking.disputes"))?,
+                self.disputes,
+            ),
+            (
+                "Disputes.RECEIPT_DOMAIN_CONTRACT",
+                Disputes::new(self.disputes, provider.clone())
+                    .RECEIPT_DOMAIN_CONTRACT()
+                    .call()
+                    .await
+                    .map_err(read("Disputes.RECEIPT_DOMAIN_CONTRACT"))?,
+                self.payment_channels,
+            ),
+        ];
+        for (what, actual, expected) in checks {
+            if actual != expected {
+                return Err(mismatch(format!("{what} is {actual}, the file says {expected}")));
             }
         }
         Ok(())
