@@ -16,7 +16,7 @@ import {IValidatorRewards} from "../src/interfaces/IValidatorRewards.sol";
 ///      MIN_NODE_STAKE [1 ether], MIN_VALIDATOR_STAKE [2 ether], UNBONDING_DELAY [7 days], EPOCH_LENGTH [100 blocks],
 ///      FEE_BPS [500], CHALLENGE_WINDOW [1 day], MIN_BOND [0.1 ether], BOND_BPS [1000], AUDIT_WINDOW [1 day],
 ///      REVEAL_WINDOW [1 hour], VOTING_PERIOD [3 days], QUORUM_BPS [5000], SLASH_BPS [5000], CHALLENGER_BPS [2000],
-///      BURN_BPS [3000]. The unbonding delay must exceed audit + reveal + voting windows (Disputes refuses it).
+///      BURN_BPS [3000], MIN_STAKE_AGE_BLOCKS [7200, a day of 12 s blocks]. The unbonding delay must exceed audit + reveal + voting windows (Disputes refuses it).
 contract Deploy {
     Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
     uint256 internal constant ANVIL_KEY_0 = 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80;
@@ -68,7 +68,8 @@ contract Deploy {
             quorumBps: vm.envOr("QUORUM_BPS", uint256(5000)),
             slashBps: vm.envOr("SLASH_BPS", uint256(5000)),
             challengerBps: vm.envOr("CHALLENGER_BPS", uint256(2000)),
-            burnBps: vm.envOr("BURN_BPS", uint256(3000))
+            burnBps: vm.envOr("BURN_BPS", uint256(3000)),
+            minStakeAgeBlocks: vm.envOr("MIN_STAKE_AGE_BLOCKS", uint256(7200))
         });
     }
 }

@@ -4,6 +4,7 @@ pragma solidity ^0.8.28;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
 import {IDisputes} from "./interfaces/IDisputes.sol";
 
@@ -61,6 +62,8 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
     uint256 public immutable CHALLENGER_BPS;
     /// @notice Share of the slash burned, in basis points.
     uint256 public immutable BURN_BPS;
+    /// @notice Blocks a validator's stake must have been bonded to weigh in a vote.
+    uint256 public immutable MIN_STAKE_AGE_BLOCKS;
 
     /// @notice Deployment parameters (see the immutables of the same names).
     struct Params {
@@ -73,6 +76,7 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         uint256 slashBps;
         uint256 challengerBps;
         uint256 burnBps;
+        uint256 minStakeAgeBlocks;
     }
 
     /// @notice One answered job as the node committed to it: a leaf of a signed batch.
@@ -142,8 +146,10 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
 
     Dispute[] private _disputes;
     mapping(bytes32 => Commitment) private _commitments;
-    /// @dev keccak256(node, leaf) => dispute id + 1.
+    /// @dev keccak256(node, leaf, challenger) => dispute id + 1.
     mapping(bytes32 => uint256) private _byReceiptPlusOne;
+    /// @dev keccak256(node, leaf) => the receipt already cost its node a slash.
+    mapping(bytes32 => bool) private _receiptSlashed;
     mapping(uint256 => mapping(address => Vote)) private _votes;
     mapping(address => uint256) private _credits;
     mapping(address => uint256) private _openAgainst;
@@ -235,10 +241,13 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
     error DisputeNotANode(address node);
     /// @notice The challenger's output equals the node's: nothing to dispute.
     error DisputeSameOutput();
-    /// @notice This receipt is already disputed.
+    /// @notice This challenger already disputed this receipt.
     /// @param receiptLeaf The receipt.
     /// @param disputeId The existing dispute.
     error DisputeAlreadyExists(bytes32 receiptLeaf, uint256 disputeId);
+    /// @notice The node has no stake a dispute could slash.
+    /// @param node The node.
+    error DisputeNothingToSlash(address node);
     /// @notice No dispute with this id.
     /// @param disputeId The id.
     error DisputeNotFound(uint256 disputeId);
@@ -281,8 +290,8 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         if (
             address(staking) == address(0) || receiptDomainContract == address(0) || p.minBond == 0 || p.bondBps > BPS
                 || p.slashBps == 0 || p.slashBps > BPS || p.challengerBps + p.burnBps > BPS || p.quorumBps < BPS / 2
-                || p.quorumBps >= BPS || !_windowOk(p.auditWindow) || !_windowOk(p.revealWindow)
-                || !_windowOk(p.votingPeriod)
+                || p.quorumBps >= BPS || p.auditWindow < 1 hours || !_windowOk(p.auditWindow)
+                || !_windowOk(p.revealWindow) || !_windowOk(p.votingPeriod) || p.minStakeAgeBlocks > 1_000_000
         ) {
             revert DisputeInvalidParams();
         }
@@ -300,6 +309,7 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         SLASH_BPS = p.slashBps;
         CHALLENGER_BPS = p.challengerBps;
         BURN_BPS = p.burnBps;
+        MIN_STAKE_AGE_BLOCKS = p.minStakeAgeBlocks;
     }
 
     /// @notice Accepts ETH only from Staking (slashed stake).
@@ -311,7 +321,10 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
     ///         `REVEAL_WINDOW`. A copy of the commitment is useless to anyone else (it names the challenger).
     /// @param commitment `commitmentOf(challenger, node, receiptLeaf, challengerOutputHash, salt)`.
     function commit(bytes32 commitment) external {
-        if (_commitments[commitment].blockNumber != 0) revert DisputeAlreadyCommitted();
+        Commitment storage existing = _commitments[commitment];
+        if (existing.blockNumber != 0 && block.timestamp <= uint256(existing.timestamp) + REVEAL_WINDOW) {
+            revert DisputeAlreadyCommitted();
+        }
         _commitments[commitment] = Commitment({blockNumber: uint64(block.number), timestamp: uint64(block.timestamp)});
         emit Committed(commitment, block.timestamp + REVEAL_WINDOW);
     }
@@ -329,7 +342,7 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
     {
         bytes32 leaf = receiptLeaf(evidence.receipt);
         _consumeCommitment(commitmentOf(msg.sender, evidence.batch.node, leaf, challengerOutputHash, salt));
-        uint256 weight = STAKING.validatorStakeAt(msg.sender, block.number - 1);
+        uint256 weight = voteWeight(msg.sender, block.number - 1);
         if (weight == 0) revert DisputeNotValidator(msg.sender);
         _checkEvidence(evidence, leaf, challengerOutputHash);
         disputeId = _open(evidence.batch.node, leaf, challengerOutputHash, weight);
@@ -355,9 +368,9 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         Dispute storage d = _existing(disputeId);
         if (block.timestamp >= d.deadline) revert DisputeVotingClosed(disputeId, d.deadline);
         if (_votes[disputeId][msg.sender].weight != 0) revert DisputeAlreadyVoted(disputeId, msg.sender);
-        uint256 weight = STAKING.validatorStakeAt(msg.sender, d.snapshotBlock);
+        uint256 weight = voteWeight(msg.sender, d.snapshotBlock);
         if (weight == 0) revert DisputeNotValidator(msg.sender);
-        _votes[disputeId][msg.sender] = Vote({weight: uint128(weight), nodeWrong: nodeWrong, claimed: false});
+        _votes[disputeId][msg.sender] = Vote({weight: SafeCast.toUint128(weight), nodeWrong: nodeWrong, claimed: false});
         if (nodeWrong) d.votesNodeWrong += weight;
         else d.votesNodeRight += weight;
         _lockVoter(msg.sender, d.deadline);
@@ -373,8 +386,12 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         _openAgainst[d.node] -= 1;
         if (quorumReached(disputeId)) {
             d.outcome = Outcome.NodeSlashed;
+            // One bad receipt costs its node one slash, however many validators proved it.
+            bytes32 receiptKey = keccak256(abi.encode(d.node, d.receiptLeaf));
+            bool first = !_receiptSlashed[receiptKey];
+            _receiptSlashed[receiptKey] = true;
             // Interaction with our own trusted Staking; it sends the slashed ETH back to receive().
-            uint256 slashed = d.slashTarget == 0 ? 0 : STAKING.slash(d.node, d.slashTarget);
+            uint256 slashed = first ? STAKING.slash(d.node, d.slashTarget) : 0;
             uint256 burned = slashed * BURN_BPS / BPS;
             uint256 challengerReward = slashed * CHALLENGER_BPS / BPS;
             d.slashed = slashed;
@@ -389,11 +406,15 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
             d.outcome = Outcome.ChallengerLost;
             if (d.votesNodeRight > 0) {
                 d.voterPool = d.bond;
+                emit DisputeResolved(disputeId, d.outcome, 0, d.voterPool, 0);
             } else {
-                // Nobody voted for the node: the bond compensates the node itself.
-                _credit(disputeId, d.node, d.bond);
+                // Nobody voted for the node: the bond is burned (never the node's, or its own puppet would challenge
+                // for free).
+                d.burned = d.bond;
+                _owed -= d.bond;
+                emit DisputeResolved(disputeId, d.outcome, 0, 0, d.bond);
+                _send(BURN_ADDRESS, d.bond);
             }
-            emit DisputeResolved(disputeId, d.outcome, 0, d.voterPool, 0);
         }
     }
 
@@ -434,6 +455,18 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
     /// @inheritdoc IDisputes
     function disputeLifetime() external view returns (uint256) {
         return AUDIT_WINDOW + REVEAL_WINDOW + VOTING_PERIOD;
+    }
+
+    /// @notice A validator's vote weight at `snapshot`: its stake then, but no more than it had
+    ///         `MIN_STAKE_AGE_BLOCKS` earlier (stake too young to vote does not count).
+    /// @param validator The validator.
+    /// @param snapshot The block before the challenge.
+    /// @return The weight in wei.
+    function voteWeight(address validator, uint256 snapshot) public view returns (uint256) {
+        uint256 atSnapshot = STAKING.validatorStakeAt(validator, snapshot);
+        if (atSnapshot == 0 || snapshot < MIN_STAKE_AGE_BLOCKS) return 0;
+        uint256 aged = STAKING.validatorStakeAt(validator, snapshot - MIN_STAKE_AGE_BLOCKS);
+        return aged < atSnapshot ? aged : atSnapshot;
     }
 
     /// @notice Whether more than `QUORUM_BPS` of the validator stake at the challenge has voted against the node.
@@ -517,13 +550,18 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         return _existing(disputeId);
     }
 
-    /// @notice The dispute of a node's receipt, if any.
+    /// @notice A challenger's dispute of a node's receipt, if any.
     /// @param node The node operator.
     /// @param leaf The receipt's leaf.
-    /// @return exists Whether it was disputed.
+    /// @param challenger The challenger.
+    /// @return exists Whether it disputed it.
     /// @return disputeId The dispute (0 if none).
-    function disputeOf(address node, bytes32 leaf) external view returns (bool exists, uint256 disputeId) {
-        uint256 plusOne = _byReceiptPlusOne[_receiptKey(node, leaf)];
+    function disputeOf(address node, bytes32 leaf, address challenger)
+        external
+        view
+        returns (bool exists, uint256 disputeId)
+    {
+        uint256 plusOne = _byReceiptPlusOne[_receiptKey(node, leaf, challenger)];
         return (plusOne != 0, plusOne == 0 ? 0 : plusOne - 1);
     }
 
@@ -586,7 +624,7 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         if (signer != ev.batch.node) revert DisputeInvalidReceiptSignature(signer, ev.batch.node);
         if (STAKING.roleOf(ev.batch.node) != IStaking.Role.Node) revert DisputeNotANode(ev.batch.node);
         if (challengerOutputHash == ev.receipt.outputHash) revert DisputeSameOutput();
-        uint256 existing = _byReceiptPlusOne[_receiptKey(ev.batch.node, leaf)];
+        uint256 existing = _byReceiptPlusOne[_receiptKey(ev.batch.node, leaf, msg.sender)];
         if (existing != 0) revert DisputeAlreadyExists(leaf, existing - 1);
     }
 
@@ -596,6 +634,7 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         returns (uint256 disputeId)
     {
         uint256 slashTarget = STAKING.bondedOf(node) * SLASH_BPS / BPS;
+        if (slashTarget == 0) revert DisputeNothingToSlash(node);
         uint256 required = _requiredBond(slashTarget);
         if (msg.value < required) revert DisputeBondTooSmall(msg.value, required);
         disputeId = _disputes.length;
@@ -612,8 +651,8 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         d.slashTarget = slashTarget;
         d.totalStake = STAKING.totalValidatorStakeAt(snapshot);
         d.votesNodeWrong = weight;
-        _byReceiptPlusOne[_receiptKey(node, leaf)] = disputeId + 1;
-        _votes[disputeId][msg.sender] = Vote({weight: uint128(weight), nodeWrong: true, claimed: false});
+        _byReceiptPlusOne[_receiptKey(node, leaf, msg.sender)] = disputeId + 1;
+        _votes[disputeId][msg.sender] = Vote({weight: SafeCast.toUint128(weight), nodeWrong: true, claimed: false});
         _openAgainst[node] += 1;
         _lockVoter(msg.sender, deadline);
         _owed += msg.value;
@@ -633,8 +672,8 @@ contract Disputes is IDisputes, ReentrancyGuardTransient {
         emit Credited(disputeId, account, amount);
     }
 
-    function _receiptKey(address node, bytes32 leaf) private pure returns (bytes32) {
-        return keccak256(abi.encode(node, leaf));
+    function _receiptKey(address node, bytes32 leaf, address challenger) private pure returns (bytes32) {
+        return keccak256(abi.encode(node, leaf, challenger));
     }
 
     function _windowOk(uint256 window) private pure returns (bool) {

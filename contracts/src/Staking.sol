@@ -294,7 +294,9 @@ contract Staking is IStaking, ReentrancyGuardTransient {
     /// @inheritdoc IStaking
     function isActiveNode(address account) external view returns (bool) {
         Participant storage p = _participants[account];
-        return p.role == Role.Node && p.stake >= MIN_NODE_STAKE;
+        // A node that is unbonding any stake is on its way out: it could withdraw before a challenge of its latest
+        // receipts is revealed, so clients should not give it work.
+        return p.role == Role.Node && p.stake >= MIN_NODE_STAKE && p.unbonding == 0;
     }
 
     /// @notice The active validator set and its total stake.

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.28;
 
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
 import {IValidatorRewards} from "./interfaces/IValidatorRewards.sol";
 
@@ -10,8 +11,9 @@ import {IValidatorRewards} from "./interfaces/IValidatorRewards.sol";
 ///         pro rata to their stake checkpointed at the epoch's start. Epochs are `EPOCH_LENGTH` blocks long. When an
 ///         attested epoch ends, every fee not yet allocated (its own and those of earlier epochs nobody attested)
 ///         becomes its pot, so unattested fees roll forward by themselves to the next attested epoch.
-/// @dev A validator's weight in an epoch is the smaller of its checkpointed stake at the end of the block before
-///      the epoch starts and its stake when it attests; Staking reports every later decrease (unbonding, slashing)
+/// @dev A validator's weight in an epoch is the smallest of its checkpointed stake at the end of the blocks before
+///      this epoch and the previous one start (stake must have been bonded for a whole epoch) and its stake when it
+///      attests; Staking reports every later decrease (unbonding, slashing)
 ///      and the weight follows it down, so unbonding stake earns nothing. Pots are finalized lazily by the first
 ///      call after their epoch ends; views compute them the same way. `claim(maxEpochs)` walks at most `maxEpochs`
 ///      epochs, so no validator's rewards can grow too large to claim. Integer division leaves at most
@@ -122,7 +124,8 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
     }
 
     /// @notice Attest to the current epoch's re-execution work. The caller's weight is its stake checkpointed at the
-    ///         epoch's start (or its current stake, if lower), and follows any later decrease in this epoch.
+    ///         epoch's start, if it was bonded since the previous epoch's start (the least of the two, or its current
+    ///         stake if lower), and follows any later decrease in this epoch.
     /// @param epoch Must be the current epoch.
     /// @param jobsChecked How many jobs were re-executed.
     /// @param resultsRoot Merkle root over (jobId, outputHash, verdict) of the checked jobs.
@@ -133,12 +136,9 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         if (!STAKING.isActiveValidator(msg.sender)) revert RewardsNotValidator(msg.sender);
         Attestation storage a = _attestations[msg.sender][epoch];
         if (a.attested) revert RewardsAlreadyAttested(epoch, msg.sender);
-        uint256 start = epochStartBlock(epoch);
-        uint256 weight = start == 0 ? 0 : STAKING.validatorStakeAt(msg.sender, start - 1);
-        uint256 now_ = STAKING.validatorStakeOf(msg.sender);
-        if (now_ < weight) weight = now_;
+        uint256 weight = attestWeight(msg.sender, epoch);
         if (weight == 0) revert RewardsNoStakeAtEpochStart(epoch, msg.sender);
-        a.weight = uint128(weight);
+        a.weight = SafeCast.toUint128(weight);
         a.attested = true;
         _epochs[epoch].totalWeight += weight;
         _attestedEpochs[msg.sender].push(epoch);
@@ -155,7 +155,7 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         uint256 weight = a.weight;
         uint256 remaining = STAKING.validatorStakeOf(validator);
         if (weight <= remaining) return;
-        a.weight = uint128(remaining);
+        a.weight = SafeCast.toUint128(remaining);
         _epochs[epoch].totalWeight -= weight - remaining;
         emit WeightReduced(epoch, validator, remaining);
     }
@@ -182,6 +182,20 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
         _claimedAll += amount;
         emit Claimed(msg.sender, amount, cursor - first, last);
         if (amount > 0) _send(msg.sender, amount);
+    }
+
+    /// @notice The weight an attestation of `validator` for `epoch` gets now: the least of its stake at the starts
+    ///         of `epoch` and of the epoch before (stake must have been bonded through a whole epoch) and now.
+    /// @param validator The validator.
+    /// @param epoch The epoch (the current one, for an attestation).
+    /// @return weight The weight in wei (0: it cannot attest).
+    function attestWeight(address validator, uint256 epoch) public view returns (uint256 weight) {
+        if (epoch == 0) return 0;
+        weight = _stakeBefore(validator, epoch);
+        uint256 before = weight == 0 ? 0 : _stakeBefore(validator, epoch - 1);
+        if (before < weight) weight = before;
+        uint256 now_ = STAKING.validatorStakeOf(validator);
+        if (now_ < weight) weight = now_;
     }
 
     /// @notice The current epoch number.
@@ -267,6 +281,12 @@ contract ValidatorRewards is IValidatorRewards, ReentrancyGuardTransient {
     /// @return claimed Rewards claimed.
     function totals() external view returns (uint256 received, uint256 claimed) {
         return (_feesReceived, _claimedAll);
+    }
+
+    /// @dev Weight at the end of the block before `epoch` started (0 for a start before any block).
+    function _stakeBefore(address validator, uint256 epoch) private view returns (uint256) {
+        uint256 start = epochStartBlock(epoch);
+        return start == 0 ? 0 : STAKING.validatorStakeAt(validator, start - 1);
     }
 
     /// @dev The open epoch plus one if it has ended and has weight (its pot is everything unallocated), else 0.

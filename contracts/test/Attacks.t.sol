@@ -22,7 +22,7 @@ contract AttacksTest is Fixture {
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 3 ether);
         registerValidator(validator3, 4 ether);
-        nextBlock();
+        ageStake();
     }
 
     function _evidence(bytes32 jobId) internal view returns (Disputes.Evidence memory) {
@@ -102,7 +102,8 @@ contract AttacksTest is Fixture {
         }
         assertEq(staking.stakeOf(node), 10 ether, "node keeps all its stake");
         assertEq(before - validator.balance, 5 * BOND, "challenger lost five bonds");
-        assertEq(disputes.creditOf(node), 5 * BOND, "the bonds compensate the node");
+        assertEq(disputes.BURN_ADDRESS().balance, 5 * BOND, "burned: nobody voted for the node");
+        assertEq(disputes.creditOf(node), 0, "never the node's (its own puppet would challenge for free)");
         vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeNothingToClaim.selector, validator));
         vm.prank(validator);
         disputes.claimVoteReward(0);
@@ -112,7 +113,7 @@ contract AttacksTest is Fixture {
     function test_attack_loneChallenger_exactlyHalfIsNotAQuorum() public {
         vm.prank(validator3);
         staking.increaseStake{value: 1 ether}(); // 2 + 3 + 5 = 10
-        nextBlock();
+        ageStake();
         uint256 id = commitAndChallenge(validator3, _evidence("job"), OTHER_OUT, BOND);
         Disputes.Dispute memory d = disputes.getDispute(id);
         assertEq(d.totalStake, 10 ether, "total at the challenge");
@@ -211,10 +212,104 @@ contract AttacksTest is Fixture {
         vm.prank(validator);
         uint256 id = disputes.challenge{value: BOND}(ev, OTHER_OUT, salt);
         assertEq(disputes.getDispute(id).challenger, validator, "the committer is the challenger");
+        // A copier with its own (now older) commitment opens its own dispute: it takes nothing from this one.
         nextBlock();
-        vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeAlreadyExists.selector, leaf, id));
         vm.prank(validator3);
-        disputes.challenge{value: BOND}(ev, OTHER_OUT, salt);
+        uint256 copy = disputes.challenge{value: BOND}(ev, OTHER_OUT, salt);
+        assertEq(disputes.getDispute(id).challenger, validator, "unchanged");
+        assertTrue(copy != id, "a separate dispute");
+    }
+
+    // ------------------------------------------------------------------ review findings
+
+    /// A quorum bought just before the reveal: stake registered one block before the challenge has no weight
+    /// (votes need stake bonded `MIN_STAKE_AGE_BLOCKS` before), so the whale can neither challenge nor vote.
+    function test_attack_quorumBoughtJustBeforeTheReveal() public {
+        address whale = vm.addr(0x3A1E);
+        vm.deal(whale, 1000 ether);
+        Disputes.Evidence memory ev = _evidence("honest job");
+        bytes32 leaf = disputes.receiptLeaf(ev.receipt);
+        vm.prank(whale);
+        staking.registerValidator{value: 100 ether}();
+        vm.prank(whale);
+        disputes.commit(commitment(whale, node, leaf, OTHER_OUT, "s"));
+        nextBlock();
+        vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeNotValidator.selector, whale));
+        vm.prank(whale);
+        disputes.challenge{value: BOND}(ev, OTHER_OUT, "s");
+        // With an accomplice's challenge, the whale's vote weighs nothing either.
+        uint256 id = commitAndChallenge(validator, ev, OTHER_OUT, BOND);
+        vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeNotValidator.selector, whale));
+        vm.prank(whale);
+        disputes.vote(id, true);
+        assertEq(disputes.getDispute(id).totalStake, 109 ether, "young stake still counts in the total");
+        vm.warp(block.timestamp + VOTING_PERIOD);
+        disputes.resolve(id);
+        assertEq(staking.stakeOf(node), 10 ether, "honest node untouched");
+    }
+
+    /// A node's puppet validator challenges the node's own bad receipt first, hoping to fail and block the honest
+    /// challenge: the honest challenge opens all the same, the node is slashed once, and the puppet's lost bond is
+    /// burned, not returned to the node.
+    function test_attack_puppetPreemptsAnHonestChallenge() public {
+        Disputes.Evidence memory ev = _evidence("bad job");
+        uint256 puppetDispute = commitAndChallenge(validator, ev, OTHER_OUT, BOND); // the puppet (2 of 9)
+        uint256 honest = commitAndChallenge(validator3, ev, keccak256("the right output"), BOND);
+        vm.prank(validator2);
+        disputes.vote(honest, true); // 4 + 3 of 9
+        vm.warp(block.timestamp + VOTING_PERIOD);
+        disputes.resolve(puppetDispute);
+        disputes.resolve(honest);
+        assertTrue(disputes.getDispute(honest).outcome == Disputes.Outcome.NodeSlashed, "the honest one wins");
+        assertEq(staking.stakeOf(node), 5 ether, "slashed once");
+        assertTrue(disputes.getDispute(puppetDispute).outcome == Disputes.Outcome.ChallengerLost, "puppet alone");
+        assertEq(disputes.creditOf(node), 0, "the node recovers nothing");
+        assertEq(disputes.creditOf(validator3), BOND + 1 ether, "bond + 20% of the slash");
+    }
+
+    /// Two winning disputes of one bad receipt slash the node once.
+    function test_oneReceiptIsSlashedOnce() public {
+        Disputes.Evidence memory ev = _evidence("bad job");
+        uint256 a = commitAndChallenge(validator2, ev, OTHER_OUT, BOND);
+        uint256 b = commitAndChallenge(validator3, ev, OTHER_OUT, BOND);
+        vm.prank(validator3);
+        disputes.vote(a, true);
+        vm.prank(validator2);
+        disputes.vote(b, true);
+        vm.warp(block.timestamp + VOTING_PERIOD);
+        disputes.resolve(a);
+        disputes.resolve(b);
+        assertEq(staking.stakeOf(node), 5 ether, "one slash of 50%");
+        assertEq(disputes.getDispute(b).slashed, 0, "the second finds it slashed");
+        assertEq(disputes.creditOf(validator3), BOND, "its challenger gets its bond back");
+    }
+
+    /// A node with nothing to slash cannot be disputed (it would only lock honest voters' withdrawals).
+    function test_attack_disputeOfANodeWithoutStake() public {
+        vm.prank(node);
+        staking.requestUnbond(10 ether);
+        vm.warp(block.timestamp + UNBONDING_DELAY);
+        vm.prank(node);
+        staking.withdraw();
+        Disputes.Evidence memory ev = _evidence("job");
+        bytes32 leaf = disputes.receiptLeaf(ev.receipt);
+        vm.prank(validator);
+        disputes.commit(commitment(validator, node, leaf, OTHER_OUT, "s"));
+        nextBlock();
+        vm.expectRevert(abi.encodeWithSelector(Disputes.DisputeNothingToSlash.selector, node));
+        vm.prank(validator);
+        disputes.challenge{value: BOND}(ev, OTHER_OUT, "s");
+    }
+
+    /// An expired commitment can be made again (it does not block its owner forever).
+    function test_anExpiredCommitmentCanBeRenewed() public {
+        bytes32 c = commitment(validator, node, bytes32("leaf"), OTHER_OUT, "s");
+        vm.prank(validator);
+        disputes.commit(c);
+        vm.expectRevert(Disputes.DisputeAlreadyCommitted.selector);
+        disputes.commit(c);
+        vm.warp(block.timestamp + REVEAL_WINDOW + 1);
+        disputes.commit(c);
     }
 
     // ------------------------------------------------------------------ parameters
@@ -253,7 +348,14 @@ contract AttacksTest is Fixture {
     function test_attack_nodeUnderMinimumIsNotActive() public {
         assertTrue(staking.isActiveNode(node), "active at 10 ether");
         vm.prank(node);
-        staking.requestUnbond(9.5 ether);
+        staking.requestUnbond(1 ether);
+        assertTrue(!staking.isActiveNode(node), "unbonding any stake: on its way out, not active");
+        vm.warp(block.timestamp + UNBONDING_DELAY);
+        vm.prank(node);
+        staking.withdraw();
+        assertTrue(staking.isActiveNode(node), "9 ether, nothing unbonding");
+        vm.prank(node);
+        staking.requestUnbond(8.5 ether);
         assertTrue(!staking.isActiveNode(node), "0.5 ether is under the 1 ether minimum");
         assertTrue(!staking.isActiveNode(validator), "a validator is not a node");
     }

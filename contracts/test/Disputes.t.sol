@@ -19,7 +19,7 @@ contract DisputesTest is Fixture {
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 3 ether);
         registerValidator(validator3, 4 ether);
-        nextBlock();
+        ageStake();
     }
 
     function _challenge(bytes32 jobId) internal returns (uint256 id) {
@@ -52,7 +52,7 @@ contract DisputesTest is Fixture {
         assertTrue(disputes.isLocked(node), "accused node locked");
         assertTrue(disputes.isLocked(validator), "challenger locked during the vote");
         assertTrue(!disputes.isLocked(validator2), "bystander not locked");
-        (bool exists, uint256 found) = disputes.disputeOf(node, d.receiptLeaf);
+        (bool exists, uint256 found) = disputes.disputeOf(node, d.receiptLeaf, validator);
         assertTrue(exists && found == id, "disputeOf");
     }
 
@@ -140,12 +140,15 @@ contract DisputesTest is Fixture {
         vm.prank(validator);
         disputes.challenge{value: BOND}(ev, NODE_OUT, s2);
 
-        // The first valid reveal opens it; the same receipt cannot be disputed twice.
+        // The first valid reveal opens it; the same challenger cannot dispute the same receipt twice.
         vm.prank(validator);
         disputes.challenge{value: BOND}(ev, OUR_OUT, salt);
         _expectRevealRevert(
-            validator2, ev, abi.encodeWithSelector(Disputes.DisputeAlreadyExists.selector, leaf, uint256(0))
+            validator, ev, abi.encodeWithSelector(Disputes.DisputeAlreadyExists.selector, leaf, uint256(0))
         );
+        // Another validator can: one challenge never pre-empts another.
+        commitAndChallenge(validator2, ev, OUR_OUT, BOND);
+        assertEq(disputes.disputeCount(), 2, "two disputes of one receipt");
     }
 
     function test_challenge_commitmentExpires() public {

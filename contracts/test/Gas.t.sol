@@ -69,7 +69,7 @@ contract GasTest is Fixture {
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 3 ether);
         registerValidator(validator3, 4 ether);
-        nextBlock();
+        ageStake();
         Disputes.Receipt[] memory rs = new Disputes.Receipt[](64);
         for (uint256 i = 0; i < 64; ++i) {
             rs[i] = receipt(bytes32(i), keccak256(abi.encode("out", i)));
@@ -116,17 +116,17 @@ contract GasTest is Fixture {
     function test_gas_rewards() public {
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 3 ether);
-        vm.roll(rewards.epochStartBlock(1));
+        vm.roll(rewards.epochStartBlock(2));
         rewards.depositFees{value: 1 ether}();
         _snap("ValidatorRewards", "depositFees");
         vm.prank(validator);
-        rewards.attest(1, 120, bytes32("root"));
+        rewards.attest(2, 120, bytes32("root"));
         _snap("ValidatorRewards", "attest");
-        vm.roll(rewards.epochStartBlock(2));
+        vm.roll(rewards.epochStartBlock(3));
         vm.prank(validator);
         rewards.claim(1);
         _snap("ValidatorRewards", "claim (1 epoch)");
-        for (uint256 e = 2; e < 102; ++e) {
+        for (uint256 e = 3; e < 103; ++e) {
             rewards.depositFees{value: 1 ether}();
             vm.prank(validator2);
             rewards.attest(e, 1, bytes32("root"));

@@ -58,10 +58,10 @@ contract TransferFailuresTest is Fixture {
 
     function test_rewardsClaimToARejecter() public {
         rejecter.exec(address(staking), 2 ether, abi.encodeCall(Staking.registerValidator, ()));
-        vm.roll(rewards.epochStartBlock(1));
-        rewards.depositFees{value: 1 ether}();
-        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.attest, (1, 1, bytes32(0))));
         vm.roll(rewards.epochStartBlock(2));
+        rewards.depositFees{value: 1 ether}();
+        rejecter.exec(address(rewards), 0, abi.encodeCall(ValidatorRewards.attest, (2, 1, bytes32(0))));
+        vm.roll(rewards.epochStartBlock(3));
         vm.expectRevert(
             abi.encodeWithSelector(ValidatorRewards.RewardsTransferFailed.selector, address(rejecter), 1 ether)
         );
@@ -73,7 +73,7 @@ contract TransferFailuresTest is Fixture {
         registerNode(node);
         rejecter.exec(address(staking), 5 ether, abi.encodeCall(Staking.registerValidator, ()));
         registerValidator(validator, 2 ether);
-        nextBlock();
+        ageStake();
         Disputes.Evidence memory ev = evidenceOf(NODE_KEY, receipt(bytes32("job"), keccak256("node out")));
         bytes32 out = keccak256("our out");
         bytes32 leaf = disputes.receiptLeaf(ev.receipt);

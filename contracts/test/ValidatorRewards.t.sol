@@ -10,8 +10,8 @@ contract ValidatorRewardsTest is Fixture {
         deploySystem();
         registerValidator(validator, 2 ether);
         registerValidator(validator2, 6 ether);
-        // Epoch 0 started at deployment, before these stakes: work from epoch 1 on.
-        vm.roll(rewards.epochStartBlock(1));
+        // Stake must be bonded through a whole epoch before it earns: these (from epoch 0) earn from epoch 2 on.
+        vm.roll(rewards.epochStartBlock(2));
     }
 
     function _attest(address who, uint256 epoch) internal {
@@ -25,19 +25,19 @@ contract ValidatorRewardsTest is Fixture {
 
     function test_depositFees_waitForTheNextAttestedEpoch() public {
         vm.expectEmit();
-        emit ValidatorRewards.FeesReceived(1, address(this), 1 ether);
+        emit ValidatorRewards.FeesReceived(2, address(this), 1 ether);
         rewards.depositFees{value: 1 ether}();
         assertEq(rewards.unallocatedFees(), 1 ether, "unallocated");
-        (uint256 pot,) = rewards.epochInfo(1);
+        (uint256 pot,) = rewards.epochInfo(2);
         assertEq(pot, 0, "no pot while the epoch runs");
     }
 
     function test_attestAndClaim_shareProRataToStakeAtEpochStart() public {
         rewards.depositFees{value: 4 ether}();
         vm.expectEmit();
-        emit ValidatorRewards.Attested(1, validator, 10, bytes32("root"), 2 ether);
-        _attest(validator, 1);
-        _attest(validator2, 1);
+        emit ValidatorRewards.Attested(2, validator, 10, bytes32("root"), 2 ether);
+        _attest(validator, 2);
+        _attest(validator2, 2);
         // Not claimable while the epoch runs.
         assertEq(rewards.pendingRewards(validator), 0, "pending during epoch");
         vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNothingToClaim.selector, validator));
@@ -60,16 +60,16 @@ contract ValidatorRewardsTest is Fixture {
     }
 
     function test_attest_revertsForWrongEpochStrangersAndTwice() public {
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsWrongEpoch.selector, 2, 1));
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsWrongEpoch.selector, 3, 2));
         vm.prank(validator);
-        rewards.attest(2, 0, 0);
+        rewards.attest(3, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNotValidator.selector, payer));
         vm.prank(payer);
-        rewards.attest(1, 0, 0);
-        _attest(validator, 1);
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsAlreadyAttested.selector, 1, validator));
+        rewards.attest(2, 0, 0);
+        _attest(validator, 2);
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsAlreadyAttested.selector, 2, validator));
         vm.prank(validator);
-        rewards.attest(1, 0, 0);
+        rewards.attest(2, 0, 0);
     }
 
     function test_stakeReduced_onlyStaking() public {
@@ -82,52 +82,60 @@ contract ValidatorRewardsTest is Fixture {
         new ValidatorRewards(IStaking(address(staking)), 0);
     }
 
-    /// Last-block stake: stake added in the last block of an epoch has no weight in it; stake added before an epoch
-    /// and unbonded in it (after attesting, in the same block) earns nothing.
+    /// Last-block stake: stake added in the last block of an epoch has no weight in it nor in the next (it must be
+    /// bonded through a whole epoch); stake that qualified and is unbonded in the epoch (after attesting, in the same
+    /// block) earns nothing.
     function test_attack_lastBlockStake() public {
         address attacker = vm.addr(0xBAD);
         vm.deal(attacker, 1000 ether);
         rewards.depositFees{value: 10 ether}();
-        _attest(validator, 1);
-        // Last block of epoch 1: stake, attest, unbond.
-        vm.roll(rewards.epochStartBlock(2) - 1);
+        _attest(validator, 2);
+        // Last block of epoch 2: stake, attest.
+        vm.roll(rewards.epochStartBlock(3) - 1);
         vm.prank(attacker);
         staking.registerValidator{value: 500 ether}();
-        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNoStakeAtEpochStart.selector, 1, attacker));
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNoStakeAtEpochStart.selector, 2, attacker));
         vm.prank(attacker);
-        rewards.attest(1, 1000, bytes32("x"));
-        // First block of epoch 2: its stake counts at the epoch's start, so it attests... and unbonds at once.
+        rewards.attest(2, 1000, bytes32("x"));
+        // First block of epoch 3: bonded at its start, but not through epoch 2.
         _endEpoch();
         rewards.depositFees{value: 10 ether}();
-        _attest(validator, 2);
-        _attest(attacker, 2);
-        assertEq(rewards.weightOf(attacker, 2), 500 ether, "weight at the epoch's start");
+        _attest(validator, 3);
+        vm.expectRevert(abi.encodeWithSelector(ValidatorRewards.RewardsNoStakeAtEpochStart.selector, 3, attacker));
+        vm.prank(attacker);
+        rewards.attest(3, 1000, bytes32("x"));
+        // Epoch 4: it qualifies, attests... and unbonds in the same block.
+        _endEpoch();
+        rewards.depositFees{value: 10 ether}();
+        _attest(validator, 4);
+        _attest(attacker, 4);
+        assertEq(rewards.weightOf(attacker, 4), 500 ether, "weight at the epoch's start");
         vm.prank(attacker);
         staking.requestUnbond(500 ether);
-        assertEq(rewards.weightOf(attacker, 2), 0, "unbonding stake earns nothing");
+        assertEq(rewards.weightOf(attacker, 4), 0, "unbonding stake earns nothing");
         _endEpoch();
         assertEq(rewards.pendingRewards(attacker), 0, "attacker earned nothing");
-        assertEq(rewards.pendingRewards(validator), 20 ether, "the honest validator earned both epochs");
+        assertEq(rewards.pendingRewards(validator), 30 ether, "the honest validator earned all three epochs");
     }
 
     /// Partial unbonding cuts the weight to what is left; slashing does too.
     function test_weightFollowsStakeDown() public {
-        _attest(validator2, 1);
-        _attest(validator, 1);
+        _attest(validator2, 2);
+        _attest(validator, 2);
         vm.prank(validator2);
         staking.requestUnbond(2 ether);
-        assertEq(rewards.weightOf(validator2, 1), 4 ether, "6 - 2");
-        (, uint256 total) = rewards.epochInfo(1);
+        assertEq(rewards.weightOf(validator2, 2), 4 ether, "6 - 2");
+        (, uint256 total) = rewards.epochInfo(2);
         assertEq(total, 6 ether, "4 + 2");
         rewards.depositFees{value: 6 ether}();
         _endEpoch();
         assertEq(rewards.pendingRewards(validator2), 4 ether, "4/6 of 6");
         assertEq(rewards.pendingRewards(validator), 2 ether, "2/6 of 6");
         // Stake added during an epoch does not raise the weight in it.
-        _attest(validator, 2);
+        _attest(validator, 3);
         vm.prank(validator);
         staking.increaseStake{value: 100 ether}();
-        assertEq(rewards.weightOf(validator, 2), 2 ether, "still the stake at the epoch's start");
+        assertEq(rewards.weightOf(validator, 3), 2 ether, "still the stake at the epoch's start");
     }
 
     /// Unbounded claim: 1,000 attested epochs are claimed in bounded calls, all of it, each call well inside a block.
@@ -176,11 +184,11 @@ contract ValidatorRewardsTest is Fixture {
     /// An epoch whose every attester unbonded has no weight: its fees roll forward instead of being stranded.
     function test_feesOfAnEpochWhoseAttestersAllUnbondedRollForward() public {
         rewards.depositFees{value: 3 ether}();
-        _attest(validator, 1);
+        _attest(validator, 2);
         vm.prank(validator);
         staking.requestUnbond(2 ether);
         _endEpoch();
-        _attest(validator2, 2);
+        _attest(validator2, 3);
         _endEpoch();
         vm.prank(validator2);
         assertEq(rewards.claim(5), 3 ether, "epoch 1's fees reached epoch 2's attester");

@@ -35,7 +35,7 @@ interface IStaking {
     /// @return True if it is an active validator.
     function isActiveValidator(address account) external view returns (bool);
 
-    /// @notice Whether `account` is a node with at least the minimum node stake.
+    /// @notice Whether `account` is a node with at least the minimum node stake and nothing unbonding.
     /// @param account The address to look up.
     /// @return True if it is an active node.
     function isActiveNode(address account) external view returns (bool);

@@ -38,6 +38,8 @@ contract Handler is Test {
     /// @dev Ghost: what nodes lost to resolutions, measured from their bonded stake.
     uint256 public ghostSlashed;
     uint256 public lockedWithdrawals;
+    /// @dev Ghost: vote weight cast per dispute, computed here from Staking's checkpoints (not by Disputes).
+    mapping(uint256 => uint256) public ghostVotes;
     uint256 internal jobCounter;
 
     constructor(Staking s, PaymentChannels c, ValidatorRewards r, Disputes d) {
@@ -243,9 +245,8 @@ contract Handler is Test {
     function attest(uint256 seed) external {
         address who = vm.addr(validatorKeys[seed % 4]);
         uint256 epoch = rewards.currentEpoch();
-        uint256 start = rewards.epochStartBlock(epoch);
-        if (!staking.isActiveValidator(who) || rewards.hasAttested(who, epoch) || start == 0) return;
-        if (staking.validatorStakeAt(who, start - 1) == 0) return;
+        if (!staking.isActiveValidator(who) || rewards.hasAttested(who, epoch)) return;
+        if (rewards.attestWeight(who, epoch) == 0) return;
         vm.prank(who);
         rewards.attest(epoch, seed % 100, keccak256(abi.encode(seed)));
     }
@@ -277,12 +278,14 @@ contract Handler is Test {
         disputes.commit(keccak256(abi.encode(who, ev.batch.node, leaf, keccak256("other"), bytes32(seed))));
         vm.roll(block.number + 1);
         vm.warp(block.timestamp + 12);
-        if (staking.validatorStakeAt(who, block.number - 1) == 0) return;
+        uint256 weight = _expectedWeight(who, block.number - 1);
+        if (weight == 0 || staking.bondedOf(ev.batch.node) * 5000 / 10_000 == 0) return;
         uint256 bond = disputes.requiredBond(ev.batch.node) + bound(bondSeed, 0, 1 ether);
         vm.deal(who, who.balance + bond);
         vm.prank(who);
         uint256 id = disputes.challenge{value: bond}(ev, keccak256("other"), bytes32(seed));
         disputeIds.push(id);
+        ghostVotes[id] += weight;
     }
 
     /// @dev A fresh receipt signed alone (a batch of one) by the node with `nodeKey`.
@@ -311,9 +314,11 @@ contract Handler is Test {
         (uint256 weight,,) = disputes.voteOf(id, who);
         Disputes.Dispute memory d = disputes.getDispute(id);
         if (weight != 0 || block.timestamp >= d.deadline) return;
-        if (staking.validatorStakeAt(who, d.snapshotBlock) == 0) return;
+        uint256 w = _expectedWeight(who, d.snapshotBlock);
+        if (w == 0) return;
         vm.prank(who);
         disputes.vote(id, nodeWrong);
+        ghostVotes[id] += w;
     }
 
     function resolve(uint256 idSeed) external {
@@ -353,6 +358,15 @@ contract Handler is Test {
 
     function roll(uint256 blocksSeed) external {
         vm.roll(block.number + bound(blocksSeed, 1, 150));
+    }
+
+    /// @dev The weight a vote should have: stake at the snapshot, capped by stake `MIN_STAKE_AGE_BLOCKS` earlier.
+    function _expectedWeight(address who, uint256 snapshot) private view returns (uint256) {
+        uint256 age = disputes.MIN_STAKE_AGE_BLOCKS();
+        if (snapshot < age) return 0;
+        uint256 a = staking.validatorStakeAt(who, snapshot);
+        uint256 b = staking.validatorStakeAt(who, snapshot - age);
+        return a < b ? a : b;
     }
 
     function _withdrawCredit(address who) private {

@@ -26,7 +26,7 @@ contract InvariantsTest is Fixture {
             vm.prank(v);
             staking.registerValidator{value: (i + 2) * 1 ether}();
         }
-        vm.roll(block.number + 1);
+        vm.roll(block.number + 101); // the validators' stake is old enough to vote (MIN_STAKE_AGE_BLOCKS)
         targetContract(address(handler));
     }
 
@@ -114,7 +114,10 @@ contract InvariantsTest is Fixture {
         uint256 n = handler.disputeCount();
         uint256 slashed;
         for (uint256 i = 0; i < n; ++i) {
-            Disputes.Dispute memory d = disputes.getDispute(handler.disputeIds(i));
+            uint256 id = handler.disputeIds(i);
+            Disputes.Dispute memory d = disputes.getDispute(id);
+            assertEq(d.votesNodeWrong + d.votesNodeRight, handler.ghostVotes(id), "votes weigh aged checkpointed stake");
+            assertEq(d.totalStake, staking.totalValidatorStakeAt(d.snapshotBlock), "total at the snapshot");
             if (d.outcome == Disputes.Outcome.NodeSlashed) {
                 assertGe(d.votesNodeWrong * 10_000, d.totalStake * QUORUM_BPS + 1, "slashed with a quorum");
             } else {

@@ -26,6 +26,7 @@ abstract contract Fixture is Test {
     uint256 internal constant SLASH_BPS = 5000; // 50%
     uint256 internal constant CHALLENGER_BPS = 2000; // of the slash
     uint256 internal constant BURN_BPS = 3000; // of the slash
+    uint256 internal constant MIN_STAKE_AGE_BLOCKS = 100;
 
     Staking internal staking;
     ValidatorRewards internal rewards;
@@ -55,7 +56,8 @@ abstract contract Fixture is Test {
             quorumBps: QUORUM_BPS,
             slashBps: SLASH_BPS,
             challengerBps: CHALLENGER_BPS,
-            burnBps: BURN_BPS
+            burnBps: BURN_BPS,
+            minStakeAgeBlocks: MIN_STAKE_AGE_BLOCKS
         });
     }
 
@@ -87,6 +89,12 @@ abstract contract Fixture is Test {
     function nextBlock() internal {
         vm.roll(block.number + 1);
         vm.warp(block.timestamp + 12);
+    }
+
+    /// @dev Let stake registered so far reach the age at which it votes.
+    function ageStake() internal {
+        vm.roll(block.number + MIN_STAKE_AGE_BLOCKS + 1);
+        vm.warp(block.timestamp + 12 * (MIN_STAKE_AGE_BLOCKS + 1));
     }
 
     function signVoucher(uint256 key, bytes32 channelId, uint256 cumulative) internal view returns (bytes memory) {

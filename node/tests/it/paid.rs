@@ -474,7 +474,8 @@ async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
 async fn a_deployment_file_that_does_not_match_the_chain_fails_the_start() {
     let chain = Chain::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, Box<dyn Fn(&mut mlbridge_sdk::chain::Deployment)>); 3] = [
+    type Edit = Box<dyn Fn(&mut mlbridge_sdk::chain::Deployment)>;
+    let cases: [(&str, Edit); 3] = [
         ("chain id", Box::new(|d| d.chain_id = 1)),
         ("no contract code", Box::new(|d| d.disputes = Address::repeat_byte(0x42))),
         ("does not match the contracts", Box::new(|d| std::mem::swap(&mut d.validator_rewards, &mut d.disputes))),

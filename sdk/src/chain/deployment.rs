@@ -63,6 +63,8 @@ pub struct DeployParams {
     pub challenger_bps: U256,
     /// Burned share of a slash, basis points.
     pub burn_bps: U256,
+    /// Blocks a validator's stake must have been bonded to weigh in a dispute vote.
+    pub min_stake_age_blocks: U256,
 }
 
 impl DeployParams {
@@ -78,6 +80,7 @@ impl DeployParams {
             slashBps: self.slash_bps,
             challengerBps: self.challenger_bps,
             burnBps: self.burn_bps,
+            minStakeAgeBlocks: self.min_stake_age_blocks,
         }
     }
 }
@@ -101,6 +104,7 @@ impl Default for DeployParams {
             slash_bps: U256::from(5000u64),
             challenger_bps: U256::from(2000u64),
             burn_bps: U256::from(3000u64),
+            min_stake_age_blocks: U256::from(7200u64),
         }
     }
 }
@@ -158,7 +162,11 @@ impl Deployment {
             )));
         }
         let checks = [
-            ("PaymentChannels.REWARDS", channels.REWARDS().call().await.map_err(read("PaymentChannels.REWARDS"))?, self.validator_rewards),
+            (
+                "PaymentChannels.REWARDS",
+                channels.REWARDS().call().await.map_err(read("PaymentChannels.REWARDS"))?,
+                self.validator_rewards,
+            ),
             (
                 "ValidatorRewards.STAKING",
                 ValidatorRewards::new(self.validator_rewards, provider.clone())
@@ -170,7 +178,11 @@ impl Deployment {
             ),
             (
                 "Staking.disputes",
-                Staking::new(self.staking, provider.clone()).disputes().call().await.map_err(read("Staking.disputes"))?,
+                Staking::new(self.staking, provider.clone())
+                    .disputes()
+                    .call()
+                    .await
+                    .map_err(read("Staking.disputes"))?,
                 self.disputes,
             ),
             (

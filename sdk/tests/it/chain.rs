@@ -11,8 +11,8 @@ use alloy::signers::local::PrivateKeySigner;
 use mlbridge_sdk::Error;
 use mlbridge_sdk::chain::bindings::{Disputes, PaymentChannels};
 use mlbridge_sdk::chain::{
-    ChainMetrics, ConfirmationTracker, ContractRevert, Deployment, SenderConfig, TrackerConfig, TxSender, TxState,
-    wait_confirmed,
+    ChainMetrics, ConfirmationTracker, ContractRevert, DeployParams, Deployment, SenderConfig, TrackerConfig, TxSender,
+    TxState, wait_confirmed,
 };
 use mlbridge_sdk::protocol::ReceiptMsg;
 use mlbridge_sdk::receipt::Receipt;
@@ -445,7 +445,9 @@ async fn a_challenge_of_a_leaf_from_a_64_receipt_batch_opens_a_dispute_on_anvil(
     use mlbridge_sdk::receipt::{MerkleTree, ReceiptBatch};
 
     let anvil = spawn_anvil(None);
-    let d = deploy_all(&anvil).await;
+    // A short stake age (the default is a day of blocks; mining that many takes a minute).
+    let params = DeployParams { min_stake_age_blocks: U256::from(5u64), ..DeployParams::default() };
+    let d = mlbridge_sdk::chain::deploy(&wallet_provider(&anvil.endpoint(), key(&anvil, 0)), &params).await.unwrap();
     let (node, validator) = (key(&anvil, 2), key(&anvil, 4));
     let node_p = wallet_provider(&anvil.endpoint(), node.clone());
     let val_p = wallet_provider(&anvil.endpoint(), validator.clone());
@@ -469,6 +471,8 @@ async fn a_challenge_of_a_leaf_from_a_64_receipt_batch_opens_a_dispute_on_anvil(
         .await
         .unwrap();
 
+    // Stake votes (and challenges) once it is MIN_STAKE_AGE_BLOCKS old.
+    provider(&anvil.endpoint()).anvil_mine(Some(6), None).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let receipts: Vec<Receipt> = (0..64u8)
         .map(|i| Receipt {
