@@ -185,16 +185,29 @@ impl Gate {
     }
 
     /// Settlement learned what is redeemed on chain: update the in-memory entry and the ledger.
-    pub fn mark_redeemed(&self, channel: &B256, redeemed: U256) -> Result<()> {
+    pub fn mark_redeemed(&self, channel: &B256, redeemed: U256, block: u64) -> Result<()> {
         self.update_entry(channel, |entry| {
             if redeemed > entry.redeemed {
                 entry.redeemed = redeemed;
+                entry.redeemed_block = block;
                 // Jobs are paid in order of their vouchers; the settled count follows the redeemed amount.
                 entry.jobs_settled = if redeemed >= entry.best_amount { entry.jobs } else { entry.jobs_settled };
                 // A redemption went through: a passing failure (a lagging RPC, say) is over.
                 if !entry.failed_permanently {
                     entry.failed = None;
                 }
+            }
+        })
+    }
+
+    /// A reorg deeper than the confirmation depth undid a redemption: the chain's confirmed view shows only
+    /// `redeemed` now, so the rest is unredeemed again (and settlement redeems it again).
+    pub fn mark_reorged(&self, channel: &B256, redeemed: U256) -> Result<()> {
+        self.update_entry(channel, |entry| {
+            if redeemed < entry.redeemed {
+                entry.redeemed = redeemed;
+                entry.redeemed_block = 0;
+                entry.jobs_settled = if redeemed.is_zero() { 0 } else { entry.jobs_settled };
             }
         })
     }
@@ -369,12 +382,12 @@ mod tests {
         let entry = s.gate.entries().unwrap().pop().unwrap();
         assert_eq!(entry.unredeemed(), price, "still due: settlement retries it");
         // The retry went through: the mark is gone and work resumes.
-        s.gate.mark_redeemed(&s.channel, price).unwrap();
+        s.gate.mark_redeemed(&s.channel, price, 1).unwrap();
         s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
         // Expired before redemption: permanent, nothing due, never cleared.
         s.gate.mark_failed(&s.channel, "expired".into(), true).unwrap();
         assert_eq!(s.gate.entries().unwrap().pop().unwrap().unredeemed(), U256::ZERO);
-        s.gate.mark_redeemed(&s.channel, U256::from(2 * PRICE)).unwrap();
+        s.gate.mark_redeemed(&s.channel, U256::from(2 * PRICE), 2).unwrap();
         let refusal = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::Unsettleable { .. }), "{refusal}");
     }

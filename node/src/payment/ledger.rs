@@ -38,6 +38,10 @@ pub struct ChannelEntry {
     pub jobs_settled: u64,
     /// Redemption deadline (unix seconds) from the chain view.
     pub deadline: u64,
+    /// Block of the redemption that brought `redeemed` to its value (0 if unknown). Once the confirmed chain view
+    /// has applied this block and shows less, a reorg deeper than the confirmation depth undid it.
+    #[serde(default)]
+    pub redeemed_block: u64,
     /// Why the contract refused to redeem it at the last attempt, if it did. While set, the gate accepts no more
     /// work on the channel; settlement keeps retrying unless the failure is permanent.
     pub failed: Option<String>,

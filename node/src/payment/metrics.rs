@@ -31,6 +31,8 @@ pub struct PaymentMetrics {
     pub vouchers_lost: IntCounter,
     /// Receipts published on the receipts topic.
     pub receipts_published: IntCounter,
+    /// Confirmed redemptions a reorg deeper than the confirmation depth undid (redeemed again).
+    pub redemptions_undone: IntCounter,
 }
 
 impl PaymentMetrics {
@@ -53,6 +55,10 @@ impl PaymentMetrics {
             unredeemed_wei: Gauge::new("mlbridge_unredeemed_wei", "Accepted but not yet redeemed, wei")?,
             vouchers_lost: IntCounter::new("mlbridge_vouchers_lost_total", "Vouchers the contract refused to redeem")?,
             receipts_published: IntCounter::new("mlbridge_receipts_published_total", "Receipts gossiped")?,
+            redemptions_undone: IntCounter::new(
+                "mlbridge_redemptions_undone_total",
+                "Confirmed redemptions undone by a reorg deeper than the confirmation depth",
+            )?,
         };
         registry.register(Box::new(m.paid_jobs.clone()))?;
         registry.register(Box::new(m.charged_wei.clone()))?;
@@ -67,6 +73,7 @@ impl PaymentMetrics {
         registry.register(Box::new(m.unredeemed_wei.clone()))?;
         registry.register(Box::new(m.vouchers_lost.clone()))?;
         registry.register(Box::new(m.receipts_published.clone()))?;
+        registry.register(Box::new(m.redemptions_undone.clone()))?;
         Ok(m)
     }
 }

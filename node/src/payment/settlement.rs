@@ -143,12 +143,24 @@ impl Settler {
     async fn due(&self, force: bool) -> Result<Vec<ChannelEntry>> {
         let now = now_ms() / 1000;
         let mut entries = self.gate.entries()?;
+        let synced = self.gate.watcher().synced();
+        let mut undone = Vec::new();
         for e in &mut entries {
             if let super::watcher::Lookup::Confirmed(view) = self.gate.watcher().lookup(&e.channel_id) {
                 // The chain may know of redemptions the ledger missed (a crash between confirmation and bookkeeping).
                 if view.redeemed > e.redeemed {
-                    self.gate.mark_redeemed(&e.channel_id, view.redeemed)?;
+                    self.gate.mark_redeemed(&e.channel_id, view.redeemed, synced)?;
                     e.redeemed = view.redeemed;
+                }
+                // The confirmed view has applied the block of our redemption and shows less: a reorg deeper than
+                // the confirmation depth undid it. Take the ledger back to what the chain holds and redeem again.
+                if view.redeemed < e.redeemed && e.redeemed_block != 0 && synced >= e.redeemed_block {
+                    tracing::warn!(target: "node::payment", channel = %e.channel_id, block = e.redeemed_block,
+                        "a reorg deeper than the confirmation depth undid a redemption; redeeming again");
+                    self.metrics.redemptions_undone.inc();
+                    self.gate.mark_reorged(&e.channel_id, view.redeemed)?;
+                    e.redeemed = view.redeemed;
+                    undone.push(e.channel_id);
                 }
                 // The deadline as the chain has it now: a close started after our last job moves it closer.
                 e.deadline = view.deadline();
@@ -162,7 +174,7 @@ impl Settler {
         let threshold =
             U256::from(gas_price) * U256::from(self.config.redeem_gas) * U256::from(self.config.gas_multiple);
         let margin = self.config.deadline_margin.as_secs();
-        entries.retain(|e| e.unredeemed() >= threshold || e.deadline <= now + margin);
+        entries.retain(|e| e.unredeemed() >= threshold || e.deadline <= now + margin || undone.contains(&e.channel_id));
         Ok(entries)
     }
 
@@ -298,7 +310,7 @@ impl Settler {
             record.channels += 1;
             record.amount += e.amount;
             record.protocol_fee += e.fee;
-            self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount)?;
+            self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount, block)?;
         }
         self.gate.ledger().put_settlement(&record)?;
         self.gate.ledger().flush().await?;

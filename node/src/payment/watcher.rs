@@ -151,6 +151,11 @@ impl Watcher {
         v.channels.iter().map(|(k, c)| (*k, c.clone())).collect()
     }
 
+    /// Last block applied to the confirmed view (every event up to it is in the view).
+    pub fn synced(&self) -> u64 {
+        self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).synced
+    }
+
     /// Latest head block seen.
     pub fn head(&self) -> u64 {
         self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).head

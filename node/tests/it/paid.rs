@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
 use alloy::rpc::types::anvil::ReorgOptions;
 use alloy::signers::local::PrivateKeySigner;
@@ -499,4 +500,47 @@ async fn a_deployment_file_that_does_not_match_the_chain_fails_the_start() {
         };
         assert!(err.contains(expected), "{expected}: {err}");
     }
+}
+
+/// A reorg deeper than the confirmation depth after a redemption was confirmed: the watcher rebuilds its view, the
+/// ledger is taken back to what the chain holds, and the voucher is redeemed again (exactly its amount in the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redemption_undone_by_a_deep_reorg_is_redeemed_again() {
+    let chain = Chain::start().await;
+    let ledger = tempfile::tempdir().unwrap();
+    let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    let c = client(&node, Strategy::RoundRobin).await;
+    let payer = chain.key(3);
+    let channel = open_raw(&chain, 3, chain.key(1).address(), 10 * PRICE).await;
+    let gate = node.payments.as_ref().unwrap().gate().clone();
+    let confirmed = |g: &std::sync::Arc<mlbridge_node::payment::gate::Gate>| {
+        matches!(g.watcher().lookup(&channel), mlbridge_node::payment::watcher::Lookup::Confirmed(_))
+    };
+    wait_until(Duration::from_secs(10), || confirmed(&gate)).await;
+    for k in 1..=4 {
+        let ok = c.send_to(peer(&node), request(Some(voucher(&payer, &chain, channel, k * PRICE)))).await.unwrap();
+        assert!(matches!(ok, Response::Infer(_)), "{ok:?}");
+    }
+    let settler = node.payments.as_ref().unwrap().settler().clone();
+    let report = settler.settle_now().await.unwrap();
+    let block = report.transactions[0].block;
+    assert_eq!(redeemed(&chain, channel).await, U256::from(4 * PRICE));
+    // Let the confirmed view apply the redemption's block, then replace it and the blocks after it (no replay).
+    wait_until(Duration::from_secs(10), || gate.watcher().synced() >= block).await;
+    let p = chain.provider();
+    let depth = p.get_block_number().await.unwrap() - block + 1;
+    assert!(depth >= 3, "deeper than the confirmation depth: {depth}");
+    p.anvil_reorg(ReorgOptions { depth, tx_block_pairs: vec![] }).await.unwrap();
+    assert_eq!(redeemed(&chain, channel).await, U256::ZERO, "the chain forgot the redemption");
+    // The watcher notices the replaced block and rebuilds; settlement takes the ledger back and redeems again.
+    wait_until(Duration::from_secs(20), || {
+        gate.watcher().synced() >= block
+            && matches!(gate.watcher().lookup(&channel), mlbridge_node::payment::watcher::Lookup::Confirmed(v) if v.redeemed.is_zero())
+    })
+    .await;
+    let again = settler.settle_now().await.unwrap();
+    assert_eq!(again.transactions.len(), 1, "{again:?}");
+    assert_eq!(redeemed(&chain, channel).await, U256::from(4 * PRICE), "paid again, exactly the best voucher");
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_redemptions_undone_total"), 1.0);
 }

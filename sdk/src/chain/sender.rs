@@ -1,6 +1,6 @@
-//! Sending transactions from one key: local nonce management for concurrent sends, gas estimation with a margin,
-//! EIP-1559 fees under a configurable cap (never a hard-coded gas price), and fee bumps when a transaction is not
-//! mined in time.
+//! Sending transactions from one key: nonces from the node's pending count under one lock (concurrent sends
+//! serialised, nonces the chain forgot reused), gas estimation with a margin, EIP-1559 fees under a configurable cap
+//! (never a hard-coded gas price), and fee bumps when a transaction is not mined in time.
 
 use std::time::{Duration, Instant};
 
@@ -121,10 +121,16 @@ impl<P: Provider> TxSender<P> {
         tx.gas_price = None;
 
         let mut nonce_slot = self.nonce.lock().await;
-        let nonce = match *nonce_slot {
-            Some(n) => n,
-            None => self.provider.get_transaction_count(self.address).pending().await.map_err(rpc_error)?,
-        };
+        // The node's pending count, read under the lock, is the next nonce. It is below what we used last only if
+        // the chain forgot our transactions (a reorg deeper than anyone tracked, or a dropped pool): reuse those
+        // nonces rather than leave a gap that would hold every later transaction forever.
+        let pending = self.provider.get_transaction_count(self.address).pending().await.map_err(rpc_error)?;
+        if let Some(next) = *nonce_slot
+            && pending < next
+        {
+            tracing::warn!(target: "sdk::chain", next, pending, "the chain forgot transactions of ours; reusing their nonces");
+        }
+        let nonce = pending;
         tx.nonce = Some(nonce);
         match self.sign_and_send(kind, tx).await {
             Ok(sent) => {
