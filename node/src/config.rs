@@ -119,6 +119,10 @@ pub struct P2pConfig {
     pub max_requests_per_sec_per_peer: f64,
     /// Invalid messages a peer may send before it is banned.
     pub max_invalid_messages: u32,
+    /// PeerIds allowed to fetch audit records (clients' inputs and outputs); nobody else is answered.
+    pub audit_allowlist: Vec<String>,
+    /// Audit requests per second one allowed peer may send (burst: twice that); beyond it: "overloaded".
+    pub max_audits_per_sec_per_peer: f64,
     /// Extra delay added to every inbound request (simulates a distant node in tests and demos; 0 = none).
     pub simulated_latency_ms: u64,
     /// File holding the node's libp2p identity (created if missing); ephemeral when unset.
@@ -136,6 +140,8 @@ impl Default for P2pConfig {
             max_inbound_per_peer: 64,
             max_requests_per_sec_per_peer: 20_000.0,
             max_invalid_messages: 5,
+            audit_allowlist: Vec::new(),
+            max_audits_per_sec_per_peer: 10.0,
             simulated_latency_ms: 0,
             identity_file: None,
         }

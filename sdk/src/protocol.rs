@@ -132,7 +132,7 @@ pub enum Response {
     /// A bid was received.
     Ack,
     /// The record of an audited job.
-    Audit(Box<AuditRecord>),
+    Audit(std::sync::Arc<AuditRecord>),
     /// The request was refused or failed.
     Error(ProtocolError),
 }
@@ -171,6 +171,8 @@ pub enum ErrorKind {
     Internal,
     /// No such record (an audited job older than the node's retention).
     NotFound,
+    /// The node does not serve this to this peer (audits are for its validators only).
+    Forbidden,
 }
 
 /// A typed error answer.

@@ -55,12 +55,22 @@ enum Command {
 pub struct P2pHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    auditors: Auditors,
 }
+
+/// Peers allowed to fetch audit records (a job's inputs and outputs are the client's data). Until validators are
+/// checked against `Staking`, an explicit list: `p2p.audit_allowlist`, plus [`P2pHandle::allow_auditor`].
+type Auditors = Arc<std::sync::RwLock<std::collections::HashSet<PeerId>>>;
 
 impl P2pHandle {
     /// The node's libp2p identity.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Let `peer` fetch audit records from now on.
+    pub fn allow_auditor(&self, peer: PeerId) {
+        self.auditors.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer);
     }
 
     /// Addresses the node listens on, each with its `/p2p/<id>` suffix (ready to use as bootstrap addresses).
@@ -140,6 +150,13 @@ pub fn spawn(
         mdns: config.mdns,
         ..NetConfig::default()
     };
+    let auditors: Auditors = Arc::new(std::sync::RwLock::new(
+        config
+            .audit_allowlist
+            .iter()
+            .map(|p| p.parse().map_err(|e| Error::Network(format!("audit_allowlist: '{p}' is not a PeerId: {e}"))))
+            .collect::<Result<_>>()?,
+    ));
     let swarm = build_swarm(keypair, &net).map_err(|e| Error::Network(e.to_string()))?;
     let (commands, rx) = mpsc::channel(64);
     let (answers_tx, answers) = mpsc::channel(1024);
@@ -156,6 +173,8 @@ pub fn spawn(
         answers,
         inflight: HashMap::new(),
         rates: HashMap::new(),
+        audit_rates: HashMap::new(),
+        auditors: auditors.clone(),
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
         receipt_listeners: std::collections::HashSet::new(),
@@ -163,7 +182,7 @@ pub fn spawn(
     actor.subscribe()?;
     actor.dial_bootstrap();
     let task = tokio::spawn(actor.run(shutdown));
-    Ok((P2pHandle { commands, peer_id }, task))
+    Ok((P2pHandle { commands, peer_id, auditors }, task))
 }
 
 /// Per-peer request budget: `rate` tokens per second, up to `2 * rate` saved.
@@ -213,6 +232,8 @@ struct Actor {
     answers: mpsc::Receiver<Answer>,
     inflight: HashMap<PeerId, usize>,
     rates: HashMap<PeerId, TokenBucket>,
+    audit_rates: HashMap<PeerId, TokenBucket>,
+    auditors: Auditors,
     invalid: HashMap<PeerId, u32>,
     /// Job topic of each served model id -> (name, version).
     job_topics: HashMap<TopicHash, (String, u64)>,
@@ -386,9 +407,20 @@ impl Actor {
             );
         }
         if let Request::Audit(a) = &request {
+            let allowed = self.auditors.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&peer);
+            if !allowed {
+                let msg = "audit records (clients' inputs and outputs) are served only to this node's validators";
+                return self.reply_now(channel, protocol_error(ErrorKind::Forbidden, msg), "forbidden");
+            }
+            let rate = self.config.max_audits_per_sec_per_peer;
+            if !self.audit_rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
+                let msg = format!("more than {rate} audits per second from one peer");
+                return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
+            }
             let record = self.payments.as_ref().and_then(|p| p.audit(&a.job_id));
             return match record {
-                Some(r) => self.reply_now(channel, Response::Audit(Box::new((*r).clone())), "audit"),
+                // Shared, not copied: the record is encoded straight from the store's Arc.
+                Some(r) => self.reply_now(channel, Response::Audit(r), "audit"),
                 None => {
                     let msg = format!("no record of job {}; it is unknown or older than the retention", a.job_id);
                     self.reply_now(channel, protocol_error(ErrorKind::NotFound, msg), "client_error")

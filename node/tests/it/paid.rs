@@ -132,10 +132,27 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     let last = c.infer("mlp-tiny", Some(1), input(0.75)).await.unwrap();
     let receipt = last.response.receipt.clone().unwrap();
     let audit = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: receipt.job_id });
-    let Response::Audit(record) = c.send_to(last.node, audit).await.unwrap() else { panic!("an audit record") };
+    // Nobody may read a client's inputs and outputs unless the node lets it audit.
+    match c.send_to(last.node, audit.clone()).await.unwrap() {
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}"),
+        other => panic!("an unlisted peer got {other:?}"),
+    }
+    for n in [&a, &b] {
+        n.p2p.as_ref().unwrap().allow_auditor(c.peer_id());
+    }
+    let Response::Audit(record) = c.send_to(last.node, audit.clone()).await.unwrap() else { panic!("an audit record") };
     assert_eq!(record.receipt, receipt);
     assert_eq!(record.inputs, input(0.75));
     assert_eq!(record.outputs, last.response.outputs);
+    // Rate-limited (10 per second, burst 20): a flood is turned away.
+    let mut refused = 0;
+    for _ in 0..40 {
+        if let Response::Error(e) = c.send_to(last.node, audit.clone()).await.unwrap() {
+            assert_eq!(e.kind, ErrorKind::Overloaded);
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "40 audits in a burst: some are refused");
     // The open market pays too: the winning bid's price goes to its node's operator, with a verified receipt.
     let model_id = a.engine.config("mlp-tiny", Some(1)).unwrap().sha256;
     let market = c.offer(model_id, input(0.9), U256::from(PRICE), Duration::from_millis(1500)).await.unwrap();
