@@ -156,6 +156,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Longest a request may take, body upload included (a slow client is cut off with 408), seconds.
+    pub request_timeout_secs: f64,
+    /// Requests served at once; beyond it new ones get 503 + Retry-After at once.
+    pub max_concurrent_requests: usize,
 }
 
 /// Metrics endpoint settings.
@@ -210,7 +214,12 @@ impl Default for NodeConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8000)), max_body_bytes: 4 << 20 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            max_body_bytes: 4 << 20,
+            request_timeout_secs: 30.0,
+            max_concurrent_requests: 1024,
+        }
     }
 }
 

@@ -110,7 +110,14 @@ pub async fn register(args: &OperatorArgs, stake: &str, metadata_uri: &str) -> R
 
 async fn admin(c: &NodeConfig, method: reqwest::Method, path: &str) -> Option<Result<Value>> {
     let url = format!("http://{}{path}", c.metrics.listen);
-    let resp = reqwest::Client::new().request(method, &url).timeout(Duration::from_secs(600)).send().await;
+    let token_file = crate::api::admin::token_path(&c.payment.ledger);
+    let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+    let resp = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token.trim())
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) if e.is_connect() => return None, // not running: work on the ledger directly

@@ -91,8 +91,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     } else {
         None
     };
-    let state = AppState { engine: engine.clone(), payments: payments.clone() };
-    let app = router(state.clone(), config.http.max_body_bytes);
+    let admin_token = match &payments {
+        Some(_) => Some(crate::api::admin::write_token(&config.payment.ledger)?),
+        None => None,
+    };
+    let state = AppState { engine: engine.clone(), payments: payments.clone(), admin_token };
+    let app = router(state.clone(), crate::api::Limits::of(&config.http));
     let token = shutdown.clone();
     let drain_engine = engine.clone();
     let http_task = tokio::spawn(async move {

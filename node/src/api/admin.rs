@@ -1,5 +1,7 @@
-//! Operator endpoints on the (private) metrics port: `GET /admin/status` and `POST /admin/redeem`, used by
-//! `mlbridge-node status` and `mlbridge-node redeem --now` while the node runs.
+//! Operator endpoints on the metrics port: `GET /admin/status` and `POST /admin/redeem`, used by
+//! `mlbridge-node status` and `mlbridge-node redeem --now` while the node runs. The metrics port is often opened to
+//! a scraper, so every admin call needs `Authorization: Bearer <token>`: a random token the node writes at start to
+//! a file next to its ledger ([`token_path`], readable by the operator's account only).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,9 +13,64 @@ use super::AppState;
 use super::error::ApiError;
 use crate::payment::PaymentService;
 
-/// The admin routes.
+/// The admin routes (refused with 401 without the node's token).
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/admin/status", get(status)).route("/admin/redeem", post(redeem)).with_state(state)
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/redeem", post(redeem))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Where a node with ledger `ledger` keeps its admin token.
+pub fn token_path(ledger: &std::path::Path) -> std::path::PathBuf {
+    let mut name = ledger.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_else(|| "ledger".into());
+    name.push(".admin-token");
+    ledger.with_file_name(name)
+}
+
+/// A fresh random token written to [`token_path`] with mode 0600.
+pub fn write_token(ledger: &std::path::Path) -> crate::Result<std::sync::Arc<str>> {
+    use std::io::Write;
+    let token: std::sync::Arc<str> =
+        alloy::hex::encode(alloy::signers::local::PrivateKeySigner::random().to_bytes()).into();
+    let path = token_path(ledger);
+    let fail = |e: std::io::Error| crate::Error::Config {
+        path: "payment.ledger".into(),
+        reason: format!("cannot write the admin token to {}: {e}", path.display()),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(fail)?;
+    file.write_all(token.as_bytes()).map_err(fail)?;
+    Ok(token)
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let given = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let ok = match (&state.admin_token, given.and_then(|g| g.strip_prefix("Bearer "))) {
+        (Some(token), Some(given)) => {
+            // Constant-time comparison: the token must not leak byte by byte through timing.
+            token.len() == given.len() && token.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }
+        _ => false,
+    };
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::with_status(
+            StatusCode::UNAUTHORIZED,
+            "admin endpoints need the node's token (Authorization: Bearer, from the file next to the ledger)",
+        )
+        .into_response()
+    }
 }
 
 fn service(state: &AppState) -> Result<&PaymentService, ApiError> {

@@ -28,6 +28,11 @@ impl ApiError {
         Self { status, message: message.into(), retry_after_secs: None }
     }
 
+    /// A 503 with `Retry-After: 1` (the node is busy; try again or elsewhere).
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after_secs: Some(1) }
+    }
+
     /// A 404 with `message`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into(), retry_after_secs: None }

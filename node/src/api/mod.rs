@@ -9,11 +9,15 @@ pub mod error;
 pub mod kserve;
 pub mod pay;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
 
 use crate::inference::Engine;
 use crate::metrics::NodeMetrics;
@@ -27,10 +31,34 @@ pub struct AppState {
     pub engine: Engine,
     /// Payments, in paid mode.
     pub payments: Option<std::sync::Arc<crate::payment::PaymentService>>,
+    /// Bearer token of the admin endpoints (paid mode; written to a file only the operator can read).
+    pub admin_token: Option<std::sync::Arc<str>>,
 }
 
-/// The public API router with a request body limit of `max_body_bytes`.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// Limits of the public API.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take, body upload included.
+    pub request_timeout: Duration,
+    /// Requests served at once; more are refused with 503 at once.
+    pub max_concurrent: usize,
+}
+
+impl Limits {
+    /// The limits of an `[http]` config section.
+    pub fn of(c: &crate::config::HttpConfig) -> Self {
+        Self {
+            max_body_bytes: c.max_body_bytes,
+            request_timeout: Duration::from_secs_f64(c.request_timeout_secs.max(0.001)),
+            max_concurrent: c.max_concurrent_requests.max(1),
+        }
+    }
+}
+
+/// The public API router: body limit, a timeout per request (408) and a bound on requests in service (503 beyond).
+pub fn router(state: AppState, limits: Limits) -> Router {
     Router::new()
         .route("/v2/health/live", get(kserve::live))
         .route("/v2/health/ready", get(kserve::ready))
@@ -43,8 +71,26 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(kserve::infer_version))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v2 for the KServe v2 API") })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |e: tower::BoxError| async move { layer_error(&e, limits) }))
+                .load_shed()
+                .concurrency_limit(limits.max_concurrent)
+                .timeout(limits.request_timeout),
+        )
         .with_state(state)
+}
+
+fn layer_error(e: &tower::BoxError, limits: Limits) -> ApiError {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        let secs = limits.request_timeout.as_secs_f64();
+        return ApiError::with_status(StatusCode::REQUEST_TIMEOUT, format!("the request took longer than {secs} s"));
+    }
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        return ApiError::overloaded(format!("{} requests are in service; retry shortly", limits.max_concurrent));
+    }
+    ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the node's log has the details")
 }
 
 /// The metrics router (`GET /metrics`), served on its own port, with the operator's admin endpoints

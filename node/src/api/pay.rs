@@ -104,7 +104,8 @@ pub(crate) fn authorize<'a>(
         None => None,
     };
     // Free callers pay nothing unless they attach a voucher anyway.
-    if voucher.is_none() && peer.is_some_and(|p| service.is_free(p.ip())) {
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    if voucher.is_none() && peer.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
         service.metrics().free_jobs.inc();
         return Ok(None);
     }

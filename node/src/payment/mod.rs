@@ -197,9 +197,11 @@ impl PaymentService {
         self.operator.address()
     }
 
-    /// Whether HTTP requests from `ip` are served free (operators' own use).
-    pub fn is_free(&self, ip: IpAddr) -> bool {
-        (self.free_localhost && ip.is_loopback()) || self.free_for.contains(&ip)
+    /// Whether HTTP requests from `ip` are served free (operators' own use). `forwarded` says the request came
+    /// through a proxy (it carries `Forwarded`, `X-Forwarded-For` or `X-Real-IP`): the connection's address is then
+    /// the proxy's, not the client's, and a loopback proxy must not make the whole world free.
+    pub fn is_free(&self, ip: IpAddr, forwarded: bool) -> bool {
+        !forwarded && ((self.free_localhost && ip.is_loopback()) || self.free_for.contains(&ip))
     }
 
     /// Check a job's voucher and reserve its price; a refusal is counted by reason.

@@ -343,7 +343,12 @@ fn random_body() -> impl Strategy<Value = Vec<u8>> {
 fn random_bodies_never_cause_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let node = rt.block_on(start_node(|c| c.cache.enabled = false));
-    let app = router(AppState { engine: node.engine.clone(), payments: None }, 1 << 20);
+    let limits = mlbridge_node::api::Limits {
+        max_body_bytes: 1 << 20,
+        request_timeout: std::time::Duration::from_secs(30),
+        max_concurrent: 64,
+    };
+    let app = router(AppState { engine: node.engine.clone(), payments: None, admin_token: None }, limits);
     let paths =
         ["/v2/models/mlp-tiny/infer", "/v2/models/orientation/infer", "/v1/embeddings", "/v2/models/minilm-l6/infer"];
     proptest!(ProptestConfig::with_cases(300), |(body in random_body(), p in 0usize..4)| {
@@ -399,4 +404,50 @@ async fn a_request_past_its_queue_timeout_is_not_run() {
     assert_eq!(metric(&text, "mlbridge_inferences_total{model=\"minilm-l6/1\"}"), 32.0, "the late request never ran");
     // Without a deadline the same request runs.
     assert!(node.engine.infer_within("minilm-l6", Some(1), small, None).await.is_ok());
+}
+
+/// A client that sends its body too slowly is cut off (408), and beyond `max_concurrent_requests` in service new
+/// requests are refused at once (503 + Retry-After) instead of piling up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_time_out_and_excess_requests_are_shed() {
+    let node = start_node(|c| {
+        c.http.request_timeout_secs = 0.5;
+        c.http.max_concurrent_requests = 2;
+    })
+    .await;
+    let endpoint = format!("http://{}/v2/models/mlp-tiny/infer", node.http_addr);
+    // Slow clients: headers announce a body that never comes.
+    let slow_client = |addr: std::net::SocketAddr| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = "POST /v2/models/mlp-tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 100\r\n\r\n{";
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let slow: Vec<_> = (0..2).map(|_| tokio::spawn(slow_client(node.http_addr))).collect();
+    // Both slots are taken by the slow uploads: the next request is shed at once.
+    let mut shed = None;
+    for _ in 0..50 {
+        let resp = http.post(&endpoint).json(&mlp_request(1, 0.5)).send().await.unwrap();
+        if resp.status().as_u16() == 503 {
+            shed = Some(resp);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shed = shed.expect("a request beyond the limit is refused");
+    assert_eq!(shed.headers().get("retry-after").unwrap(), "1");
+    for s in slow {
+        let answer = s.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "a body still not sent after the timeout: {answer}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cut off at the timeout, not later");
+    // Once they are gone the node serves again.
+    let ok = http.post(&endpoint).json(&mlp_request(1, 0.5)).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
 }

@@ -95,7 +95,7 @@ pub fn paid(c: &mut NodeConfig, chain: &Chain, rpc_url: &str, operator: usize, l
     p.enabled = true;
     p.rpc_url = rpc_url.to_owned();
     p.deployment = Some(chain.deployment_file.clone());
-    p.ledger = ledger.to_owned();
+    p.ledger = ledger.join("ledger"); // the admin token file goes beside it, inside the test's folder
     p.poll_interval_ms = 50;
     p.settle_interval_secs = 3600.0;
     p.confirm_timeout_secs = 60;

@@ -148,10 +148,21 @@ resubmit_after_secs = 2
     // Restart once more and settle everything the ledger holds.
     let mut node = spawn_node(&config, &log);
     let http = reqwest::Client::new();
-    let report = http.post(format!("http://{}/admin/redeem", node.metrics)).send().await.unwrap();
+    let redeem = format!("http://{}/admin/redeem", node.metrics);
+    let unauthorized = http.post(&redeem).send().await.unwrap();
+    assert_eq!(unauthorized.status().as_u16(), 401, "admin calls need the node's token");
+    let token = std::fs::read_to_string(mlbridge_node::api::admin::token_path(&dir.path().join("ledger"))).unwrap();
+    let report = http.post(&redeem).bearer_auth(&token).send().await.unwrap();
     assert!(report.status().is_success(), "{:?}", report.text().await);
-    let status: serde_json::Value =
-        http.get(format!("http://{}/admin/status", node.metrics)).send().await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = http
+        .get(format!("http://{}/admin/status", node.metrics))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 

@@ -402,6 +402,24 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     let (status, _) = crate::support::post(&free, "/v2/models/mlp-tiny/infer", &mlp_request(1, 0.5)).await;
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics_text(&free).await, "mlbridge_free_jobs_total"), 1.0);
+    // Through a local reverse proxy every client arrives from 127.0.0.1: a forwarded request is never free.
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let resp = http
+            .post(url(&free, "/v2/models/mlp-tiny/infer"))
+            .header(header, "203.0.113.9")
+            .json(&mlp_request(1, 0.5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 402, "{header}: a proxied client pays");
+    }
+    // The admin endpoints answer only with the node's token (the metrics port is often open to a scraper).
+    let admin = format!("http://{}/admin/redeem", free.metrics_addr);
+    assert_eq!(http.post(&admin).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(http.post(&admin).bearer_auth("0".repeat(64)).send().await.unwrap().status().as_u16(), 401);
+    let token = std::fs::read_to_string(mlbridge_node::api::admin::token_path(&l2.path().join("ledger"))).unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(http.post(&admin).bearer_auth(&token).send().await.unwrap().status().is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
