@@ -233,6 +233,9 @@ pub enum Error {
     /// The chain layer failed (RPC, transaction, contract revert).
     #[error("chain: {0}")]
     Chain(mlbridge_sdk::Error),
+    /// The operator key could not sign (a receipt or an advert): the node's fault, never the client's.
+    #[error("the operator key could not sign: {0}")]
+    Signing(String),
     /// Settlement failed (it is retried).
     #[error("settlement: {0}")]
     Settlement(String),

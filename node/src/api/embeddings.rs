@@ -60,22 +60,21 @@ pub(crate) async fn embeddings(
     }
     let config = state.engine.config(name, version)?.clone();
     let paid = pay::authorize(&state, &headers, peer.0, &config)?;
-    let work = state.engine.embed(name, Some(config.version), &texts);
-    let out = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
+    // Everything that can fail runs inside `guarded`, so a failure releases the job's price.
+    let work = async {
+        let out = state.engine.embed(name, Some(config.version), &texts).await?;
+        let dim = out.vectors.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = out.vectors.iter().flatten().copied().collect();
+        let tensor = Tensor::new("embedding", vec![texts.len() as i64, dim as i64], TensorData::Fp32(flat))
+            .map_err(crate::Error::Sdk)?;
+        Ok((out, tensor))
+    };
+    let (out, tensor) = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
-            let dim = out.vectors.first().map_or(0, Vec::len);
-            let flat: Vec<f32> = out.vectors.iter().flatten().copied().collect();
-            let tensor = Tensor::new("embedding", vec![texts.len() as i64, dim as i64], TensorData::Fp32(flat))
-                .map_err(crate::Error::Sdk)?;
             let outputs = [tensor];
-            let done = Completed {
-                job_id: p.job_id,
-                config: &config,
-                input: JobInput::Texts(texts.clone()),
-                outputs: &outputs,
-            };
-            Some(p.service.complete(&p.auth, done)?)
+            let done = Completed { config: &config, input: JobInput::Texts(texts.clone()), outputs: &outputs };
+            Some(p.service.complete(&p.auth, done).await?)
         }
         None => None,
     };

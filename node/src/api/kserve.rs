@@ -211,13 +211,9 @@ async fn run_infer(
     let inference = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
-            let done = Completed {
-                job_id: p.job_id,
-                config,
-                input: JobInput::Tensors(kept.unwrap_or_default()),
-                outputs: &inference.outputs,
-            };
-            Some(p.service.complete(&p.auth, done)?)
+            let done =
+                Completed { config, input: JobInput::Tensors(kept.unwrap_or_default()), outputs: &inference.outputs };
+            Some(p.service.complete(&p.auth, done).await?)
         }
         None => None,
     };

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use alloy::primitives::{B256, U256, keccak256};
+use alloy::primitives::{B256, U256};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use mlbridge_sdk::protocol::{PaymentRefusal, ReceiptMsg, WireVoucher};
 use serde_json::{Value, json};
@@ -18,8 +18,6 @@ use crate::payment::{Authorization, PaymentService};
 
 /// Header carrying the voucher.
 pub const VOUCHER_HEADER: &str = "x-mlbridge-voucher";
-/// Header carrying the client's job id.
-pub const JOB_ID_HEADER: &str = "x-mlbridge-job-id";
 /// Header carrying the node's receipt (JSON).
 pub const RECEIPT_HEADER: &str = "x-mlbridge-receipt";
 
@@ -80,7 +78,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 pub(crate) struct HttpPayment<'a> {
     pub(crate) service: &'a PaymentService,
     pub(crate) auth: Authorization,
-    pub(crate) job_id: B256,
 }
 
 /// Check the request's payment for a job on `config`; `None` when the node, the model or the caller is free.
@@ -109,18 +106,8 @@ pub(crate) fn authorize<'a>(
         service.metrics().free_jobs.inc();
         return Ok(None);
     }
-    let job_id = match headers.get(JOB_ID_HEADER) {
-        Some(h) => h
-            .to_str()
-            .ok()
-            .and_then(|t| t.parse::<B256>().ok())
-            .ok_or_else(|| ApiError::bad_request(format!("{JOB_ID_HEADER} must be 32 bytes of hex")))?,
-        None => voucher.as_ref().map_or(B256::ZERO, |v| {
-            keccak256([v.channel_id.as_slice(), &v.cumulative_amount.to_be_bytes::<32>()].concat())
-        }),
-    };
     let auth = service.authorize(voucher.as_ref(), price)?;
-    Ok(Some(HttpPayment { service, auth, job_id }))
+    Ok(Some(HttpPayment { service, auth }))
 }
 
 /// The receipt as a response header.

@@ -178,6 +178,7 @@ pub fn spawn(
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
         receipt_listeners: std::collections::HashSet::new(),
+        stopping: false,
     };
     actor.subscribe()?;
     actor.dial_bootstrap();
@@ -239,6 +240,8 @@ struct Actor {
     job_topics: HashMap<TopicHash, (String, u64)>,
     /// Peers subscribed to the receipts topic (validators).
     receipt_listeners: std::collections::HashSet<PeerId>,
+    /// Shutting down: new requests are turned away while the answers in flight go out.
+    stopping: bool,
 }
 
 fn now_ms() -> u64 {
@@ -309,7 +312,32 @@ impl Actor {
                 }
             }
         }
+        self.drain(Duration::from_secs(10)).await;
         tracing::info!(target: "node::p2p", "p2p task stopped");
+    }
+
+    /// At shutdown: turn new requests away, send every answer still being computed (paid jobs are charged only
+    /// once answered, and an answer is what the client paid for), then give the swarm a moment to flush them.
+    async fn drain(&mut self, limit: Duration) {
+        self.stopping = true;
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inflight.values().any(|n| *n > 0) {
+            tokio::select! {
+                Some(answer) = self.answers.recv() => self.on_answer(answer),
+                event = self.swarm.select_next_some() => self.on_event(event),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(target: "node::p2p", "stopping with answers still in flight");
+                    break;
+                }
+            }
+        }
+        let flush = tokio::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                () = tokio::time::sleep_until(flush) => break,
+            }
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -426,6 +454,13 @@ impl Actor {
                     self.reply_now(channel, protocol_error(ErrorKind::NotFound, msg), "client_error")
                 }
             };
+        }
+        if self.stopping {
+            return self.reply_now(
+                channel,
+                protocol_error(ErrorKind::Overloaded, "the node is shutting down"),
+                "overloaded",
+            );
         }
         let rate = self.config.max_requests_per_sec_per_peer;
         if !self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
@@ -614,7 +649,7 @@ fn authorize(
 }
 
 /// Answer a finished job; a paid one gets its receipt after the ledger holds it.
-fn finish(
+async fn finish(
     payments: Option<&PaymentService>,
     auth: Option<Authorization>,
     mut answer: InferResponse,
@@ -622,12 +657,10 @@ fn finish(
     input: JobInput,
 ) -> Served {
     let receipt = match (payments, auth) {
-        (Some(p), Some(auth)) => {
-            match p.complete(&auth, Completed { job_id: answer.job_id, config, input, outputs: &answer.outputs }) {
-                Ok(r) => Some(r),
-                Err(e) => return Served::error(engine_error(&e)),
-            }
-        }
+        (Some(p), Some(auth)) => match p.complete(&auth, Completed { config, input, outputs: &answer.outputs }).await {
+            Ok(r) => Some(r),
+            Err(e) => return Served::error(engine_error(&e)),
+        },
         _ => None,
     };
     answer.receipt.clone_from(&receipt);
@@ -660,7 +693,7 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
                 outputs: inference.outputs.as_ref().clone(),
                 receipt: None,
             };
-            finish(payments, auth, answer, &config, JobInput::Tensors(kept.unwrap_or_default()))
+            finish(payments, auth, answer, &config, JobInput::Tensors(kept.unwrap_or_default())).await
         }
         Err(e) => Served::error(engine_error(&e)),
     }
@@ -691,7 +724,7 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
                 outputs: vec![t],
                 receipt: None,
             };
-            finish(payments, auth, answer, &config, JobInput::Texts(r.texts))
+            finish(payments, auth, answer, &config, JobInput::Texts(r.texts)).await
         }
         Err(e) => Served::error(engine_error(&e)),
     }

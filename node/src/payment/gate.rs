@@ -3,15 +3,15 @@
 //! [`Gate::authorize`] runs before any work: the channel is confirmed and pays us, is not about to stop being
 //! redeemable, the voucher is signed by its payer and stays within the confirmed deposit, and the vouchers we hold
 //! cover every job charged on the channel plus this one. The check and the charge happen under one lock per node,
-//! so two concurrent jobs can never take the same increment. [`Gate::persist`] writes the channel entry (best
-//! voucher and charges) and flushes the ledger; callers run it *while* the model computes and wait for it before
-//! answering, so the voucher is on disk before the answer leaves without adding the fsync to the job's latency.
-//! [`Gate::record`] adds the job record (made durable by the next flush); [`Gate::release`] refunds the charge of
-//! a job that failed after authorization. A refused payment records nothing.
+//! so two concurrent jobs can never take the same increment. A job's price is held *in flight* (in memory) until
+//! it is answered: [`Gate::record`] then moves it to the channel's `charged` and writes the job record and the
+//! channel entry (best voucher, answered charges), and the caller flushes the ledger before the answer leaves;
+//! [`Gate::release`] drops the hold of a job that failed. So after a crash the ledger charges only answered jobs,
+//! and the credit of jobs that were in flight stays the client's. A refused payment records nothing.
 //!
 //! Coverage rather than strict succession: a client may have several jobs in flight on one channel, and their
 //! vouchers can arrive out of order. The node therefore accepts a voucher when `max(highest held, voucher) >=
-//! charged + price` (charges include jobs in flight) — the highest voucher it holds always pays for every job it
+//! charged + in flight + price` — the highest voucher it holds always pays for every job it
 //! answered, and a replayed or lower voucher adds nothing, so it is refused unless the payer had already paid ahead.
 
 use std::collections::HashMap;
@@ -40,7 +40,10 @@ pub struct Authorization {
 
 #[derive(Debug)]
 struct Slot {
+    /// What the ledger holds (answered charges only).
     entry: ChannelEntry,
+    /// Prices of authorized jobs not yet answered.
+    in_flight: U256,
 }
 
 /// The voucher check and its state.
@@ -126,14 +129,14 @@ impl Gate {
                     payer: view.payer,
                     ..ChannelEntry::default()
                 });
-                vacant.insert(Slot { entry })
+                vacant.insert(Slot { entry, in_flight: U256::ZERO })
             }
         };
         if let Some(reason) = &slot.entry.failed {
             return Err(PaymentRefusal::Unsettleable { channel, reason: reason.clone() });
         }
         let best = slot.entry.best_amount;
-        let needed = slot.entry.charged + price;
+        let needed = slot.entry.charged + slot.in_flight + price;
         if best.max(v.cumulative_amount) < needed {
             let amount = v.cumulative_amount;
             let needed = needed.max(best + price);
@@ -145,8 +148,7 @@ impl Gate {
                 PaymentRefusal::Underpaid { channel, amount, needed, price }
             });
         }
-        slot.entry.charged += price;
-        slot.entry.jobs += 1;
+        slot.in_flight += price;
         if v.cumulative_amount > best {
             slot.entry.best_amount = v.cumulative_amount;
             slot.entry.best_signature = v.signature.to_vec();
@@ -155,33 +157,37 @@ impl Gate {
         Ok(Authorization { channel_id: channel, price, amount: v.cumulative_amount })
     }
 
-    /// Make the channel's best voucher and charges durable (a group commit). Run it alongside the job's work and
-    /// wait for it before answering.
-    pub async fn persist(&self, auth: &Authorization) -> Result<()> {
-        {
-            let slots = self.slots();
-            let slot = slots.get(&auth.channel_id).expect("an authorized channel has a slot");
-            // Written under the lock, so a later state never lands before an earlier one.
-            self.ledger.put_channel(&slot.entry)?;
-        }
-        self.ledger.flush().await
+    /// Write the channel's best voucher (and answered charges) to the ledger, without flushing: the flush after
+    /// the job's record makes both durable before the answer leaves.
+    pub fn persist(&self, auth: &Authorization) -> Result<()> {
+        let slots = self.slots();
+        let slot = slots.get(&auth.channel_id).expect("an authorized channel has a slot");
+        // Written under the lock, so a later state never lands before an earlier one.
+        self.ledger.put_channel(&slot.entry)
     }
 
-    /// Keep the record of an answered job (durable with the next flush).
-    pub fn record(&self, job: &JobRecord) -> Result<()> {
-        self.ledger.put_job(job)
-    }
-
-    /// The job failed after authorization: refund its charge.
-    pub fn release(&self, auth: &Authorization) {
+    /// The job was answered: its price moves from in flight to the channel's charges, and the job record and the
+    /// channel entry are written (the caller flushes before answering).
+    pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<()> {
+        self.ledger.put_job(job)?;
         let mut slots = self.slots();
-        if let Some(slot) = slots.get_mut(&auth.channel_id) {
-            slot.entry.charged -= auth.price;
-            slot.entry.jobs -= 1;
-            if let Err(err) = self.ledger.put_channel(&slot.entry) {
-                tracing::warn!(target: "node::payment", %err, "cannot write a refund to the ledger");
-            }
+        let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
+        slot.in_flight -= auth.price;
+        slot.entry.charged += auth.price;
+        slot.entry.jobs += 1;
+        self.ledger.put_channel(&slot.entry)
+    }
+
+    /// The job failed after authorization: its price is no longer held.
+    pub fn release(&self, auth: &Authorization) {
+        if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
+            slot.in_flight -= auth.price;
         }
+    }
+
+    /// Prices held for jobs in flight on `channel` (not in the ledger).
+    pub fn in_flight(&self, channel: &B256) -> U256 {
+        self.slots().get(channel).map_or(U256::ZERO, |s| s.in_flight)
     }
 
     /// Settlement learned what is redeemed on chain: update the in-memory entry and the ledger.
@@ -339,8 +345,8 @@ mod tests {
             at_ms: 1,
         };
         for (id, auth) in [(2, &second), (3, &again)] {
-            rt.block_on(s.gate.persist(auth)).unwrap();
-            s.gate.record(&job(id, auth)).unwrap();
+            s.gate.record(auth, &job(id, auth)).unwrap();
+            rt.block_on(s.gate.ledger().flush()).unwrap();
         }
         let entry = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
         assert_eq!((entry.jobs, entry.charged, entry.best_amount), (2, U256::from(2 * PRICE), U256::from(2 * PRICE)));
@@ -373,8 +379,7 @@ mod tests {
         let s = setup();
         let price = U256::from(PRICE);
         let first = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(s.gate.persist(&first)).unwrap();
+        s.gate.persist(&first).unwrap();
         // A lagging RPC said ChannelNotFound: retried, but no more work meanwhile.
         s.gate.mark_failed(&s.channel, "channel not found".into(), false).unwrap();
         let refusal = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err();
@@ -397,8 +402,7 @@ mod tests {
         let s = setup();
         let price = U256::from(PRICE);
         let best = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(s.gate.persist(&best)).unwrap();
+        s.gate.persist(&best).unwrap();
         let Setup { gate, payer, domain, channel, _dir } = s;
         // The stored entry becomes unreadable (a bad disk, a record from an incompatible version), and a restarted
         // gate (no entries in memory) meets it.
@@ -422,5 +426,51 @@ mod tests {
         assert!(matches!(*refusal, PaymentRefusal::Unavailable { .. }), "{refusal}");
         assert!(refusal.is_transient());
         assert!(gate.ledger().channel(&channel).is_err(), "the record was not overwritten");
+    }
+
+    #[test]
+    fn only_answered_jobs_are_charged_in_the_ledger() {
+        let s = setup();
+        let price = U256::from(PRICE);
+        // Three jobs authorized with vouchers paying ahead; one is answered, two are in flight when the node dies.
+        let a = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let _b = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        let _c = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), price).unwrap();
+        assert_eq!(s.gate.in_flight(&s.channel), U256::from(3 * PRICE));
+        let job = JobRecord {
+            job_id: B256::repeat_byte(9),
+            channel_id: s.channel,
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price,
+            voucher_amount: a.amount,
+            at_ms: 1,
+        };
+        s.gate.record(&a, &job).unwrap();
+        let stored = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
+        assert_eq!((stored.charged, stored.jobs), (price, 1), "only the answered job is charged");
+        assert_eq!(stored.best_amount, U256::from(3 * PRICE), "the best voucher is kept");
+        // After a restart (a gate with nothing in memory), the credit of the two unanswered jobs is the client's:
+        // the next two jobs need no new voucher.
+        let Setup { gate, payer, domain, channel, _dir } = s;
+        let view = ChannelView {
+            payer: payer.address(),
+            payee: Address::repeat_byte(0xee),
+            deposit: U256::from(1_000u64),
+            redeemed: U256::ZERO,
+            expiry: u64::MAX / 2,
+            closes_at: 0,
+            withdrawn: false,
+        };
+        let payee = view.payee;
+        let restarted =
+            Gate::new(gate.ledger().clone(), Watcher::fixed([(channel, view)], 3), domain.clone(), payee, 60);
+        let best = Voucher::new(channel, U256::from(3 * PRICE)).sign(&payer, &domain).unwrap();
+        let best =
+            WireVoucher { channel_id: channel, cumulative_amount: best.cumulative_amount, signature: best.signature };
+        restarted.authorize(Some(&best), price).unwrap();
+        restarted.authorize(Some(&best), price).unwrap();
+        assert!(matches!(*restarted.authorize(Some(&best), price).unwrap_err(), PaymentRefusal::Replayed { .. }));
     }
 }

@@ -60,6 +60,8 @@ pub struct PaymentService {
     deployment: Deployment,
     free_for: Vec<IpAddr>,
     free_localhost: bool,
+    job_salt: B256,
+    job_counter: std::sync::atomic::AtomicU64,
 }
 
 /// What a paid job ran on.
@@ -74,8 +76,6 @@ pub enum JobInput {
 /// What the work of a paid job produced, for its receipt and audit record.
 #[derive(Debug)]
 pub struct Completed<'a> {
-    /// The client's job id.
-    pub job_id: B256,
     /// The model served.
     pub config: &'a ModelConfig,
     /// Its input.
@@ -168,6 +168,8 @@ impl PaymentService {
             deployment,
             free_for: config.free_allowlist.clone(),
             free_localhost: config.free_localhost,
+            job_salt: PrivateKeySigner::random().to_bytes(),
+            job_counter: std::sync::atomic::AtomicU64::new(0),
         });
         Ok((service, vec![watch_task, settle_task, prune_task]))
     }
@@ -216,19 +218,19 @@ impl PaymentService {
         self.gate.release(auth);
     }
 
-    /// Make the job's voucher durable. Run it while the job computes; answer only once it returned `Ok`.
-    pub async fn secure(&self, auth: &Authorization) -> Result<()> {
-        self.gate.persist(auth).await
+    /// The job succeeded: assign its job id, sign its receipt, charge it, record it, keep it for audits, and
+    /// flush the ledger (voucher, charge and job record) before returning: answer only once this returned `Ok`.
+    pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        let receipt = self.record(auth, done).inspect_err(|_| self.gate.release(auth))?;
+        self.gate.ledger().flush().await?;
+        Ok(receipt)
     }
 
-    /// The job succeeded (and [`PaymentService::secure`] returned): sign its receipt, record the job and keep it for
-    /// audits.
-    pub fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
-        let recorded = self.record(auth, done);
-        if recorded.is_err() {
-            self.gate.release(auth);
-        }
-        recorded
+    /// A job id unique to this node (DESIGN.md §3: ids are the node's, so no client can make two jobs share
+    /// a record): keccak of a random per-start salt and a counter.
+    fn next_job_id(&self) -> B256 {
+        let n = self.job_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        alloy::primitives::keccak256([self.job_salt.as_slice(), &n.to_be_bytes()].concat())
     }
 
     fn record(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
@@ -237,8 +239,9 @@ impl PaymentService {
             JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t),
         };
         let config = done.config;
+        let job_id = self.next_job_id();
         let receipt = Receipt {
-            jobId: done.job_id,
+            jobId: job_id,
             modelId: B256::from(*config.sha256.as_bytes()),
             inputHash: input_hash,
             outputHash: tensors_hash(done.outputs),
@@ -247,17 +250,22 @@ impl PaymentService {
             channelId: auth.channel_id,
             issuedAt: gate::now_ms() / 1000,
         };
-        let signed = ReceiptMsg::sign_single(&receipt, self.operator.address(), &self.operator, &self.domain)?;
-        self.gate.record(&ledger::JobRecord {
-            job_id: done.job_id,
-            channel_id: auth.channel_id,
-            model_id: receipt.modelId,
-            input_hash: receipt.inputHash,
-            output_hash: receipt.outputHash,
-            price: auth.price,
-            voucher_amount: auth.amount,
-            at_ms: gate::now_ms(),
-        })?;
+        // A signing failure is the node's, not the client's: never an Sdk (client-input) error.
+        let signed = ReceiptMsg::sign_single(&receipt, self.operator.address(), &self.operator, &self.domain)
+            .map_err(|e| Error::Signing(e.to_string()))?;
+        self.gate.record(
+            auth,
+            &ledger::JobRecord {
+                job_id,
+                channel_id: auth.channel_id,
+                model_id: receipt.modelId,
+                input_hash: receipt.inputHash,
+                output_hash: receipt.outputHash,
+                price: auth.price,
+                voucher_amount: auth.amount,
+                at_ms: gate::now_ms(),
+            },
+        )?;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
         self.audit.insert(AuditRecord {
@@ -277,28 +285,19 @@ impl PaymentService {
     }
 }
 
-/// Run a job's `work` while its voucher is made durable (paid jobs); if either fails the charge is refunded.
+/// Run a job's `work`; if it fails, the price held for it is released (nothing is charged).
 pub async fn guarded<T>(
     payments: Option<&PaymentService>,
     auth: Option<&Authorization>,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let secure = async {
-        match (payments, auth) {
-            (Some(p), Some(a)) => p.secure(a).await,
-            _ => Ok(()),
-        }
-    };
-    let (out, secured) = tokio::join!(work, secure);
-    match (out, secured) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Err(e), _) | (_, Err(e)) => {
-            if let (Some(p), Some(a)) = (payments, auth) {
-                p.release(a);
-            }
-            Err(e)
-        }
+    let out = work.await;
+    if out.is_err()
+        && let (Some(p), Some(a)) = (payments, auth)
+    {
+        p.release(a);
     }
+    out
 }
 
 /// Check the deployment file against the chain before accepting any voucher: a wrong file means vouchers that pass

@@ -269,11 +269,20 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     assert_eq!(inferences(), 0, "no refused job ran");
     assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 0, "nothing recorded");
 
-    // Two good vouchers, then a replay of the second and a lower one.
+    // Two good vouchers (both requests with the same client job id: the node assigns its own, so neither record
+    // overwrites the other), then a replay of the second and a lower one.
+    let mut receipts = Vec::new();
     for k in 1..=2 {
-        let ok = c.send_to(peer(&node), request(Some(voucher(&payer, &chain, ours, k * PRICE)))).await.unwrap();
-        assert!(matches!(ok, Response::Infer(ref r) if r.receipt.is_some()), "{ok:?}");
+        let mut req = request(Some(voucher(&payer, &chain, ours, k * PRICE)));
+        if let Request::Infer(r) = &mut req {
+            r.job_id = B256::repeat_byte(0x77);
+        }
+        let ok = c.send_to(peer(&node), req).await.unwrap();
+        let Response::Infer(r) = ok else { panic!("{ok:?}") };
+        assert_eq!(r.job_id, B256::repeat_byte(0x77), "the answer echoes the client's id");
+        receipts.push(r.receipt.expect("a receipt").job_id);
     }
+    assert_ne!(receipts[0], receipts[1], "receipts carry the node's own, unique job ids");
     let replay = voucher(&payer, &chain, ours, 2 * PRICE);
     assert!(
         matches!(refusal(&c, &node, Some(replay)).await, PaymentRefusal::Replayed { needed, .. } if needed == U256::from(3 * PRICE))
@@ -578,4 +587,22 @@ async fn a_redemption_undone_by_a_deep_reorg_is_redeemed_again() {
     assert_eq!(redeemed(&chain, channel).await, U256::from(4 * PRICE), "paid again, exactly the best voucher");
     let text = metrics_text(&node).await;
     assert_eq!(metric(&text, "mlbridge_redemptions_undone_total"), 1.0);
+}
+
+/// At shutdown the node still sends the answers it is computing (a paid one is what the client paid for) and turns
+/// new requests away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_in_flight_are_sent_at_shutdown() {
+    let node = start_node(|c| c.p2p.simulated_latency_ms = 600).await;
+    let c = client(&node, Strategy::RoundRobin).await;
+    c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+    let target = peer(&node);
+    let in_flight = {
+        let c = c.clone();
+        tokio::spawn(async move { c.send_to(target, request(None)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // received, still "computing"
+    node.shutdown.cancel();
+    let answer = in_flight.await.unwrap().unwrap();
+    assert!(matches!(answer, Response::Infer(_)), "the answer in flight was sent: {answer:?}");
 }

@@ -490,7 +490,8 @@ fn check_receipt(
 ) -> std::result::Result<(), String> {
     let Some(receipt) = &r.receipt else { return Err("a paid answer without a receipt".into()) };
     let checks = [
-        (receipt.job_id == job_id, "another job id"),
+        // The job id is the node's (unique per node); the answer echoes ours.
+        (r.job_id == job_id, "an answer to another request"),
         (receipt.model_id == B256::from(*r.model_id.as_bytes()), "another model id than the answer"),
         (receipt.input_hash == input_hash, "another input hash than our inputs"),
         (receipt.output_hash == tensors_hash(&r.outputs), "another output hash than the outputs"),
