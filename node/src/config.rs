@@ -180,6 +180,10 @@ pub struct InferenceConfig {
     pub queue_capacity: usize,
     /// Override every model's intra-op threads.
     pub threads: Option<usize>,
+    /// Texts one embeddings request may hold; more get a 4xx / typed error before any work or payment.
+    pub max_texts_per_request: usize,
+    /// Bytes one text may hold.
+    pub max_text_bytes: usize,
 }
 
 /// Result cache settings.
@@ -231,7 +235,13 @@ impl Default for MetricsConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { batching: true, queue_capacity: 256, threads: None }
+        Self {
+            batching: true,
+            queue_capacity: 256,
+            threads: None,
+            max_texts_per_request: 256,
+            max_text_bytes: 16 << 10,
+        }
     }
 }
 

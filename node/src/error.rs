@@ -191,6 +191,14 @@ pub enum Error {
         /// `name/version`.
         model: String,
     },
+    /// A request over one of the node's per-request limits.
+    #[error("request too large: {what}; the limit is {limit}")]
+    TooLarge {
+        /// What was asked.
+        what: String,
+        /// The limit.
+        limit: String,
+    },
     /// An empty request (no texts, no samples).
     #[error("the request has no input; send at least one text or sample")]
     EmptyInput,

@@ -56,6 +56,8 @@ pub async fn build_engine(config: &NodeConfig, metrics: NodeMetrics) -> Result<E
         batching: config.inference.batching,
         queue_capacity: config.inference.queue_capacity,
         threads: config.inference.threads,
+        max_texts_per_request: config.inference.max_texts_per_request.max(1),
+        max_text_bytes: config.inference.max_text_bytes.max(1),
     };
     Engine::start(runtime, repo, cache, metrics, options).await
 }

@@ -59,7 +59,9 @@ pub(crate) async fn embeddings(
         return Err(ApiError::bad_request("input must hold at least one non-empty text"));
     }
     let config = state.engine.config(name, version)?.clone();
-    let paid = pay::authorize(&state, &headers, peer.0, &config)?;
+    // Checked before payment: the price is per text, and a request over the limits must cost nothing.
+    state.engine.check_texts(&texts)?;
+    let paid = pay::authorize(&state, &headers, peer.0, &config, texts.len() as u64)?;
     // Everything that can fail runs inside `guarded`, so a failure releases the job's price.
     let work = async {
         let out = state.engine.embed(name, Some(config.version), &texts).await?;

@@ -205,7 +205,9 @@ async fn run_infer(
         }
     }
     let inputs = req.inputs.into_iter().map(to_tensor).collect::<Result<Vec<_>, _>>()?;
-    let paid = pay::authorize(state, headers, peer.0, config)?;
+    // Checked before payment: the price is per sample, and a bad request must cost nothing.
+    let units = config.validate_inputs(&inputs)? as u64;
+    let paid = pay::authorize(state, headers, peer.0, config, units)?;
     let kept = paid.as_ref().map(|_| inputs.clone());
     let work = state.engine.infer(&config.name, Some(config.version), inputs);
     let inference = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;

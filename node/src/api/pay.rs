@@ -80,12 +80,14 @@ pub(crate) struct HttpPayment<'a> {
     pub(crate) auth: Authorization,
 }
 
-/// Check the request's payment for a job on `config`; `None` when the node, the model or the caller is free.
+/// Check the request's payment for a job of `units` (samples, texts) on `config`, priced per unit; `None` when the
+/// node, the model or the caller is free.
 pub(crate) fn authorize<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     config: &ModelConfig,
+    units: u64,
 ) -> Result<Option<HttpPayment<'a>>, ApiError> {
     let Some(service) = state.payments.as_deref() else { return Ok(None) };
     let price = U256::from(config.price_wei);
@@ -106,7 +108,7 @@ pub(crate) fn authorize<'a>(
         service.metrics().free_jobs.inc();
         return Ok(None);
     }
-    let auth = service.authorize(voucher.as_ref(), price)?;
+    let auth = service.authorize(voucher.as_ref(), price, units)?;
     Ok(Some(HttpPayment { service, auth }))
 }
 

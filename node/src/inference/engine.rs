@@ -30,11 +30,21 @@ pub struct EngineOptions {
     pub queue_capacity: usize,
     /// Override every model's intra-op thread count.
     pub threads: Option<usize>,
+    /// Texts one embeddings request may hold (each is a priced unit of work).
+    pub max_texts_per_request: usize,
+    /// Bytes one text may hold (longer texts are refused, not silently truncated).
+    pub max_text_bytes: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { batching: true, queue_capacity: 256, threads: None }
+        Self {
+            batching: true,
+            queue_capacity: 256,
+            threads: None,
+            max_texts_per_request: 256,
+            max_text_bytes: 16 << 10,
+        }
     }
 }
 
@@ -92,6 +102,27 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Refuse an embeddings request over the per-request limits before any work (or payment) happens.
+    pub fn check_texts(&self, texts: &[String]) -> Result<()> {
+        let o = &self.inner.options;
+        if texts.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        if texts.len() > o.max_texts_per_request {
+            return Err(Error::TooLarge {
+                what: format!("{} texts in one request", texts.len()),
+                limit: format!("{} per request (inference.max_texts_per_request)", o.max_texts_per_request),
+            });
+        }
+        if let Some(long) = texts.iter().find(|t| t.len() > o.max_text_bytes) {
+            return Err(Error::TooLarge {
+                what: format!("a text of {} bytes", long.len()),
+                limit: format!("{} bytes (inference.max_text_bytes)", o.max_text_bytes),
+            });
+        }
+        Ok(())
+    }
+
     /// Open every model of the repository and load the eager ones. Fails on the first model that cannot load.
     pub async fn start(
         runtime: Arc<OnnxRuntime>,
@@ -281,9 +312,7 @@ impl Engine {
 
     /// Embed texts with a text-embedding model (tokenize, batch up to the model's limit, infer, split vectors).
     pub async fn embed(&self, name: &str, version: Option<u64>, texts: &[String]) -> Result<Embeddings> {
-        if texts.is_empty() {
-            return Err(Error::EmptyInput);
-        }
+        self.check_texts(texts)?;
         let slot = self.slot(name, version)?;
         let (config_name, config_version, max) =
             (slot.config.name.clone(), slot.config.version, slot.config.max_batch_size);
@@ -337,6 +366,7 @@ pub fn is_client_error(e: &Error) -> bool {
             | Error::BadBatch { .. }
             | Error::NotTextModel { .. }
             | Error::EmptyInput
+            | Error::TooLarge { .. }
             | Error::Sdk(_)
     )
 }

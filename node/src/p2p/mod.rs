@@ -635,15 +635,17 @@ fn refused(refusal: Box<PaymentRefusal>) -> Served {
     }
 }
 
-/// Check the voucher of a job on `config` (free when the node or the model charges nothing).
+/// Check the voucher of a job of `units` on `config`, priced per unit (free when the node or the model charges
+/// nothing).
 fn authorize(
     payments: Option<&PaymentService>,
     config: &ModelConfig,
     voucher: Option<&WireVoucher>,
+    units: u64,
 ) -> std::result::Result<Option<Authorization>, Box<PaymentRefusal>> {
     let price = U256::from(config.price_wei);
     match payments {
-        Some(p) if !price.is_zero() => p.authorize(voucher, price).map(Some),
+        Some(p) if !price.is_zero() => p.authorize(voucher, price, units).map(Some),
         _ => Ok(None),
     }
 }
@@ -676,7 +678,12 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
         let msg = format!("this node serves {} with different weights ({})", config.key(), config.sha256);
         return Served::error((protocol_error(ErrorKind::UnknownModel, msg), "client_error"));
     }
-    let auth = match authorize(payments, &config, r.voucher.as_ref()) {
+    // Checked before payment: the price is per sample, and a bad request must cost nothing.
+    let units = match config.validate_inputs(&r.inputs) {
+        Ok(b) => b as u64,
+        Err(e) => return Served::error(engine_error(&e)),
+    };
+    let auth = match authorize(payments, &config, r.voucher.as_ref(), units) {
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };
@@ -704,7 +711,11 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
         Ok(c) => c.clone(),
         Err(e) => return Served::error(engine_error(&e)),
     };
-    let auth = match authorize(payments, &config, r.voucher.as_ref()) {
+    // Checked before payment: the price is per text, and a request over the limits must cost nothing.
+    if let Err(e) = engine.check_texts(&r.texts) {
+        return Served::error(engine_error(&e));
+    }
+    let auth = match authorize(payments, &config, r.voucher.as_ref(), r.texts.len() as u64) {
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };

@@ -32,8 +32,10 @@ use crate::Result;
 pub struct Authorization {
     /// The channel.
     pub channel_id: B256,
-    /// Price reserved.
+    /// Price reserved (units x unit price).
     pub price: U256,
+    /// Priced units (samples, texts) the job holds.
+    pub units: u64,
     /// The voucher's amount.
     pub amount: U256,
 }
@@ -154,7 +156,7 @@ impl Gate {
             slot.entry.best_signature = v.signature.to_vec();
         }
         slot.entry.deadline = deadline;
-        Ok(Authorization { channel_id: channel, price, amount: v.cumulative_amount })
+        Ok(Authorization { channel_id: channel, price, units: 1, amount: v.cumulative_amount })
     }
 
     /// Write the channel's best voucher (and answered charges) to the ledger, without flushing: the flush after

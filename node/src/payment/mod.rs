@@ -206,11 +206,19 @@ impl PaymentService {
         !forwarded && ((self.free_localhost && ip.is_loopback()) || self.free_for.contains(&ip))
     }
 
-    /// Check a job's voucher and reserve its price; a refusal is counted by reason.
-    pub fn authorize(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, Box<PaymentRefusal>> {
-        self.gate.authorize(voucher, price).inspect_err(|r| {
-            self.metrics.refused.with_label_values(&[refusal_label(r)]).inc();
-        })
+    /// Check a job's voucher and reserve its price, `units` x `unit_price` (prices are per unit: a sample, a text);
+    /// a refusal is counted by reason.
+    pub fn authorize(
+        &self,
+        voucher: Option<&WireVoucher>,
+        unit_price: U256,
+        units: u64,
+    ) -> Result<Authorization, Box<PaymentRefusal>> {
+        let price = unit_price.saturating_mul(U256::from(units));
+        self.gate
+            .authorize(voucher, price)
+            .map(|a| Authorization { units, ..a })
+            .inspect_err(|r| self.metrics.refused.with_label_values(&[refusal_label(r)]).inc())
     }
 
     /// The job failed: nothing is charged.
@@ -245,7 +253,7 @@ impl PaymentService {
             modelId: B256::from(*config.sha256.as_bytes()),
             inputHash: input_hash,
             outputHash: tensors_hash(done.outputs),
-            units: U256::from(1u64),
+            units: U256::from(auth.units),
             price: auth.price,
             channelId: auth.channel_id,
             issuedAt: gate::now_ms() / 1000,

@@ -402,6 +402,33 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     assert_eq!(body["receipt"]["price"], "20000000000000");
     assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 2);
 
+    // Prices are per unit: 3 samples cost 3 prices, and a voucher for one is refused before any work.
+    let paid_so_far = PRICE + 20_000_000_000_000;
+    let short = voucher(&payer, &chain, channel, paid_so_far + PRICE);
+    let resp = post("/v2/models/mlp-tiny/versions/1/infer", Some(short), mlp_request(3, 0.5)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 402, "one price does not buy three samples");
+    let full = voucher(&payer, &chain, channel, paid_so_far + 3 * PRICE);
+    let resp = post("/v2/models/mlp-tiny/versions/1/infer", Some(full), mlp_request(3, 0.5)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["parameters"]["receipt"]["units"], "3");
+    assert_eq!(body["parameters"]["receipt"]["price"], (3 * PRICE).to_string());
+    // Two texts cost two; more texts than the node's limit are refused (4xx) before payment.
+    let paid_so_far = paid_so_far + 3 * PRICE;
+    let two = voucher(&payer, &chain, channel, paid_so_far + 40_000_000_000_000);
+    let body = serde_json::json!({ "model": "minilm-l6:2", "input": ["one text", "another text"] });
+    let resp = post("/v1/embeddings", Some(two), body).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["receipt"]["units"], "2");
+    let many: Vec<String> = (0..257).map(|i| format!("text {i}")).collect();
+    let huge = voucher(&payer, &chain, channel, 1_000 * PRICE);
+    let resp = post("/v1/embeddings", Some(huge), serde_json::json!({ "model": "minilm-l6:2", "input": many })).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "257 texts: over the limit of 256");
+    assert!(resp.text().await.unwrap().contains("max_texts_per_request"));
+    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 4, "the refused request cost nothing");
+
     // The operator's own use: a node configured free for localhost serves without a voucher.
     let free = start_node(|c| {
         paid(c, &chain, &chain.url(), 2, l2.path());

@@ -246,7 +246,8 @@ impl Client {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
         let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
         let input_hash = tensors_hash(&inputs);
-        self.with_failover(model, version, input_hash, move |job_id, voucher| {
+        let units = units_of(&inputs);
+        self.with_failover(model, version, Job { input_hash, units }, move |job_id, voucher| {
             Request::Infer(InferRequest {
                 version: WIRE_VERSION,
                 job_id,
@@ -262,8 +263,8 @@ impl Client {
     /// Embed `texts` with a text-embedding model on a node serving it.
     pub async fn embed(&self, model: &str, version: Option<u64>, texts: Vec<String>) -> Result<InferOutcome> {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
-        let input_hash = texts_hash(&texts);
-        self.with_failover(model, version, input_hash, move |job_id, voucher| {
+        let job = Job { input_hash: texts_hash(&texts), units: texts.len().max(1) as u64 };
+        self.with_failover(model, version, job, move |job_id, voucher| {
             Request::Embed(EmbedRequest {
                 version: WIRE_VERSION,
                 job_id,
@@ -279,7 +280,7 @@ impl Client {
         &self,
         model: &str,
         version: Option<u64>,
-        input_hash: B256,
+        job: Job,
         make: impl Fn(B256, Option<WireVoucher>) -> Request,
     ) -> Result<InferOutcome> {
         let mut exclude = Vec::new();
@@ -290,7 +291,7 @@ impl Client {
                 .await?;
             let Some(picked) = picked else { break };
             let peer = picked.peer;
-            match self.run_on(picked, random_id(), input_hash, &make).await {
+            match self.run_on(picked, random_id(), job, &make).await {
                 Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
                 Err(
                     e @ Error::Remote {
@@ -322,15 +323,17 @@ impl Client {
         &self,
         picked: Picked,
         job_id: B256,
-        input_hash: B256,
+        job: Job,
         make: &impl Fn(B256, Option<WireVoucher>) -> Request,
     ) -> Result<(InferResponse, Option<WireVoucher>)> {
         let peer = picked.peer;
+        // Prices are per unit (a sample, a text): the job costs units x the advertised price, known before sending.
+        let price = picked.price * U256::from(job.units);
         // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
         let mut waits = 0;
         loop {
             let payment = match &self.payer {
-                Some(payer) if !picked.price.is_zero() => Some(payer.pay(picked.operator, picked.price).await?),
+                Some(payer) if !price.is_zero() => Some(payer.pay(picked.operator, price).await?),
                 _ => None,
             };
             let voucher = payment.as_ref().map(|p| p.voucher.clone());
@@ -343,7 +346,7 @@ impl Client {
             return match response {
                 Response::Infer(r) => {
                     if let (Some(payer), Some(p)) = (&self.payer, &payment) {
-                        check_receipt(payer, p, &r, job_id, input_hash, picked.operator)
+                        check_receipt(payer, p, &r, job_id, job, picked.operator)
                             .map_err(|reason| Error::BadReceipt { peer: peer.to_string(), reason })?;
                     }
                     Ok((*r, payment.map(|p| p.voucher)))
@@ -453,10 +456,10 @@ impl Client {
             .ok_or_else(|| Error::NoNodes { model: model_id.to_string() })?;
         let picked = Picked { peer, operator, price: bid.price_wei };
         let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
-        let input_hash = tensors_hash(&inputs);
+        let job = Job { input_hash: tensors_hash(&inputs), units: units_of(&inputs) };
         let model = bid.model.clone();
         let (response, paid) = self
-            .run_on(picked, job_id, input_hash, &move |job_id, voucher| {
+            .run_on(picked, job_id, job, &move |job_id, voucher| {
                 Request::Infer(InferRequest {
                     version: WIRE_VERSION,
                     job_id,
@@ -485,9 +488,10 @@ fn check_receipt(
     payment: &Payment,
     r: &InferResponse,
     job_id: B256,
-    input_hash: B256,
+    job: Job,
     operator: alloy::primitives::Address,
 ) -> std::result::Result<(), String> {
+    let input_hash = job.input_hash;
     let Some(receipt) = &r.receipt else { return Err("a paid answer without a receipt".into()) };
     let checks = [
         // The job id is the node's (unique per node); the answer echoes ours.
@@ -496,6 +500,7 @@ fn check_receipt(
         (receipt.input_hash == input_hash, "another input hash than our inputs"),
         (receipt.output_hash == tensors_hash(&r.outputs), "another output hash than the outputs"),
         (receipt.price == payment.price, "another price than advertised"),
+        (receipt.units == U256::from(job.units), "another number of units than we sent"),
         (receipt.channel_id == payment.voucher.channel_id, "another channel than the one we paid on"),
         (receipt.node() == operator, "another node than the advert's operator"),
         (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
@@ -505,6 +510,18 @@ fn check_receipt(
         Some((_, what)) => Err(format!("the receipt names {what}")),
         None => Ok(()),
     }
+}
+
+/// What a job is, for payment and receipt checks: its input hash and its priced units.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    input_hash: B256,
+    units: u64,
+}
+
+/// Priced units of a tensor job: its samples (the batch dimension of the first input).
+fn units_of(inputs: &[Tensor]) -> u64 {
+    inputs.first().and_then(|t| t.shape().first()).map_or(1, |&b| b.max(1) as u64)
 }
 
 fn random_id() -> B256 {
