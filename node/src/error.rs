@@ -191,6 +191,20 @@ pub enum Error {
         /// `name/version`.
         model: String,
     },
+    /// An integer input holds a value the model cannot take (a token id beyond the vocabulary, say).
+    #[error("model {model}: input {input} holds {value}, outside [{min}, {max}]")]
+    ValueOutOfRange {
+        /// `name/version`.
+        model: String,
+        /// The input.
+        input: String,
+        /// The offending value.
+        value: i64,
+        /// Smallest allowed.
+        min: i64,
+        /// Largest allowed.
+        max: i64,
+    },
     /// A request over one of the node's per-request limits.
     #[error("request too large: {what}; the limit is {limit}")]
     TooLarge {

@@ -191,10 +191,11 @@ impl Worker {
         let samples: usize = sizes.iter().sum();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<(Reply, Instant)>) =
             jobs.into_iter().map(|j| (j.inputs, (j.reply, j.enqueued))).unzip();
-        let result = if inputs.len() == 1 {
-            self.model.execute(inputs.into_iter().next().expect("one"))
+        // A batch keeps its requests' inputs until it succeeds, to re-run them alone if it fails.
+        let (result, kept) = if inputs.len() == 1 {
+            (self.model.execute(inputs.into_iter().next().expect("one")), None)
         } else {
-            self.model.execute(stack(self.model.config(), &inputs))
+            (self.model.execute(stack(self.model.config(), &inputs)), Some(inputs))
         };
         let compute = started.elapsed();
         let m = &self.metrics;
@@ -210,6 +211,16 @@ impl Worker {
                     let queue_wait = started.saturating_duration_since(enqueued);
                     m.queue_wait_seconds.with_label_values(&[&self.label]).observe(queue_wait.as_secs_f64());
                     let _ = reply.send(Ok((outputs, Timing { queue_wait, compute, batch_samples: samples })));
+                }
+            }
+            Err(err) if replies.len() > 1 => {
+                // One request the checks let through can fail a whole batch: run each alone, so only it fails.
+                tracing::warn!(target: "node::batcher", model = %self.label, %err, requests = replies.len(),
+                    "a batch failed; running its requests one by one");
+                for ((reply, enqueued), inputs) in replies.into_iter().zip(kept.unwrap_or_default()) {
+                    let samples = inputs.first().and_then(|t| t.shape().first()).map_or(1, |&b| b.max(1) as usize);
+                    let job = Job { inputs, samples, enqueued, queue_deadline: None, reply };
+                    self.execute_group(vec![job]);
                 }
             }
             Err(err) => {

@@ -43,6 +43,24 @@ pub struct TensorSpec {
     pub datatype: DataType,
     /// Dimensions after the batch dimension; `-1` for any size.
     pub dims: Vec<i64>,
+    /// Largest size of each dimension (same length as `dims`; a `-1` dimension is otherwise bounded only by the
+    /// frame size). Bounds what a request can cost and how far padding can stretch its batch-mates.
+    #[serde(default)]
+    pub max_dims: Option<Vec<i64>>,
+    /// Allowed values `[min, max]` of an integer input (token ids below the vocabulary size, masks 0 or 1): a value
+    /// outside makes ONNX Runtime fail, so it is refused before it can reach a batch.
+    #[serde(default)]
+    pub range: Option<[i64; 2]>,
+}
+
+/// The first value of an integer tensor outside `[lo, hi]`, if any.
+fn out_of_range(t: &mlbridge_sdk::Tensor, lo: i64, hi: i64) -> Option<i64> {
+    use mlbridge_sdk::TensorData as D;
+    match t.data() {
+        D::Int64(v) => v.iter().copied().find(|x| *x < lo || *x > hi),
+        D::Int32(v) => v.iter().map(|&x| i64::from(x)).find(|x| *x < lo || *x > hi),
+        _ => None,
+    }
 }
 
 impl TensorSpec {
@@ -175,6 +193,19 @@ impl ModelConfig {
                     actual: shape.to_vec(),
                 });
             }
+            if let Some(limits) = &spec.max_dims
+                && shape[1..].iter().zip(limits).any(|(&got, &max)| got > max)
+            {
+                return Err(Error::TooLarge {
+                    what: format!("input {} of shape {shape:?}", spec.name),
+                    limit: format!("{:?} per sample for model {model}", limits),
+                });
+            }
+            if let Some([lo, hi]) = spec.range
+                && let Some(v) = out_of_range(t, lo, hi)
+            {
+                return Err(Error::ValueOutOfRange { model, input: spec.name.clone(), value: v, min: lo, max: hi });
+            }
             let b = shape[0];
             let max = self.max_batch_size;
             if b < 1 || b as u64 > max as u64 || batch.is_some_and(|prev| prev != b) {
@@ -230,6 +261,14 @@ impl ModelConfig {
         }
         if self.max_batch_size == 0 {
             return Err("max_batch_size must be at least 1".into());
+        }
+        for spec in &self.inputs {
+            if spec.max_dims.as_ref().is_some_and(|m| m.len() != spec.dims.len() || m.iter().any(|&d| d < 1)) {
+                return Err(format!("input {}: max_dims must give a positive size for each of dims", spec.name));
+            }
+            if spec.range.is_some_and(|[lo, hi]| lo > hi) {
+                return Err(format!("input {}: range must be [min, max] with min <= max", spec.name));
+            }
         }
         if self.preferred_batch_size.is_some_and(|p| p == 0 || p > self.max_batch_size) {
             return Err("preferred_batch_size must be between 1 and max_batch_size".into());

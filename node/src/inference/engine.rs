@@ -367,6 +367,7 @@ pub fn is_client_error(e: &Error) -> bool {
             | Error::NotTextModel { .. }
             | Error::EmptyInput
             | Error::TooLarge { .. }
+            | Error::ValueOutOfRange { .. }
             | Error::Sdk(_)
     )
 }

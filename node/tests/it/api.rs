@@ -451,3 +451,53 @@ async fn slow_clients_time_out_and_excess_requests_are_shed() {
     let ok = http.post(&endpoint).json(&mlp_request(1, 0.5)).send().await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }
+
+fn minilm_request(ids: &[i64]) -> serde_json::Value {
+    let n = ids.len();
+    serde_json::json!({ "inputs": [
+        { "name": "input_ids", "shape": [1, n], "datatype": "INT64", "data": ids },
+        { "name": "attention_mask", "shape": [1, n], "datatype": "INT64", "data": vec![1; n] },
+    ]})
+}
+
+/// A token id beyond the vocabulary or a sequence over the model's length is refused with a 4xx naming it, before
+/// it reaches a batch; and if a bad request gets through anyway (a config without ranges), only it fails, not the
+/// requests batched with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ids_and_lengths_are_checked_and_a_bad_request_fails_alone() {
+    let node = start_node(|_| {}).await;
+    let path = "/v2/models/minilm-l6/versions/2/infer";
+    let (status, body) = post(&node, path, &minilm_request(&[101, 99_999, 102])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("99999"), "{body}");
+    let (status, body) = post(&node, path, &minilm_request(&vec![1000; 257])).await;
+    assert_eq!(status, 400, "257 tokens: {body}");
+    assert_eq!(post(&node, path, &minilm_request(&[101, 2000, 102])).await.0, 200);
+
+    // Without the ranges in config.toml, the bad id reaches ONNX Runtime inside a batch of good requests.
+    // A 50 ms gathering window puts the concurrent requests in one batch.
+    let repo = repo_with(&[("minilm-l6", 2)], |c| {
+        c.replace("range = [0, 30521]", "").replace("range = [0, 1]", "").replace(
+            "max_queue_delay_us = 0",
+            "max_queue_delay_us = 50000",
+        )
+    });
+    let loose = start_node(|c| c.model_repository = repo.path().to_owned()).await;
+    for _ in 0..3 {
+        let bad_body = minilm_request(&[101, 99_999, 102]);
+        let good_bodies: Vec<Value> = (0..6).map(|i| minilm_request(&[101, 2000 + i, 102])).collect();
+        let bad = post(&loose, path, &bad_body);
+        let goods: Vec<_> = good_bodies.iter().map(|b| post(&loose, path, b)).collect();
+        let (bad, goods) = tokio::join!(bad, futures::future::join_all(goods));
+        assert_eq!(bad.0, 500, "the bad request fails: {}", bad.1);
+        for (status, body) in goods {
+            assert_eq!(status, 200, "a good request batched with a bad one still succeeds: {body}");
+        }
+    }
+    let text = metrics_text(&loose).await;
+    let (execs, infs) = (
+        metric(&text, "mlbridge_executions_total{model=\"minilm-l6/2\"}"),
+        metric(&text, "mlbridge_inferences_total{model=\"minilm-l6/2\"}"),
+    );
+    assert!(execs > 3.0 && infs > execs, "batches formed ({infs} inferences in {execs} executions) and were re-run");
+}
