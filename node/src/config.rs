@@ -123,6 +123,14 @@ pub struct P2pConfig {
     pub audit_allowlist: Vec<String>,
     /// Audit requests per second one allowed peer may send (burst: twice that); beyond it: "overloaded".
     pub max_audits_per_sec_per_peer: f64,
+    /// Connections accepted from others at once.
+    pub max_incoming_connections: u32,
+    /// Connections one peer may hold at once.
+    pub max_connections_per_peer: u32,
+    /// Request streams one connection may have open at once.
+    pub max_streams_per_connection: usize,
+    /// MiB of inbound requests being read at once, across all peers (beyond: "overloaded").
+    pub inbound_budget_mib: usize,
     /// Extra delay added to every inbound request (simulates a distant node in tests and demos; 0 = none).
     pub simulated_latency_ms: u64,
     /// File holding the node's libp2p identity (created if missing); ephemeral when unset.
@@ -138,10 +146,14 @@ impl Default for P2pConfig {
             mdns: true,
             advert_interval_secs: 5.0,
             max_inbound_per_peer: 64,
-            max_requests_per_sec_per_peer: 20_000.0,
+            max_requests_per_sec_per_peer: 2_000.0,
             max_invalid_messages: 5,
             audit_allowlist: Vec::new(),
             max_audits_per_sec_per_peer: 10.0,
+            max_incoming_connections: 512,
+            max_connections_per_peer: 4,
+            max_streams_per_connection: 64,
+            inbound_budget_mib: 256,
             simulated_latency_ms: 0,
             identity_file: None,
         }

@@ -41,6 +41,8 @@ pub struct NodeMetrics {
     pub p2p_request_seconds: Histogram,
     /// Peers banned for invalid messages.
     pub p2p_banned: IntCounter,
+    /// Peers the swarm task keeps per-peer state for (pruned when a peer's last connection closes).
+    pub p2p_tracked_peers: IntGauge,
 }
 
 impl NodeMetrics {
@@ -94,6 +96,7 @@ impl NodeMetrics {
                     .buckets(exponential_buckets(0.000_05, 1.6, 28)?),
             )?,
             p2p_banned: IntCounter::new("mlbridge_p2p_banned_peers_total", "Peers banned for invalid messages")?,
+            p2p_tracked_peers: IntGauge::new("mlbridge_p2p_tracked_peers", "Peers with per-peer state (rates)")?,
             registry,
         };
         let r = &m.registry;
@@ -113,6 +116,7 @@ impl NodeMetrics {
         r.register(Box::new(m.p2p_requests.clone()))?;
         r.register(Box::new(m.p2p_request_seconds.clone()))?;
         r.register(Box::new(m.p2p_banned.clone()))?;
+        r.register(Box::new(m.p2p_tracked_peers.clone()))?;
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
     }

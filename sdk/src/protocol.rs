@@ -75,6 +75,10 @@ pub enum Request {
     /// Lets the receiver answer with a typed error and penalise the sender.
     #[serde(skip)]
     Malformed(String),
+    /// Made by the codec when the node's budget of inbound bytes being read is used up; never sent on the wire.
+    /// The receiver answers "overloaded" without reading the request.
+    #[serde(skip)]
+    Busy,
 }
 
 /// Embed `texts` with a text-embedding model; the answer holds one FP32 tensor `embedding` of shape [N, D].
@@ -100,7 +104,7 @@ impl Request {
             Self::Embed(r) => r.version,
             Self::Bid(b) => b.version,
             Self::Audit(a) => a.version,
-            Self::Malformed(_) => WIRE_VERSION,
+            Self::Malformed(_) | Self::Busy => WIRE_VERSION,
         }
     }
 }

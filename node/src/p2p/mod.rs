@@ -128,6 +128,9 @@ pub fn operator_signer(key: Option<&str>) -> Result<PrivateKeySigner> {
     }
 }
 
+/// Strike records kept for disconnected peers before the harmless ones are forgotten.
+const MAX_STRIKE_RECORDS: usize = 10_000;
+
 /// Start the swarm task. It stops when `shutdown` is cancelled.
 pub fn spawn(
     engine: Engine,
@@ -148,6 +151,10 @@ pub fn spawn(
         listen: parse(&config.listen, "listen")?,
         bootstrap: parse(&config.bootstrap, "bootstrap")?,
         mdns: config.mdns,
+        max_incoming_connections: config.max_incoming_connections.max(1),
+        max_connections_per_peer: config.max_connections_per_peer.max(1),
+        max_streams_per_connection: config.max_streams_per_connection.max(1),
+        inbound_budget_bytes: config.inbound_budget_mib.max(1) << 20,
         ..NetConfig::default()
     };
     let auditors: Auditors = Arc::new(std::sync::RwLock::new(
@@ -178,6 +185,7 @@ pub fn spawn(
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
         receipt_listeners: std::collections::HashSet::new(),
+        peer_ips: HashMap::new(),
         stopping: false,
     };
     actor.subscribe()?;
@@ -240,6 +248,8 @@ struct Actor {
     job_topics: HashMap<TopicHash, (String, u64)>,
     /// Peers subscribed to the receipts topic (validators).
     receipt_listeners: std::collections::HashSet<PeerId>,
+    /// Remote address of each connected peer (to ban the address with the key).
+    peer_ips: HashMap<PeerId, std::net::IpAddr>,
     /// Shutting down: new requests are turned away while the answers in flight go out.
     stopping: bool,
 }
@@ -361,7 +371,16 @@ impl Actor {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(target: "node::p2p", %address, peer = %self.swarm.local_peer_id(), "listening");
             }
-            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if let Some(ip) = mlbridge_sdk::net::ipban::ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
+                self.metrics.p2p_peers.set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                if num_established == 0 {
+                    self.forget(peer_id);
+                }
                 self.metrics.p2p_peers.set(self.swarm.connected_peers().count() as i64);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
@@ -422,6 +441,10 @@ impl Actor {
             let msg = format!("wire version {} is not supported; this node speaks {WIRE_VERSION}", request.version());
             return self.reply_now(channel, protocol_error(ErrorKind::UnsupportedVersion, msg), "unsupported_version");
         }
+        if let Request::Busy = request {
+            let msg = "the node is reading too many requests at once; retry shortly";
+            return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
+        }
         if let Request::Malformed(reason) = &request {
             let msg = format!("not a request: {reason}");
             self.strike(peer);
@@ -463,7 +486,10 @@ impl Actor {
             );
         }
         let rate = self.config.max_requests_per_sec_per_peer;
-        if !self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
+        let bucket = self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate));
+        let allowed = bucket.take();
+        self.metrics.p2p_tracked_peers.set(self.rates.len() as i64);
+        if !allowed {
             let msg = format!("more than {rate} requests per second from one peer");
             return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
         }
@@ -482,7 +508,9 @@ impl Actor {
             let served = match request {
                 Request::Infer(r) => serve_infer(&engine, payments.as_deref(), r).await,
                 Request::Embed(r) => serve_embed(&engine, payments.as_deref(), r).await,
-                Request::Bid(_) | Request::Audit(_) | Request::Malformed(_) => unreachable!("answered above"),
+                Request::Bid(_) | Request::Audit(_) | Request::Malformed(_) | Request::Busy => {
+                    unreachable!("answered above")
+                }
             };
             let Served { response, outcome, receipt } = served;
             let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt }).await;
@@ -602,11 +630,31 @@ impl Actor {
         let n = self.invalid.entry(peer).or_default();
         *n += 1;
         if *n == self.config.max_invalid_messages {
-            tracing::warn!(target: "node::p2p", %peer, "banning peer for invalid messages");
+            let ip = self.peer_ips.get(&peer).copied();
+            tracing::warn!(target: "node::p2p", %peer, ?ip, "banning peer and its address for invalid messages");
             self.metrics.p2p_banned.inc();
             self.swarm.behaviour_mut().blocked.block_peer(peer);
+            if let Some(ip) = ip {
+                self.swarm.behaviour_mut().ip_ban.ban(ip);
+            }
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+
+    /// A peer's last connection closed: forget its per-peer state (its strikes stay, bounded, so a reconnect is no
+    /// fresh start; a banned peer stays banned by key and address).
+    fn forget(&mut self, peer: PeerId) {
+        self.rates.remove(&peer);
+        self.audit_rates.remove(&peer);
+        self.receipt_listeners.remove(&peer);
+        self.peer_ips.remove(&peer);
+        if self.inflight.get(&peer).is_some_and(|n| *n == 0) {
+            self.inflight.remove(&peer);
+        }
+        if self.invalid.len() > MAX_STRIKE_RECORDS {
+            self.invalid.retain(|_, n| *n >= self.config.max_invalid_messages);
+        }
+        self.metrics.p2p_tracked_peers.set(self.rates.len() as i64);
     }
 }
 

@@ -477,10 +477,9 @@ async fn token_ids_and_lengths_are_checked_and_a_bad_request_fails_alone() {
     // Without the ranges in config.toml, the bad id reaches ONNX Runtime inside a batch of good requests.
     // A 50 ms gathering window puts the concurrent requests in one batch.
     let repo = repo_with(&[("minilm-l6", 2)], |c| {
-        c.replace("range = [0, 30521]", "").replace("range = [0, 1]", "").replace(
-            "max_queue_delay_us = 0",
-            "max_queue_delay_us = 50000",
-        )
+        c.replace("range = [0, 30521]", "")
+            .replace("range = [0, 1]", "")
+            .replace("max_queue_delay_us = 0", "max_queue_delay_us = 50000")
     });
     let loose = start_node(|c| c.model_repository = repo.path().to_owned()).await;
     for _ in 0..3 {

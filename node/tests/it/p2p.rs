@@ -414,3 +414,39 @@ async fn an_unreachable_node_fails_in_the_connect_phase() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2), "the connect phase, not the 30 s request timeout, ended it");
 }
+
+/// Per-peer state is forgotten when a peer's last connection closes (a stream of short-lived peers cannot grow the
+/// node's maps), and the node accepts no more connections than configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_peer_state_is_pruned_and_connections_are_limited() {
+    let node = start_node(|c| {
+        p2p_fast(c);
+        c.p2p.max_incoming_connections = 2;
+    })
+    .await;
+    let tracked = || async { metric(&metrics_text(&node).await, "mlbridge_p2p_tracked_peers") };
+    for _ in 0..3 {
+        let c = client(&node, Strategy::RoundRobin).await;
+        c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+        c.infer("mlp-tiny", Some(1), mlp_input(0.5)).await.unwrap();
+        assert!(tracked().await >= 1.0);
+        drop(c); // its swarm stops and the connection closes
+        let start = std::time::Instant::now();
+        while tracked().await > 0.0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the peer's state was never forgotten");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Two clients hold the two incoming slots; a third cannot connect.
+    let a = client(&node, Strategy::RoundRobin).await;
+    let b = client(&node, Strategy::RoundRobin).await;
+    for c in [&a, &b] {
+        c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
+        c.infer("mlp-tiny", Some(1), mlp_input(0.5)).await.unwrap();
+    }
+    let third = client(&node, Strategy::RoundRobin).await;
+    // It may still hear the node's adverts through the other clients, but it cannot reach the node itself.
+    let _ = third.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(2)).await;
+    assert!(third.infer("mlp-tiny", Some(1), mlp_input(0.5)).await.is_err(), "a third connection is refused");
+    assert!(a.infer("mlp-tiny", Some(1), mlp_input(0.25)).await.is_ok(), "the others are still served");
+}

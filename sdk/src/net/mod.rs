@@ -6,6 +6,7 @@
 //! block list for banned peers. The node's and the client's swarm actors own one swarm each.
 
 mod codec;
+pub mod ipban;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux};
 
-pub use codec::Codec;
+pub use codec::{Codec, DEFAULT_INBOUND_BUDGET, InboundBudget};
 
 use crate::protocol::{ADVERTS_TOPIC, INFER_PROTOCOL, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC};
 use crate::{Error, Result};
@@ -45,6 +46,16 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// Gossipsub heartbeat (mesh maintenance).
     pub heartbeat: Duration,
+    /// Connections accepted from others at once.
+    pub max_incoming_connections: u32,
+    /// Connections to or from one peer at once.
+    pub max_connections_per_peer: u32,
+    /// Handshakes in progress from others at once.
+    pub max_pending_incoming: u32,
+    /// Request streams one connection may have open at once.
+    pub max_streams_per_connection: usize,
+    /// Bytes of inbound requests being read at once, across all connections (beyond: "overloaded").
+    pub inbound_budget_bytes: usize,
 }
 
 impl Default for NetConfig {
@@ -59,6 +70,11 @@ impl Default for NetConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             heartbeat: Duration::from_millis(500),
+            max_incoming_connections: 512,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 64,
+            max_streams_per_connection: 64,
+            inbound_budget_bytes: codec::DEFAULT_INBOUND_BUDGET,
         }
     }
 }
@@ -76,6 +92,7 @@ mod behaviour {
     use libp2p::{gossipsub, identify, mdns, request_response};
 
     use super::Codec;
+    use super::ipban::IpBan;
 
     /// The ML Bridge network behaviour.
     #[derive(NetworkBehaviour)]
@@ -92,6 +109,10 @@ mod behaviour {
         pub mdns: Toggle<mdns::tokio::Behaviour>,
         /// Peers banned for misbehaving.
         pub blocked: allow_block_list::Behaviour<BlockedPeers>,
+        /// Addresses banned for misbehaving (a fresh key is no fresh start).
+        pub ip_ban: IpBan,
+        /// Connection limits (incoming, per peer, pending).
+        pub limits: libp2p::connection_limits::Behaviour,
     }
 }
 
@@ -143,11 +164,11 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behavio
             let (params, thresholds) = score_params();
             gossipsub.with_peer_score(params, thresholds)?;
             let rpc = request_response::Behaviour::with_codec(
-                Codec,
+                Codec::new(codec::InboundBudget::new(config.inbound_budget_bytes)),
                 [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(config.request_timeout)
-                    .with_max_concurrent_streams(256),
+                    .with_max_concurrent_streams(config.max_streams_per_connection),
             );
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -168,6 +189,13 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behavio
                 kad,
                 mdns: Toggle::from(mdns),
                 blocked: allow_block_list::Behaviour::default(),
+                ip_ban: ipban::IpBan::default(),
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_established_incoming(Some(config.max_incoming_connections))
+                        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(config.max_pending_incoming)),
+                ),
             })
         })
         .map_err(|e| net_err("network behaviour", e))?

@@ -54,6 +54,8 @@ pub(crate) async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Res
     config.inference.queue_capacity = 1024;
     config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.p2p.mdns = false;
+    // The benchmark's one load-generator peer is the whole load: no per-peer rate limit.
+    config.p2p.max_requests_per_sec_per_peer = f64::MAX / 4.0;
     edit(&mut config);
     Ok(start(config).await?)
 }
