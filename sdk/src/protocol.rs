@@ -442,7 +442,8 @@ pub struct Advert {
     pub operator: Address,
     /// Models served.
     pub models: Vec<AdvertModel>,
-    /// Requests the node can queue in total.
+    /// Requests one peer may have in flight at this node (its `max_inbound_per_peer`; beyond it: "overloaded").
+    /// Self-reported, so informational only: clients route by what they measure, never by this.
     pub capacity: u32,
     /// Multiaddrs (binary) the node can be dialled at.
     pub addrs: Vec<Vec<u8>>,

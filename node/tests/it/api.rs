@@ -411,7 +411,7 @@ async fn a_request_past_its_queue_timeout_is_not_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_time_out_and_excess_requests_are_shed() {
     let node = start_node(|c| {
-        c.http.request_timeout_secs = 0.5;
+        c.http.request_timeout_secs = 3.0;
         c.http.max_concurrent_requests = 2;
     })
     .await;
@@ -432,7 +432,7 @@ async fn slow_clients_time_out_and_excess_requests_are_shed() {
     let slow: Vec<_> = (0..2).map(|_| tokio::spawn(slow_client(node.http_addr))).collect();
     // Both slots are taken by the slow uploads: the next request is shed at once.
     let mut shed = None;
-    for _ in 0..50 {
+    for _ in 0..100 {
         let resp = http.post(&endpoint).json(&mlp_request(1, 0.5)).send().await.unwrap();
         if resp.status().as_u16() == 503 {
             shed = Some(resp);
@@ -446,7 +446,7 @@ async fn slow_clients_time_out_and_excess_requests_are_shed() {
         let answer = s.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 408"), "a body still not sent after the timeout: {answer}");
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cut off at the timeout, not later");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "cut off at the timeout, not later");
     // Once they are gone the node serves again.
     let ok = http.post(&endpoint).json(&mlp_request(1, 0.5)).send().await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);

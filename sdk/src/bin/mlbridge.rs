@@ -356,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let strategy = match args.strategy {
                 StrategyArg::RoundRobin => Strategy::RoundRobin,
                 StrategyArg::LeastOutstanding => Strategy::LeastOutstanding,
-                StrategyArg::Weighted => Strategy::WeightedCapacity,
+                StrategyArg::Weighted => Strategy::Weighted,
                 StrategyArg::ModelAware => Strategy::ModelAware,
             };
             let mut c = client(&args.net, strategy)?;

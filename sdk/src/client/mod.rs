@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub use routing::Strategy;
-use routing::{Candidate, Router};
+use routing::{Candidate, Measured, Router};
 
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use crate::payment::{Payer, Payment};
@@ -82,7 +82,7 @@ pub struct NodeInfo {
     pub operator: alloy::primitives::Address,
     /// Models, prices and queue depths from the latest advert.
     pub models: Vec<AdvertModel>,
-    /// Advertised capacity.
+    /// Advertised per-peer in-flight limit (self-reported; not used for routing).
     pub capacity: u32,
     /// Our requests in flight to it.
     pub outstanding: usize,
@@ -186,6 +186,7 @@ impl Client {
             nodes: HashMap::new(),
             outstanding: HashMap::new(),
             pending: HashMap::new(),
+            measured: HashMap::new(),
             offers: HashMap::new(),
             dialling: HashMap::new(),
             router: Router::default(),
@@ -550,7 +551,9 @@ struct Actor {
     commands: mpsc::Receiver<Command>,
     nodes: HashMap<PeerId, NodeView>,
     outstanding: HashMap<PeerId, usize>,
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<std::result::Result<Response, String>>)>,
+    pending: HashMap<OutboundRequestId, (PeerId, Instant, ReplyTx)>,
+    /// What we measured of each node (latency, answers, failures): routing weighs this, not what nodes claim.
+    measured: HashMap<PeerId, Measured>,
     offers: HashMap<B256, mpsc::Sender<(PeerId, Bid)>>,
     dialling: HashMap<PeerId, Vec<oneshot::Sender<std::result::Result<(), String>>>>,
     router: Router,
@@ -558,7 +561,36 @@ struct Actor {
     advert_ttl: Duration,
 }
 
+/// Where a request's answer (or why it failed) goes.
+type ReplyTx = oneshot::Sender<std::result::Result<Response, String>>;
+
+/// Nodes the client keeps track of at most (a flood of adverts from fresh keys cannot grow it further).
+const MAX_NODES: usize = 4096;
+/// Advert addresses considered per node.
+const MAX_ADVERT_ADDRS: usize = 8;
+
+/// Whether an advertised address is one to dial: an IP that is not unspecified, multicast or broadcast.
+fn dialable(addr: &Multiaddr) -> bool {
+    match crate::net::ipban::ip_of(addr) {
+        Some(std::net::IpAddr::V4(ip)) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
+        Some(std::net::IpAddr::V6(ip)) => !(ip.is_unspecified() || ip.is_multicast()),
+        None => true, // DNS and other names: resolved by the transport
+    }
+}
+
 impl Actor {
+    /// Forget nodes whose adverts stopped (after three advert lifetimes), with what we measured of them.
+    fn evict_silent(&mut self) {
+        let ttl = self.advert_ttl * 3;
+        let before = self.nodes.len();
+        self.nodes.retain(|_, v| v.seen.elapsed() < ttl);
+        if self.nodes.len() != before {
+            let nodes = &self.nodes;
+            self.measured.retain(|p, _| nodes.contains_key(p));
+            self.outstanding.retain(|p, n| *n > 0 || nodes.contains_key(p));
+        }
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -590,6 +622,7 @@ impl Actor {
                 let _ = reply.send(list);
             }
             Command::Pick { model, version, exclude, reply } => {
+                self.evict_silent();
                 let candidates = self
                     .nodes
                     .iter()
@@ -604,8 +637,8 @@ impl Actor {
                         Some(Candidate {
                             peer: *p,
                             outstanding: self.outstanding.get(p).copied().unwrap_or(0),
-                            capacity: v.advert.capacity,
                             queue_depth: m.queue_depth,
+                            measured: self.measured.get(p).copied().unwrap_or_default(),
                         })
                     })
                     .collect();
@@ -623,7 +656,7 @@ impl Actor {
             Command::Send { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, *request);
                 *self.outstanding.entry(peer).or_default() += 1;
-                self.pending.insert(id, (peer, reply));
+                self.pending.insert(id, (peer, Instant::now(), reply));
             }
             Command::Offer { offer, bids, reply } => {
                 self.offers.insert(offer.job_id, bids);
@@ -659,7 +692,14 @@ impl Actor {
     }
 
     fn finish(&mut self, id: OutboundRequestId, result: std::result::Result<Response, String>) {
-        if let Some((peer, reply)) = self.pending.remove(&id) {
+        if let Some((peer, sent, reply)) = self.pending.remove(&id) {
+            // The node's own failures count against it; a refusal of our request (bad input, payment) does not.
+            let ok = match &result {
+                Ok(Response::Error(e)) => !matches!(e.kind, ErrorKind::Internal | ErrorKind::Overloaded),
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            self.measured.entry(peer).or_default().record(ok, sent.elapsed().as_secs_f64() * 1000.0);
             if let Some(n) = self.outstanding.get_mut(&peer) {
                 *n = n.saturating_sub(1);
             }
@@ -725,13 +765,19 @@ impl Actor {
                         (message.source, decode::<Advert>(&message.data, MAX_GOSSIP_BYTES))
                         && advert.verify(&source.to_bytes())
                     {
-                        // Make the node directly dialable even if we only reach it through the mesh so far.
-                        for bytes in &advert.addrs {
-                            if let Ok(addr) = Multiaddr::try_from(bytes.clone()) {
-                                self.swarm.add_peer_address(source, addr);
+                        // Make the node directly dialable even if we only reach it through the mesh so far: only a
+                        // few plausible addresses (no unspecified, multicast or broadcast ones) of a node we keep.
+                        let room = self.nodes.contains_key(&source) || self.nodes.len() < MAX_NODES;
+                        if room {
+                            for addr in advert.addrs.iter().take(MAX_ADVERT_ADDRS) {
+                                if let Ok(addr) = Multiaddr::try_from(addr.clone())
+                                    && dialable(&addr)
+                                {
+                                    self.swarm.add_peer_address(source, addr);
+                                }
                             }
+                            self.nodes.insert(source, NodeView { advert, seen: Instant::now() });
                         }
-                        self.nodes.insert(source, NodeView { advert, seen: Instant::now() });
                         acceptance = MessageAcceptance::Accept;
                     }
                 }

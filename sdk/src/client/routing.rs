@@ -12,10 +12,48 @@ pub enum Strategy {
     RoundRobin,
     /// The node with the fewest of our requests in flight.
     LeastOutstanding,
-    /// In proportion to each node's advertised capacity (smooth weighted round-robin).
-    WeightedCapacity,
-    /// The node with the shortest advertised queue for this model plus our requests in flight.
+    /// In proportion to each node's measured throughput for us (answers per second: reliability / latency), by
+    /// smooth weighted round-robin. Nothing a node says about itself counts; a node we have not measured yet gets
+    /// the average weight, so new nodes are tried.
+    Weighted,
+    /// The node with the shortest expected wait: (advertised queue for this model + our requests in flight + 1) x
+    /// its measured latency / its measured reliability. A node advertising an empty queue but answering slowly or
+    /// failing is not favoured.
     ModelAware,
+}
+
+/// What the client measured of one node: answers, failures and an exponentially weighted latency.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Measured {
+    /// Answers received.
+    pub(crate) ok: u64,
+    /// Failed requests (errors of the node's making, timeouts, broken streams).
+    pub(crate) failed: u64,
+    /// EWMA of answer latency, ms (0 until the first answer).
+    pub(crate) latency_ms: f64,
+}
+
+impl Measured {
+    /// Record one request's result.
+    pub(crate) fn record(&mut self, ok: bool, latency_ms: f64) {
+        if ok {
+            self.ok += 1;
+            self.latency_ms =
+                if self.latency_ms == 0.0 { latency_ms } else { 0.8 * self.latency_ms + 0.2 * latency_ms };
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    /// Share of requests answered (Laplace-smoothed: 1/2 before any).
+    pub(crate) fn reliability(&self) -> f64 {
+        (self.ok as f64 + 1.0) / ((self.ok + self.failed) as f64 + 2.0)
+    }
+
+    /// Answers per second it gives us, if measured.
+    pub(crate) fn throughput(&self) -> Option<f64> {
+        (self.latency_ms > 0.0).then(|| 1000.0 * self.reliability() / self.latency_ms.max(0.01))
+    }
 }
 
 /// One routing candidate.
@@ -23,8 +61,8 @@ pub enum Strategy {
 pub(crate) struct Candidate {
     pub(crate) peer: PeerId,
     pub(crate) outstanding: usize,
-    pub(crate) capacity: u32,
     pub(crate) queue_depth: u32,
+    pub(crate) measured: Measured,
 }
 
 /// Routing state kept across requests (cursors and weights per model).
@@ -51,15 +89,30 @@ impl Router {
             Strategy::RoundRobin => candidates[0],
             Strategy::LeastOutstanding => *candidates.iter().min_by_key(|c| c.outstanding).expect("non-empty"),
             Strategy::ModelAware => {
-                *candidates.iter().min_by_key(|c| c.queue_depth as usize + c.outstanding).expect("non-empty")
+                // Unmeasured nodes are assumed as fast as the fastest measured one, so they get tried.
+                let known =
+                    candidates.iter().filter_map(|c| (c.measured.latency_ms > 0.0).then_some(c.measured.latency_ms));
+                let fastest = known.fold(f64::INFINITY, f64::min);
+                let fastest = if fastest.is_finite() { fastest } else { 1.0 };
+                let wait = |c: &Candidate| {
+                    let latency = if c.measured.latency_ms > 0.0 { c.measured.latency_ms } else { fastest };
+                    (f64::from(c.queue_depth) + c.outstanding as f64 + 1.0) * latency / c.measured.reliability()
+                };
+                *candidates.iter().min_by(|a, b| wait(a).total_cmp(&wait(b))).expect("non-empty")
             }
-            Strategy::WeightedCapacity => {
+            Strategy::Weighted => {
                 candidates.sort_by_key(|c| c.peer);
-                let total: i64 = candidates.iter().map(|c| i64::from(c.capacity.max(1))).sum();
+                let known: Vec<f64> = candidates.iter().filter_map(|c| c.measured.throughput()).collect();
+                let average = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
+                // Integer weights for smooth weighted round-robin, scaled so the average node weighs 100.
+                let weight = |c: &Candidate| {
+                    ((c.measured.throughput().unwrap_or(average) / average) * 100.0).round().max(1.0) as i64
+                };
+                let total: i64 = candidates.iter().map(weight).sum();
                 let mut best: Option<(i64, Candidate)> = None;
                 for c in &candidates {
                     let w = self.current_weight.entry((model.to_owned(), c.peer)).or_default();
-                    *w += i64::from(c.capacity.max(1));
+                    *w += weight(c);
                     if best.is_none_or(|(bw, _)| *w > bw) {
                         best = Some((*w, *c));
                     }
@@ -77,17 +130,21 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn cands(spec: &[(usize, u32, u32)]) -> (Vec<PeerId>, Vec<Candidate>) {
+    fn measured(ok: u64, failed: u64, latency_ms: f64) -> Measured {
+        Measured { ok, failed, latency_ms }
+    }
+
+    fn cands(spec: &[(usize, u32, Measured)]) -> (Vec<PeerId>, Vec<Candidate>) {
         let mut peers: Vec<PeerId> = spec.iter().map(|_| PeerId::random()).collect();
         peers.sort();
         let c = peers
             .iter()
             .zip(spec)
-            .map(|(p, &(outstanding, capacity, queue_depth))| Candidate {
+            .map(|(p, &(outstanding, queue_depth, measured))| Candidate {
                 peer: *p,
                 outstanding,
-                capacity,
                 queue_depth,
+                measured,
             })
             .collect();
         (peers, c)
@@ -103,25 +160,45 @@ mod tests {
 
     #[test]
     fn round_robin_is_even() {
-        let (peers, c) = cands(&[(0, 1, 0), (0, 1, 0), (0, 1, 0)]);
+        let m = Measured::default();
+        let (peers, c) = cands(&[(0, 0, m), (0, 0, m), (0, 0, m)]);
         let counts = count(&mut Router::default(), Strategy::RoundRobin, &c, 300);
         assert!(peers.iter().all(|p| counts[p] == 100), "{counts:?}");
     }
 
     #[test]
     fn least_outstanding_and_model_aware_avoid_busy_nodes() {
-        let (peers, c) = cands(&[(5, 1, 0), (0, 1, 0), (3, 1, 0)]);
+        let m = measured(10, 0, 5.0);
+        let (peers, c) = cands(&[(5, 0, m), (0, 0, m), (3, 0, m)]);
         let counts = count(&mut Router::default(), Strategy::LeastOutstanding, &c, 10);
         assert_eq!(counts.get(&peers[1]), Some(&10));
-        let (peers, c) = cands(&[(0, 1, 9), (1, 1, 0), (0, 1, 4)]);
+        let (peers, c) = cands(&[(0, 9, m), (1, 0, m), (0, 4, m)]);
         let counts = count(&mut Router::default(), Strategy::ModelAware, &c, 10);
         assert_eq!(counts.get(&peers[1]), Some(&10));
     }
 
     #[test]
-    fn weighted_follows_capacity() {
-        let (peers, c) = cands(&[(0, 1, 0), (0, 2, 0), (0, 5, 0)]);
-        let counts = count(&mut Router::default(), Strategy::WeightedCapacity, &c, 800);
-        assert_eq!((counts[&peers[0]], counts[&peers[1]], counts[&peers[2]]), (100, 200, 500));
+    fn weighted_follows_measured_throughput_not_claims() {
+        // Latencies 10, 5 and 2 ms: throughputs 1 : 2 : 5.
+        let (peers, c) =
+            cands(&[(0, 0, measured(50, 0, 10.0)), (0, 0, measured(50, 0, 5.0)), (0, 0, measured(50, 0, 2.0))]);
+        let counts = count(&mut Router::default(), Strategy::Weighted, &c, 800);
+        let (a, b, d) = (counts[&peers[0]], counts[&peers[1]], counts[&peers[2]]);
+        assert!((90..=110).contains(&a) && (190..=210).contains(&b) && (490..=510).contains(&d), "{a} {b} {d}");
+    }
+
+    #[test]
+    fn a_node_that_lies_about_its_queue_or_fails_does_not_capture_the_traffic() {
+        // The liar advertises an empty queue but answers in 50 ms and fails half its requests; the honest node
+        // says 3 queued and answers in 5 ms.
+        let (peers, c) = cands(&[(0, 0, measured(10, 10, 50.0)), (0, 3, measured(20, 0, 5.0))]);
+        let counts = count(&mut Router::default(), Strategy::ModelAware, &c, 20);
+        assert_eq!(counts.get(&peers[1]), Some(&20), "{counts:?}");
+        let counts = count(&mut Router::default(), Strategy::Weighted, &c, 200);
+        assert!(counts[&peers[1]] >= 180, "the honest node gets over 90%: {counts:?}");
+        // An unmeasured newcomer still gets tried.
+        let (peers, c) = cands(&[(0, 0, measured(100, 0, 5.0)), (0, 0, Measured::default())]);
+        let counts = count(&mut Router::default(), Strategy::Weighted, &c, 100);
+        assert!(counts.get(&peers[1]).copied().unwrap_or(0) >= 40, "{counts:?}");
     }
 }
