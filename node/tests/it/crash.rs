@@ -100,6 +100,7 @@ resubmit_after_secs = 2
     .unwrap();
     let log = dir.path().join("node.log");
     let store = tempfile::tempdir().unwrap();
+    let operator_before = chain.provider().get_balance(chain.key(1).address()).await.unwrap();
     let payer = payer(&chain, 3, store.path(), ETHER).await;
     let answered: Arc<Mutex<(u64, U256, Option<B256>)>> = Arc::new(Mutex::new((0, U256::ZERO, None)));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -175,15 +176,35 @@ resubmit_after_secs = 2
     let entry = &status["channels"][0];
     assert_eq!(entry["redeemed_wei"], redeemed.to_string(), "the ledger agrees with the chain");
     assert_eq!(entry["best_voucher_wei"], redeemed.to_string(), "the best voucher held is redeemed, nothing left");
-    // Exactly once: the Redeemed events of the channel add up to the redeemed total (nothing paid twice).
+    // Exactly once, judged from outside the contract's own bookkeeping: the redeemed total is at most what the
+    // client ever signed on the channel (its store's high-water mark) and at least what it got answers for, and the
+    // operator's balance rose by exactly the redeemed total minus the protocol fee, net of its gas (nothing paid
+    // twice, nothing paid that the client did not sign).
+    let signed = payer.store().get(&channel).expect("the client's channel").signed;
+    assert!(redeemed <= signed, "redeemed {redeemed} is more than the client ever signed ({signed})");
     let filter = Filter::new()
         .address(chain.deployment.payment_channels)
         .event_signature(<PaymentChannels::Redeemed as alloy::sol_types::SolEvent>::SIGNATURE_HASH)
         .topic1(channel)
         .from_block(0);
     let logs = chain.provider().get_logs(&filter).await.unwrap();
-    let paid: U256 = logs.iter().map(|l| l.log_decode::<PaymentChannels::Redeemed>().unwrap().inner.data.amount).sum();
-    assert_eq!(paid, redeemed, "redemptions add up to the total once");
+    let mut gas_spent = U256::ZERO;
+    let mut seen = std::collections::HashSet::new();
+    for l in &logs {
+        let tx = l.transaction_hash.unwrap();
+        if seen.insert(tx) {
+            let r = chain.provider().get_transaction_receipt(tx).await.unwrap().unwrap();
+            gas_spent += U256::from(r.gas_used) * U256::from(r.effective_gas_price);
+        }
+    }
+    let fee: U256 = logs.iter().map(|l| l.log_decode::<PaymentChannels::Redeemed>().unwrap().inner.data.fee).sum();
+    let operator = chain.key(1).address();
+    let balance = chain.provider().get_balance(operator).await.unwrap();
+    assert_eq!(
+        balance + gas_spent,
+        operator_before + redeemed - fee,
+        "the operator received the redeemed total once (less the fee), net of gas"
+    );
     println!(
         "{jobs} jobs answered across 10 kills; highest answered voucher {best_answered}, redeemed {redeemed} in {} redemptions",
         logs.len()
