@@ -336,6 +336,22 @@ fn random_body() -> impl Strategy<Value = Vec<u8>> {
                 )
                 .unwrap()
             }),
+        // MiniLM-shaped requests (the right names and types): token ids anywhere in i64, lengths around the limit,
+        // masks that disagree with the ids, so the checks behind the names are reached too.
+        (1i64..3, 1i64..300, prop::collection::vec(any::<i64>(), 0..8), prop::bool::ANY).prop_map(
+            |(batch, len, seeds, mask_ok)| {
+                let n = (batch * len) as usize;
+                let ids: Vec<i64> = (0..n).map(|i| seeds.get(i % seeds.len().max(1)).copied().unwrap_or(101)).collect();
+                let mask: Vec<i64> = (0..n).map(|i| if mask_ok { 1 } else { (i % 3) as i64 - 1 }).collect();
+                let mask_len = if mask_ok { len } else { len.max(2) - 1 };
+                serde_json::to_vec(&json!({ "inputs": [
+                    { "name": "input_ids", "shape": [batch, len], "datatype": "INT64", "data": ids },
+                    { "name": "attention_mask", "shape": [batch, mask_len], "datatype": "INT64",
+                      "data": mask.iter().take((batch * mask_len) as usize).collect::<Vec<_>>() },
+                ]}))
+                .unwrap()
+            }
+        ),
     ]
 }
 
@@ -351,7 +367,9 @@ fn random_bodies_never_cause_a_5xx() {
     let app = router(AppState { engine: node.engine.clone(), payments: None, admin_token: None }, limits);
     let paths =
         ["/v2/models/mlp-tiny/infer", "/v2/models/orientation/infer", "/v1/embeddings", "/v2/models/minilm-l6/infer"];
+    let reached_minilm = std::sync::atomic::AtomicUsize::new(0);
     proptest!(ProptestConfig::with_cases(300), |(body in random_body(), p in 0usize..4)| {
+        let minilm_shaped = body.windows(9).any(|w| w == b"input_ids");
         let status = rt.block_on(async {
             let req = Request::post(paths[p]).header("content-type", "application/json").body(Body::from(body)).unwrap();
             let resp = app.clone().oneshot(req).await.unwrap();
@@ -360,7 +378,11 @@ fn random_bodies_never_cause_a_5xx() {
             status
         });
         prop_assert!(status.as_u16() < 500, "{} answered {status}", paths[p]);
+        if p == 3 && minilm_shaped {
+            reached_minilm.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
+    assert!(reached_minilm.into_inner() > 10, "MiniLM-shaped bodies reached MiniLM");
 }
 
 #[tokio::test]

@@ -96,6 +96,14 @@ fn embeddings_are_unit_norm_and_int8_is_batch_invariant() {
     }
     let max_diff = alone.iter().zip(&both[..384]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "a sample's INT8 embedding changed with its batch-mate: {max_diff}");
+    // The padded sample too: alone (4 tokens, no padding) it must match its padded row in the batch within the
+    // tolerance validators use for this model, or a re-execution could accuse an honest node.
+    let second_alone = int8.run(batch(ids[6..10].to_vec(), mask[6..10].to_vec(), 1)).unwrap();
+    let second_alone = f32s(&second_alone[0]);
+    let padded_diff = second_alone.iter().zip(&both[384..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let tolerance = int8.config().validation.max_abs_diff as f32;
+    assert!(padded_diff <= tolerance, "padding changed a sample's embedding by {padded_diff} > {tolerance}");
+    println!("batch invariance: unpadded {max_diff:e}, padded {padded_diff:e} (tolerance {tolerance:e})");
 }
 
 #[test]
