@@ -390,6 +390,7 @@ async fn request_rate_is_bounded_per_peer() {
         })
     };
     let mut kinds = Vec::new();
+    let burst_started = std::time::Instant::now();
     for _ in 0..30 {
         kinds.push(match c.send_to(peer(&node), request()).await.unwrap() {
             Response::Infer(_) => None,
@@ -399,7 +400,10 @@ async fn request_rate_is_bounded_per_peer() {
     }
     let refused = kinds.iter().filter(|k| **k == Some(ErrorKind::Overloaded)).count();
     assert!(kinds.iter().take(10).all(Option::is_none), "the burst allowance (2 x rate) is served: {kinds:?}");
-    assert!(refused >= 15, "a burst of 30 at 5/s must be mostly refused: {kinds:?}");
+    // At most the burst plus what the elapsed time refilled is served, however slow this machine is today.
+    let allowed = 10 + (burst_started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(30 - refused <= allowed, "served {} of 30, allowed {allowed}: {kinds:?}", 30 - refused);
+    assert!(refused > 0, "a burst of 30 at 5/s is partly refused: {kinds:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(c.send_to(peer(&node), request()).await.unwrap(), Response::Infer(_)), "served again later");
 }

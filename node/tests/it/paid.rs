@@ -226,6 +226,15 @@ async fn open_raw(chain: &Chain, from: usize, payee: Address, deposit: u128) -> 
     receipt.decoded_log::<PaymentChannels::ChannelOpened>().unwrap().channelId
 }
 
+/// Wait until the node's chain view holds `channel` as confirmed (instead of sleeping a guessed time).
+async fn wait_confirmed(node: &RunningNode, channel: B256) {
+    let gate = node.payments.as_ref().unwrap().gate().clone();
+    wait_until(Duration::from_secs(20), || {
+        matches!(gate.watcher().lookup(&channel), mlbridge_node::payment::watcher::Lookup::Confirmed(_))
+    })
+    .await;
+}
+
 async fn refusal(c: &Client, node: &RunningNode, v: Option<WireVoucher>) -> PaymentRefusal {
     match c.send_to(peer(node), request(v)).await.unwrap() {
         Response::Error(e) if e.kind == ErrorKind::Payment => e.payment.expect("a typed payment refusal"),
@@ -242,7 +251,12 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     let (payer, op) = (chain.key(3), chain.key(1).address());
     let ours = open_raw(&chain, 3, op, 10 * PRICE).await;
     let others = open_raw(&chain, 3, chain.key(2).address(), 10 * PRICE).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await; // 3 confirmations at 150 ms blocks, then a poll
+    wait_confirmed(&node, ours).await;
+    let gate = node.payments.as_ref().unwrap().gate().clone();
+    wait_until(Duration::from_secs(20), || {
+        matches!(gate.watcher().lookup(&others), mlbridge_node::payment::watcher::Lookup::Foreign { .. })
+    })
+    .await;
     let inferences = || node.engine.metrics().inferences.with_label_values(&["mlp-tiny/1"]).get();
 
     assert!(
@@ -262,7 +276,10 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     assert!(matches!(refusal(&c, &node, Some(unknown)).await, PaymentRefusal::UnknownChannel { .. }));
     chain.mining(false);
     let fresh = open_raw(&chain, 3, op, 10 * PRICE).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(Duration::from_secs(10), || {
+        matches!(gate.watcher().lookup(&fresh), mlbridge_node::payment::watcher::Lookup::Unconfirmed { .. })
+    })
+    .await;
     let early = voucher(&payer, &chain, fresh, PRICE);
     assert!(matches!(refusal(&c, &node, Some(early)).await, PaymentRefusal::Unconfirmed { have: 1, need: 3, .. }));
     chain.mining(true);
@@ -362,7 +379,7 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     let (l1, l2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let node = start_node(|c| paid(c, &chain, &chain.url(), 1, l1.path())).await;
     let channel = open_raw(&chain, 3, chain.key(1).address(), 1_000 * PRICE).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    wait_confirmed(&node, channel).await;
     let payer = chain.key(3);
     let http = reqwest::Client::new();
     let post = |path: &str, v: Option<WireVoucher>, body: serde_json::Value| {
@@ -500,13 +517,7 @@ async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
     let (payer, op) = (chain.key(3), chain.key(1).address());
     let bad = open_raw(&chain, 3, op, 10 * PRICE).await;
     let good = open_raw(&chain, 3, op, 10 * PRICE).await;
-    wait_until(Duration::from_secs(10), || {
-        matches!(
-            node.payments.as_ref().unwrap().gate().watcher().lookup(&good),
-            mlbridge_node::payment::watcher::Lookup::Confirmed(_)
-        )
-    })
-    .await;
+    wait_confirmed(&node, good).await;
     // What an older node would have stored for `bad`: the payer's signature with v = 0.
     let mut v0 = voucher(&payer, &chain, bad, 2 * PRICE);
     v0.signature[64] -= 27;
