@@ -84,7 +84,8 @@ pub(crate) async fn paid(
     paid_client.infer("mlp-tiny", Some(1), warm).await.context("warm-up paid job")?;
 
     header(
-        "paid vs free over libp2p (\"of raw\" = share of the free path at the same concurrency; mean of the alternating runs)",
+        "paid vs free over libp2p (\"of free\" = share of the free path at the same concurrency; mean of the alternating runs)",
+        "of free",
     );
     let mut ratios = Vec::new();
     for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {

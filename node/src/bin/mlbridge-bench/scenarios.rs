@@ -25,9 +25,9 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const SEQ: usize = 128;
 
 pub(crate) fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>) {
-    let share = raw.map(|r| format!("{:>6.1}%", 100.0 * s.throughput() / r)).unwrap_or_else(|| "      -".into());
+    let share = raw.map(|r| format!("{:>8.1}%", 100.0 * s.throughput() / r)).unwrap_or_else(|| "        -".into());
     println!(
-        "| {what:<22} | {path:<12} | {c:>4} | {:>10.1} | {:>8.3} | {:>8.3} | {:>8.3} | {share} | {:>5} |",
+        "| {what:<22} | {path:<16} | {c:>4} | {:>10.1} | {:>8.3} | {:>8.3} | {:>8.3} | {share} | {:>5} |",
         s.throughput(),
         s.p50_ms,
         s.p95_ms,
@@ -36,13 +36,14 @@ pub(crate) fn row(what: &str, path: &str, c: usize, s: &Stats, raw: Option<f64>)
     );
 }
 
-pub(crate) fn header(title: &str) {
+/// A table's header; `compared` names what the share column compares each row with.
+pub(crate) fn header(title: &str, compared: &str) {
     println!("\n### {title}\n");
     println!(
-        "| model                  | path         | conc |  req/s     | p50 ms   | p95 ms   | p99 ms   | of raw  | errs  |"
+        "| model                  | path             | conc |  per s     | p50 ms   | p95 ms   | p99 ms   | {compared:<9} | errs  |"
     );
     println!(
-        "|------------------------|--------------|------|------------|----------|----------|----------|---------|-------|"
+        "|------------------------|------------------|------|------------|----------|----------|----------|-----------|-------|"
     );
 }
 
@@ -157,14 +158,19 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
     let n = node(repo, |c| c.cache.enabled = false).await?;
     let runtime = OnnxRuntime::init(None)?;
     let repository = ModelRepository::open(repo)?;
-    header("Raw ONNX Runtime vs in-process engine vs HTTP (KServe v2 JSON), dynamic batching on");
+    header("Raw ONNX Runtime vs in-process engine vs HTTP (KServe v2 JSON), dynamic batching on", "of raw b1");
+    println!(
+        "\"per s\" is requests per second, except for the raw bN rows: samples per second of raw ONNX Runtime running \
+         N stacked samples per call (the ceiling batching can reach at that batch size). \"of raw b1\" compares every \
+         row with raw ONNX Runtime at batch 1, one call at a time.\n"
+    );
     for (name, version, label) in MODELS {
         let what = format!("{name}/{version} {label}");
         let inputs = request(&n.engine, name, version, 0)?;
         let raw = raw_ort(&repository, &runtime, name, version, inputs.clone(), limits).await?;
         row(&what, "raw ORT", 1, &raw, Some(raw.throughput()));
         // The ceiling of batched execution: raw ONNX Runtime on stacked inputs (throughput in samples/s).
-        for b in [8usize, 32] {
+        for b in [8usize, 16, 32, 64] {
             if b > repository.config(name, Some(version))?.max_batch_size {
                 continue;
             }
@@ -183,7 +189,7 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
                 .collect::<std::result::Result<_, _>>()?;
             let s = raw_ort(&repository, &runtime, name, version, stacked, limits).await?;
             let samples = Stats { requests: s.requests * b, ..s };
-            row(&what, &format!("raw ORT b{b}"), 1, &samples, Some(raw.throughput()));
+            row(&what, &format!("raw ORT b{b} smp/s"), 1, &samples, Some(raw.throughput()));
         }
         for c in CONCURRENCY {
             let (engine, inputs) = (n.engine.clone(), inputs.clone());
@@ -375,7 +381,7 @@ pub(crate) async fn p2p(repo: &Path, limits: Limits) -> Result<()> {
     let client = client_for(&n).await?;
     let runtime = OnnxRuntime::init(None)?;
     let repository = ModelRepository::open(repo)?;
-    header("libp2p vs HTTP vs raw ONNX Runtime");
+    header("libp2p vs HTTP vs raw ONNX Runtime", "of raw b1");
     for (name, version, label) in [("mlp-tiny", 1u64, "fp32"), ("minilm-l6", 2, "INT8")] {
         let what = format!("{name}/{version} {label}");
         let inputs = request(&n.engine, name, version, 0)?;
