@@ -44,6 +44,9 @@ pub fn write_token(ledger: &std::path::Path) -> crate::Result<std::sync::Arc<str
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&path).map_err(fail)?;
+    // An existing file keeps its old mode on open: make it the operator's alone again.
+    #[cfg(unix)]
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(fail)?;
     file.write_all(token.as_bytes()).map_err(fail)?;
     Ok(token)
 }

@@ -1,8 +1,8 @@
 //! Payment over HTTP, for clients that do not speak libp2p: a voucher in the `X-MLBridge-Voucher` header
-//! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`), an optional
-//! `X-MLBridge-Job-Id` (32 bytes hex; default: derived from the voucher), and the node's receipt in the answer
-//! (`X-MLBridge-Receipt` header and the body). Addresses on the free list (operators' own use) pay nothing unless
-//! they attach a voucher.
+//! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`) covering the job's units
+//! (samples or texts) x the model's price, and the node's receipt in the answer (`X-MLBridge-Receipt` header and the
+//! body; the job id in it is the node's). Addresses on the free list (operators' own use) pay nothing unless they
+//! attach a voucher; a request carrying a forwarding header is never free (it came through a proxy).
 
 use std::net::SocketAddr;
 

@@ -168,6 +168,26 @@ impl ModelConfig {
                 return Err(Error::UnknownInput { model, input: t.name().to_owned(), expected });
             }
         }
+        // Inputs declared with the same dims (token ids and their attention mask) must come with the same shape:
+        // a mask shorter than its ids would run one way padded in a batch and another alone.
+        for (i, a) in self.inputs.iter().enumerate() {
+            for b in &self.inputs[i + 1..] {
+                if a.dims != b.dims {
+                    continue;
+                }
+                let shape = |name: &str| inputs.iter().find(|t| t.name() == name).map(|t| t.shape().to_vec());
+                if let (Some(sa), Some(sb)) = (shape(&a.name), shape(&b.name))
+                    && sa != sb
+                {
+                    return Err(Error::WrongShape {
+                        model,
+                        input: b.name.clone(),
+                        expected: format!("{sa:?} (the shape of {})", a.name),
+                        actual: sb,
+                    });
+                }
+            }
+        }
         let mut batch = None;
         for spec in &self.inputs {
             let found: Vec<&mlbridge_sdk::Tensor> = inputs.iter().filter(|t| t.name() == spec.name).collect();

@@ -174,16 +174,21 @@ impl Gate {
         self.ledger.put_job(job)?;
         let mut slots = self.slots();
         let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
-        slot.in_flight -= auth.price;
-        slot.entry.charged += auth.price;
-        slot.entry.jobs += 1;
-        self.ledger.put_channel(&slot.entry)
+        // The ledger first: memory changes only once the new entry is written (a failed write leaves the job held
+        // in flight, released by the caller).
+        let mut entry = slot.entry.clone();
+        entry.charged += auth.price;
+        entry.jobs += 1;
+        self.ledger.put_channel(&entry)?;
+        slot.entry = entry;
+        slot.in_flight = slot.in_flight.saturating_sub(auth.price);
+        Ok(())
     }
 
     /// The job failed after authorization: its price is no longer held.
     pub fn release(&self, auth: &Authorization) {
         if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
-            slot.in_flight -= auth.price;
+            slot.in_flight = slot.in_flight.saturating_sub(auth.price);
         }
     }
 

@@ -222,7 +222,17 @@ impl Ledger {
 
     /// Every channel entry.
     pub fn channels(&self) -> Result<Vec<ChannelEntry>> {
-        self.channels.iter().map(|kv| self.decode(&kv.map_err(|e| self.err(e))?.1)).collect()
+        let mut out = Vec::new();
+        for kv in self.channels.iter() {
+            let (key, value) = kv.map_err(|e| self.err(e))?;
+            // One unreadable record must not stop settlement of every other channel (the gate refuses that one).
+            match self.decode(&value) {
+                Ok(entry) => out.push(entry),
+                Err(err) => tracing::error!(target: "node::payment", key = %alloy::hex::encode(&key), %err,
+                    "skipping an unreadable channel record"),
+            }
+        }
+        Ok(out)
     }
 
     /// Write raw bytes as a channel's record (tests of unreadable records).

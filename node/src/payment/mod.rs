@@ -8,8 +8,9 @@
 //! - [`audit`]: inputs and outputs of recent paid jobs, served to validators over the audit protocol.
 //!
 //! [`PaymentService`] ties them together for the p2p and HTTP front ends: [`PaymentService::authorize`] before the
-//! work, [`PaymentService::secure`] alongside it (the voucher on disk), then [`PaymentService::complete`] (receipt,
-//! job record, audit record) or [`PaymentService::release`] after it.
+//! work (the price of its units held in flight), [`guarded`] around it (a failed or dropped job releases the hold),
+//! then [`PaymentService::complete`] (node job id, receipt, charge, job record, audit record, flushed before the
+//! answer).
 
 pub mod audit;
 pub mod gate;
@@ -229,6 +230,8 @@ impl PaymentService {
     /// The job succeeded: assign its job id, sign its receipt, charge it, record it, keep it for audits, and
     /// flush the ledger (voucher, charge and job record) before returning: answer only once this returned `Ok`.
     pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        // Everything up to the flush is synchronous (it runs at the first poll, so a cancelled caller cannot stop
+        // it half-way); a caller cancelled during the flush leaves a charged, recorded job whose answer was lost.
         let receipt = self.record(auth, done).inspect_err(|_| self.gate.release(auth))?;
         self.gate.ledger().flush().await?;
         Ok(receipt)
@@ -293,17 +296,26 @@ impl PaymentService {
     }
 }
 
-/// Run a job's `work`; if it fails, the price held for it is released (nothing is charged).
+/// Run a job's `work`; if it fails, or is dropped before it finishes (an HTTP timeout, a client that went away), the
+/// price held for it is released: nothing is charged for a job that was not answered.
 pub async fn guarded<T>(
     payments: Option<&PaymentService>,
     auth: Option<&Authorization>,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
+    struct Release<'a>(Option<(&'a PaymentService, &'a Authorization)>);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            if let Some((p, a)) = self.0.take() {
+                p.release(a);
+            }
+        }
+    }
+    let mut release = Release(payments.zip(auth));
     let out = work.await;
-    if out.is_err()
-        && let (Some(p), Some(a)) = (payments, auth)
-    {
-        p.release(a);
+    if out.is_ok() {
+        // Answered: the caller completes (charges) it.
+        release.0 = None;
     }
     out
 }

@@ -174,7 +174,13 @@ impl Settler {
         let threshold =
             U256::from(gas_price) * U256::from(self.config.redeem_gas) * U256::from(self.config.gas_multiple);
         let margin = self.config.deadline_margin.as_secs();
-        entries.retain(|e| e.unredeemed() >= threshold || e.deadline <= now + margin || undone.contains(&e.channel_id));
+        // A channel refused for a passing reason is retried every round: the gate refuses its client meanwhile.
+        entries.retain(|e| {
+            e.unredeemed() >= threshold
+                || e.deadline <= now + margin
+                || undone.contains(&e.channel_id)
+                || e.failed.is_some()
+        });
         Ok(entries)
     }
 

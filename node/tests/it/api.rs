@@ -522,3 +522,17 @@ async fn token_ids_and_lengths_are_checked_and_a_bad_request_fails_alone() {
     );
     assert!(execs > 3.0 && infs > execs, "batches formed ({infs} inferences in {execs} executions) and were re-run");
 }
+
+/// Token ids and their mask must have the same shape: a shorter mask would run one way padded in a batch and another
+/// alone (a receipt a validator could not reproduce).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_and_mask_of_different_lengths_are_refused() {
+    let node = start_node(|_| {}).await;
+    let body = serde_json::json!({ "inputs": [
+        { "name": "input_ids", "shape": [1, 5], "datatype": "INT64", "data": [101, 2000, 2001, 2002, 102] },
+        { "name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "data": [1, 1, 1] },
+    ]});
+    let (status, body) = post(&node, "/v2/models/minilm-l6/versions/2/infer", &body).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("attention_mask"), "{body}");
+}

@@ -644,3 +644,40 @@ async fn answers_in_flight_are_sent_at_shutdown() {
     let answer = in_flight.await.unwrap().unwrap();
     assert!(matches!(answer, Response::Infer(_)), "the answer in flight was sent: {answer:?}");
 }
+
+/// A paid HTTP job cut off by the request timeout (408) holds nothing afterwards: the client is not charged for a
+/// job it got no answer to, and its voucher's credit stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_paid_http_job_costs_nothing() {
+    use mlbridge_node::api::pay::{VOUCHER_HEADER, voucher_header};
+    let chain = Chain::start().await;
+    let ledger = tempfile::tempdir().unwrap();
+    let node = start_node(|c| {
+        paid(c, &chain, &chain.url(), 1, ledger.path());
+        c.http.request_timeout_secs = 0.05;
+    })
+    .await;
+    let channel = open_raw(&chain, 3, chain.key(1).address(), 100_000 * PRICE).await;
+    wait_confirmed(&node, channel).await;
+    let price: u128 = node.engine.config("minilm-l6", Some(1)).unwrap().price_wei.into();
+    // 32 sequences of 256 tokens through the fp32 model: far more than 50 ms on these cores.
+    let ids: Vec<i64> = (0..32 * 256).map(|i| 1000 + (i % 5000) as i64).collect();
+    let body = serde_json::json!({ "inputs": [
+        { "name": "input_ids", "shape": [32, 256], "datatype": "INT64", "data": ids },
+        { "name": "attention_mask", "shape": [32, 256], "datatype": "INT64", "data": vec![1; 32 * 256] },
+    ]});
+    let v = voucher(&chain.key(3), &chain, channel, 32 * price);
+    let resp = reqwest::Client::new()
+        .post(url(&node, "/v2/models/minilm-l6/versions/1/infer"))
+        .header(VOUCHER_HEADER, voucher_header(&v))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 408);
+    let gate = node.payments.as_ref().unwrap().gate().clone();
+    wait_until(Duration::from_secs(10), || gate.in_flight(&channel).is_zero()).await;
+    assert_eq!(gate.ledger().job_count(), 0, "no job recorded");
+    let entry = gate.entries().unwrap().into_iter().find(|e| e.channel_id == channel);
+    assert!(entry.is_none_or(|e| e.charged.is_zero()), "nothing charged");
+}

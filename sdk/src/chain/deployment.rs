@@ -152,7 +152,13 @@ impl Deployment {
     async fn verify_wiring<P: Provider + Clone>(&self, provider: &P) -> Result<()> {
         let mismatch = |what: String| Error::DeploymentMismatch { what };
         // A call that reverts or returns garbage means the address holds another contract.
-        let read = |what: &'static str| move |e: alloy::contract::Error| mismatch(format!("{what}: {e}"));
+        // A revert or undecodable answer means another contract is there; a transport failure is just the RPC.
+        let read = |what: &'static str| {
+            move |e: alloy::contract::Error| match e {
+                alloy::contract::Error::TransportError(t) if t.as_error_resp().is_none() => rpc_error(t),
+                e => mismatch(format!("{what}: {e}")),
+            }
+        };
         let channels = PaymentChannels::new(self.payment_channels, provider.clone());
         let separator = channels.domainSeparator().call().await.map_err(read("PaymentChannels.domainSeparator"))?;
         if separator != self.domain().separator() {

@@ -329,7 +329,10 @@ impl Client {
     ) -> Result<(InferResponse, Option<WireVoucher>)> {
         let peer = picked.peer;
         // Prices are per unit (a sample, a text): the job costs units x the advertised price, known before sending.
-        let price = picked.price * U256::from(job.units);
+        let price = picked
+            .price
+            .checked_mul(U256::from(job.units))
+            .ok_or_else(|| Error::Network(format!("the price of {} units overflows", job.units)))?;
         // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
         let mut waits = 0;
         loop {
@@ -693,12 +696,9 @@ impl Actor {
 
     fn finish(&mut self, id: OutboundRequestId, result: std::result::Result<Response, String>) {
         if let Some((peer, sent, reply)) = self.pending.remove(&id) {
-            // The node's own failures count against it; a refusal of our request (bad input, payment) does not.
-            let ok = match &result {
-                Ok(Response::Error(e)) => !matches!(e.kind, ErrorKind::Internal | ErrorKind::Overloaded),
-                Ok(_) => true,
-                Err(_) => false,
-            };
+            // Only a real answer counts for the node: any error answer counts against it, or a node that refuses
+            // everything at once would look like the fastest one and draw the traffic.
+            let ok = matches!(&result, Ok(Response::Infer(_) | Response::Ack | Response::Audit(_)));
             self.measured.entry(peer).or_default().record(ok, sent.elapsed().as_secs_f64() * 1000.0);
             if let Some(n) = self.outstanding.get_mut(&peer) {
                 *n = n.saturating_sub(1);

@@ -76,7 +76,9 @@ impl Drop for Held<'_> {
     }
 }
 
-const CHUNK: usize = 64 << 10;
+/// Bytes read at a time. Each stream being read holds one such buffer (not counted in the budget; bounded by the
+/// connection and stream limits), and the budget counts only what was actually received.
+const CHUNK: usize = 8 << 10;
 
 async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
@@ -96,16 +98,17 @@ async fn read_budgeted<'a, T: AsyncRead + Unpin + Send>(
 ) -> io::Result<Option<(Vec<u8>, Held<'a>)>> {
     let mut held = Held { budget, bytes: 0 };
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; CHUNK];
+    let mut chunk = [0u8; CHUNK];
     loop {
-        if !budget.take(CHUNK) {
-            return Ok(None);
-        }
-        held.bytes += CHUNK;
         let n = io.read(&mut chunk).await?;
         if n == 0 {
             return Ok(Some((buf, held)));
         }
+        // Only bytes received count, so an idle or trickling stream holds no more than it sent.
+        if !budget.take(n) {
+            return Ok(None);
+        }
+        held.bytes += n;
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > limit {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over the {limit}-byte limit")));
@@ -181,22 +184,23 @@ mod tests {
 
     #[test]
     fn inbound_reads_draw_on_one_shared_budget_and_give_it_back() {
-        let budget = InboundBudget::new(4 * CHUNK);
-        // A request that fits: read, held while in use, returned when dropped.
-        let small = vec![7u8; CHUNK + 10];
+        let budget = InboundBudget::new(100_000);
+        // A request that fits: read, its exact size held while in use, returned when dropped.
+        let small = vec![7u8; 30_000];
         let (bytes, held) = run(read_budgeted(&mut small.as_slice(), 1 << 20, &budget)).unwrap().unwrap();
         assert_eq!(bytes, small);
-        assert!(budget.used() > 0, "held while the request is in use");
-        // Meanwhile a second, larger one does not fit: turned away, and what it took is returned.
-        let big = vec![1u8; 3 * CHUNK];
+        assert_eq!(budget.used(), 30_000, "exactly what was received is held");
+        // Meanwhile a second one that does not fit beside it is turned away, and what it took is returned.
+        let big = vec![1u8; 80_000];
         assert!(run(read_budgeted(&mut big.as_slice(), 1 << 20, &budget)).unwrap().is_none());
+        assert_eq!(budget.used(), 30_000);
         drop(held);
         assert_eq!(budget.used(), 0, "everything given back");
         // Now it fits.
         assert!(run(read_budgeted(&mut big.as_slice(), 1 << 20, &budget)).unwrap().is_some());
         assert_eq!(budget.used(), 0);
         // Over the per-message limit: an error, budget intact.
-        let err = run(read_budgeted(&mut big.as_slice(), CHUNK, &budget)).unwrap_err();
+        let err = run(read_budgeted(&mut big.as_slice(), 20_000, &budget)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(budget.used(), 0);
     }
