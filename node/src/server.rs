@@ -52,13 +52,7 @@ pub async fn build_engine(config: &NodeConfig, metrics: NodeMetrics) -> Result<E
         (Some(url), true) => Some(ResultCache::redis(url, ttl).await?),
         (None, true) => Some(ResultCache::memory(config.cache.capacity_mib << 20, ttl)),
     };
-    let options = EngineOptions {
-        batching: config.inference.batching,
-        queue_capacity: config.inference.queue_capacity,
-        threads: config.inference.threads,
-        max_texts_per_request: config.inference.max_texts_per_request.max(1),
-        max_text_bytes: config.inference.max_text_bytes.max(1),
-    };
+    let options = EngineOptions::from(&config.inference);
     Engine::start(runtime, repo, cache, metrics, options).await
 }
 

@@ -541,6 +541,16 @@ impl ReceiptMsg {
             && self.batch.batch().verify(&self.batch.signature, domain)
     }
 
+    /// The evidence `Disputes.challenge` takes for this receipt: leaf fields, proof, batch and its signature.
+    pub fn evidence(&self) -> crate::chain::bindings::Disputes::Evidence {
+        crate::chain::bindings::Disputes::Evidence {
+            receipt: (&self.receipt()).into(),
+            proof: self.proof.clone(),
+            batch: (&self.batch.batch()).into(),
+            batchSignature: alloy::primitives::Bytes::copy_from_slice(&self.batch.signature),
+        }
+    }
+
     /// Whether `issued_at` is within `skew_secs` of `now_secs`. A receipt dated in the past could be beyond the audit
     /// window (unchallengeable) before anyone sees it, so clients refuse receipts that are not current.
     pub fn issued_near(&self, now_secs: u64, skew_secs: u64) -> bool {

@@ -50,6 +50,27 @@ impl Receipt {
     }
 }
 
+impl From<&Receipt> for crate::chain::bindings::Disputes::Receipt {
+    fn from(r: &Receipt) -> Self {
+        Self {
+            jobId: r.jobId,
+            modelId: r.modelId,
+            inputHash: r.inputHash,
+            outputHash: r.outputHash,
+            units: r.units,
+            price: r.price,
+            channelId: r.channelId,
+            issuedAt: r.issuedAt,
+        }
+    }
+}
+
+impl From<&ReceiptBatch> for crate::chain::bindings::Disputes::ReceiptBatch {
+    fn from(b: &ReceiptBatch) -> Self {
+        Self { root: b.root, node: b.node, count: b.count, issuedAt: b.issuedAt }
+    }
+}
+
 impl ReceiptBatch {
     /// The digest the node signs (equals `Disputes.batchDigest`).
     pub fn digest(&self, domain: &Eip712Domain) -> B256 {

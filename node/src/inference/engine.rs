@@ -38,12 +38,18 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
+        Self::from(&crate::config::InferenceConfig::default())
+    }
+}
+
+impl From<&crate::config::InferenceConfig> for EngineOptions {
+    fn from(c: &crate::config::InferenceConfig) -> Self {
         Self {
-            batching: true,
-            queue_capacity: 256,
-            threads: None,
-            max_texts_per_request: 256,
-            max_text_bytes: 16 << 10,
+            batching: c.batching,
+            queue_capacity: c.queue_capacity,
+            threads: c.threads,
+            max_texts_per_request: c.max_texts_per_request.max(1),
+            max_text_bytes: c.max_text_bytes.max(1),
         }
     }
 }

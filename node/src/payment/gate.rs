@@ -159,9 +159,10 @@ impl Gate {
         Ok(Authorization { channel_id: channel, price, units: 1, amount: v.cumulative_amount })
     }
 
-    /// Write the channel's best voucher (and answered charges) to the ledger, without flushing: the flush after
-    /// the job's record makes both durable before the answer leaves.
-    pub fn persist(&self, auth: &Authorization) -> Result<()> {
+    /// Write the channel's best voucher (and answered charges) to the ledger, without flushing (tests set up
+    /// ledger states with it; jobs are written by [`Gate::record`]).
+    #[cfg(test)]
+    pub(crate) fn persist(&self, auth: &Authorization) -> Result<()> {
         let slots = self.slots();
         let slot = slots.get(&auth.channel_id).expect("an authorized channel has a slot");
         // Written under the lock, so a later state never lands before an earlier one.
@@ -282,11 +283,9 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
-    fn setup() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let payer = PrivateKeySigner::random();
+    /// A gate over `ledger` whose chain view holds `channel` from `payer` to 0xee..ee (1,000 wei deposited).
+    fn gate_over(ledger: Ledger, payer: &PrivateKeySigner, channel: B256, domain: &Eip712Domain) -> Gate {
         let payee = Address::repeat_byte(0xee);
-        let channel = B256::repeat_byte(1);
         let view = ChannelView {
             payer: payer.address(),
             payee,
@@ -296,14 +295,15 @@ mod tests {
             closes_at: 0,
             withdrawn: false,
         };
+        Gate::new(ledger, Watcher::fixed([(channel, view)], 3), domain.clone(), payee, 60)
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let payer = PrivateKeySigner::random();
+        let channel = B256::repeat_byte(1);
         let domain = mlbridge_sdk::eip712::domain(31337, Address::repeat_byte(0xcc));
-        let gate = Gate::new(
-            Ledger::open(dir.path()).unwrap(),
-            Watcher::fixed([(channel, view)], 3),
-            domain.clone(),
-            payee,
-            60,
-        );
+        let gate = gate_over(Ledger::open(dir.path()).unwrap(), &payer, channel, &domain);
         Setup { gate: std::sync::Arc::new(gate), payer, domain, channel, _dir: dir }
     }
 
@@ -415,17 +415,7 @@ mod tests {
         // gate (no entries in memory) meets it.
         let ledger = gate.ledger().clone();
         ledger.put_raw_channel(&channel, b"\xff\x00 not cbor");
-        let view = ChannelView {
-            payer: payer.address(),
-            payee: Address::repeat_byte(0xee),
-            deposit: U256::from(1_000u64),
-            redeemed: U256::ZERO,
-            expiry: u64::MAX / 2,
-            closes_at: 0,
-            withdrawn: false,
-        };
-        let payee = view.payee;
-        let gate = Gate::new(ledger, Watcher::fixed([(channel, view)], 3), domain.clone(), payee, 60);
+        let gate = gate_over(ledger, &payer, channel, &domain);
         // The old voucher (already used) must not pass as if the channel were new.
         let old = Voucher::new(channel, price).sign(&payer, &domain).unwrap();
         let old = WireVoucher { channel_id: channel, cumulative_amount: price, signature: old.signature };
@@ -461,18 +451,7 @@ mod tests {
         // After a restart (a gate with nothing in memory), the credit of the two unanswered jobs is the client's:
         // the next two jobs need no new voucher.
         let Setup { gate, payer, domain, channel, _dir } = s;
-        let view = ChannelView {
-            payer: payer.address(),
-            payee: Address::repeat_byte(0xee),
-            deposit: U256::from(1_000u64),
-            redeemed: U256::ZERO,
-            expiry: u64::MAX / 2,
-            closes_at: 0,
-            withdrawn: false,
-        };
-        let payee = view.payee;
-        let restarted =
-            Gate::new(gate.ledger().clone(), Watcher::fixed([(channel, view)], 3), domain.clone(), payee, 60);
+        let restarted = gate_over(gate.ledger().clone(), &payer, channel, &domain);
         let best = Voucher::new(channel, U256::from(3 * PRICE)).sign(&payer, &domain).unwrap();
         let best =
             WireVoucher { channel_id: channel, cumulative_amount: best.cumulative_amount, signature: best.signature };

@@ -94,22 +94,11 @@ async fn deploy_open_redeem_and_read_events() {
         issuedAt: 1_700_000_000,
     };
     let disputes = Disputes::new(d.disputes, p.clone());
-    let onchain = Disputes::Receipt {
-        jobId: r.jobId,
-        modelId: r.modelId,
-        inputHash: r.inputHash,
-        outputHash: r.outputHash,
-        units: r.units,
-        price: r.price,
-        channelId: r.channelId,
-        issuedAt: r.issuedAt,
-    };
-    assert_eq!(disputes.receiptLeaf(onchain).call().await.unwrap(), r.leaf());
+    assert_eq!(disputes.receiptLeaf((&r).into()).call().await.unwrap(), r.leaf());
     let msg = ReceiptMsg::sign_single(&r, node.address(), &node, &d.domain()).unwrap();
     assert!(msg.verify(&d.domain()));
     let b = msg.batch.batch();
-    let onchain_batch = Disputes::ReceiptBatch { root: b.root, node: b.node, count: b.count, issuedAt: b.issuedAt };
-    assert_eq!(disputes.batchDigest(onchain_batch).call().await.unwrap(), b.digest(&d.domain()));
+    assert_eq!(disputes.batchDigest((&b).into()).call().await.unwrap(), b.digest(&d.domain()));
 }
 
 #[tokio::test]
@@ -494,29 +483,7 @@ async fn a_challenge_of_a_leaf_from_a_64_receipt_batch_opens_a_dispute_on_anvil(
     assert!(msg.verify(&d.domain()), "the SDK accepts it");
 
     let disputes = Disputes::new(d.disputes, val_p.clone());
-    let evidence = |m: &ReceiptMsg| {
-        let r = m.receipt();
-        Disputes::Evidence {
-            receipt: Disputes::Receipt {
-                jobId: r.jobId,
-                modelId: r.modelId,
-                inputHash: r.inputHash,
-                outputHash: r.outputHash,
-                units: r.units,
-                price: r.price,
-                channelId: r.channelId,
-                issuedAt: r.issuedAt,
-            },
-            proof: m.proof.clone(),
-            batch: Disputes::ReceiptBatch {
-                root: m.batch.root,
-                node: m.batch.node,
-                count: U256::from(m.batch.count),
-                issuedAt: m.batch.issued_at,
-            },
-            batchSignature: Bytes::copy_from_slice(&m.batch.signature),
-        }
-    };
+    let evidence = ReceiptMsg::evidence;
     let ours = B256::repeat_byte(0xee);
     let salt = B256::repeat_byte(0x5a);
     let commitment = disputes
