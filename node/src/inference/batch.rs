@@ -132,6 +132,7 @@ mod tests {
                 dims: vec![-1],
                 max_dims: None,
                 range: None,
+                same_shape_as: None,
             }],
             outputs: vec![],
             tokenizer: None,

@@ -164,6 +164,9 @@ impl Worker {
                     .reply
                     .send(Err(Error::QueueTimeout { model: self.label.clone(), waited_ms: waited.as_millis() as u64 }));
             }
+            // Jobs whose requester went away (a closed connection, an HTTP timeout) are not run: a paid one was
+            // released when its handler was dropped, so running it would be free work for nobody.
+            let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
             if !jobs.is_empty() {
                 self.execute(jobs);
             }

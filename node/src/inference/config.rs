@@ -51,6 +51,9 @@ pub struct TensorSpec {
     /// outside makes ONNX Runtime fail, so it is refused before it can reach a batch.
     #[serde(default)]
     pub range: Option<[i64; 2]>,
+    /// Another input whose shape this one must have (an attention mask and its token ids).
+    #[serde(default)]
+    pub same_shape_as: Option<String>,
 }
 
 /// The first value of an integer tensor outside `[lo, hi]`, if any.
@@ -168,24 +171,20 @@ impl ModelConfig {
                 return Err(Error::UnknownInput { model, input: t.name().to_owned(), expected });
             }
         }
-        // Inputs declared with the same dims (token ids and their attention mask) must come with the same shape:
-        // a mask shorter than its ids would run one way padded in a batch and another alone.
-        for (i, a) in self.inputs.iter().enumerate() {
-            for b in &self.inputs[i + 1..] {
-                if a.dims != b.dims {
-                    continue;
-                }
-                let shape = |name: &str| inputs.iter().find(|t| t.name() == name).map(|t| t.shape().to_vec());
-                if let (Some(sa), Some(sb)) = (shape(&a.name), shape(&b.name))
-                    && sa != sb
-                {
-                    return Err(Error::WrongShape {
-                        model,
-                        input: b.name.clone(),
-                        expected: format!("{sa:?} (the shape of {})", a.name),
-                        actual: sb,
-                    });
-                }
+        // An input tied to another (an attention mask to its token ids) must come with the same shape: a shorter
+        // mask would run one way padded in a batch and another alone.
+        for spec in &self.inputs {
+            let Some(other) = &spec.same_shape_as else { continue };
+            let shape = |name: &str| inputs.iter().find(|t| t.name() == name).map(|t| t.shape().to_vec());
+            if let (Some(want), Some(got)) = (shape(other), shape(&spec.name))
+                && want != got
+            {
+                return Err(Error::WrongShape {
+                    model,
+                    input: spec.name.clone(),
+                    expected: format!("{want:?} (the shape of {other})"),
+                    actual: got,
+                });
             }
         }
         let mut batch = None;
@@ -285,6 +284,11 @@ impl ModelConfig {
         for spec in &self.inputs {
             if spec.max_dims.as_ref().is_some_and(|m| m.len() != spec.dims.len() || m.iter().any(|&d| d < 1)) {
                 return Err(format!("input {}: max_dims must give a positive size for each of dims", spec.name));
+            }
+            if let Some(other) = &spec.same_shape_as
+                && (other == &spec.name || !self.inputs.iter().any(|i| &i.name == other))
+            {
+                return Err(format!("input {}: same_shape_as names no other input of this model", spec.name));
             }
             if spec.range.is_some_and(|[lo, hi]| lo > hi) {
                 return Err(format!("input {}: range must be [min, max] with min <= max", spec.name));

@@ -182,6 +182,7 @@ impl Gate {
         entry.jobs += 1;
         self.ledger.put_channel(&entry)?;
         slot.entry = entry;
+        debug_assert!(slot.in_flight >= auth.price, "a job recorded that was not held (released twice?)");
         slot.in_flight = slot.in_flight.saturating_sub(auth.price);
         Ok(())
     }
@@ -189,6 +190,7 @@ impl Gate {
     /// The job failed after authorization: its price is no longer held.
     pub fn release(&self, auth: &Authorization) {
         if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
+            debug_assert!(slot.in_flight >= auth.price, "a job released that was not held (released twice?)");
             slot.in_flight = slot.in_flight.saturating_sub(auth.price);
         }
     }

@@ -358,3 +358,25 @@ fn refused_channel(e: &PaymentChannels::PaymentChannelsErrors) -> Option<(B256, 
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_expired_channel_is_given_up() {
+        use PaymentChannels::PaymentChannelsErrors as E;
+        let id = B256::repeat_byte(1);
+        let expired = E::ChannelExpired(PaymentChannels::ChannelExpired { channelId: id, deadline: U256::ZERO });
+        assert_eq!(refused_channel(&expired), Some((id, true)));
+        // A lagging RPC can say "not found": retried, never given up.
+        let missing = E::ChannelNotFound(PaymentChannels::ChannelNotFound { channelId: id });
+        assert_eq!(refused_channel(&missing), Some((id, false)));
+        let signer = E::VoucherInvalidSigner(PaymentChannels::VoucherInvalidSigner {
+            channelId: id,
+            signer: alloy::primitives::Address::ZERO,
+        });
+        assert_eq!(refused_channel(&signer), Some((id, false)));
+        assert_eq!(refused_channel(&E::VoucherEmptyBatch(PaymentChannels::VoucherEmptyBatch {})), None);
+    }
+}

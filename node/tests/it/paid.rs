@@ -153,6 +153,16 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
         }
     }
     assert!(refused > 0, "40 audits in a burst: some are refused");
+    // Prices are per unit through the SDK too: 3 samples cost 3 prices, 2 texts 2 of MiniLM's.
+    let data: Vec<f32> = (0..3 * 256).map(|i| i as f32 / 768.0).collect();
+    let three = vec![Tensor::new("input", vec![3, 256], TensorData::Fp32(data)).unwrap()];
+    let out = c.infer("mlp-tiny", Some(1), three).await.unwrap();
+    let r = out.response.receipt.unwrap();
+    assert_eq!((r.units, r.price), (U256::from(3u64), U256::from(3 * PRICE)));
+    let texts = vec!["one sentence".to_owned(), "another sentence".to_owned()];
+    let out = c.embed("minilm-l6", Some(2), texts).await.unwrap();
+    let r = out.response.receipt.unwrap();
+    assert_eq!((r.units, r.price), (U256::from(2u64), U256::from(2 * 20_000_000_000_000u128)));
     // The open market pays too: the winning bid's price goes to its node's operator, with a verified receipt.
     let model_id = a.engine.config("mlp-tiny", Some(1)).unwrap().sha256;
     let market = c.offer(model_id, input(0.9), U256::from(PRICE), Duration::from_millis(1500)).await.unwrap();

@@ -52,6 +52,9 @@ impl Measured {
 
     /// Answers per second it gives us, if measured.
     pub(crate) fn throughput(&self) -> Option<f64> {
+        if self.ok == 0 && self.failed > 0 {
+            return Some(0.0); // only failures so far: the smallest weight, still probed now and then
+        }
         (self.latency_ms > 0.0).then(|| 1000.0 * self.reliability() / self.latency_ms.max(0.01))
     }
 }
@@ -196,6 +199,10 @@ mod tests {
         assert_eq!(counts.get(&peers[1]), Some(&20), "{counts:?}");
         let counts = count(&mut Router::default(), Strategy::Weighted, &c, 200);
         assert!(counts[&peers[1]] >= 180, "the honest node gets over 90%: {counts:?}");
+        // A node that only ever failed gets the smallest weight, not the average.
+        let (peers, c) = cands(&[(0, 0, measured(100, 0, 5.0)), (0, 0, measured(0, 30, 0.0))]);
+        let counts = count(&mut Router::default(), Strategy::Weighted, &c, 200);
+        assert!(counts.get(&peers[1]).copied().unwrap_or(0) <= 2, "{counts:?}");
         // An unmeasured newcomer still gets tried.
         let (peers, c) = cands(&[(0, 0, measured(100, 0, 5.0)), (0, 0, Measured::default())]);
         let counts = count(&mut Router::default(), Strategy::Weighted, &c, 100);
