@@ -72,6 +72,9 @@ pub struct PaymentConfig {
     pub audit_retention_hours: f64,
     /// ... and at most this many MiB of them.
     pub audit_retention_mib: u64,
+    /// TEST ONLY, never in production: add this to every FP32 output of paid p2p jobs, receipt included (a cheating
+    /// node, for validator tests and demos). Validators catch it and the node is slashed. 0 = off.
+    pub testing_corrupt_outputs: f32,
 }
 
 impl Default for PaymentConfig {
@@ -95,6 +98,7 @@ impl Default for PaymentConfig {
             free_allowlist: Vec::new(),
             audit_retention_hours: 24.0,
             audit_retention_mib: 256,
+            testing_corrupt_outputs: 0.0,
         }
     }
 }

@@ -5,7 +5,10 @@
 //!   [`ProtocolError`] (never a dropped stream). A node answers a gossiped [`JobOffer`] by sending its [`Bid`] to the
 //!   offering client over the same protocol ([`Request::Bid`], acknowledged with [`Response::Ack`]).
 //! - Gossipsub topics: [`ADVERTS_TOPIC`] carries [`Advert`]s (a node's models, prices, load), [`jobs_topic`] carries
-//!   [`JobOffer`]s for one model, [`RECEIPTS_TOPIC`] carries [`ReceiptMsg`]s for validators.
+//!   [`JobOffer`]s for one model, [`RECEIPTS_TOPIC`] carries [`ReceiptMsg`]s for validators, [`DISPUTES_TOPIC`]
+//!   carries validators' [`DisputeEvidence`].
+//! - The audit protocol: a validator's signed [`AuditRequest`] on [`INFER_PROTOCOL`] is answered with the job's
+//!   [`AuditRecord`] (only for active validators in `Staking`).
 //!
 //! Every message is CBOR. [`decode`] refuses input over the message's size limit *before* parsing, and any bytes
 //! give a value or an error, never a panic (property-tested).
@@ -22,6 +25,8 @@ pub const INFER_PROTOCOL: &str = "/mlbridge/infer/1";
 pub const ADVERTS_TOPIC: &str = "mlbridge/adverts/1";
 /// Gossipsub topic of inference receipts.
 pub const RECEIPTS_TOPIC: &str = "mlbridge/receipts/1";
+/// Gossipsub topic of dispute evidence ([`DisputeEvidence`]), between validators.
+pub const DISPUTES_TOPIC: &str = "mlbridge/disputes/1";
 /// Wire version carried inside every message; a peer refuses other versions with a typed error.
 pub const WIRE_VERSION: u16 = 1;
 
@@ -334,12 +339,92 @@ impl PaymentRefusal {
 }
 
 /// Ask a node for the inputs and outputs of one of its recent paid jobs ([`Request::Audit`]).
+///
+/// Signed by a validator key: the node serves it only if the signer is an active validator in `Staking`, the
+/// request names the very peer that sent it (a copied request is useless to anyone else) and it is recent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRequest {
     /// Wire version.
     pub version: u16,
     /// The job (from its receipt).
     pub job_id: B256,
+    /// The validator asking (its staked address).
+    pub validator: Address,
+    /// libp2p PeerId bytes of the peer sending the request.
+    pub requester: Vec<u8>,
+    /// Unix seconds when signed.
+    pub issued_at: u64,
+    /// The validator's EIP-191 signature over the request with this field empty.
+    pub signature: Vec<u8>,
+}
+
+/// How far an audit request's `issued_at` may be from the node's clock.
+pub const MAX_AUDIT_SKEW_SECS: u64 = 120;
+
+impl AuditRequest {
+    fn signing_hash(&self) -> B256 {
+        let mut unsigned = self.clone();
+        unsigned.signature = Vec::new();
+        alloy::primitives::keccak256(encode(&unsigned))
+    }
+
+    /// A request for `job_id`, sent by peer `requester`, signed by the validator key `signer`.
+    pub fn signed<S: alloy::signers::SignerSync>(
+        job_id: B256,
+        requester: &[u8],
+        issued_at: u64,
+        signer: &S,
+        validator: Address,
+    ) -> crate::Result<Self> {
+        let mut req = Self {
+            version: WIRE_VERSION,
+            job_id,
+            validator,
+            requester: requester.to_vec(),
+            issued_at,
+            signature: Vec::new(),
+        };
+        let sig = signer
+            .sign_message_sync(req.signing_hash().as_slice())
+            .map_err(|e| crate::Error::Signature(e.to_string()))?;
+        req.signature = sig.as_bytes().to_vec();
+        Ok(req)
+    }
+
+    /// Check the request came from `sender` (PeerId bytes), is recent at `now_secs`, and is signed by the validator
+    /// it names. Says what is wrong otherwise.
+    pub fn verify(&self, sender: &[u8], now_secs: u64) -> Result<Address, String> {
+        if self.requester != sender {
+            return Err("the audit request names another peer than the one that sent it".into());
+        }
+        if self.issued_at.abs_diff(now_secs) > MAX_AUDIT_SKEW_SECS {
+            return Err(format!(
+                "the audit request was signed at unix time {}, more than {MAX_AUDIT_SKEW_SECS} s from now ({now_secs})",
+                self.issued_at
+            ));
+        }
+        let sig = alloy::primitives::Signature::try_from(self.signature.as_slice())
+            .map_err(|_| "the audit request carries no valid signature".to_owned())?;
+        match sig.recover_address_from_msg(self.signing_hash().as_slice()) {
+            Ok(a) if a == self.validator => Ok(a),
+            _ => Err(format!("the audit request is not signed by {}", self.validator)),
+        }
+    }
+}
+
+/// A validator's evidence for an open dispute, gossiped on [`DISPUTES_TOPIC`] so every validator can re-execute
+/// the job and vote: the node's own audit record (signed receipt, inputs, outputs). Voters check both hashes against
+/// the receipt before trusting it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DisputeEvidence {
+    /// Wire version.
+    pub version: u16,
+    /// The dispute's id in `Disputes`.
+    pub dispute_id: u64,
+    /// libp2p PeerId bytes of the accused node (voters may audit it themselves).
+    pub node_peer: Vec<u8>,
+    /// The job's record as the node served it.
+    pub record: AuditRecord,
 }
 
 /// A node's record of a paid job: its signed receipt and the exact tensors, so a validator can re-execute it and
@@ -776,6 +861,7 @@ mod tests {
             let _ = decode::<Advert>(&bytes, MAX_GOSSIP_BYTES);
             let _ = decode::<JobOffer>(&bytes, MAX_GOSSIP_BYTES);
             let _ = decode::<ReceiptMsg>(&bytes, MAX_GOSSIP_BYTES);
+            let _ = decode::<DisputeEvidence>(&bytes, MAX_GOSSIP_BYTES);
         }
 
         /// Mutating a valid message never panics either (closer to what a fuzzer explores).
@@ -823,6 +909,24 @@ mod tests {
     }
 
     #[test]
+    fn audit_requests_bind_validator_peer_and_time() {
+        let validator = alloy::signers::local::PrivateKeySigner::random();
+        let req = AuditRequest::signed(B256::repeat_byte(1), &[1, 2], 1000, &validator, validator.address()).unwrap();
+        assert_eq!(req.verify(&[1, 2], 1010), Ok(validator.address()));
+        assert!(req.verify(&[9], 1010).is_err(), "replayed by another peer");
+        assert!(req.verify(&[1, 2], 1000 + MAX_AUDIT_SKEW_SECS + 1).is_err(), "stale");
+        let mut other = req.clone();
+        other.validator = Address::repeat_byte(7);
+        assert!(other.verify(&[1, 2], 1000).is_err(), "claims another validator");
+        let mut job = req.clone();
+        job.job_id = B256::repeat_byte(2);
+        assert!(job.verify(&[1, 2], 1000).is_err(), "another job than signed");
+        let mut garbage = req;
+        garbage.signature = vec![0; 3];
+        assert!(garbage.verify(&[1, 2], 1000).is_err());
+    }
+
+    #[test]
     fn size_limit_is_checked_before_parsing() {
         let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
         assert_eq!(
@@ -836,6 +940,7 @@ mod tests {
         let id = ModelId::of_bytes(b"m");
         assert_eq!(jobs_topic(&id), format!("mlbridge/jobs/{id}/1"));
         assert!(INFER_PROTOCOL.ends_with("/1") && ADVERTS_TOPIC.ends_with("/1") && RECEIPTS_TOPIC.ends_with("/1"));
+        assert!(DISPUTES_TOPIC.ends_with("/1"));
     }
 
     #[test]

@@ -1,19 +1,23 @@
-//! `mlbridge-validator`: parse arguments and run.
+//! `mlbridge-validator`: parse arguments, set up logging, run.
 
 use clap::Parser;
-
-/// ML Bridge validator: stake, sample receipts, re-execute jobs, attest and dispute.
-///
-/// The validator's network duties arrive with the validator issue; this release provides the command line shell
-/// and the comparison rule (`mlbridge_validator::compare`).
-#[derive(Debug, Parser)]
-#[command(name = "mlbridge-validator", version, about)]
-struct Cli {}
+use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "Error: mlbridge-validator has no duties to run yet (sampling, re-execution and attestation arrive with the validator issue); see --help"
-    );
-    std::process::exit(2);
+    let cli = mlbridge_validator::cli::Cli::parse();
+    // The daemon logs its life at info; one-shot commands only warnings (RUST_LOG overrides both).
+    let default = if matches!(cli.command, mlbridge_validator::cli::Command::Run { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(mlbridge_validator::cli::run(cli)).map_err(|e| e.to_string()));
+    if let Err(err) = result {
+        eprintln!("Error: {err}");
+        std::process::exit(1);
+    }
 }

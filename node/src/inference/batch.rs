@@ -32,8 +32,9 @@ pub(crate) fn same_sample_shapes(a: &[Tensor], b: &[Tensor]) -> bool {
     a.iter().all(|ta| b.iter().any(|tb| tb.name() == ta.name() && tb.shape()[1..] == ta.shape()[1..]))
 }
 
-/// Split batched outputs back into per-request outputs of `sizes` samples each.
-pub(crate) fn split(outputs: Vec<Tensor>, sizes: &[usize]) -> Vec<Vec<Tensor>> {
+/// Split batched tensors (batch dimension first) into per-request lists of `sizes` samples each (the batcher's
+/// outputs; a validator's measurement of batched against lone runs).
+pub fn split(outputs: Vec<Tensor>, sizes: &[usize]) -> Vec<Vec<Tensor>> {
     let mut per_request: Vec<Vec<Tensor>> = sizes.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
     for out in outputs {
         let (name, shape, data) = out.into_parts();

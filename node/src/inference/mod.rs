@@ -9,7 +9,7 @@
 //! - [`text`] tokenizes text for embedding models.
 //! - [`engine`] ties them together: the one `infer` path for every front end.
 
-mod batch;
+pub mod batch;
 pub mod batcher;
 pub mod cache;
 pub mod config;

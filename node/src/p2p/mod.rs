@@ -26,8 +26,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use mlbridge_sdk::protocol::{
-    ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
-    MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
+    ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
+    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
     WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
@@ -58,8 +58,9 @@ pub struct P2pHandle {
     auditors: Auditors,
 }
 
-/// Peers allowed to fetch audit records (a job's inputs and outputs are the client's data). Until validators are
-/// checked against `Staking`, an explicit list: `p2p.audit_allowlist`, plus [`P2pHandle::allow_auditor`].
+/// Peers the operator lets fetch audit records without a validator signature (a job's inputs and outputs are the
+/// client's data): `p2p.audit_allowlist`, plus [`P2pHandle::allow_auditor`]. Everyone else must be an active
+/// validator in `Staking`.
 type Auditors = Arc<std::sync::RwLock<std::collections::HashSet<PeerId>>>;
 
 impl P2pHandle {
@@ -226,6 +227,8 @@ struct Answer {
     started: Instant,
     outcome: &'static str,
     receipt: Option<ReceiptMsg>,
+    /// Counted in the peer's in-flight requests (inference); audits are not.
+    counted: bool,
 }
 
 struct Actor {
@@ -457,27 +460,10 @@ impl Actor {
                 "client_error",
             );
         }
-        if let Request::Audit(a) = &request {
-            let allowed = self.auditors.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&peer);
-            if !allowed {
-                let msg = "audit records (clients' inputs and outputs) are served only to this node's validators";
-                return self.reply_now(channel, protocol_error(ErrorKind::Forbidden, msg), "forbidden");
-            }
-            let rate = self.config.max_audits_per_sec_per_peer;
-            if !self.audit_rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
-                let msg = format!("more than {rate} audits per second from one peer");
-                return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
-            }
-            let record = self.payments.as_ref().and_then(|p| p.audit(&a.job_id));
-            return match record {
-                // Shared, not copied: the record is encoded straight from the store's Arc.
-                Some(r) => self.reply_now(channel, Response::Audit(r), "audit"),
-                None => {
-                    let msg = format!("no record of job {}; it is unknown or older than the retention", a.job_id);
-                    self.reply_now(channel, protocol_error(ErrorKind::NotFound, msg), "client_error")
-                }
-            };
-        }
+        let request = match request {
+            Request::Audit(a) => return self.on_audit(peer, a, channel, started),
+            other => other,
+        };
         if self.stopping {
             return self.reply_now(
                 channel,
@@ -513,7 +499,65 @@ impl Actor {
                 }
             };
             let Served { response, outcome, receipt } = served;
-            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt }).await;
+            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt, counted: true }).await;
+        });
+    }
+
+    /// The audit protocol: a job's record goes only to an active validator in `Staking` (the request signed by its
+    /// key, naming this very peer, recent) or to a peer on the operator's `audit_allowlist`, rate-limited per peer.
+    fn on_audit(&mut self, peer: PeerId, a: AuditRequest, channel: ResponseChannel<Response>, started: Instant) {
+        let Some(payments) = self.payments.clone() else {
+            let msg = "this node is free: it keeps no paid jobs to audit";
+            return self.reply_now(channel, protocol_error(ErrorKind::NotFound, msg), "client_error");
+        };
+        let listed = self.auditors.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&peer);
+        let validator = if listed {
+            None
+        } else {
+            match a.verify(&peer.to_bytes(), now_ms() / 1000) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    let msg = format!(
+                        "{why}: audit records (clients' inputs and outputs) are served only to active validators"
+                    );
+                    return self.reply_now(channel, protocol_error(ErrorKind::Forbidden, msg), "forbidden");
+                }
+            }
+        };
+        let rate = self.config.max_audits_per_sec_per_peer;
+        if !self.audit_rates.entry(peer).or_insert_with(|| TokenBucket::new(rate)).take() {
+            let msg = format!("more than {rate} audits per second from one peer");
+            return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
+        }
+        let tx = self.answers_tx.clone();
+        tokio::spawn(async move {
+            let checked = match validator {
+                None => Ok(()),
+                Some(v) => match payments.validators().is_active(v).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err((
+                        protocol_error(
+                            ErrorKind::Forbidden,
+                            format!("{v} is not an active validator in Staking: audit records are for validators"),
+                        ),
+                        "forbidden",
+                    )),
+                    Err(e) => Err((
+                        protocol_error(ErrorKind::Internal, format!("cannot check Staking now ({e}); retry later")),
+                        "error",
+                    )),
+                },
+            };
+            let (response, outcome) = match checked.map(|()| payments.audit(&a.job_id)) {
+                // Shared, not copied: the record is encoded straight from the store's Arc.
+                Ok(Some(r)) => (Response::Audit(r), "audit"),
+                Ok(None) => {
+                    let msg = format!("no record of job {}; it is unknown or older than the retention", a.job_id);
+                    (protocol_error(ErrorKind::NotFound, msg), "client_error")
+                }
+                Err(refused) => refused,
+            };
+            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt: None, counted: false }).await;
         });
     }
 
@@ -523,7 +567,9 @@ impl Actor {
     }
 
     fn on_answer(&mut self, a: Answer) {
-        if let Some(n) = self.inflight.get_mut(&a.peer) {
+        if a.counted
+            && let Some(n) = self.inflight.get_mut(&a.peer)
+        {
             *n = n.saturating_sub(1);
         }
         self.metrics.p2p_requests.with_label_values(&[a.outcome]).inc();
@@ -707,10 +753,13 @@ async fn finish(
     input: JobInput,
 ) -> Served {
     let receipt = match (payments, auth) {
-        (Some(p), Some(auth)) => match p.complete(&auth, Completed { config, input, outputs: &answer.outputs }).await {
-            Ok(r) => Some(r),
-            Err(e) => return Served::error(engine_error(&e)),
-        },
+        (Some(p), Some(auth)) => {
+            p.corrupt(&mut answer.outputs);
+            match p.complete(&auth, Completed { config, input, outputs: &answer.outputs }).await {
+                Ok(r) => Some(r),
+                Err(e) => return Served::error(engine_error(&e)),
+            }
+        }
         _ => None,
     };
     answer.receipt.clone_from(&receipt);

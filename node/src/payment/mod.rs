@@ -38,7 +38,7 @@ use mlbridge_sdk::signer::FastSigner;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use audit::AuditStore;
+pub use audit::{AuditStore, Validators};
 pub use gate::{Authorization, Gate};
 pub use ledger::Ledger;
 pub use metrics::PaymentMetrics;
@@ -56,6 +56,7 @@ pub struct PaymentService {
     operator: FastSigner,
     domain: Eip712Domain,
     audit: AuditStore,
+    validators: Validators,
     metrics: PaymentMetrics,
     settler: SettlerHandle,
     deployment: Deployment,
@@ -63,6 +64,7 @@ pub struct PaymentService {
     free_localhost: bool,
     job_salt: B256,
     job_counter: std::sync::atomic::AtomicU64,
+    corrupt_outputs: f32,
 }
 
 /// What a paid job ran on.
@@ -138,6 +140,7 @@ impl PaymentService {
             confirm_timeout: Duration::from_secs(config.confirm_timeout_secs),
             shutdown_timeout: Duration::from_secs(config.shutdown_settle_secs),
         };
+        let validators = Validators::new(provider.clone(), deployment.staking, Duration::from_secs(30));
         let (settler, settle_task) = spawn_settler(
             gate.clone(),
             deployment,
@@ -164,6 +167,7 @@ impl PaymentService {
                 Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
                 config.audit_retention_mib << 20,
             ),
+            validators,
             metrics,
             settler,
             deployment,
@@ -171,7 +175,12 @@ impl PaymentService {
             free_localhost: config.free_localhost,
             job_salt: PrivateKeySigner::random().to_bytes(),
             job_counter: std::sync::atomic::AtomicU64::new(0),
+            corrupt_outputs: config.testing_corrupt_outputs,
         });
+        if config.testing_corrupt_outputs != 0.0 {
+            tracing::warn!(target: "node::payment", delta = config.testing_corrupt_outputs,
+                "payment.testing_corrupt_outputs is set: this node CHEATS on paid jobs (tests only) and will be slashed");
+        }
         Ok((service, vec![watch_task, settle_task, prune_task]))
     }
 
@@ -290,7 +299,27 @@ impl PaymentService {
         Ok(signed)
     }
 
-    /// A recent job's audit record.
+    /// The test-only cheat (`payment.testing_corrupt_outputs`): shift every FP32 output by the configured delta.
+    pub fn corrupt(&self, outputs: &mut [Tensor]) {
+        if self.corrupt_outputs == 0.0 {
+            return;
+        }
+        for t in outputs.iter_mut() {
+            if let mlbridge_sdk::TensorData::Fp32(v) = t.data() {
+                let shifted = v.iter().map(|x| x + self.corrupt_outputs).collect();
+                if let Ok(c) = Tensor::new(t.name(), t.shape().to_vec(), mlbridge_sdk::TensorData::Fp32(shifted)) {
+                    *t = c;
+                }
+            }
+        }
+    }
+
+    /// Who may fetch audit records (active validators in `Staking`).
+    pub fn validators(&self) -> &Validators {
+        &self.validators
+    }
+
+    /// A recent paid job's record, for a validator's audit.
     pub fn audit(&self, job: &B256) -> Option<Arc<AuditRecord>> {
         self.audit.get(job)
     }

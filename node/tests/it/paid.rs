@@ -131,12 +131,21 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     assert!(job > 0);
     let last = c.infer("mlp-tiny", Some(1), input(0.75)).await.unwrap();
     let receipt = last.response.receipt.clone().unwrap();
-    let audit = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: receipt.job_id });
-    // Nobody may read a client's inputs and outputs unless the node lets it audit.
-    match c.send_to(last.node, audit.clone()).await.unwrap() {
-        Response::Error(e) => assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}"),
-        other => panic!("an unlisted peer got {other:?}"),
+    // Nobody may read a client's inputs and outputs but an active validator (or a peer the operator lists): a
+    // request signed by an unstaked key, or by nobody, is refused.
+    let unstaked = PrivateKeySigner::random();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let me = c.peer_id().to_bytes();
+    let signed = AuditRequest::signed(receipt.job_id, &me, now, &unstaked, unstaked.address()).unwrap();
+    let mut unsigned = signed.clone();
+    unsigned.signature.clear();
+    for req in [signed.clone(), unsigned] {
+        match c.send_to(last.node, Request::Audit(req)).await.unwrap() {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}"),
+            other => panic!("an unstaked peer got {other:?}"),
+        }
     }
+    let audit = Request::Audit(signed);
     for n in [&a, &b] {
         n.p2p.as_ref().unwrap().allow_auditor(c.peer_id());
     }
@@ -167,7 +176,8 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     let model_id = a.engine.config("mlp-tiny", Some(1)).unwrap().sha256;
     let market = c.offer(model_id, input(0.9), U256::from(PRICE), Duration::from_millis(1500)).await.unwrap();
     assert!(market.outcome.paid.is_some() && market.outcome.response.receipt.is_some());
-    let unknown = Request::Audit(AuditRequest { version: WIRE_VERSION, job_id: B256::repeat_byte(9) });
+    let unknown =
+        Request::Audit(AuditRequest::signed(B256::repeat_byte(9), &me, now, &unstaked, unstaked.address()).unwrap());
     let Response::Error(e) = c.send_to(last.node, unknown).await.unwrap() else { panic!("not found") };
     assert_eq!(e.kind, ErrorKind::NotFound);
 }

@@ -57,6 +57,22 @@ pub struct ClientConfig {
     pub attempts: usize,
     /// Adverts older than this are ignored.
     pub advert_ttl: Duration,
+    /// More gossip topics to join (a validator's receipts and disputes); their messages go to `gossip`.
+    pub topics: Vec<String>,
+    /// Where messages of `topics` are delivered (dropped when full: the receiver keeps up or loses some).
+    pub gossip: Option<mpsc::Sender<GossipMessage>>,
+}
+
+/// A message heard on one of [`ClientConfig::topics`]. The client checked only its size and the gossip signature;
+/// the receiver checks the content.
+#[derive(Clone, Debug)]
+pub struct GossipMessage {
+    /// The topic it came on.
+    pub topic: String,
+    /// The peer that published it (gossip messages are signed by their publisher).
+    pub source: PeerId,
+    /// The bytes.
+    pub data: Vec<u8>,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +85,8 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             attempts: 3,
             advert_ttl: Duration::from_secs(30),
+            topics: Vec::new(),
+            gossip: None,
         }
     }
 }
@@ -136,6 +154,11 @@ enum Command {
         peer: PeerId,
         reply: oneshot::Sender<std::result::Result<(), String>>,
     },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
 }
 
 /// A node chosen for a request, with what its advert says about the model.
@@ -170,6 +193,12 @@ impl Client {
             .gossipsub
             .subscribe(&IdentTopic::new(ADVERTS_TOPIC))
             .map_err(|e| Error::Network(e.to_string()))?;
+        let mut topics = HashMap::new();
+        for t in &config.topics {
+            let topic = IdentTopic::new(t.clone());
+            swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| Error::Network(e.to_string()))?;
+            topics.insert(topic.hash(), t.clone());
+        }
         for addr in &config.net.bootstrap {
             if let Some(peer) = peer_of(addr) {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -192,6 +221,8 @@ impl Client {
             router: Router::default(),
             strategy: config.strategy,
             advert_ttl: config.advert_ttl,
+            topics,
+            gossip: config.gossip.clone(),
         };
         tokio::spawn(actor.run());
         Ok(Self { commands, peer_id, config, payer: None })
@@ -222,6 +253,11 @@ impl Client {
     /// Nodes known from fresh adverts.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         self.ask(Command::Nodes).await
+    }
+
+    /// Publish `data` on gossip `topic` (one of [`ClientConfig::topics`], or any other).
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<()> {
+        self.ask(|reply| Command::Publish { topic: topic.to_owned(), data, reply }).await?.map_err(Error::Network)
     }
 
     /// Addresses the client listens on.
@@ -562,6 +598,9 @@ struct Actor {
     router: Router,
     strategy: Strategy,
     advert_ttl: Duration,
+    /// Extra topics joined, by hash.
+    topics: HashMap<gossipsub::TopicHash, String>,
+    gossip: Option<mpsc::Sender<GossipMessage>>,
 }
 
 /// Where a request's answer (or why it failed) goes.
@@ -686,6 +725,16 @@ impl Actor {
                     }
                 }
             }
+            Command::Publish { topic, data, reply } => {
+                let res = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| format!("could not gossip ({e}); is a peer on the topic connected?"));
+                let _ = reply.send(res);
+            }
             Command::ListenAddrs(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let _ =
@@ -778,6 +827,14 @@ impl Actor {
                             }
                             self.nodes.insert(source, NodeView { advert, seen: Instant::now() });
                         }
+                        acceptance = MessageAcceptance::Accept;
+                    }
+                } else if let (Some(name), Some(tx), Some(source)) =
+                    (self.topics.get(&message.topic), &self.gossip, message.source)
+                {
+                    // Passed on to the receiver, which judges the content; forwarded only if it was taken.
+                    let msg = GossipMessage { topic: name.clone(), source, data: message.data };
+                    if tx.try_send(msg).is_ok() {
                         acceptance = MessageAcceptance::Accept;
                     }
                 }

@@ -1,0 +1,208 @@
+//! The duties loop: attest once per epoch, vote on disputes, resolve them after their deadline, claim.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use alloy::rpc::types::Filter;
+use alloy::sol_types::SolEvent;
+use mlbridge_sdk::chain::bindings::Disputes;
+use tokio_util::sync::CancellationToken;
+
+use super::disputes::{Opened, settle, vote};
+use super::{Shared, lock};
+use crate::chain::rpc;
+use crate::{Error, Result};
+
+/// Blocks scanned for dispute events per query.
+const SCAN_CHUNK: u64 = 5_000;
+
+/// A dispute the duties loop follows until it is settled for us.
+struct Followed {
+    opened: Opened,
+    challenger_is_me: bool,
+    deadline: u64,
+    voting: bool,
+}
+
+#[derive(Default)]
+struct State {
+    attested_epoch: Option<u64>,
+    scanned: Option<u64>,
+    followed: HashMap<u64, Followed>,
+}
+
+pub(super) async fn duties_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let poll = Duration::from_millis(shared.config.poll_interval_ms.max(10));
+    let mut state = State::default();
+    loop {
+        if let Err(e) = tick(&shared, &mut state).await {
+            tracing::warn!(target: "validator::duties", error = %e, "duty round failed; retrying");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+async fn tick(shared: &Arc<Shared>, state: &mut State) -> Result<()> {
+    let head = shared.chain.head().await?;
+    let me = shared.signer.address();
+    let status_stake = shared.chain.staking.validatorStakeOf(me).call().await.map_err(rpc)?;
+    shared.metrics.stake_wei.set(i64::try_from(status_stake).unwrap_or(i64::MAX));
+    attest(shared, state, head).await?;
+    scan_disputes(shared, state, head).await?;
+    follow_disputes(shared, state).await?;
+    claim(shared).await?;
+    let earned = shared.chain.rewards.totalEarned(me).call().await.map_err(rpc)?;
+    shared.metrics.earned_wei.set(i64::try_from(earned).unwrap_or(i64::MAX));
+    Ok(())
+}
+
+/// Attest the current epoch once `attest_at` of it has passed, with the jobs checked since the last attestation.
+async fn attest(shared: &Arc<Shared>, state: &mut State, head: u64) -> Result<()> {
+    let r = &shared.chain.rewards;
+    let me = shared.signer.address();
+    let epoch = r.currentEpoch().call().await.map_err(rpc)?;
+    let epoch_u64: u64 = epoch.saturating_to();
+    if state.attested_epoch == Some(epoch_u64) {
+        return Ok(());
+    }
+    let start: u64 = r.epochStartBlock(epoch).call().await.map_err(rpc)?.saturating_to();
+    let length: u64 = r.EPOCH_LENGTH().call().await.map_err(rpc)?.saturating_to();
+    let at = start + (length as f64 * shared.config.duties.attest_at) as u64;
+    // Too early, or so late that the transaction would land in the next epoch.
+    if head < at || head + 1 >= start + length {
+        return Ok(());
+    }
+    state.attested_epoch = Some(epoch_u64);
+    if r.hasAttested(me, epoch).call().await.map_err(rpc)? {
+        return Ok(());
+    }
+    if r.attestWeight(me, epoch).call().await.map_err(rpc)?.is_zero() {
+        tracing::info!(target: "validator::duties", epoch = epoch_u64,
+            "not attesting: no stake bonded through the whole previous epoch yet");
+        return Ok(());
+    }
+    let attestation = lock(&shared.checks).prepare(epoch_u64)?;
+    let jobs = attestation.jobs.len();
+    let tx = r.attest(epoch, U256::from(jobs), attestation.root).into_transaction_request();
+    shared.chain.transact("attest", tx).await?;
+    lock(&shared.checks).attested(&attestation);
+    shared.metrics.attestations.inc();
+    tracing::info!(target: "validator::duties", epoch = epoch_u64, jobs, root = %attestation.root, "attested");
+    Ok(())
+}
+
+/// Learn of new disputes from `DisputeOpened` events.
+async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Result<()> {
+    let me = shared.signer.address();
+    let mut from = state.scanned.map_or(shared.chain.deployment().start_block, |b| b + 1);
+    while from <= head {
+        let to = head.min(from + SCAN_CHUNK - 1);
+        let filter = Filter::new()
+            .address(shared.chain.deployment().disputes)
+            .event_signature(Disputes::DisputeOpened::SIGNATURE_HASH)
+            .from_block(from)
+            .to_block(to);
+        let logs = shared.chain.provider().get_logs(&filter).await.map_err(rpc)?;
+        for log in logs {
+            let Ok(ev) = log.log_decode::<Disputes::DisputeOpened>() else { continue };
+            let ev = ev.inner.data;
+            let id: u64 = ev.disputeId.saturating_to();
+            let dispute = shared.chain.disputes.getDispute(ev.disputeId).call().await.map_err(rpc)?;
+            let opened = Opened {
+                id,
+                node: ev.node,
+                job_id: ev.receipt.jobId,
+                leaf: ev.receiptLeaf,
+                snapshot: dispute.snapshotBlock,
+            };
+            state.followed.entry(id).or_insert(Followed {
+                opened,
+                challenger_is_me: ev.challenger == me,
+                deadline: ev.deadline.saturating_to(),
+                voting: false,
+            });
+        }
+        state.scanned = Some(to);
+        from = to + 1;
+    }
+    Ok(())
+}
+
+/// Vote on open disputes (in the background), resolve the ones we took part in after their deadline, claim.
+async fn follow_disputes(shared: &Arc<Shared>, state: &mut State) -> Result<()> {
+    let me = shared.signer.address();
+    let now = shared
+        .chain
+        .provider()
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+        .await
+        .map_err(rpc)?
+        .map_or(0, |b| b.header.timestamp);
+    let mut done = Vec::new();
+    for (id, f) in &mut state.followed {
+        let d = &shared.chain.disputes;
+        let dispute = d.getDispute(U256::from(*id)).call().await.map_err(rpc)?;
+        let mine = d.voteOf(U256::from(*id), me).call().await.map_err(rpc)?;
+        let involved = f.challenger_is_me || !mine.weight.is_zero();
+        if dispute.outcome != 0 {
+            if involved {
+                settle(shared, *id, f.challenger_is_me).await?;
+            }
+            done.push(*id);
+            continue;
+        }
+        if now < f.deadline {
+            if !involved && !f.voting {
+                f.voting = true;
+                let (shared, opened) = (shared.clone(), f.opened.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = vote(&shared, &opened).await {
+                        tracing::warn!(target: "validator::disputes", dispute = opened.id, error = %e, "vote failed");
+                    }
+                });
+            }
+        } else if involved {
+            match shared.chain.transact("resolve", d.resolve(U256::from(*id)).into_transaction_request()).await {
+                // Someone else resolved it first.
+                Ok(_) | Err(Error::Refused { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            done.push(*id);
+        }
+    }
+    for id in done {
+        state.followed.remove(&id);
+    }
+    Ok(())
+}
+
+/// Claim epoch rewards once enough finished epochs are unclaimed, and withdraw dispute credits.
+async fn claim(shared: &Arc<Shared>) -> Result<()> {
+    let me = shared.signer.address();
+    let r = &shared.chain.rewards;
+    let unclaimed: u64 = r.unclaimedEpochs(me).call().await.map_err(rpc)?.saturating_to();
+    if unclaimed >= shared.config.duties.claim_every_epochs.max(1) {
+        let pending = r.pendingRewards(me).call().await.map_err(rpc)?;
+        let max = U256::from(shared.config.duties.claim_max_epochs);
+        shared.chain.transact("claim", r.claim(max).into_transaction_request()).await?;
+        shared.metrics.claimed_wei.inc_by(pending.saturating_to());
+        tracing::info!(target: "validator::duties", epochs = unclaimed, wei = %pending, "claimed rewards");
+    }
+    let credit = shared.chain.disputes.creditOf(me).call().await.map_err(rpc)?;
+    if !credit.is_zero() {
+        shared
+            .chain
+            .transact("withdraw dispute credit", shared.chain.disputes.withdraw().into_transaction_request())
+            .await?;
+        shared.metrics.claimed_wei.inc_by(credit.saturating_to());
+        tracing::info!(target: "validator::duties", wei = %credit, "withdrew dispute credit");
+    }
+    Ok(())
+}

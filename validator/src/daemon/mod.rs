@@ -1,0 +1,262 @@
+//! `mlbridge-validator run`: the validator's duties, as tasks around one shared state.
+//!
+//! - The network client (`mlbridge_sdk::client::Client`, which owns the libp2p swarm) joins the receipts and
+//!   disputes topics and hands their messages to the **gossip loop** ([`receipts`]): each receipt is verified
+//!   (batch signature, proof, the node registered in `Staking` under the PeerId that published it, recent), drawn
+//!   by the [`crate::sampler::Sampler`], and a sampled one is audited and re-executed on a bounded set of tasks.
+//!   A mismatch is challenged (commit, then reveal with the evidence) and the evidence gossiped
+//!   ([`disputes`]). Dispute evidence from other validators is kept for voting.
+//! - The **duties loop** ([`duties`]) follows the chain: attests once per epoch, scans `DisputeOpened` events and
+//!   votes on others' disputes after re-executing the evidence, resolves disputes it took part in after their
+//!   deadline, claims vote rewards, dispute credits and epoch rewards.
+//!
+//! Every transaction is tracked to the configured confirmations. Everything stops with the shutdown token.
+
+mod disputes;
+mod duties;
+mod receipts;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use alloy::signers::local::PrivateKeySigner;
+use libp2p::{Multiaddr, PeerId};
+use mlbridge_sdk::client::{Client, ClientConfig, GossipMessage};
+use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::protocol::{DISPUTES_TOPIC, DisputeEvidence, RECEIPTS_TOPIC};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::chain::ValidatorChain;
+use crate::checks::CheckLog;
+use crate::config::ValidatorConfig;
+use crate::metrics::ValidatorMetrics;
+use crate::reexec::Reexecutor;
+use crate::sampler::Sampler;
+use crate::{Error, Result};
+
+/// Disputes whose gossiped evidence is kept at most (oldest forgotten first), and pieces of evidence per dispute.
+const MAX_EVIDENCE_DISPUTES: usize = 1024;
+const MAX_EVIDENCE_PER_DISPUTE: usize = 4;
+
+/// Gossiped evidence by dispute id, and the ids in arrival order (to forget the oldest).
+type EvidenceStore = (HashMap<u64, Vec<DisputeEvidence>>, VecDeque<u64>);
+
+/// State shared by the validator's tasks.
+pub(crate) struct Shared {
+    config: ValidatorConfig,
+    chain: ValidatorChain,
+    client: Client,
+    signer: PrivateKeySigner,
+    peer_bytes: Vec<u8>,
+    reexec: Reexecutor,
+    metrics: ValidatorMetrics,
+    sampler: Mutex<Sampler>,
+    checks: Mutex<CheckLog>,
+    /// Registered PeerId of each node operator (empty: not a registered node), asked on chain, kept a minute.
+    node_peers: moka::future::Cache<Address, Vec<u8>>,
+    /// Gossiped dispute evidence by dispute id (bounded, oldest first out).
+    evidence: Mutex<EvidenceStore>,
+    /// Audits waiting or running.
+    pending_audits: AtomicUsize,
+    audit_slots: tokio::sync::Semaphore,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    /// The PeerId `node` registered in `Staking` (`None`: not a registered node).
+    async fn node_peer(&self, node: Address) -> Result<Option<Vec<u8>>> {
+        let staking = self.chain.staking.clone();
+        let peer = self
+            .node_peers
+            .try_get_with(node, async move {
+                staking.nodeInfo(node).call().await.map(|info| info.peerId.to_vec()).map_err(crate::chain::rpc)
+            })
+            .await
+            .map_err(|e: Arc<Error>| Error::from(mlbridge_sdk::Error::Rpc(e.to_string())))?;
+        Ok(if peer.is_empty() { None } else { Some(peer) })
+    }
+
+    fn keep_evidence(&self, ev: DisputeEvidence) {
+        let mut guard = lock(&self.evidence);
+        let (map, order) = &mut *guard;
+        if !map.contains_key(&ev.dispute_id) {
+            if order.len() >= MAX_EVIDENCE_DISPUTES
+                && let Some(old) = order.pop_front()
+            {
+                map.remove(&old);
+            }
+            order.push_back(ev.dispute_id);
+        }
+        let list = map.entry(ev.dispute_id).or_default();
+        if list.len() < MAX_EVIDENCE_PER_DISPUTE && !list.contains(&ev) {
+            list.push(ev);
+        }
+    }
+
+    fn evidence_for(&self, dispute: u64) -> Vec<DisputeEvidence> {
+        lock(&self.evidence).0.get(&dispute).cloned().unwrap_or_default()
+    }
+
+    fn suspect(&self, node: Address) {
+        let mut s = lock(&self.sampler);
+        s.suspect(node);
+        self.metrics.suspected_nodes.set(s.suspected() as i64);
+    }
+}
+
+/// A running validator (for tests and the `run` command).
+pub struct RunningValidator {
+    /// The validator's address.
+    pub address: Address,
+    /// Its libp2p identity.
+    pub peer_id: PeerId,
+    /// Where `/metrics` is served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Its metrics.
+    pub metrics: ValidatorMetrics,
+    client: Client,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningValidator {
+    /// The addresses its p2p side listens on (with `/p2p/<id>`).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.client.listen_addrs().await.map_err(Error::from)
+    }
+
+    /// Stop every task.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The sampling secret in `data_dir/sampling-secret`, created on first start (readable by the owner only).
+fn sampling_secret(data_dir: &Path) -> Result<B256> {
+    let path = data_dir.join("sampling-secret");
+    let io = |e: std::io::Error| Error::Io { path: path.clone(), reason: e.to_string() };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().map_err(|e| Error::Io { path: path.clone(), reason: format!("not a secret: {e}") });
+    }
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let secret = PrivateKeySigner::random().to_bytes();
+    std::fs::write(&path, format!("{secret}\n")).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(secret)
+}
+
+/// Start the validator: models, chain, network, then the gossip and duties loops. Returns once it listens.
+pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
+    config.check().map_err(|reason| Error::Config { path: "config".into(), reason })?;
+    let signer = crate::keys::load(&config)?;
+    let chain = ValidatorChain::connect(&config, signer.clone(), false).await?;
+    if !chain.staking.isActiveValidator(signer.address()).call().await.map_err(crate::chain::rpc)? {
+        tracing::warn!(target: "validator", address = %signer.address(),
+            "not an active validator in Staking: nodes refuse its audits and it cannot attest or vote; run `mlbridge-validator stake`");
+    }
+    let reexec = Reexecutor::open(&config.model_repository, config.onnxruntime.as_deref()).await?;
+    let metrics = ValidatorMetrics::new()?;
+    let shutdown = CancellationToken::new();
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::serve(metrics.clone(), addr, shutdown.clone()).await?),
+        None => None,
+    };
+    let identity = mlbridge_node::p2p::load_identity(config.p2p.identity_file.as_deref())?;
+    let peer_id = identity.public().to_peer_id();
+    let parse = |list: &[String]| -> Result<Vec<Multiaddr>> {
+        list.iter().map(|a| a.parse().map_err(|e| Error::Network(format!("'{a}' is not a multiaddr: {e}")))).collect()
+    };
+    let (gossip_tx, gossip_rx) = mpsc::channel::<GossipMessage>(4096);
+    let net = NetConfig {
+        listen: parse(&config.p2p.listen)?,
+        bootstrap: parse(&config.p2p.bootstrap)?,
+        mdns: config.p2p.mdns,
+        heartbeat: Duration::from_millis(200),
+        ..NetConfig::default()
+    };
+    let client = Client::start_with(
+        identity,
+        ClientConfig {
+            net,
+            request_timeout: Duration::from_secs_f64(config.audit.timeout_secs.max(0.1)),
+            topics: vec![RECEIPTS_TOPIC.into(), DISPUTES_TOPIC.into()],
+            gossip: Some(gossip_tx),
+            ..ClientConfig::default()
+        },
+    )
+    .map_err(|e| Error::Network(e.to_string()))?;
+    let secret = sampling_secret(&config.data_dir)?;
+    let shared = Arc::new(Shared {
+        sampler: Mutex::new(Sampler::new(secret, config.sampling.clone())),
+        checks: Mutex::new(CheckLog::new(&config.data_dir)),
+        node_peers: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
+        evidence: Mutex::new((HashMap::new(), VecDeque::new())),
+        pending_audits: AtomicUsize::new(0),
+        audit_slots: tokio::sync::Semaphore::new(config.audit.concurrency),
+        peer_bytes: peer_id.to_bytes(),
+        config,
+        chain,
+        client: client.clone(),
+        signer,
+        reexec,
+        metrics: metrics.clone(),
+    });
+    if shared.config.testing_challenge_honest {
+        tracing::warn!(target: "validator", "testing_challenge_honest is set: this validator LIES (tests only) and will lose its bonds");
+    }
+    let tasks = vec![
+        tokio::spawn(receipts::gossip_loop(shared.clone(), gossip_rx, shutdown.clone())),
+        tokio::spawn(duties::duties_loop(shared.clone(), shutdown.clone())),
+    ];
+    tracing::info!(target: "validator", address = %shared.signer.address(), %peer_id, "validator started");
+    Ok(RunningValidator { address: shared.signer.address(), peer_id, metrics_addr, metrics, client, shutdown, tasks })
+}
+
+/// Run until ctrl-c or SIGTERM.
+pub async fn run(config: ValidatorConfig) -> Result<()> {
+    let running = start(config).await?;
+    for a in running.listen_addrs().await.unwrap_or_default() {
+        println!("listening on {a}");
+    }
+    if let Some(m) = running.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    wait_for_signal().await;
+    tracing::info!(target: "validator", "shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

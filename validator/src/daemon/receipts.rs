@@ -1,0 +1,175 @@
+//! The gossip loop: receipts in, samples out to audits and re-execution; dispute evidence kept for voting.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::B256;
+use libp2p::PeerId;
+use mlbridge_sdk::client::GossipMessage;
+use mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS;
+use mlbridge_sdk::protocol::{
+    AuditRecord, AuditRequest, DISPUTES_TOPIC, DisputeEvidence, ErrorKind, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
+    ReceiptMsg, Request, Response, decode,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, lock, unix_now};
+use crate::checks::CheckedJob;
+use crate::reexec::Rejected;
+
+/// Audits retried this many times when the node says it is overloaded (its per-peer audit rate), before the
+/// refusal counts against it.
+const OVERLOADED_RETRIES: u32 = 3;
+
+pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<GossipMessage>, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        if msg.topic == RECEIPTS_TOPIC {
+            on_receipt(&shared, msg.source, &msg.data).await;
+        } else if msg.topic == DISPUTES_TOPIC
+            && let Ok(ev) = decode::<DisputeEvidence>(&msg.data, MAX_GOSSIP_BYTES)
+        {
+            shared.keep_evidence(ev);
+        }
+    }
+}
+
+/// Why a receipt is refused before sampling (a metric label), or `Ok` with it.
+async fn admit(shared: &Shared, source: PeerId, data: &[u8]) -> Result<ReceiptMsg, &'static str> {
+    let r = decode::<ReceiptMsg>(data, MAX_GOSSIP_BYTES).map_err(|_| "malformed")?;
+    if !r.verify(&shared.chain.deployment().domain()) {
+        return Err("signature");
+    }
+    if !r.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS) {
+        return Err("stale");
+    }
+    match shared.node_peer(r.node()).await {
+        Ok(Some(peer)) if peer == source.to_bytes() => {}
+        Ok(Some(_)) => return Err("wrong_publisher"),
+        Ok(None) => return Err("unregistered_node"),
+        Err(e) => {
+            tracing::warn!(target: "validator::receipts", error = %e, "cannot look up the node in Staking");
+            return Err("chain_unavailable");
+        }
+    }
+    if shared.reexec.model(r.model_id).is_none() {
+        return Err("unknown_model");
+    }
+    Ok(r)
+}
+
+async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) {
+    let m = &shared.metrics;
+    m.receipts_seen.inc();
+    let r = match admit(shared, source, data).await {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::debug!(target: "validator::receipts", %source, reason, "receipt refused");
+            m.receipts_rejected.with_label_values(&[reason]).inc();
+            return;
+        }
+    };
+    if !lock(&shared.sampler).should_check(r.node(), r.receipt().leaf()) {
+        return;
+    }
+    m.receipts_sampled.inc();
+    if shared.pending_audits.fetch_add(1, Ordering::SeqCst) >= shared.config.sampling.max_pending {
+        shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
+        m.samples_dropped.inc();
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Ok(_slot) = shared.audit_slots.acquire().await {
+            check_receipt(&shared, source, &r).await;
+        }
+        shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Fetch a job's record from `node` over the audit protocol (signed with the validator key). A refusal is returned
+/// as a metric label.
+pub(super) async fn audit(shared: &Shared, node: PeerId, job_id: B256) -> Result<AuditRecord, &'static str> {
+    let started = Instant::now();
+    let mut tries = 0;
+    loop {
+        let request =
+            AuditRequest::signed(job_id, &shared.peer_bytes, unix_now(), &shared.signer, shared.signer.address())
+                .map_err(|_| "signing")?;
+        let answer = shared.client.send_to(node, Request::Audit(request)).await;
+        let refusal = match answer {
+            Ok(Response::Audit(record)) => {
+                shared.metrics.audit_seconds.observe(started.elapsed().as_secs_f64());
+                return Ok(record.as_ref().clone());
+            }
+            Ok(Response::Error(e)) => match e.kind {
+                ErrorKind::Overloaded if tries < OVERLOADED_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                    continue;
+                }
+                ErrorKind::Overloaded => "overloaded",
+                ErrorKind::Forbidden => "forbidden",
+                ErrorKind::NotFound => "not_found",
+                _ => "error",
+            },
+            Ok(_) => "bad_answer",
+            Err(e) if e.to_string().contains("did not answer") => "timeout",
+            Err(_) => "unreachable",
+        };
+        shared.metrics.audit_refusals.with_label_values(&[refusal]).inc();
+        return Err(refusal);
+    }
+}
+
+/// Audit, re-execute and judge one sampled receipt; challenge a mismatch.
+async fn check_receipt(shared: &Arc<Shared>, source: PeerId, r: &ReceiptMsg) {
+    let node = r.node();
+    let record = match audit(shared, source, r.job_id).await {
+        Ok(rec) => rec,
+        Err(reason) => {
+            tracing::info!(target: "validator::audit", %node, reason, job = %r.job_id, "audit refused or unanswered");
+            if reason != "forbidden" {
+                // Refused because we are not staked is our problem, not the node's.
+                shared.suspect(node);
+            }
+            return;
+        }
+    };
+    let check = match shared.reexec.check(r, &record).await {
+        Ok(c) => c,
+        Err(rejected) => {
+            shared.metrics.records_rejected.with_label_values(&[rejected.label()]).inc();
+            tracing::info!(target: "validator::audit", %node, job = %r.job_id, reason = %rejected, "audit record not judged");
+            if matches!(rejected, Rejected::WrongReceipt | Rejected::InputHash | Rejected::OutputHash) {
+                shared.suspect(node);
+            }
+            return;
+        }
+    };
+    let verdict = if check.agrees { "agree" } else { "mismatch" };
+    shared.metrics.jobs_checked.with_label_values(&[verdict]).inc();
+    lock(&shared.checks).push(CheckedJob {
+        job_id: r.job_id,
+        node,
+        output_hash: r.output_hash,
+        verdict: if check.agrees { 1 } else { 2 },
+    });
+    tracing::debug!(target: "validator::audit", %node, job = %r.job_id, verdict, max_diff = ?check.max_diff, "job checked");
+    if !check.agrees {
+        tracing::warn!(target: "validator::audit", %node, job = %r.job_id, max_diff = ?check.max_diff,
+            tolerance = check.tolerance, "the node's output is wrong: challenging");
+        shared.suspect(node);
+    }
+    if !check.agrees || shared.config.testing_challenge_honest {
+        let ours = if check.agrees { alloy::primitives::keccak256(check.ours) } else { check.ours };
+        if let Err(e) = super::disputes::challenge(shared, source, r, record, ours).await {
+            tracing::warn!(target: "validator::disputes", %node, job = %r.job_id, error = %e, "challenge failed");
+        }
+    }
+}

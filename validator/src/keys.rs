@@ -1,0 +1,57 @@
+//! The validator key: an encrypted Ethereum keystore (the format `cast wallet import` and geth write), or a hex key
+//! on devnets. The key never appears in logs.
+
+use std::path::Path;
+
+use alloy::signers::local::PrivateKeySigner;
+
+use crate::config::ValidatorConfig;
+use crate::{Error, Result};
+
+/// Load the validator key from `config`: `keystore` (+ `password_file`) or `key`.
+pub fn load(config: &ValidatorConfig) -> Result<PrivateKeySigner> {
+    match (&config.keystore, &config.key) {
+        (Some(path), _) => from_keystore(path, config.password_file.as_deref()),
+        (None, Some(hex)) => hex.trim().parse().map_err(|e| Error::Key(format!("not a secp256k1 key in hex: {e}"))),
+        (None, None) => Err(Error::Key("no key configured".into())),
+    }
+}
+
+fn from_keystore(path: &Path, password_file: Option<&Path>) -> Result<PrivateKeySigner> {
+    let password = match password_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| Error::Key(format!("cannot read the password file {}: {e}", p.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => std::env::var("MLBRIDGE_KEYSTORE_PASSWORD")
+            .map_err(|_| Error::Key("the keystore needs --password-file or $MLBRIDGE_KEYSTORE_PASSWORD".into()))?,
+    };
+    PrivateKeySigner::decrypt_keystore(path, password)
+        .map_err(|e| Error::Key(format!("cannot open the keystore {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keystore_round_trip_and_wrong_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::thread_rng();
+        let (signer, name) =
+            PrivateKeySigner::new_keystore(dir.path(), &mut rng, "secret", Some("validator.json")).unwrap();
+        std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+        let config = ValidatorConfig {
+            keystore: Some(dir.path().join(name)),
+            password_file: Some(dir.path().join("pw")),
+            ..ValidatorConfig::default()
+        };
+        assert_eq!(load(&config).unwrap().address(), signer.address());
+        std::fs::write(dir.path().join("pw"), "wrong\n").unwrap();
+        assert!(load(&config).is_err());
+        let none = ValidatorConfig::default();
+        assert!(load(&none).unwrap_err().to_string().contains("--keystore"));
+    }
+}
