@@ -271,6 +271,9 @@ struct InferArgs {
     /// Routing strategy.
     #[arg(long, value_enum, default_value = "model-aware")]
     strategy: StrategyArg,
+    /// Run the job this many times (each paid and receipted); the last answer is printed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -369,12 +372,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if found.is_empty() {
                 bail!("no node serving '{}' was seen; check --bootstrap and the model name", args.model);
             }
-            let out = if !args.text.is_empty() {
-                c.embed(&args.model, args.version, args.text).await?
-            } else {
-                let path = args.input.context("give --text for embedding models or --input FILE.json")?;
-                c.infer(&args.model, args.version, read_inputs(&path)?).await?
+            let inputs = match &args.input {
+                Some(path) if args.text.is_empty() => Some(read_inputs(path)?),
+                _ if !args.text.is_empty() => None,
+                _ => bail!("give --text for embedding models or --input FILE.json"),
             };
+            let mut last = None;
+            for _ in 0..args.repeat {
+                last = Some(match &inputs {
+                    None => c.embed(&args.model, args.version, args.text.clone()).await?,
+                    Some(inputs) => c.infer(&args.model, args.version, inputs.clone()).await?,
+                });
+            }
+            let out = last.context("--repeat is at least 1")?;
+            if args.repeat > 1 {
+                eprintln!("{} jobs answered", args.repeat);
+            }
             let outputs: Vec<serde_json::Value> = out
                 .response
                 .outputs
