@@ -13,7 +13,10 @@ pub fn load(config: &ValidatorConfig) -> Result<PrivateKeySigner> {
     match (&config.keystore, &config.key) {
         (Some(path), _) => from_keystore(path, config.password_file.as_deref()),
         (None, Some(hex)) => hex.trim().parse().map_err(|e| Error::Key(format!("not a secp256k1 key in hex: {e}"))),
-        (None, None) => Err(Error::Key("no key configured".into())),
+        (None, None) => Err(Error::Key(
+            "no key configured: give --keystore FILE (with --password-file) or `keystore` in the config; --key only on devnets"
+                .into(),
+        )),
     }
 }
 
@@ -40,11 +43,12 @@ mod tests {
     fn keystore_round_trip_and_wrong_password() {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = rand::thread_rng();
-        let (signer, name) =
+        // The name returned is the key's uuid; the file is written under the name given.
+        let (signer, _uuid) =
             PrivateKeySigner::new_keystore(dir.path(), &mut rng, "secret", Some("validator.json")).unwrap();
         std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
         let config = ValidatorConfig {
-            keystore: Some(dir.path().join(name)),
+            keystore: Some(dir.path().join("validator.json")),
             password_file: Some(dir.path().join("pw")),
             ..ValidatorConfig::default()
         };
