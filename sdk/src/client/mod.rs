@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -64,7 +64,8 @@ pub struct ClientConfig {
 }
 
 /// A message heard on one of [`ClientConfig::topics`]. The client checked only its size and the gossip signature;
-/// the receiver checks the content.
+/// the receiver checks the content and reports its verdict with [`Client::validate`]: only accepted messages are
+/// forwarded, and rejected ones count against the peer that relayed them (gossipsub peer scoring).
 #[derive(Clone, Debug)]
 pub struct GossipMessage {
     /// The topic it came on.
@@ -73,7 +74,13 @@ pub struct GossipMessage {
     pub source: PeerId,
     /// The bytes.
     pub data: Vec<u8>,
+    /// Gossipsub's id of the message (for the verdict).
+    pub id: gossipsub::MessageId,
+    /// The peer that relayed it to us (for the verdict).
+    pub relayed_by: PeerId,
 }
+
+pub use libp2p::gossipsub::MessageAcceptance;
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -158,6 +165,11 @@ enum Command {
         topic: String,
         data: Vec<u8>,
         reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    Validate {
+        id: gossipsub::MessageId,
+        relayed_by: PeerId,
+        verdict: MessageAcceptance,
     },
 }
 
@@ -258,6 +270,13 @@ impl Client {
     /// Publish `data` on gossip `topic` (one of [`ClientConfig::topics`], or any other).
     pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<()> {
         self.ask(|reply| Command::Publish { topic: topic.to_owned(), data, reply }).await?.map_err(Error::Network)
+    }
+
+    /// Report the receiver's verdict on a [`GossipMessage`]: `Accept` forwards it, `Reject` penalises the peer that
+    /// relayed it, `Ignore` does neither.
+    pub async fn validate(&self, msg: &GossipMessage, verdict: MessageAcceptance) -> Result<()> {
+        let cmd = Command::Validate { id: msg.id.clone(), relayed_by: msg.relayed_by, verdict };
+        self.commands.send(cmd).await.map_err(|_| Error::ClientStopped)
     }
 
     /// Addresses the client listens on.
@@ -735,6 +754,10 @@ impl Actor {
                     .map_err(|e| format!("could not gossip ({e}); is a peer on the topic connected?"));
                 let _ = reply.send(res);
             }
+            Command::Validate { id, relayed_by, verdict } => {
+                let _ =
+                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &relayed_by, verdict);
+            }
             Command::ListenAddrs(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let _ =
@@ -832,10 +855,17 @@ impl Actor {
                 } else if let (Some(name), Some(tx), Some(source)) =
                     (self.topics.get(&message.topic), &self.gossip, message.source)
                 {
-                    // Passed on to the receiver, which judges the content; forwarded only if it was taken.
-                    let msg = GossipMessage { topic: name.clone(), source, data: message.data };
+                    // The receiver judges the content and reports its verdict (Client::validate); a message it has
+                    // no room for is ignored now.
+                    let msg = GossipMessage {
+                        topic: name.clone(),
+                        source,
+                        data: message.data,
+                        id: message_id.clone(),
+                        relayed_by: propagation_source,
+                    };
                     if tx.try_send(msg).is_ok() {
-                        acceptance = MessageAcceptance::Accept;
+                        return;
                     }
                 }
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::U256;
@@ -24,7 +25,8 @@ struct Followed {
     opened: Opened,
     challenger_is_me: bool,
     deadline: u64,
-    voting: bool,
+    /// A vote is being prepared or sent (cleared again if it failed, to retry).
+    voting: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -38,9 +40,7 @@ pub(super) async fn duties_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let poll = Duration::from_millis(shared.config.poll_interval_ms.max(10));
     let mut state = State::default();
     loop {
-        if let Err(e) = tick(&shared, &mut state).await {
-            tracing::warn!(target: "validator::duties", error = %e, "duty round failed; retrying");
-        }
+        tick(&shared, &mut state).await;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(poll) => {}
@@ -48,15 +48,34 @@ pub(super) async fn duties_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn tick(shared: &Arc<Shared>, state: &mut State) -> Result<()> {
-    let head = shared.chain.head().await?;
+/// One round of every duty. Each runs on its own: one failing (an RPC hiccup, a refused transaction) never keeps
+/// the others from running, and it is retried next round.
+async fn tick(shared: &Arc<Shared>, state: &mut State) {
+    let warn =
+        |duty: &str, e: Error| tracing::warn!(target: "validator::duties", duty, error = %e, "duty failed; retrying");
+    let head = match shared.chain.head().await {
+        Ok(h) => h,
+        Err(e) => return warn("head", e),
+    };
+    if let Err(e) = attest(shared, state, head).await {
+        warn("attest", e);
+    }
+    if let Err(e) = scan_disputes(shared, state, head).await {
+        warn("scan disputes", e);
+    }
+    follow_disputes(shared, state).await;
+    if let Err(e) = claim(shared).await {
+        warn("claim", e);
+    }
+    if let Err(e) = gauges(shared).await {
+        warn("metrics", e);
+    }
+}
+
+async fn gauges(shared: &Arc<Shared>) -> Result<()> {
     let me = shared.signer.address();
-    let status_stake = shared.chain.staking.validatorStakeOf(me).call().await.map_err(rpc)?;
-    shared.metrics.stake_wei.set(i64::try_from(status_stake).unwrap_or(i64::MAX));
-    attest(shared, state, head).await?;
-    scan_disputes(shared, state, head).await?;
-    follow_disputes(shared, state).await?;
-    claim(shared).await?;
+    let stake = shared.chain.staking.validatorStakeOf(me).call().await.map_err(rpc)?;
+    shared.metrics.stake_wei.set(i64::try_from(stake).unwrap_or(i64::MAX));
     let earned = shared.chain.rewards.totalEarned(me).call().await.map_err(rpc)?;
     shared.metrics.earned_wei.set(i64::try_from(earned).unwrap_or(i64::MAX));
     Ok(())
@@ -78,19 +97,21 @@ async fn attest(shared: &Arc<Shared>, state: &mut State, head: u64) -> Result<()
     if head < at || head + 1 >= start + length {
         return Ok(());
     }
-    state.attested_epoch = Some(epoch_u64);
     if r.hasAttested(me, epoch).call().await.map_err(rpc)? {
+        state.attested_epoch = Some(epoch_u64);
         return Ok(());
     }
     if r.attestWeight(me, epoch).call().await.map_err(rpc)?.is_zero() {
         tracing::info!(target: "validator::duties", epoch = epoch_u64,
             "not attesting: no stake bonded through the whole previous epoch yet");
+        state.attested_epoch = Some(epoch_u64);
         return Ok(());
     }
     let attestation = lock(&shared.checks).prepare(epoch_u64)?;
     let jobs = attestation.jobs.len();
     let tx = r.attest(epoch, U256::from(jobs), attestation.root).into_transaction_request();
     shared.chain.transact("attest", tx).await?;
+    state.attested_epoch = Some(epoch_u64);
     lock(&shared.checks).attested(&attestation);
     shared.metrics.attestations.inc();
     tracing::info!(target: "validator::duties", epoch = epoch_u64, jobs, root = %attestation.root, "attested");
@@ -125,7 +146,7 @@ async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Re
                 opened,
                 challenger_is_me: ev.challenger == me,
                 deadline: ev.deadline.saturating_to(),
-                voting: false,
+                voting: Arc::new(AtomicBool::new(false)),
             });
         }
         state.scanned = Some(to);
@@ -134,53 +155,64 @@ async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Re
     Ok(())
 }
 
-/// Vote on open disputes (in the background), resolve the ones we took part in after their deadline, claim.
-async fn follow_disputes(shared: &Arc<Shared>, state: &mut State) -> Result<()> {
-    let me = shared.signer.address();
-    let now = shared
-        .chain
-        .provider()
-        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-        .await
-        .map_err(rpc)?
-        .map_or(0, |b| b.header.timestamp);
+/// Vote on open disputes (in the background), resolve the ones we took part in after their deadline, claim. Each
+/// dispute is handled on its own: one that fails is retried next round without holding up the others.
+async fn follow_disputes(shared: &Arc<Shared>, state: &mut State) {
+    if state.followed.is_empty() {
+        return;
+    }
+    let now = match shared.chain.provider().get_block_by_number(alloy::eips::BlockNumberOrTag::Latest).await {
+        Ok(b) => b.map_or(0, |b| b.header.timestamp),
+        Err(e) => return tracing::warn!(target: "validator::duties", error = %e, "cannot read the head; retrying"),
+    };
     let mut done = Vec::new();
     for (id, f) in &mut state.followed {
-        let d = &shared.chain.disputes;
-        let dispute = d.getDispute(U256::from(*id)).call().await.map_err(rpc)?;
-        let mine = d.voteOf(U256::from(*id), me).call().await.map_err(rpc)?;
-        let involved = f.challenger_is_me || !mine.weight.is_zero();
-        if dispute.outcome != 0 {
-            if involved {
-                settle(shared, *id, f.challenger_is_me).await?;
+        match follow(shared, *id, f, now).await {
+            Ok(true) => done.push(*id),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(target: "validator::disputes", dispute = id, error = %e, "dispute duty failed; retrying")
             }
-            done.push(*id);
-            continue;
-        }
-        if now < f.deadline {
-            if !involved && !f.voting {
-                f.voting = true;
-                let (shared, opened) = (shared.clone(), f.opened.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = vote(&shared, &opened).await {
-                        tracing::warn!(target: "validator::disputes", dispute = opened.id, error = %e, "vote failed");
-                    }
-                });
-            }
-        } else if involved {
-            match shared.chain.transact("resolve", d.resolve(U256::from(*id)).into_transaction_request()).await {
-                // Someone else resolved it first.
-                Ok(_) | Err(Error::Refused { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        } else {
-            done.push(*id);
         }
     }
     for id in done {
         state.followed.remove(&id);
     }
-    Ok(())
+}
+
+/// One dispute's duty this round; `true` once nothing is left to do for it.
+async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Result<bool> {
+    let me = shared.signer.address();
+    let d = &shared.chain.disputes;
+    let dispute = d.getDispute(U256::from(id)).call().await.map_err(rpc)?;
+    let mine = d.voteOf(U256::from(id), me).call().await.map_err(rpc)?;
+    let involved = f.challenger_is_me || !mine.weight.is_zero();
+    if dispute.outcome != 0 {
+        if involved {
+            settle(shared, id, f.challenger_is_me).await?;
+        }
+        return Ok(true);
+    }
+    if now < f.deadline {
+        if !involved && !f.voting.swap(true, Ordering::SeqCst) {
+            let (shared, opened, voting) = (shared.clone(), f.opened.clone(), f.voting.clone());
+            tokio::spawn(async move {
+                if let Err(e) = vote(&shared, &opened).await {
+                    tracing::warn!(target: "validator::disputes", dispute = opened.id, error = %e, "vote failed; retrying");
+                    voting.store(false, Ordering::SeqCst);
+                }
+            });
+        }
+        return Ok(false);
+    }
+    if !involved {
+        return Ok(true);
+    }
+    match shared.chain.transact("resolve", d.resolve(U256::from(id)).into_transaction_request()).await {
+        // Refused: someone else resolved it first; the next round settles it.
+        Ok(_) | Err(Error::Refused { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Claim epoch rewards once enough finished epochs are unclaimed, and withdraw dispute credits.

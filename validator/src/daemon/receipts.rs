@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use libp2p::PeerId;
-use mlbridge_sdk::client::GossipMessage;
 use mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS;
+use mlbridge_sdk::client::{GossipMessage, MessageAcceptance};
 use mlbridge_sdk::protocol::{
     AuditRecord, AuditRequest, DISPUTES_TOPIC, DisputeEvidence, ErrorKind, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
     ReceiptMsg, Request, Response, decode,
@@ -29,13 +29,14 @@ pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Goss
             () = stop.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
-        if msg.topic == RECEIPTS_TOPIC {
-            on_receipt(&shared, msg.source, &msg.data).await;
-        } else if msg.topic == DISPUTES_TOPIC
-            && let Ok(ev) = decode::<DisputeEvidence>(&msg.data, MAX_GOSSIP_BYTES)
-        {
-            shared.keep_evidence(ev);
-        }
+        let verdict = if msg.topic == RECEIPTS_TOPIC {
+            on_receipt(&shared, msg.source, &msg.data).await
+        } else if msg.topic == DISPUTES_TOPIC {
+            on_evidence(&shared, &msg.data)
+        } else {
+            MessageAcceptance::Ignore
+        };
+        let _ = shared.client.validate(&msg, verdict).await;
     }
 }
 
@@ -63,7 +64,20 @@ async fn admit(shared: &Shared, source: PeerId, data: &[u8]) -> Result<ReceiptMs
     Ok(r)
 }
 
-async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) {
+/// Evidence is kept for voting if it carries a receipt signed by the node it names (voters check the rest).
+fn on_evidence(shared: &Shared, data: &[u8]) -> MessageAcceptance {
+    match decode::<DisputeEvidence>(data, MAX_GOSSIP_BYTES) {
+        Ok(ev) if ev.record.receipt.verify(&shared.chain.deployment().domain()) => {
+            shared.keep_evidence(ev);
+            MessageAcceptance::Accept
+        }
+        _ => MessageAcceptance::Reject,
+    }
+}
+
+/// Admit, count and maybe sample a receipt; returns the gossip verdict (forged receipts are rejected, so the peers
+/// relaying them lose score; valid ones for a model we do not hold are still forwarded).
+async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> MessageAcceptance {
     let m = &shared.metrics;
     m.receipts_seen.inc();
     let r = match admit(shared, source, data).await {
@@ -71,17 +85,21 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) {
         Err(reason) => {
             tracing::debug!(target: "validator::receipts", %source, reason, "receipt refused");
             m.receipts_rejected.with_label_values(&[reason]).inc();
-            return;
+            return match reason {
+                "unknown_model" => MessageAcceptance::Accept,
+                "stale" | "chain_unavailable" => MessageAcceptance::Ignore,
+                _ => MessageAcceptance::Reject,
+            };
         }
     };
     if !lock(&shared.sampler).should_check(r.node(), r.receipt().leaf()) {
-        return;
+        return MessageAcceptance::Accept;
     }
     m.receipts_sampled.inc();
     if shared.pending_audits.fetch_add(1, Ordering::SeqCst) >= shared.config.sampling.max_pending {
         shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
         m.samples_dropped.inc();
-        return;
+        return MessageAcceptance::Accept;
     }
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -90,6 +108,7 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) {
         }
         shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
     });
+    MessageAcceptance::Accept
 }
 
 /// Fetch a job's record from `node` over the audit protocol (signed with the validator key). A refusal is returned

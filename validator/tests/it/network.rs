@@ -285,15 +285,18 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
 
     // An attacker peer gossips forged receipts: signed by an unregistered key, tampered, and a real receipt
     // republished by a peer that is not its node.
-    let net = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: [boot.clone(), validator_addrs(&v).await].concat().iter().map(|a| a.parse().unwrap()).collect(),
-        mdns: false,
-        heartbeat: std::time::Duration::from_millis(200),
-        ..NetConfig::default()
+    let bootstrap: Vec<libp2p::Multiaddr> =
+        [boot.clone(), validator_addrs(&v).await].concat().iter().map(|a| a.parse().unwrap()).collect();
+    let peer = || {
+        let net = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: bootstrap.clone(),
+            mdns: false,
+            heartbeat: std::time::Duration::from_millis(200),
+            ..NetConfig::default()
+        };
+        Client::start(ClientConfig { net, topics: vec![RECEIPTS_TOPIC.into()], ..ClientConfig::default() }).unwrap()
     };
-    let attacker =
-        Client::start(ClientConfig { net, topics: vec![RECEIPTS_TOPIC.into()], ..ClientConfig::default() }).unwrap();
     let domain = chain.deployment.domain();
     let stranger = alloy::signers::local::PrivateKeySigner::random();
     let mut forged = ReceiptMsg::sign_single(&real.receipt(), stranger.address(), &stranger, &domain).unwrap();
@@ -301,12 +304,20 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
     let forged = ReceiptMsg::sign_single(&forged.receipt(), stranger.address(), &stranger, &domain).unwrap();
     let mut tampered = real.clone();
     tampered.price = U256::from(1u64);
-    tokio::time::sleep(Duration::from_millis(800)).await; // the attacker joins the receipts mesh
+    // One attacker peer per forgery: a rejected receipt costs the peer that sent it its gossip score, so the
+    // validator would soon ignore a second one from the same peer.
     for (msg, reason) in [(&forged, "unregistered_node"), (&tampered, "signature"), (&real, "wrong_publisher")] {
-        let _ = attacker.publish(RECEIPTS_TOPIC, encode(msg)).await;
+        let attacker = peer();
+        let data = encode(msg);
+        // Published once the attacker is in the receipts mesh.
+        wait_until_async(Duration::from_secs(20), async || {
+            attacker.publish(RECEIPTS_TOPIC, data.clone()).await.is_ok()
+        })
+        .await;
         let label = format!("mlbridge_validator_receipts_rejected_total{{reason=\"{reason}\"}}");
         wait_until_async(Duration::from_secs(20), async || metric(&v, &label) >= 1.0).await;
     }
+    let attacker = peer();
 
     // Audit records that do not hash to their receipt are refused before any re-execution.
     let rx = Reexecutor::open(&models_root(), None).await.unwrap();
