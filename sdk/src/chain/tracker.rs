@@ -104,6 +104,7 @@ enum Command {
 pub struct ConfirmationTracker {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<TxEvent>,
+    head: watch::Receiver<u64>,
 }
 
 impl ConfirmationTracker {
@@ -114,6 +115,7 @@ impl ConfirmationTracker {
     {
         let (commands, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(1024);
+        let (head_tx, head) = watch::channel(0);
         let actor = Actor {
             provider,
             config,
@@ -123,9 +125,10 @@ impl ConfirmationTracker {
             blocks: BTreeMap::new(),
             items: HashMap::new(),
             head: 0,
+            processed: head_tx,
         };
         tokio::spawn(actor.run());
-        Self { commands, events }
+        Self { commands, events, head }
     }
 
     /// Track one of our transactions; it is re-sent from its raw bytes if a reorg or the mempool loses it.
@@ -146,6 +149,19 @@ impl ConfirmationTracker {
     /// Every state change of every tracked transaction.
     pub fn subscribe(&self) -> broadcast::Receiver<TxEvent> {
         self.events.subscribe()
+    }
+
+    /// The head block whose poll the tracker has finished: the state of every transaction tracked before that poll
+    /// reflects the chain up to it (0 before the first successful poll).
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Wait until the tracker has finished a poll at `block` or above.
+    pub async fn wait_head(&self, block: u64) -> Result<u64> {
+        let mut head = self.head.clone();
+        let seen = *head.wait_for(|h| *h >= block).await.map_err(|_| Error::TrackerStopped)?;
+        Ok(seen)
     }
 }
 
@@ -182,6 +198,8 @@ struct Actor<P> {
     blocks: BTreeMap<u64, B256>,
     items: HashMap<TxHash, Item>,
     head: u64,
+    /// Published after each completed poll.
+    processed: watch::Sender<u64>,
 }
 
 impl<P: Provider> Actor<P> {
@@ -245,7 +263,9 @@ impl<P: Provider> Actor<P> {
         if let Some(from) = reorg_from {
             self.handle_reorg(from).await;
         }
-        self.update_items().await
+        self.update_items().await?;
+        self.processed.send_replace(head);
+        Ok(())
     }
 
     /// Bring `blocks` up to `head`; returns the lowest recorded height whose block was replaced, if any.

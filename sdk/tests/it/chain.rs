@@ -140,14 +140,19 @@ async fn confirmed_exactly_at_the_third_block_with_manual_mining() {
     let sent = s.send("transfer", tx).await.unwrap();
     let state = tracker.track_sent(&sent).await.unwrap();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two completed polls after it was tracked (so at least one whole poll saw it), no block mined: still pending.
+    let mut polls = tracker.head();
+    polls.borrow_and_update();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(3), polls.changed()).await.unwrap().unwrap();
+    }
     assert_eq!(*state.borrow(), TxState::Pending, "not mined yet");
     p.anvil_mine(Some(1), None).await.unwrap();
     let b = head(&p).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracker.wait_head(b).await.unwrap();
     assert!(matches!(*state.borrow(), TxState::Included { block, .. } if block == b), "included in B");
     p.anvil_mine(Some(1), None).await.unwrap(); // head = B + 1: two confirmations
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tracker.wait_head(b + 1).await.unwrap();
     assert!(matches!(*state.borrow(), TxState::Included { .. }), "not confirmed at B + 1");
     p.anvil_mine(Some(1), None).await.unwrap(); // head = B + 2: three confirmations
     let mined_at = Instant::now();
@@ -273,7 +278,7 @@ async fn reorg_of_a_redemption_is_resubmitted_and_pays_once() {
     let state = tracker.track_sent(&sent).await.unwrap();
     p.anvil_mine(Some(1), None).await.unwrap();
     let b = head(&p).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracker.wait_head(b).await.unwrap();
     assert!(matches!(*state.borrow(), TxState::Included { block, .. } if block == b));
 
     // Replace block B with an empty one: the redemption disappears from the chain.
@@ -292,8 +297,10 @@ async fn reorg_of_a_redemption_is_resubmitted_and_pays_once() {
     // Mine until it is confirmed again.
     let confirm = tokio::spawn(wait_confirmed(state));
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One block at a time, each seen by the tracker (which resubmits the redemption) before the next.
         p.anvil_mine(Some(1), None).await.unwrap();
+        let now = head(&p).await;
+        tokio::time::timeout(Duration::from_secs(3), tracker.wait_head(now)).await.unwrap().unwrap();
     }
     let final_state = tokio::time::timeout(Duration::from_secs(3), confirm).await.unwrap().unwrap().unwrap();
     assert!(matches!(final_state, TxState::Confirmed { .. }));
@@ -329,9 +336,16 @@ async fn rpc_outage_is_survived_without_losing_items() {
         .unwrap();
     let state = tracker.track_sent(&sent).await.unwrap();
     proxy.set_down(true);
-    tokio::time::sleep(Duration::from_secs(4)).await; // blocks go on; the tracker cannot see them
+    // Blocks go on (enough to confirm it) while the tracker cannot see them.
+    let cut_at = head(&provider(&anvil.endpoint())).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.rpc_errors.get() < 2 || head(&provider(&anvil.endpoint())).await < cut_at + 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("anvil mines on and the tracker's polls fail");
     assert!(!matches!(*state.borrow(), TxState::Confirmed { .. }));
-    assert!(metrics.rpc_errors.get() > 0, "the tracker noticed the outage");
     proxy.set_down(false);
     let confirmed = tokio::time::timeout(Duration::from_secs(5), wait_confirmed(state)).await.unwrap().unwrap();
     assert!(matches!(confirmed, TxState::Confirmed { .. }), "recovered and confirmed: {confirmed:?}");
@@ -390,8 +404,14 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees() {
     let waiting = tokio::spawn(async move {
         s2.send_and_wait("transfer", TransactionRequest::default().to(to).value(U256::from(5u64))).await
     });
-    // Nothing is mined for a while: the sender must bump at least once.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Nothing is mined until the sender has bumped at least once.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.tx_sent.with_label_values(&["transfer"]).get() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the sender bumps a transaction that is not mined");
     p.anvil_mine(Some(1), None).await.unwrap();
     let (sent, receipt) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
     assert_eq!(sent.nonce, 0);
