@@ -205,6 +205,14 @@ pub enum Error {
         /// Largest allowed.
         max: i64,
     },
+    /// A float input holds NaN or an infinity (no model output over it could be checked by a validator).
+    #[error("model {model}: input {input} holds NaN or an infinity; send finite numbers")]
+    NotFinite {
+        /// `name/version`.
+        model: String,
+        /// The input.
+        input: String,
+    },
     /// A request over one of the node's per-request limits.
     #[error("request too large: {what}; the limit is {limit}")]
     TooLarge {

@@ -14,7 +14,7 @@ use mlbridge_node::metrics::NodeMetrics;
 use mlbridge_sdk::protocol::{AuditRecord, ReceiptMsg, tensors_hash, texts_hash};
 use mlbridge_sdk::{Tensor, TensorData};
 
-use crate::compare::max_abs_diff;
+use crate::compare::max_diff;
 use crate::{Error, Result};
 
 /// Why a record cannot be judged (none of these is evidence against the node by itself).
@@ -128,8 +128,8 @@ impl Reexecutor {
     }
 }
 
-/// Largest element-wise difference between two output lists (`None` when names, shapes or types differ).
-/// Non-float tensors must be equal.
+/// Largest element-wise difference between two output lists ([`crate::compare`]'s rule; `None` when names, shapes or
+/// types differ). Non-float tensors must be equal.
 pub fn outputs_diff(node: &[Tensor], ours: &[Tensor]) -> Option<f64> {
     if node.len() != ours.len() {
         return None;
@@ -140,7 +140,8 @@ pub fn outputs_diff(node: &[Tensor], ours: &[Tensor]) -> Option<f64> {
             return None;
         }
         let d = match (a.data(), b.data()) {
-            (TensorData::Fp32(x), TensorData::Fp32(y)) => max_abs_diff(x, y)?,
+            (TensorData::Fp32(x), TensorData::Fp32(y)) => max_diff(x, y)?,
+            (TensorData::Fp64(x), TensorData::Fp64(y)) => max_diff(x, y)?,
             (x, y) if x == y => 0.0,
             _ => return None,
         };
@@ -159,7 +160,7 @@ mod tests {
 
     #[test]
     fn outputs_compare_by_name_shape_and_value() {
-        assert_eq!(outputs_diff(&[t("y", vec![1.0, 2.0])], &[t("y", vec![1.0, 2.5])]), Some(0.5));
+        assert_eq!(outputs_diff(&[t("y", vec![1.0, 0.5])], &[t("y", vec![1.0, 0.25])]), Some(0.25));
         assert_eq!(outputs_diff(&[t("y", vec![1.0])], &[t("z", vec![1.0])]), None, "another name");
         assert_eq!(outputs_diff(&[t("y", vec![1.0])], &[t("y", vec![1.0, 1.0])]), None, "another shape");
         assert_eq!(outputs_diff(&[t("y", vec![1.0])], &[]), None, "missing output");

@@ -58,7 +58,7 @@ pub async fn measure(rx: &Reexecutor, batch: Option<usize>, rounds: usize) -> Re
                 let together = engine.embed(name, v, chunk).await?;
                 for (i, t) in chunk.iter().enumerate() {
                     let alone = engine.embed(name, v, std::slice::from_ref(t)).await?;
-                    record(crate::compare::max_abs_diff(&together.vectors[i], &alone.vectors[0]));
+                    record(crate::compare::max_diff(&together.vectors[i], &alone.vectors[0]));
                 }
             }
         } else {

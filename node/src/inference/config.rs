@@ -94,7 +94,8 @@ pub struct TokenizerConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationConfig {
-    /// Largest absolute element-wise difference accepted.
+    /// Largest element-wise difference accepted: absolute within [-1, 1], relative to the larger magnitude beyond
+    /// (`|a - b| / max(1, |a|, |b|)`).
     pub max_abs_diff: f64,
 }
 
@@ -224,6 +225,14 @@ impl ModelConfig {
                 && let Some(v) = out_of_range(t, lo, hi)
             {
                 return Err(Error::ValueOutOfRange { model, input: spec.name.clone(), value: v, min: lo, max: hi });
+            }
+            let finite = match t.data() {
+                mlbridge_sdk::TensorData::Fp32(v) => v.iter().all(|x| x.is_finite()),
+                mlbridge_sdk::TensorData::Fp64(v) => v.iter().all(|x| x.is_finite()),
+                _ => true,
+            };
+            if !finite {
+                return Err(Error::NotFinite { model, input: spec.name.clone() });
             }
             let b = shape[0];
             let max = self.max_batch_size;

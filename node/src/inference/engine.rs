@@ -374,6 +374,7 @@ pub fn is_client_error(e: &Error) -> bool {
             | Error::EmptyInput
             | Error::TooLarge { .. }
             | Error::ValueOutOfRange { .. }
+            | Error::NotFinite { .. }
             | Error::Sdk(_)
     )
 }

@@ -163,6 +163,12 @@ fn garbage_with_a_matching_hash_is_a_session_error() {
 
 #[test]
 fn bad_requests_get_typed_errors_before_onnx_runtime() {
+    fn with_value(t: Tensor, at: usize, v: f32) -> Tensor {
+        let (name, shape, data) = t.into_parts();
+        let TensorData::Fp32(mut data) = data else { unreachable!("built as fp32") };
+        data[at] = v;
+        Tensor::new(name, shape, TensorData::Fp32(data)).unwrap()
+    }
     let repo = ModelRepository::open(&models_root()).unwrap();
     let model = repo.load(&runtime(), "mlp-tiny", Some(1)).unwrap();
     let input = |name: &str, shape: Vec<i64>| {
@@ -180,6 +186,11 @@ fn bad_requests_get_typed_errors_before_onnx_runtime() {
         (vec![input("input", vec![1, 256]), input("input", vec![1, 256])], |e| matches!(e, Error::MissingInput { .. })),
         (vec![Tensor::new("input", vec![1, 256], TensorData::Int64(vec![0; 256])).unwrap()], |e| {
             matches!(e, Error::WrongDataType { .. })
+        }),
+        // NaN or an infinity (CBOR over p2p can carry them): no validator could check the answer.
+        (vec![with_value(input("input", vec![2, 256]), 300, f32::NAN)], |e| matches!(e, Error::NotFinite { .. })),
+        (vec![with_value(input("input", vec![1, 256]), 7, f32::NEG_INFINITY)], |e| {
+            matches!(e, Error::NotFinite { .. })
         }),
     ];
     for (i, (inputs, check)) in cases.into_iter().enumerate() {
