@@ -133,9 +133,18 @@ impl ValidatorChain {
         let TxState::Confirmed { block, .. } = final_state else {
             return Err(Error::Refused { what: what.into(), reason: "the transaction was dropped".into() });
         };
-        let receipt = self.provider.get_transaction_receipt(sent.hash).await.map_err(rpc)?;
-        if receipt.is_some_and(|r| !r.status()) {
-            return Err(Error::Refused { what: what.into(), reason: format!("it reverted in block {block}") });
+        match self.provider.get_transaction_receipt(sent.hash).await.map_err(rpc)? {
+            Some(r) if r.status() => {}
+            Some(_) => {
+                return Err(Error::Refused { what: what.into(), reason: format!("it reverted in block {block}") });
+            }
+            // Confirmed by the tracker but unknown to the RPC now (a lagging or reorged backend): not a success.
+            None => {
+                return Err(Error::from(mlbridge_sdk::Error::Rpc(format!(
+                    "{what}: no receipt for {} after its confirmation; check the RPC endpoint",
+                    sent.hash
+                ))));
+            }
         }
         if self.progress {
             println!("{what}: confirmed (block {block})");

@@ -181,7 +181,18 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Stake { amount, common } => {
             let (_, chain) = connect(&common).await?;
-            let registered = chain.staking.roleOf(chain.address()).call().await.map_err(rpc)? != 0;
+            // IStaking.Role: 0 none, 1 node, 2 validator.
+            let role = chain.staking.roleOf(chain.address()).call().await.map_err(rpc)?;
+            if role == 1 {
+                return Err(Error::Config {
+                    path: "--keystore / --key".into(),
+                    reason: format!(
+                        "{} is registered as a node operator; a validator needs a key of its own",
+                        chain.address()
+                    ),
+                });
+            }
+            let registered = role == 2;
             let amount = match amount {
                 Some(a) => ether(&a, "--amount")?,
                 None if registered => {

@@ -1,8 +1,8 @@
 //! The validator's Prometheus metrics, served on `/metrics` (`[metrics] listen`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 /// Every metric of the validator.
@@ -35,12 +35,16 @@ pub struct ValidatorMetrics {
     pub votes: IntCounterVec,
     /// Attestations mined.
     pub attestations: IntCounter,
+    /// Records votes were judged on, by source (`gossip`: the challenger's evidence, `audit`: the accused node's).
+    pub vote_records: IntCounterVec,
+    /// Mismatches not challenged, by reason (`evidence_too_large`: the record cannot be gossiped to voters).
+    pub challenges_skipped: IntCounterVec,
     /// Validator stake, wei (as of the last chain poll).
-    pub stake_wei: IntGauge,
-    /// Rewards claimed from ValidatorRewards, wei, in total (as of the last chain poll).
-    pub earned_wei: IntGauge,
-    /// Rewards and dispute credits received by this process, wei.
-    pub claimed_wei: IntCounter,
+    pub stake_wei: Gauge,
+    /// Epoch rewards earned in ValidatorRewards, wei, claimed or not (as of the last chain poll).
+    pub earned_wei: Gauge,
+    /// Epoch rewards, vote rewards and dispute credits received by this process, wei.
+    pub claimed_wei: Counter,
 }
 
 impl ValidatorMetrics {
@@ -62,6 +66,13 @@ impl ValidatorMetrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let wei_gauge = |name: &str, help: &str| -> Result<Gauge, prometheus::Error> {
+            let g = Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let claimed_wei = Counter::new("mlbridge_validator_claimed_wei_total", "Wei received by this process")?;
+        registry.register(Box::new(claimed_wei.clone()))?;
         let audit_seconds = Histogram::with_opts(
             HistogramOpts::new("mlbridge_validator_audit_seconds", "Audit round trips, seconds")
                 .buckets(exponential_buckets(0.001, 2.0, 15)?),
@@ -81,9 +92,15 @@ impl ValidatorMetrics {
             disputes_resolved: by("mlbridge_validator_disputes_resolved_total", "Own disputes resolved", "result")?,
             votes: by("mlbridge_validator_votes_total", "Votes on others' disputes", "side")?,
             attestations: counter("mlbridge_validator_attestations_total", "Attestations mined")?,
-            stake_wei: gauge("mlbridge_validator_stake_wei", "Validator stake, wei")?,
-            earned_wei: gauge("mlbridge_validator_earned_wei", "Rewards claimed in total, wei")?,
-            claimed_wei: counter("mlbridge_validator_claimed_wei_total", "Wei received by this process")?,
+            vote_records: by("mlbridge_validator_vote_records_total", "Records votes were judged on", "source")?,
+            challenges_skipped: by(
+                "mlbridge_validator_challenges_skipped_total",
+                "Mismatches not challenged",
+                "reason",
+            )?,
+            stake_wei: wei_gauge("mlbridge_validator_stake_wei", "Validator stake, wei")?,
+            earned_wei: wei_gauge("mlbridge_validator_earned_wei", "Epoch rewards earned, claimed or not, wei")?,
+            claimed_wei,
             registry,
         })
     }

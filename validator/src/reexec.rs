@@ -108,12 +108,11 @@ impl Reexecutor {
         }
     }
 
-    /// Check `record` against `receipt` and re-execute it.
-    pub async fn check(&self, receipt: &ReceiptMsg, record: &AuditRecord) -> std::result::Result<Check, Rejected> {
+    /// Whether `record` is the record of `receipt`: the same receipt, inputs and outputs that hash to it.
+    pub fn bound(&self, receipt: &ReceiptMsg, record: &AuditRecord) -> std::result::Result<(), Rejected> {
         if record.receipt.receipt().leaf() != receipt.receipt().leaf() || record.receipt.node() != receipt.node() {
             return Err(Rejected::WrongReceipt);
         }
-        let config = self.model(receipt.model_id).ok_or(Rejected::UnknownModel(receipt.model_id))?.clone();
         let input_hash = if record.texts.is_empty() { tensors_hash(&record.inputs) } else { texts_hash(&record.texts) };
         if input_hash != receipt.input_hash {
             return Err(Rejected::InputHash);
@@ -121,6 +120,13 @@ impl Reexecutor {
         if tensors_hash(&record.outputs) != receipt.output_hash {
             return Err(Rejected::OutputHash);
         }
+        Ok(())
+    }
+
+    /// Check `record` against `receipt` ([`Self::bound`]) and re-execute it.
+    pub async fn check(&self, receipt: &ReceiptMsg, record: &AuditRecord) -> std::result::Result<Check, Rejected> {
+        let config = self.model(receipt.model_id).ok_or(Rejected::UnknownModel(receipt.model_id))?.clone();
+        self.bound(receipt, record)?;
         let ours = self.run(&config, record).await?;
         let max_diff = outputs_diff(&record.outputs, &ours);
         let tolerance = config.validation.max_abs_diff;

@@ -6,42 +6,85 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
 use libp2p::PeerId;
-use mlbridge_sdk::protocol::{AuditRecord, DISPUTES_TOPIC, DisputeEvidence, ReceiptMsg, WIRE_VERSION, encode};
+use mlbridge_sdk::protocol::{
+    AuditRecord, DISPUTES_TOPIC, DisputeEvidence, MAX_GOSSIP_BYTES, ReceiptMsg, WIRE_VERSION, encode,
+};
 
 use super::Shared;
 use crate::chain::rpc;
 use crate::reexec::Rejected;
 use crate::{Error, Result};
 
+/// Bond paid above `requiredBond`, in basis points (the node could raise its stake, and so the bond, between our
+/// read and the reveal; the whole bond comes back when the challenge wins).
+const BOND_MARGIN_BPS: u64 = 100;
+
+/// Why a mismatch was not challenged.
+#[derive(Debug)]
+pub(super) enum NotChallenged {
+    /// The record is too large to gossip: voters could only ask the accused node, which could refuse, and our bond
+    /// would be lost. Counted, logged; the node stays suspected.
+    EvidenceTooLarge(usize),
+    /// We already disputed this receipt.
+    AlreadyDisputed(u64),
+}
+
+impl std::fmt::Display for NotChallenged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EvidenceTooLarge(n) => write!(f, "the record ({n} bytes) is too large to gossip as evidence"),
+            Self::AlreadyDisputed(id) => write!(f, "already disputed (dispute {id})"),
+        }
+    }
+}
+
 /// Challenge `r` (the node's output disagrees with `ours`): commit, reveal with the required bond once the
-/// commitment is confirmed, then gossip the evidence so other validators can vote.
+/// commitment is confirmed, then gossip the evidence so other validators can vote (again every
+/// `evidence_wait_secs` until the deadline, by the duties loop).
 pub(super) async fn challenge(
     shared: &Arc<Shared>,
     node_peer: PeerId,
     r: &ReceiptMsg,
     record: AuditRecord,
     ours: B256,
-) -> Result<u64> {
+) -> Result<std::result::Result<u64, NotChallenged>> {
     let d = &shared.chain.disputes;
     let me = shared.signer.address();
     let leaf = r.receipt().leaf();
+    let mut evidence =
+        DisputeEvidence { version: WIRE_VERSION, dispute_id: u64::MAX, node_peer: node_peer.to_bytes(), record };
+    let size = encode(&evidence).len();
+    if size > MAX_GOSSIP_BYTES {
+        shared.metrics.challenges_skipped.with_label_values(&["evidence_too_large"]).inc();
+        return Ok(Err(NotChallenged::EvidenceTooLarge(size)));
+    }
+    let before = d.disputeOf(r.node(), leaf, me).call().await.map_err(rpc)?;
+    if before.exists {
+        return Ok(Err(NotChallenged::AlreadyDisputed(before.disputeId.saturating_to())));
+    }
     let salt = alloy::signers::local::PrivateKeySigner::random().to_bytes();
     let commitment = d.commitmentOf(me, r.node(), leaf, ours, salt).call().await.map_err(rpc)?;
     shared.chain.transact("commit", d.commit(commitment).into_transaction_request()).await?;
-    let bond = d.requiredBond(r.node()).call().await.map_err(rpc)?;
+    let required = d.requiredBond(r.node()).call().await.map_err(rpc)?;
+    let bond = required + required * U256::from(BOND_MARGIN_BPS) / U256::from(10_000u64);
     let reveal = d.challenge(r.evidence(), ours, salt).value(bond).into_transaction_request();
     shared.chain.transact("challenge", reveal).await?;
     let found = d.disputeOf(r.node(), leaf, me).call().await.map_err(rpc)?;
     let id: u64 = found.disputeId.saturating_to();
     shared.metrics.disputes_opened.inc();
     tracing::warn!(target: "validator::disputes", dispute = id, node = %r.node(), job = %r.job_id, bond = %bond, "dispute opened");
-    let evidence = DisputeEvidence { version: WIRE_VERSION, dispute_id: id, node_peer: node_peer.to_bytes(), record };
-    shared.keep_evidence(evidence.clone());
-    if let Err(e) = shared.client.publish(DISPUTES_TOPIC, encode(&evidence)).await {
-        tracing::warn!(target: "validator::disputes", dispute = id, error = %e,
-            "could not gossip the evidence; voters will audit the node themselves");
+    evidence.dispute_id = id;
+    shared.keep_own_evidence(evidence.clone());
+    publish_evidence(shared, &evidence).await;
+    Ok(Ok(id))
+}
+
+/// Gossip a dispute's evidence.
+pub(super) async fn publish_evidence(shared: &Shared, evidence: &DisputeEvidence) {
+    if let Err(e) = shared.client.publish(DISPUTES_TOPIC, encode(evidence)).await {
+        tracing::warn!(target: "validator::disputes", dispute = evidence.dispute_id, error = %e,
+            "could not gossip the evidence; trying again");
     }
-    Ok(id)
 }
 
 /// What a dispute is about, from its `DisputeOpened` event.
@@ -51,70 +94,102 @@ pub(super) struct Opened {
     pub(super) node: alloy::primitives::Address,
     pub(super) job_id: B256,
     pub(super) leaf: B256,
+    pub(super) model_id: B256,
     pub(super) snapshot: u64,
 }
 
+/// The result of a voting attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Voting {
+    /// Voted (`true`: the node was wrong).
+    Voted(bool),
+    /// Cannot vote on this dispute (our stake is too young or small at the challenge, or we lack the model).
+    Never,
+    /// No record bound to the receipt yet (none gossiped, the node refused the audit): try again later.
+    NoEvidence,
+}
+
 /// Re-execute a dispute's job and vote. Evidence: what the challenger gossiped, else the node's own audit record.
-/// Abstains (returns `Ok(None)`) when no record bound to the receipt can be had or the model is not held.
-pub(super) async fn vote(shared: &Arc<Shared>, opened: &Opened) -> Result<Option<bool>> {
+/// Never votes on a guess: without a record bound to the receipt, or without the model, it does not vote.
+pub(super) async fn vote(shared: &Arc<Shared>, opened: &Opened) -> Result<Voting> {
     let me = shared.signer.address();
     let d = &shared.chain.disputes;
     let weight = d.voteWeight(me, U256::from(opened.snapshot)).call().await.map_err(rpc)?;
     if weight.is_zero() {
         tracing::info!(target: "validator::disputes", dispute = opened.id, "no vote: our stake is too young or too small at the challenge");
-        return Ok(None);
+        return Ok(Voting::Never);
     }
-    let Some(node_wrong) = judge(shared, opened).await else { return Ok(None) };
+    let node_wrong = match judge(shared, opened).await {
+        Judged::Verdict(v) => v,
+        Judged::NoModel => return Ok(Voting::Never),
+        Judged::NoRecord => return Ok(Voting::NoEvidence),
+    };
     shared.chain.transact("vote", d.vote(U256::from(opened.id), node_wrong).into_transaction_request()).await?;
     let side = if node_wrong { "node_wrong" } else { "node_right" };
     shared.metrics.votes.with_label_values(&[side]).inc();
     tracing::info!(target: "validator::disputes", dispute = opened.id, node = %opened.node, side, "voted");
-    Ok(Some(node_wrong))
+    Ok(Voting::Voted(node_wrong))
 }
 
-/// Whether the node was wrong, from the first record that is bound to the disputed receipt.
-async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Option<bool> {
+enum Judged {
+    Verdict(bool),
+    NoModel,
+    NoRecord,
+}
+
+/// Whether the node was wrong: from the challenger's gossiped evidence (waited for up to `evidence_wait_secs`),
+/// else from the accused node's own audit record.
+async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
+    if shared.reexec.model(opened.model_id).is_none() {
+        tracing::info!(target: "validator::disputes", dispute = opened.id, model = %opened.model_id, "model not held: abstaining");
+        return Judged::NoModel;
+    }
     let wait = Duration::from_secs_f64(shared.config.duties.evidence_wait_secs.max(0.0));
     let started = Instant::now();
-    let mut tried = 0;
     loop {
-        let gossiped = shared.evidence_for(opened.id);
-        for ev in gossiped.iter().skip(tried) {
-            tried += 1;
-            if let Some(verdict) = judge_record(shared, opened, &ev.record).await {
-                return Some(verdict);
-            }
+        if let Some(ev) = shared.evidence_for(opened.id)
+            && let Some(verdict) = judge_record(shared, opened, &ev.record).await
+        {
+            shared.metrics.vote_records.with_label_values(&["gossip"]).inc();
+            return verdict;
         }
         if started.elapsed() >= wait {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // No usable evidence gossiped: ask the accused node for its own record.
-    let peer = shared.node_peer(opened.node).await.ok().flatten().and_then(|p| PeerId::from_bytes(&p).ok())?;
+    let Some(peer) = shared.node_peer(opened.node).await.ok().flatten().and_then(|p| PeerId::from_bytes(&p).ok())
+    else {
+        return Judged::NoRecord;
+    };
     match super::receipts::audit(shared, peer, opened.job_id).await {
-        Ok(record) => judge_record(shared, opened, &record).await,
+        Ok(record) => match judge_record(shared, opened, &record).await {
+            Some(verdict) => {
+                shared.metrics.vote_records.with_label_values(&["audit"]).inc();
+                verdict
+            }
+            None => Judged::NoRecord,
+        },
         Err(reason) => {
-            tracing::info!(target: "validator::disputes", dispute = opened.id, reason, "no evidence and no audit: abstaining");
-            None
+            tracing::info!(target: "validator::disputes", dispute = opened.id, reason,
+                "no evidence yet and no audit: not voting now, trying again");
+            Judged::NoRecord
         }
     }
 }
 
 /// Judge one record: it must carry the disputed receipt (same leaf, same node) and hash correctly.
-async fn judge_record(shared: &Arc<Shared>, opened: &Opened, record: &AuditRecord) -> Option<bool> {
+async fn judge_record(shared: &Arc<Shared>, opened: &Opened, record: &AuditRecord) -> Option<Judged> {
     let r = &record.receipt;
     if r.receipt().leaf() != opened.leaf || r.node() != opened.node || !r.verify(&shared.chain.deployment().domain()) {
         shared.metrics.records_rejected.with_label_values(&["wrong_receipt"]).inc();
         return None;
     }
     match shared.reexec.check(r, record).await {
-        Ok(c) => Some(!c.agrees),
+        Ok(c) => Some(Judged::Verdict(!c.agrees)),
+        Err(Rejected::UnknownModel(_)) => Some(Judged::NoModel),
         Err(rejected) => {
             shared.metrics.records_rejected.with_label_values(&[rejected.label()]).inc();
-            if let Rejected::UnknownModel(m) = rejected {
-                tracing::info!(target: "validator::disputes", dispute = opened.id, model = %m, "model not held: abstaining");
-            }
             None
         }
     }
@@ -139,7 +214,7 @@ pub(super) async fn settle(shared: &Arc<Shared>, id: u64, challenger_is_me: bool
         let tx = d.claimVoteReward(U256::from(id)).into_transaction_request();
         match shared.chain.transact("claim vote reward", tx).await {
             Ok(_) => {
-                shared.metrics.claimed_wei.inc_by(amount.saturating_to());
+                shared.metrics.claimed_wei.inc_by(super::duties::wei_f64(amount));
                 tracing::info!(target: "validator::disputes", dispute = id, wei = %amount, "claimed vote reward");
             }
             Err(Error::Refused { .. }) => {}

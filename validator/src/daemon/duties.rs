@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
 use alloy::providers::Provider;
@@ -12,7 +12,7 @@ use alloy::sol_types::SolEvent;
 use mlbridge_sdk::chain::bindings::Disputes;
 use tokio_util::sync::CancellationToken;
 
-use super::disputes::{Opened, settle, vote};
+use super::disputes::{Opened, Voting, publish_evidence, settle, vote};
 use super::{Shared, lock};
 use crate::chain::rpc;
 use crate::{Error, Result};
@@ -25,8 +25,10 @@ struct Followed {
     opened: Opened,
     challenger_is_me: bool,
     deadline: u64,
-    /// A vote is being prepared or sent (cleared again if it failed, to retry).
+    /// A vote is being prepared or sent (cleared again if it failed or found no evidence, to retry).
     voting: Arc<AtomicBool>,
+    /// When we last gossiped the evidence of our own challenge.
+    published: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -75,9 +77,9 @@ async fn tick(shared: &Arc<Shared>, state: &mut State) {
 async fn gauges(shared: &Arc<Shared>) -> Result<()> {
     let me = shared.signer.address();
     let stake = shared.chain.staking.validatorStakeOf(me).call().await.map_err(rpc)?;
-    shared.metrics.stake_wei.set(i64::try_from(stake).unwrap_or(i64::MAX));
+    shared.metrics.stake_wei.set(wei_f64(stake));
     let earned = shared.chain.rewards.totalEarned(me).call().await.map_err(rpc)?;
-    shared.metrics.earned_wei.set(i64::try_from(earned).unwrap_or(i64::MAX));
+    shared.metrics.earned_wei.set(wei_f64(earned));
     Ok(())
 }
 
@@ -140,13 +142,16 @@ async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Re
                 node: ev.node,
                 job_id: ev.receipt.jobId,
                 leaf: ev.receiptLeaf,
+                model_id: ev.receipt.modelId,
                 snapshot: dispute.snapshotBlock,
             };
+            shared.know_dispute(id, ev.node, ev.receiptLeaf);
             state.followed.entry(id).or_insert(Followed {
                 opened,
                 challenger_is_me: ev.challenger == me,
                 deadline: ev.deadline.saturating_to(),
                 voting: Arc::new(AtomicBool::new(false)),
+                published: None,
             });
         }
         state.scanned = Some(to);
@@ -177,6 +182,7 @@ async fn follow_disputes(shared: &Arc<Shared>, state: &mut State) {
     }
     for id in done {
         state.followed.remove(&id);
+        shared.forget_dispute(id);
     }
 }
 
@@ -194,12 +200,28 @@ async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Re
         return Ok(true);
     }
     if now < f.deadline {
+        let every = Duration::from_secs_f64(shared.config.duties.evidence_wait_secs.max(1.0));
+        if f.challenger_is_me && f.published.is_none_or(|t| t.elapsed() >= every) {
+            // Again until the deadline: validators that join late or lag the chain get it too.
+            if let Some(ev) = shared.evidence_for(id) {
+                publish_evidence(shared, &ev).await;
+            }
+            f.published = Some(Instant::now());
+        }
         if !involved && !f.voting.swap(true, Ordering::SeqCst) {
             let (shared, opened, voting) = (shared.clone(), f.opened.clone(), f.voting.clone());
             tokio::spawn(async move {
-                if let Err(e) = vote(&shared, &opened).await {
-                    tracing::warn!(target: "validator::disputes", dispute = opened.id, error = %e, "vote failed; retrying");
-                    voting.store(false, Ordering::SeqCst);
+                match vote(&shared, &opened).await {
+                    Ok(Voting::Voted(_) | Voting::Never) => {}
+                    Ok(Voting::NoEvidence) => {
+                        // Retried after a pause (the challenger gossips its evidence again until the deadline).
+                        tokio::time::sleep(every).await;
+                        voting.store(false, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "validator::disputes", dispute = opened.id, error = %e, "vote failed; retrying");
+                        voting.store(false, Ordering::SeqCst);
+                    }
                 }
             });
         }
@@ -222,10 +244,16 @@ async fn claim(shared: &Arc<Shared>) -> Result<()> {
     let unclaimed: u64 = r.unclaimedEpochs(me).call().await.map_err(rpc)?.saturating_to();
     if unclaimed >= shared.config.duties.claim_every_epochs.max(1) {
         let pending = r.pendingRewards(me).call().await.map_err(rpc)?;
-        let max = U256::from(shared.config.duties.claim_max_epochs);
-        shared.chain.transact("claim", r.claim(max).into_transaction_request()).await?;
-        shared.metrics.claimed_wei.inc_by(pending.saturating_to());
-        tracing::info!(target: "validator::duties", epochs = unclaimed, wei = %pending, "claimed rewards");
+        // Nothing to gain: no gas spent (the epochs stay unclaimed until they hold something).
+        if !pending.is_zero() {
+            let max = U256::from(shared.config.duties.claim_max_epochs);
+            shared.chain.transact("claim", r.claim(max).into_transaction_request()).await?;
+            // A claim walks at most claim_max_epochs: what it paid is what is no longer pending.
+            let left = r.pendingRewards(me).call().await.map_err(rpc)?;
+            let paid = pending.saturating_sub(left);
+            shared.metrics.claimed_wei.inc_by(wei_f64(paid));
+            tracing::info!(target: "validator::duties", epochs = unclaimed, wei = %paid, "claimed rewards");
+        }
     }
     let credit = shared.chain.disputes.creditOf(me).call().await.map_err(rpc)?;
     if !credit.is_zero() {
@@ -233,8 +261,13 @@ async fn claim(shared: &Arc<Shared>) -> Result<()> {
             .chain
             .transact("withdraw dispute credit", shared.chain.disputes.withdraw().into_transaction_request())
             .await?;
-        shared.metrics.claimed_wei.inc_by(credit.saturating_to());
+        shared.metrics.claimed_wei.inc_by(wei_f64(credit));
         tracing::info!(target: "validator::duties", wei = %credit, "withdrew dispute credit");
     }
     Ok(())
+}
+
+/// Wei as a metric value (exact up to 2^53 wei, about 0.009 ETH; relative error 1e-16 beyond).
+pub(super) fn wei_f64(wei: U256) -> f64 {
+    f64::from(wei)
 }

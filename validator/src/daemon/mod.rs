@@ -16,7 +16,7 @@ mod disputes;
 mod duties;
 mod receipts;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -41,12 +41,15 @@ use crate::reexec::Reexecutor;
 use crate::sampler::Sampler;
 use crate::{Error, Result};
 
-/// Disputes whose gossiped evidence is kept at most (oldest forgotten first), and pieces of evidence per dispute.
-const MAX_EVIDENCE_DISPUTES: usize = 1024;
-const MAX_EVIDENCE_PER_DISPUTE: usize = 4;
+/// Receipts remembered as already seen (replays are ignored, never sampled twice).
+const MAX_SEEN_RECEIPTS: u64 = 200_000;
 
-/// Gossiped evidence by dispute id, and the ids in arrival order (to forget the oldest).
-type EvidenceStore = (HashMap<u64, Vec<DisputeEvidence>>, VecDeque<u64>);
+/// A dispute known from its `DisputeOpened` event, and the evidence for it once a record bound to its receipt came.
+struct KnownDispute {
+    node: Address,
+    leaf: B256,
+    evidence: Option<DisputeEvidence>,
+}
 
 /// State shared by the validator's tasks.
 pub(crate) struct Shared {
@@ -61,8 +64,13 @@ pub(crate) struct Shared {
     checks: Mutex<CheckLog>,
     /// Registered PeerId of each node operator (empty: not a registered node), asked on chain, kept a minute.
     node_peers: moka::future::Cache<Address, Vec<u8>>,
-    /// Gossiped dispute evidence by dispute id (bounded, oldest first out).
-    evidence: Mutex<EvidenceStore>,
+    /// Receipt leaves already admitted (replays ignored).
+    seen: moka::sync::Cache<B256, ()>,
+    /// Disputes followed (from chain events), with their evidence. Gossiped evidence is kept only for these and only
+    /// if it carries the disputed receipt and hashes to it, so nobody can crowd out a challenger's evidence.
+    disputes: Mutex<HashMap<u64, KnownDispute>>,
+    /// Evidence of our own challenges, kept until the duties loop follows the dispute.
+    own_evidence: Mutex<HashMap<u64, DisputeEvidence>>,
     /// Audits waiting or running.
     pending_audits: AtomicUsize,
     audit_slots: tokio::sync::Semaphore,
@@ -90,25 +98,36 @@ impl Shared {
         Ok(if peer.is_empty() { None } else { Some(peer) })
     }
 
+    /// Follow a dispute: its evidence is now accepted from gossip.
+    fn know_dispute(&self, id: u64, node: Address, leaf: B256) {
+        let own = lock(&self.own_evidence).remove(&id);
+        lock(&self.disputes).entry(id).or_insert(KnownDispute { node, leaf, evidence: own });
+    }
+
+    /// Stop following a dispute (settled or not ours to act on).
+    fn forget_dispute(&self, id: u64) {
+        lock(&self.disputes).remove(&id);
+    }
+
+    /// What gossiped evidence for `id` must be about (`None`: a dispute we do not follow).
+    fn dispute_subject(&self, id: u64) -> Option<(Address, B256, bool)> {
+        lock(&self.disputes).get(&id).map(|d| (d.node, d.leaf, d.evidence.is_some()))
+    }
+
+    /// Keep checked evidence (the first per dispute).
     fn keep_evidence(&self, ev: DisputeEvidence) {
-        let mut guard = lock(&self.evidence);
-        let (map, order) = &mut *guard;
-        if !map.contains_key(&ev.dispute_id) {
-            if order.len() >= MAX_EVIDENCE_DISPUTES
-                && let Some(old) = order.pop_front()
-            {
-                map.remove(&old);
-            }
-            order.push_back(ev.dispute_id);
-        }
-        let list = map.entry(ev.dispute_id).or_default();
-        if list.len() < MAX_EVIDENCE_PER_DISPUTE && !list.contains(&ev) {
-            list.push(ev);
+        if let Some(d) = lock(&self.disputes).get_mut(&ev.dispute_id) {
+            d.evidence.get_or_insert(ev);
         }
     }
 
-    fn evidence_for(&self, dispute: u64) -> Vec<DisputeEvidence> {
-        lock(&self.evidence).0.get(&dispute).cloned().unwrap_or_default()
+    fn keep_own_evidence(&self, ev: DisputeEvidence) {
+        lock(&self.own_evidence).insert(ev.dispute_id, ev);
+    }
+
+    fn evidence_for(&self, dispute: u64) -> Option<DisputeEvidence> {
+        let known = lock(&self.disputes).get(&dispute).and_then(|d| d.evidence.clone());
+        known.or_else(|| lock(&self.own_evidence).get(&dispute).cloned())
     }
 
     fn suspect(&self, node: Address) {
@@ -211,7 +230,12 @@ pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
         sampler: Mutex::new(Sampler::new(secret, config.sampling.clone())),
         checks: Mutex::new(CheckLog::new(&config.data_dir)),
         node_peers: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
-        evidence: Mutex::new((HashMap::new(), VecDeque::new())),
+        seen: moka::sync::Cache::builder()
+            .max_capacity(MAX_SEEN_RECEIPTS)
+            .time_to_live(Duration::from_secs(2 * mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS))
+            .build(),
+        disputes: Mutex::new(HashMap::new()),
+        own_evidence: Mutex::new(HashMap::new()),
         pending_audits: AtomicUsize::new(0),
         audit_slots: tokio::sync::Semaphore::new(config.audit.concurrency),
         peer_bytes: peer_id.to_bytes(),

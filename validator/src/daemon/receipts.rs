@@ -40,8 +40,9 @@ pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Goss
     }
 }
 
-/// Why a receipt is refused before sampling (a metric label), or `Ok` with it.
-async fn admit(shared: &Shared, source: PeerId, data: &[u8]) -> Result<ReceiptMsg, &'static str> {
+/// Why a receipt is refused before sampling (a metric label), or `Ok` with it and the node's registered PeerId
+/// (whoever relayed it: a client may forward the receipts it got; the audit goes to the node itself).
+async fn admit(shared: &Shared, data: &[u8]) -> Result<(ReceiptMsg, PeerId), &'static str> {
     let r = decode::<ReceiptMsg>(data, MAX_GOSSIP_BYTES).map_err(|_| "malformed")?;
     if !r.verify(&shared.chain.deployment().domain()) {
         return Err("signature");
@@ -49,30 +50,44 @@ async fn admit(shared: &Shared, source: PeerId, data: &[u8]) -> Result<ReceiptMs
     if !r.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS) {
         return Err("stale");
     }
-    match shared.node_peer(r.node()).await {
-        Ok(Some(peer)) if peer == source.to_bytes() => {}
-        Ok(Some(_)) => return Err("wrong_publisher"),
+    let leaf = r.receipt().leaf();
+    if shared.seen.contains_key(&leaf) {
+        return Err("duplicate");
+    }
+    let node = match shared.node_peer(r.node()).await {
+        Ok(Some(peer)) => PeerId::from_bytes(&peer).map_err(|_| "unregistered_node")?,
         Ok(None) => return Err("unregistered_node"),
         Err(e) => {
             tracing::warn!(target: "validator::receipts", error = %e, "cannot look up the node in Staking");
             return Err("chain_unavailable");
         }
-    }
+    };
+    shared.seen.insert(leaf, ());
     if shared.reexec.model(r.model_id).is_none() {
         return Err("unknown_model");
     }
-    Ok(r)
+    Ok((r, node))
 }
 
-/// Evidence is kept for voting if it carries a receipt signed by the node it names (voters check the rest).
+/// Evidence is kept for voting only for a dispute we follow, and only if its record carries the disputed receipt
+/// (same node, same leaf, the node's signature) and hashes to it: the accused cannot crowd the real evidence out.
+/// Evidence for a dispute not seen on chain yet is ignored (challengers gossip it again until the deadline).
 fn on_evidence(shared: &Shared, data: &[u8]) -> MessageAcceptance {
-    match decode::<DisputeEvidence>(data, MAX_GOSSIP_BYTES) {
-        Ok(ev) if ev.record.receipt.verify(&shared.chain.deployment().domain()) => {
-            shared.keep_evidence(ev);
-            MessageAcceptance::Accept
-        }
-        _ => MessageAcceptance::Reject,
+    let Ok(ev) = decode::<DisputeEvidence>(data, MAX_GOSSIP_BYTES) else { return MessageAcceptance::Reject };
+    let Some((node, leaf, have)) = shared.dispute_subject(ev.dispute_id) else { return MessageAcceptance::Ignore };
+    let r = &ev.record.receipt;
+    let bound = r.node() == node
+        && r.receipt().leaf() == leaf
+        && r.verify(&shared.chain.deployment().domain())
+        && shared.reexec.bound(r, &ev.record).is_ok();
+    if !bound {
+        shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
+        return MessageAcceptance::Reject;
     }
+    if !have {
+        shared.keep_evidence(ev);
+    }
+    MessageAcceptance::Accept
 }
 
 /// Admit, count and maybe sample a receipt; returns the gossip verdict (forged receipts are rejected, so the peers
@@ -80,14 +95,15 @@ fn on_evidence(shared: &Shared, data: &[u8]) -> MessageAcceptance {
 async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> MessageAcceptance {
     let m = &shared.metrics;
     m.receipts_seen.inc();
-    let r = match admit(shared, source, data).await {
+    let (r, node_peer) = match admit(shared, data).await {
         Ok(r) => r,
         Err(reason) => {
             tracing::debug!(target: "validator::receipts", %source, reason, "receipt refused");
             m.receipts_rejected.with_label_values(&[reason]).inc();
             return match reason {
                 "unknown_model" => MessageAcceptance::Accept,
-                "stale" | "chain_unavailable" => MessageAcceptance::Ignore,
+                // Judged against our view of the chain, which may lag: never held against the relaying peer.
+                "stale" | "chain_unavailable" | "unregistered_node" | "duplicate" => MessageAcceptance::Ignore,
                 _ => MessageAcceptance::Reject,
             };
         }
@@ -104,7 +120,7 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> Messag
     let shared = shared.clone();
     tokio::spawn(async move {
         if let Ok(_slot) = shared.audit_slots.acquire().await {
-            check_receipt(&shared, source, &r).await;
+            check_receipt(&shared, node_peer, &r).await;
         }
         shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
     });
@@ -147,9 +163,9 @@ pub(super) async fn audit(shared: &Shared, node: PeerId, job_id: B256) -> Result
 }
 
 /// Audit, re-execute and judge one sampled receipt; challenge a mismatch.
-async fn check_receipt(shared: &Arc<Shared>, source: PeerId, r: &ReceiptMsg) {
+async fn check_receipt(shared: &Arc<Shared>, node_peer: PeerId, r: &ReceiptMsg) {
     let node = r.node();
-    let record = match audit(shared, source, r.job_id).await {
+    let record = match audit(shared, node_peer, r.job_id).await {
         Ok(rec) => rec,
         Err(reason) => {
             tracing::info!(target: "validator::audit", %node, reason, job = %r.job_id, "audit refused or unanswered");
@@ -187,8 +203,14 @@ async fn check_receipt(shared: &Arc<Shared>, source: PeerId, r: &ReceiptMsg) {
     }
     if !check.agrees || shared.config.testing_challenge_honest {
         let ours = if check.agrees { alloy::primitives::keccak256(check.ours) } else { check.ours };
-        if let Err(e) = super::disputes::challenge(shared, source, r, record, ours).await {
-            tracing::warn!(target: "validator::disputes", %node, job = %r.job_id, error = %e, "challenge failed");
+        match super::disputes::challenge(shared, node_peer, r, record, ours).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => {
+                tracing::warn!(target: "validator::disputes", %node, job = %r.job_id, %why, "not challenged")
+            }
+            Err(e) => {
+                tracing::warn!(target: "validator::disputes", %node, job = %r.job_id, error = %e, "challenge failed")
+            }
         }
     }
 }

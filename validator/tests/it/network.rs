@@ -154,7 +154,13 @@ async fn a_cheating_node_is_caught_challenged_and_slashed() {
     // The challenger checks everything; the voter checks nothing itself, it only votes.
     let challenger = validator(&chain, 4, dirs[1].path(), boot.clone(), |c| c.sampling.rate = 1.0).await;
     let voter_boot = [boot.clone(), validator_addrs(&challenger).await].concat();
-    let voter = validator(&chain, 5, dirs[2].path(), voter_boot, |c| c.sampling.rate = 0.0).await;
+    // It waits for the challenger's gossiped evidence (instead of auditing the node after 2 s), so the vote below
+    // shows the evidence travelled over mlbridge/disputes/1.
+    let voter = validator(&chain, 5, dirs[2].path(), voter_boot, |c| {
+        c.sampling.rate = 0.0;
+        c.duties.evidence_wait_secs = 30.0;
+    })
+    .await;
     chain.wait_blocks(10).await; // stake older than MIN_STAKE_AGE_BLOCKS
     let client = paying_client(&chain, 3, dirs[3].path(), boot).await;
     client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
@@ -188,6 +194,7 @@ async fn a_cheating_node_is_caught_challenged_and_slashed() {
     .await;
     assert_eq!(metric(&challenger, "mlbridge_validator_jobs_checked_total{verdict=\"mismatch\"}"), 1.0);
     assert_eq!(metric(&voter, "mlbridge_validator_votes_total{side=\"node_wrong\"}"), 1.0);
+    assert_eq!(metric(&voter, "mlbridge_validator_vote_records_total{source=\"gossip\"}"), 1.0, "judged on evidence");
     assert!(metric(&challenger, "mlbridge_validator_claimed_wei_total") > 0.0);
     assert!(metric(&voter, "mlbridge_validator_claimed_wei_total") > 0.0);
     challenger.stop().await;
@@ -284,7 +291,7 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
     .await;
 
     // An attacker peer gossips forged receipts: signed by an unregistered key, tampered, and a real receipt
-    // republished by a peer that is not its node.
+    // replayed (relaying is allowed, but a receipt already seen is never sampled or audited again).
     let bootstrap: Vec<libp2p::Multiaddr> =
         [boot.clone(), validator_addrs(&v).await].concat().iter().map(|a| a.parse().unwrap()).collect();
     let peer = || {
@@ -306,7 +313,7 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
     tampered.price = U256::from(1u64);
     // One attacker peer per forgery: a rejected receipt costs the peer that sent it its gossip score, so the
     // validator would soon ignore a second one from the same peer.
-    for (msg, reason) in [(&forged, "unregistered_node"), (&tampered, "signature"), (&real, "wrong_publisher")] {
+    for (msg, reason) in [(&forged, "unregistered_node"), (&tampered, "signature"), (&real, "duplicate")] {
         let attacker = peer();
         let data = encode(msg);
         // Published once the attacker is in the receipts mesh.
@@ -317,6 +324,11 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
         let label = format!("mlbridge_validator_receipts_rejected_total{{reason=\"{reason}\"}}");
         wait_until_async(Duration::from_secs(20), async || metric(&v, &label) >= 1.0).await;
     }
+    assert_eq!(
+        metric(&v, "mlbridge_validator_jobs_checked_total{verdict=\"agree\"}"),
+        1.0,
+        "the replay was not checked"
+    );
     let attacker = peer();
 
     // Audit records that do not hash to their receipt are refused before any re-execution.
