@@ -19,6 +19,8 @@ pub struct NodeMetrics {
     pub compute_seconds: HistogramVec,
     /// Requests waiting in a model's queue.
     pub queue_depth: IntGaugeVec,
+    /// Samples a model is computing right now (0 when its worker is idle).
+    pub running_samples: IntGaugeVec,
     /// Samples per model execution.
     pub batch_size: HistogramVec,
     /// Samples inferred (a request of batch 4 counts 4).
@@ -43,6 +45,10 @@ pub struct NodeMetrics {
     pub p2p_banned: IntCounter,
     /// Peers the swarm task keeps per-peer state for (pruned when a peer's last connection closes).
     pub p2p_tracked_peers: IntGauge,
+    /// Inbound p2p inference requests admitted and not yet answered.
+    pub p2p_inflight: IntGauge,
+    /// Peers subscribed to the receipts topic (validators listening to this node).
+    pub p2p_receipt_listeners: IntGauge,
 }
 
 impl NodeMetrics {
@@ -67,6 +73,10 @@ impl NodeMetrics {
             compute_seconds: latency("mlbridge_compute_seconds", "Time of one model execution (a whole batch)")?,
             queue_depth: IntGaugeVec::new(
                 Opts::new("mlbridge_queue_depth", "Requests waiting in a model's queue"),
+                &["model"],
+            )?,
+            running_samples: IntGaugeVec::new(
+                Opts::new("mlbridge_running_samples", "Samples a model is computing right now"),
                 &["model"],
             )?,
             batch_size: HistogramVec::new(
@@ -97,6 +107,11 @@ impl NodeMetrics {
             )?,
             p2p_banned: IntCounter::new("mlbridge_p2p_banned_peers_total", "Peers banned for invalid messages")?,
             p2p_tracked_peers: IntGauge::new("mlbridge_p2p_tracked_peers", "Peers with per-peer state (rates)")?,
+            p2p_receipt_listeners: IntGauge::new(
+                "mlbridge_p2p_receipt_listeners",
+                "Peers subscribed to the receipts topic (validators listening)",
+            )?,
+            p2p_inflight: IntGauge::new("mlbridge_p2p_inflight", "Inbound p2p inference requests not yet answered")?,
             registry,
         };
         let r = &m.registry;
@@ -105,6 +120,7 @@ impl NodeMetrics {
         r.register(Box::new(m.queue_wait_seconds.clone()))?;
         r.register(Box::new(m.compute_seconds.clone()))?;
         r.register(Box::new(m.queue_depth.clone()))?;
+        r.register(Box::new(m.running_samples.clone()))?;
         r.register(Box::new(m.batch_size.clone()))?;
         r.register(Box::new(m.inferences.clone()))?;
         r.register(Box::new(m.executions.clone()))?;
@@ -117,6 +133,8 @@ impl NodeMetrics {
         r.register(Box::new(m.p2p_request_seconds.clone()))?;
         r.register(Box::new(m.p2p_banned.clone()))?;
         r.register(Box::new(m.p2p_tracked_peers.clone()))?;
+        r.register(Box::new(m.p2p_inflight.clone()))?;
+        r.register(Box::new(m.p2p_receipt_listeners.clone()))?;
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
     }

@@ -194,14 +194,17 @@ impl Worker {
         let samples: usize = sizes.iter().sum();
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<(Reply, Instant)>) =
             jobs.into_iter().map(|j| (j.inputs, (j.reply, j.enqueued))).unzip();
+        let m = &self.metrics;
+        let running = m.running_samples.with_label_values(&[&self.label]);
+        running.set(samples as i64);
         // A batch keeps its requests' inputs until it succeeds, to re-run them alone if it fails.
         let (result, kept) = if inputs.len() == 1 {
             (self.model.execute(inputs.into_iter().next().expect("one")), None)
         } else {
             (self.model.execute(stack(self.model.config(), &inputs)), Some(inputs))
         };
+        running.set(0);
         let compute = started.elapsed();
-        let m = &self.metrics;
         m.executions.with_label_values(&[&self.label]).inc();
         m.inferences.with_label_values(&[&self.label]).inc_by(samples as u64);
         m.batch_size.with_label_values(&[&self.label]).observe(samples as f64);

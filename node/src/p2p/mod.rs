@@ -410,12 +410,14 @@ impl Actor {
                     self.publish_advert();
                 } else if topic == IdentTopic::new(RECEIPTS_TOPIC).hash() {
                     self.receipt_listeners.insert(peer_id);
+                    self.metrics.p2p_receipt_listeners.set(self.receipt_listeners.len() as i64);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }))
                 if topic == IdentTopic::new(RECEIPTS_TOPIC).hash() =>
             {
                 self.receipt_listeners.remove(&peer_id);
+                self.metrics.p2p_receipt_listeners.set(self.receipt_listeners.len() as i64);
             }
             _ => {}
         }
@@ -485,6 +487,7 @@ impl Actor {
             return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
         }
         *inflight += 1;
+        self.metrics.p2p_inflight.inc();
         let (engine, tx, payments) = (self.engine.clone(), self.answers_tx.clone(), self.payments.clone());
         let latency = Duration::from_millis(self.config.simulated_latency_ms);
         tokio::spawn(async move {
@@ -571,6 +574,7 @@ impl Actor {
             && let Some(n) = self.inflight.get_mut(&a.peer)
         {
             *n = n.saturating_sub(1);
+            self.metrics.p2p_inflight.dec();
         }
         self.metrics.p2p_requests.with_label_values(&[a.outcome]).inc();
         if a.outcome == "ok" {
@@ -693,6 +697,7 @@ impl Actor {
         self.rates.remove(&peer);
         self.audit_rates.remove(&peer);
         self.receipt_listeners.remove(&peer);
+        self.metrics.p2p_receipt_listeners.set(self.receipt_listeners.len() as i64);
         self.peer_ips.remove(&peer);
         if self.inflight.get(&peer).is_some_and(|n| *n == 0) {
             self.inflight.remove(&peer);

@@ -33,6 +33,8 @@ pub struct PaymentMetrics {
     pub receipts_published: IntCounter,
     /// Confirmed redemptions a reorg deeper than the confirmation depth undid (redeemed again).
     pub redemptions_undone: IntCounter,
+    /// Settlement rounds finished (timed or forced), whether or not they redeemed anything.
+    pub settle_rounds: IntCounter,
 }
 
 impl PaymentMetrics {
@@ -59,6 +61,10 @@ impl PaymentMetrics {
                 "mlbridge_redemptions_undone_total",
                 "Confirmed redemptions undone by a reorg deeper than the confirmation depth",
             )?,
+            settle_rounds: IntCounter::new(
+                "mlbridge_settle_rounds_total",
+                "Settlement rounds finished, whether or not they redeemed anything",
+            )?,
         };
         registry.register(Box::new(m.paid_jobs.clone()))?;
         registry.register(Box::new(m.charged_wei.clone()))?;
@@ -74,6 +80,7 @@ impl PaymentMetrics {
         registry.register(Box::new(m.vouchers_lost.clone()))?;
         registry.register(Box::new(m.receipts_published.clone()))?;
         registry.register(Box::new(m.redemptions_undone.clone()))?;
+        registry.register(Box::new(m.settle_rounds.clone()))?;
         Ok(m)
     }
 }

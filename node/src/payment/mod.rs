@@ -59,6 +59,7 @@ pub struct PaymentService {
     validators: Validators,
     metrics: PaymentMetrics,
     settler: SettlerHandle,
+    tracker: ConfirmationTracker,
     deployment: Deployment,
     free_for: Vec<IpAddr>,
     free_localhost: bool,
@@ -147,7 +148,7 @@ impl PaymentService {
             provider,
             operator.clone(),
             sender_config,
-            tracker,
+            tracker.clone(),
             deployment.payment_channels,
             settle_config,
             metrics.clone(),
@@ -161,6 +162,7 @@ impl PaymentService {
         );
         let service = Arc::new(Self {
             gate,
+            tracker,
             operator: FastSigner::new(&operator),
             domain,
             audit: AuditStore::new(
@@ -197,6 +199,11 @@ impl PaymentService {
     /// The settlement task.
     pub fn settler(&self) -> &SettlerHandle {
         &self.settler
+    }
+
+    /// The confirmation tracker settlement sends through (`head()` / `wait_head` say which blocks it has processed).
+    pub fn tracker(&self) -> &ConfirmationTracker {
+        &self.tracker
     }
 
     /// The contract set.

@@ -116,12 +116,15 @@ impl Settler {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     Some(Command::Now(reply)) = rx.recv() => {
-                        let _ = reply.send(self.settle(true).await.map_err(|e| e.to_string()));
+                        let result = self.settle(true).await.map_err(|e| e.to_string());
+                        self.metrics.settle_rounds.inc();
+                        let _ = reply.send(result);
                     }
                     _ = tick.tick() => {
                         if let Err(err) = self.settle(false).await {
                             tracing::warn!(target: "node::payment", %err, "settlement round failed; retrying next round");
                         }
+                        self.metrics.settle_rounds.inc();
                     }
                 }
             }

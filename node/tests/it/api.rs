@@ -313,8 +313,7 @@ async fn redis_cache_is_shared_between_nodes() {
     let text = metrics_text(&b).await;
     assert_eq!(metric(&text, "mlbridge_executions_total{model=\"mlp-tiny/2\"}"), 0.0);
     // Redis going away is a miss, not an error.
-    drop(redis);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(redis); // killed and reaped
     let (s, third) = post(&b, "/v2/models/mlp-tiny/infer", &mlp_request(1, 1.5)).await;
     assert_eq!((s, &third["parameters"]["cached"]), (200, &json!(false)));
 }
@@ -414,7 +413,8 @@ async fn a_request_past_its_queue_timeout_is_not_run() {
     ];
     let engine = node.engine.clone();
     let busy = tokio::spawn(async move { engine.infer("minilm-l6", Some(1), heavy).await });
-    tokio::time::sleep(Duration::from_millis(30)).await; // the worker is busy with the heavy request now
+    // The worker is computing the heavy request now.
+    wait_metric(&node, "mlbridge_running_samples{model=\"minilm-l6/1\"}", Duration::from_secs(20), |v| v == 32.0).await;
     let err = node
         .engine
         .infer_within("minilm-l6", Some(1), small.clone(), Some(Duration::from_millis(1)))

@@ -86,7 +86,8 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     assert_eq!(c.wait_for_nodes("mlp-tiny", 2, Duration::from_secs(20)).await.unwrap().len(), 2);
     let (op_a, op_b) = (chain.key(1).address(), chain.key(2).address());
     let receipts = listen_for_receipts(addrs(&a).await.remove(0));
-    tokio::time::sleep(Duration::from_millis(600)).await; // the listener joins the receipts mesh
+    // The node knows the listener subscribed (it publishes receipts only while someone listens).
+    wait_metric(&a, "mlbridge_p2p_receipt_listeners", Duration::from_secs(20), |n| n >= 1.0).await;
     let rewards = chain.deployment.validator_rewards;
     let before = [chain.balance(op_a).await, chain.balance(op_b).await, chain.balance(rewards).await];
 
@@ -381,7 +382,9 @@ async fn a_reorged_redemption_ends_confirmed_once() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(redeemed(&chain, channel).await, U256::from(20 * PRICE), "mined once");
-    tokio::time::sleep(Duration::from_millis(400)).await; // the tracker (50 ms polls) records the inclusion
+    // The tracker has processed the block holding the redemption (recorded the inclusion) before it is replaced.
+    let mined = p.get_block_number().await.unwrap();
+    node.payments.as_ref().unwrap().tracker().wait_head(mined).await.unwrap();
     p.anvil_reorg(ReorgOptions { depth: 1, tx_block_pairs: vec![] }).await.unwrap();
     chain.mining(true);
     let report = tokio::time::timeout(Duration::from_secs(30), settling).await.unwrap().unwrap().unwrap();
@@ -512,7 +515,9 @@ async fn a_channel_its_payer_closes_is_redeemed_before_the_close_window_ends() {
     c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
     let (_, best) = paid_load(&c, 10, 2).await;
     let channel = *best.keys().next().unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three whole settlement rounds after the load redeem nothing: the value is not due yet.
+    let rounds = metric(&metrics_text(&node).await, "mlbridge_settle_rounds_total");
+    wait_metric(&node, "mlbridge_settle_rounds_total", Duration::from_secs(20), |r| r >= rounds + 3.0).await;
     assert_eq!(redeemed(&chain, channel).await, U256::ZERO, "not due yet");
 
     payer.close(channel, &mut |_| {}).await.unwrap();
@@ -659,7 +664,8 @@ async fn answers_in_flight_are_sent_at_shutdown() {
         let c = c.clone();
         tokio::spawn(async move { c.send_to(target, request(None)).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await; // received, still "computing"
+    // Received, still "computing" (the node's simulated latency is 600 ms).
+    wait_metric(&node, "mlbridge_p2p_inflight", Duration::from_secs(20), |n| n == 1.0).await;
     node.shutdown.cancel();
     let answer = in_flight.await.unwrap().unwrap();
     assert!(matches!(answer, Response::Infer(_)), "the answer in flight was sent: {answer:?}");

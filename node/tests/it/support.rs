@@ -107,6 +107,25 @@ pub async fn client_with_timeout(
     Client::start(ClientConfig { net, strategy, request_timeout, ..ClientConfig::default() }).unwrap()
 }
 
+/// Poll the node's `/metrics` every 20 ms until the sample `name_and_labels` satisfies `cond`; fail the test after
+/// `limit`. Returns the value seen.
+pub async fn wait_metric(
+    node: &RunningNode,
+    name_and_labels: &str,
+    limit: Duration,
+    cond: impl Fn(f64) -> bool,
+) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = metric(&metrics_text(node).await, name_and_labels);
+        if cond(v) {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{name_and_labels} is {v}, still not as awaited after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Poll `cond` every 20 ms until it holds; fail the test after `limit` (instead of sleeping a guessed time).
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
