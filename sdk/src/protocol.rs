@@ -27,6 +27,12 @@ pub const ADVERTS_TOPIC: &str = "mlbridge/adverts/1";
 pub const RECEIPTS_TOPIC: &str = "mlbridge/receipts/1";
 /// Gossipsub topic of dispute evidence ([`DisputeEvidence`]), between validators.
 pub const DISPUTES_TOPIC: &str = "mlbridge/disputes/1";
+/// Gossipsub topic of dispute evidence too large for one gossip message, in signed parts ([`EvidencePart`]).
+pub const EVIDENCE_PARTS_TOPIC: &str = "mlbridge/disputes/parts/1";
+/// Largest dispute evidence sent in parts (the encoded [`DisputeEvidence`]).
+pub const MAX_EVIDENCE_BYTES: usize = 8 << 20;
+/// Evidence bytes per part (a part's envelope and signature fit in the rest of a gossip message).
+pub const EVIDENCE_PART_BYTES: usize = 56 << 10;
 /// Wire version carried inside every message; a peer refuses other versions with a typed error.
 pub const WIRE_VERSION: u16 = 1;
 
@@ -427,6 +433,98 @@ pub struct DisputeEvidence {
     pub record: AuditRecord,
 }
 
+/// One part of a [`DisputeEvidence`] too large for one gossip message. Every part names the whole (its digest and
+/// length) and carries the challenger's signature over that, so a voter assembles only evidence the dispute's own
+/// challenger announced: nobody else can crowd it out with parts that never complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvidencePart {
+    /// Wire version.
+    pub version: u16,
+    /// The dispute's id in `Disputes`.
+    pub dispute_id: u64,
+    /// keccak256 of the whole encoded [`DisputeEvidence`].
+    pub digest: B256,
+    /// Length of the whole encoding, bytes.
+    pub total_len: u32,
+    /// This part's index (parts hold [`EVIDENCE_PART_BYTES`] each, the last one the rest).
+    pub index: u32,
+    /// The challenger's signature (its validator key) over [`EvidencePart::announcement`].
+    #[serde(with = "serde_bytes65")]
+    pub signature: [u8; 65],
+    /// The part's bytes.
+    #[serde(with = "serde_byte_buf")]
+    pub bytes: Vec<u8>,
+}
+
+impl EvidencePart {
+    /// What the challenger signs: the dispute, the digest and the length of the whole.
+    pub fn announcement(dispute_id: u64, digest: B256, total_len: u32) -> B256 {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(b"mlbridge evidence parts v1");
+        buf.extend_from_slice(&dispute_id.to_be_bytes());
+        buf.extend_from_slice(digest.as_slice());
+        buf.extend_from_slice(&total_len.to_be_bytes());
+        alloy::primitives::keccak256(buf)
+    }
+
+    /// Split `evidence` into signed parts (`None` when it is larger than [`MAX_EVIDENCE_BYTES`]).
+    pub fn split(evidence: &DisputeEvidence, signer: &crate::signer::FastSigner) -> Option<Vec<EvidencePart>> {
+        let whole = encode(evidence);
+        if whole.len() > MAX_EVIDENCE_BYTES {
+            return None;
+        }
+        let digest = alloy::primitives::keccak256(&whole);
+        let total_len = whole.len() as u32;
+        let signature = signer.sign_digest(&Self::announcement(evidence.dispute_id, digest, total_len)).as_bytes();
+        let parts = whole
+            .chunks(EVIDENCE_PART_BYTES)
+            .enumerate()
+            .map(|(i, chunk)| EvidencePart {
+                version: WIRE_VERSION,
+                dispute_id: evidence.dispute_id,
+                digest,
+                total_len,
+                index: i as u32,
+                signature,
+                bytes: chunk.to_vec(),
+            })
+            .collect();
+        Some(parts)
+    }
+
+    /// How many parts the whole has.
+    pub fn count(&self) -> usize {
+        (self.total_len as usize).div_ceil(EVIDENCE_PART_BYTES)
+    }
+
+    /// Who announced the whole (recovered from the signature), if the part is well formed: a length within
+    /// [`MAX_EVIDENCE_BYTES`], an index within it and exactly the bytes that index holds.
+    pub fn announcer(&self) -> Option<Address> {
+        let total = self.total_len as usize;
+        if self.version != WIRE_VERSION || total == 0 || total > MAX_EVIDENCE_BYTES {
+            return None;
+        }
+        let start = self.index as usize * EVIDENCE_PART_BYTES;
+        if start >= total || self.bytes.len() != (total - start).min(EVIDENCE_PART_BYTES) {
+            return None;
+        }
+        let sig = alloy::primitives::Signature::try_from(self.signature.as_slice()).ok()?;
+        sig.recover_address_from_prehash(&Self::announcement(self.dispute_id, self.digest, self.total_len)).ok()
+    }
+
+    /// Put parts back together: the whole evidence if every part is here and the bytes hash to the digest.
+    pub fn join(parts: &[Option<Vec<u8>>], digest: B256) -> Option<DisputeEvidence> {
+        let mut whole = Vec::new();
+        for p in parts {
+            whole.extend_from_slice(p.as_deref()?);
+        }
+        if alloy::primitives::keccak256(&whole) != digest {
+            return None;
+        }
+        decode(&whole, MAX_EVIDENCE_BYTES).ok()
+    }
+}
+
 /// A node's record of a paid job: its signed receipt and the exact tensors, so a validator can re-execute it and
 /// check both hashes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -741,6 +839,33 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
     ciborium::from_reader(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
 }
 
+/// `Vec<u8>` as a CBOR byte string (not an array of numbers, which takes up to twice the room).
+mod serde_byte_buf {
+    use serde::Serializer;
+    use serde::de::{Deserializer, Visitor};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 mod serde_bytes65 {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -906,6 +1031,70 @@ mod tests {
         let mut other = advert;
         other.operator = Address::repeat_byte(1);
         assert!(!other.verify(&[1, 2, 3]), "claims another operator");
+    }
+
+    #[test]
+    fn large_evidence_travels_in_signed_parts() {
+        let node = alloy::signers::local::PrivateKeySigner::random();
+        let receipt = crate::receipt::Receipt {
+            jobId: B256::repeat_byte(1),
+            modelId: B256::repeat_byte(2),
+            inputHash: B256::repeat_byte(3),
+            outputHash: B256::repeat_byte(4),
+            units: U256::from(1u64),
+            price: U256::from(5u64),
+            channelId: B256::ZERO,
+            issuedAt: 1,
+        };
+        let domain = alloy::sol_types::Eip712Domain::default();
+        let signed = ReceiptMsg::sign_single(&receipt, node.address(), &node, &domain).unwrap();
+        let image = Tensor::new("x", vec![1, 3, 224, 224], TensorData::Fp32(vec![0.25; 3 * 224 * 224])).unwrap();
+        let evidence = DisputeEvidence {
+            version: WIRE_VERSION,
+            dispute_id: 7,
+            node_peer: vec![1, 2, 3],
+            record: AuditRecord {
+                version: WIRE_VERSION,
+                receipt: signed,
+                model: ModelRef { name: "orientation".into(), version: Some(1), id: None },
+                inputs: vec![image],
+                texts: vec![],
+                outputs: vec![],
+            },
+        };
+        let challenger = alloy::signers::local::PrivateKeySigner::random();
+        let parts = EvidencePart::split(&evidence, &crate::signer::FastSigner::new(&challenger)).unwrap();
+        assert!(parts.len() > 1, "an image does not fit one gossip message");
+        for p in &parts {
+            assert!(encode(p).len() <= MAX_GOSSIP_BYTES - 1024, "each part fits a gossip message with its envelope");
+            assert_eq!(decode::<EvidencePart>(&encode(p), MAX_GOSSIP_BYTES).as_ref(), Ok(p));
+            assert_eq!(p.announcer(), Some(challenger.address()));
+            assert_eq!(p.count(), parts.len());
+        }
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; parts.len()];
+        for p in parts.iter().rev() {
+            slots[p.index as usize] = Some(p.bytes.clone());
+        }
+        assert_eq!(EvidencePart::join(&slots, parts[0].digest), Some(evidence.clone()), "any order");
+        // A missing part, altered bytes, or a part that lies about its place or the whole are refused.
+        let mut missing = slots.clone();
+        missing[1] = None;
+        assert_eq!(EvidencePart::join(&missing, parts[0].digest), None);
+        let mut altered = slots;
+        altered[0].as_mut().unwrap()[10] ^= 1;
+        assert_eq!(EvidencePart::join(&altered, parts[0].digest), None);
+        let mut moved = parts[0].clone();
+        moved.index = parts.len() as u32;
+        assert_eq!(moved.announcer(), None, "an index past the end");
+        let mut short = parts[0].clone();
+        short.bytes.pop();
+        assert_eq!(short.announcer(), None, "fewer bytes than its place holds");
+        let mut other = parts[0].clone();
+        other.dispute_id = 8;
+        assert_ne!(other.announcer(), Some(challenger.address()), "the signature covers the dispute");
+        let mut huge = parts[0].clone();
+        huge.total_len = (MAX_EVIDENCE_BYTES + 1) as u32;
+        assert_eq!(huge.announcer(), None);
     }
 
     #[test]

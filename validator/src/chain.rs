@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionRequest;
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use mlbridge_sdk::chain::bindings::{Disputes, Staking, ValidatorRewards};
 use mlbridge_sdk::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender, TxState};
@@ -113,9 +113,38 @@ impl ValidatorChain {
         &self.deployment
     }
 
+    /// Wei a confirmed transaction paid `to`, read from its events (`ValidatorRewards.Claimed`,
+    /// `Disputes.VoteRewardClaimed` and `Disputes.CreditWithdrawn`), not inferred from balances read around it.
+    pub fn paid_to(&self, receipt: &TransactionReceipt, to: Address) -> U256 {
+        let (rewards, disputes) = (self.deployment.validator_rewards, self.deployment.disputes);
+        receipt.logs().iter().fold(U256::ZERO, |sum, log| {
+            let amount = if log.address() == rewards {
+                log.log_decode::<ValidatorRewards::Claimed>()
+                    .ok()
+                    .filter(|e| e.inner.data.validator == to)
+                    .map(|e| e.inner.data.amount)
+            } else if log.address() == disputes {
+                let claimed = log
+                    .log_decode::<Disputes::VoteRewardClaimed>()
+                    .ok()
+                    .filter(|e| e.inner.data.voter == to)
+                    .map(|e| e.inner.data.amount);
+                claimed.or_else(|| {
+                    log.log_decode::<Disputes::CreditWithdrawn>()
+                        .ok()
+                        .filter(|e| e.inner.data.account == to)
+                        .map(|e| e.inner.data.amount)
+                })
+            } else {
+                None
+            };
+            sum + amount.unwrap_or_default()
+        })
+    }
+
     /// Send `tx` and wait for its confirmations. A contract refusal is an [`Error::Refused`] with the contract's
     /// reason (at estimation, or if it reverted when mined).
-    pub async fn transact(&self, what: &str, tx: TransactionRequest) -> Result<TxState> {
+    pub async fn transact(&self, what: &str, tx: TransactionRequest) -> Result<TransactionReceipt> {
         let sent = self.sender.send(what, tx).await.map_err(|e| refused(what, e))?;
         if self.progress {
             println!("{what}: {} sent; waiting for confirmations", sent.hash);
@@ -133,8 +162,8 @@ impl ValidatorChain {
         let TxState::Confirmed { block, .. } = final_state else {
             return Err(Error::Refused { what: what.into(), reason: "the transaction was dropped".into() });
         };
-        match self.provider.get_transaction_receipt(sent.hash).await.map_err(rpc)? {
-            Some(r) if r.status() => {}
+        let receipt = match self.provider.get_transaction_receipt(sent.hash).await.map_err(rpc)? {
+            Some(r) if r.status() => r,
             Some(_) => {
                 return Err(Error::Refused { what: what.into(), reason: format!("it reverted in block {block}") });
             }
@@ -145,11 +174,11 @@ impl ValidatorChain {
                     sent.hash
                 ))));
             }
-        }
+        };
         if self.progress {
             println!("{what}: confirmed (block {block})");
         }
-        Ok(final_state)
+        Ok(receipt)
     }
 
     /// The chain's head block.

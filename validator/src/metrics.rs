@@ -37,8 +37,11 @@ pub struct ValidatorMetrics {
     pub attestations: IntCounter,
     /// Records votes were judged on, by source (`gossip`: the challenger's evidence, `audit`: the accused node's).
     pub vote_records: IntCounterVec,
-    /// Mismatches not challenged, by reason (`evidence_too_large`: the record cannot be gossiped to voters).
+    /// Mismatches not challenged, by reason (`evidence_too_large`: the record cannot be gossiped to voters,
+    /// `already_disputed`).
     pub challenges_skipped: IntCounterVec,
+    /// Gossip messages received, by topic (receipts, whole evidence, evidence parts).
+    pub gossip_messages: IntCounterVec,
     /// Validator stake, wei (as of the last chain poll).
     pub stake_wei: Gauge,
     /// Epoch rewards earned in ValidatorRewards, wei, claimed or not (as of the last chain poll).
@@ -93,6 +96,7 @@ impl ValidatorMetrics {
             votes: by("mlbridge_validator_votes_total", "Votes on others' disputes", "side")?,
             attestations: counter("mlbridge_validator_attestations_total", "Attestations mined")?,
             vote_records: by("mlbridge_validator_vote_records_total", "Records votes were judged on", "source")?,
+            gossip_messages: by("mlbridge_validator_gossip_messages_total", "Gossip messages received", "topic")?,
             challenges_skipped: by(
                 "mlbridge_validator_challenges_skipped_total",
                 "Mismatches not challenged",

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{B256, U256};
 use libp2p::PeerId;
 use mlbridge_sdk::protocol::{
-    AuditRecord, DISPUTES_TOPIC, DisputeEvidence, MAX_GOSSIP_BYTES, ReceiptMsg, WIRE_VERSION, encode,
+    AuditRecord, DISPUTES_TOPIC, DisputeEvidence, EVIDENCE_PARTS_TOPIC, EvidencePart, MAX_EVIDENCE_BYTES,
+    MAX_GOSSIP_BYTES, ReceiptMsg, WIRE_VERSION, encode,
 };
 
 use super::Shared;
@@ -15,15 +16,22 @@ use crate::chain::rpc;
 use crate::reexec::Rejected;
 use crate::{Error, Result};
 
-/// Bond paid above `requiredBond`, in basis points (the node could raise its stake, and so the bond, between our
-/// read and the reveal; the whole bond comes back when the challenge wins).
+/// Bond paid above `requiredBond`, in basis points: a small stake change by the node between our read and the reveal
+/// does not revert it (a larger one is met by revealing again with the new bond). The whole bond comes back when the
+/// challenge wins.
 const BOND_MARGIN_BPS: u64 = 100;
+
+/// Reveals sent per challenge (the node may raise its stake, and so the bond, again and again; each try re-reads it).
+const REVEAL_TRIES: usize = 3;
+
+/// Room left in a gossip message for gossipsub's own envelope (source, sequence number, topic, signature).
+const GOSSIP_ENVELOPE_MARGIN: usize = 1024;
 
 /// Why a mismatch was not challenged.
 #[derive(Debug)]
 pub(super) enum NotChallenged {
-    /// The record is too large to gossip: voters could only ask the accused node, which could refuse, and our bond
-    /// would be lost. Counted, logged; the node stays suspected.
+    /// The record is too large to gossip even in parts (`MAX_EVIDENCE_BYTES`): voters could only ask the accused
+    /// node, which could refuse, and our bond would be lost. Counted, logged; the node stays suspected.
     EvidenceTooLarge(usize),
     /// We already disputed this receipt.
     AlreadyDisputed(u64),
@@ -38,9 +46,9 @@ impl std::fmt::Display for NotChallenged {
     }
 }
 
-/// Challenge `r` (the node's output disagrees with `ours`): commit, reveal with the required bond once the
-/// commitment is confirmed, then gossip the evidence so other validators can vote (again every
-/// `evidence_wait_secs` until the deadline, by the duties loop).
+/// Challenge `r` (the node's output disagrees with `ours`): keep the evidence (memory and disk), commit, reveal with
+/// the required bond once the commitment is confirmed (again with a re-read bond if the node raised its stake), then
+/// gossip the evidence so other validators can vote (again until the deadline, by the duties loop).
 pub(super) async fn challenge(
     shared: &Arc<Shared>,
     node_peer: PeerId,
@@ -53,38 +61,90 @@ pub(super) async fn challenge(
     let leaf = r.receipt().leaf();
     let mut evidence =
         DisputeEvidence { version: WIRE_VERSION, dispute_id: u64::MAX, node_peer: node_peer.to_bytes(), record };
+    // (The placeholder id encodes at least as long as the real one: the real evidence is no larger.)
     let size = encode(&evidence).len();
-    if size > MAX_GOSSIP_BYTES {
+    if size > MAX_EVIDENCE_BYTES {
         shared.metrics.challenges_skipped.with_label_values(&["evidence_too_large"]).inc();
         return Ok(Err(NotChallenged::EvidenceTooLarge(size)));
     }
     let before = d.disputeOf(r.node(), leaf, me).call().await.map_err(rpc)?;
     if before.exists {
+        shared.metrics.challenges_skipped.with_label_values(&["already_disputed"]).inc();
         return Ok(Err(NotChallenged::AlreadyDisputed(before.disputeId.saturating_to())));
     }
-    let salt = alloy::signers::local::PrivateKeySigner::random().to_bytes();
-    let commitment = d.commitmentOf(me, r.node(), leaf, ours, salt).call().await.map_err(rpc)?;
-    shared.chain.transact("commit", d.commit(commitment).into_transaction_request()).await?;
-    let required = d.requiredBond(r.node()).call().await.map_err(rpc)?;
-    let bond = required + required * U256::from(BOND_MARGIN_BPS) / U256::from(10_000u64);
-    let reveal = d.challenge(r.evidence(), ours, salt).value(bond).into_transaction_request();
-    shared.chain.transact("challenge", reveal).await?;
-    let found = d.disputeOf(r.node(), leaf, me).call().await.map_err(rpc)?;
-    let id: u64 = found.disputeId.saturating_to();
+    shared.keep_own_evidence(leaf, evidence.clone())?;
+    let opened = reveal(shared, r, ours).await;
+    let (id, bond) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            shared.drop_own_evidence(leaf);
+            return Err(e);
+        }
+    };
     shared.metrics.disputes_opened.inc();
     tracing::warn!(target: "validator::disputes", dispute = id, node = %r.node(), job = %r.job_id, bond = %bond, "dispute opened");
     evidence.dispute_id = id;
-    shared.keep_own_evidence(evidence.clone());
     publish_evidence(shared, &evidence).await;
     Ok(Ok(id))
 }
 
-/// Gossip a dispute's evidence.
+/// Commit, then reveal with the bond read just before; returns the dispute id and the bond paid.
+async fn reveal(shared: &Shared, r: &ReceiptMsg, ours: B256) -> Result<(u64, U256)> {
+    let d = &shared.chain.disputes;
+    let (me, leaf) = (shared.signer.address(), r.receipt().leaf());
+    let salt = alloy::signers::local::PrivateKeySigner::random().to_bytes();
+    let commitment = d.commitmentOf(me, r.node(), leaf, ours, salt).call().await.map_err(rpc)?;
+    shared.chain.transact("commit", d.commit(commitment).into_transaction_request()).await?;
+    let mut tries = 0;
+    let bond = loop {
+        tries += 1;
+        let required = d.requiredBond(r.node()).call().await.map_err(rpc)?;
+        let bond = required + required * U256::from(BOND_MARGIN_BPS) / U256::from(10_000u64);
+        let tx = d.challenge(r.evidence(), ours, salt).value(bond).into_transaction_request();
+        match shared.chain.transact("challenge", tx).await {
+            Ok(_) => break bond,
+            // The same commitment stays valid within REVEAL_WINDOW: reveal again if the bond went up meanwhile.
+            Err(e @ Error::Refused { .. }) => {
+                let now = d.requiredBond(r.node()).call().await.map_err(rpc)?;
+                if now <= bond || tries >= REVEAL_TRIES {
+                    return Err(e);
+                }
+                tracing::warn!(target: "validator::disputes", node = %r.node(), %bond, required = %now,
+                    "the node raised its stake before our reveal; revealing again with the new bond");
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let found = d.disputeOf(r.node(), leaf, me).call().await.map_err(rpc)?;
+    if !found.exists {
+        return Err(Error::from(mlbridge_sdk::Error::Rpc(
+            "the challenge was confirmed but the RPC shows no dispute for it; check the RPC endpoint".into(),
+        )));
+    }
+    Ok((found.disputeId.saturating_to(), bond))
+}
+
+/// Gossip a dispute's evidence: whole when it fits one gossip message, else in parts signed by our key.
 pub(super) async fn publish_evidence(shared: &Shared, evidence: &DisputeEvidence) {
-    if let Err(e) = shared.client.publish(DISPUTES_TOPIC, encode(evidence)).await {
+    let whole = encode(evidence);
+    let sent = if whole.len() <= MAX_GOSSIP_BYTES - GOSSIP_ENVELOPE_MARGIN {
+        shared.client.publish(DISPUTES_TOPIC, whole).await.map_err(|e| e.to_string())
+    } else {
+        publish_parts(shared, evidence).await
+    };
+    if let Err(e) = sent {
         tracing::warn!(target: "validator::disputes", dispute = evidence.dispute_id, error = %e,
             "could not gossip the evidence; trying again");
     }
+}
+
+async fn publish_parts(shared: &Shared, evidence: &DisputeEvidence) -> std::result::Result<(), String> {
+    let signer = mlbridge_sdk::signer::FastSigner::new(&shared.signer);
+    let parts = EvidencePart::split(evidence, &signer).ok_or("the evidence is larger than MAX_EVIDENCE_BYTES")?;
+    for part in &parts {
+        shared.client.publish(EVIDENCE_PARTS_TOPIC, encode(part)).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// What a dispute is about, from its `DisputeOpened` event.
@@ -138,20 +198,27 @@ enum Judged {
 }
 
 /// Whether the node was wrong: from the challenger's gossiped evidence (waited for up to `evidence_wait_secs`),
-/// else from the accused node's own audit record.
+/// else from the accused node's own audit record. A verdict is kept (a retried vote does not re-execute) and
+/// evidence that cannot be judged is never run again.
 async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
     if shared.reexec.model(opened.model_id).is_none() {
         tracing::info!(target: "validator::disputes", dispute = opened.id, model = %opened.model_id, "model not held: abstaining");
         return Judged::NoModel;
     }
+    if let Some(node_wrong) = shared.verdict(opened.id) {
+        return Judged::Verdict(node_wrong);
+    }
     let wait = Duration::from_secs_f64(shared.config.duties.evidence_wait_secs.max(0.0));
     let started = Instant::now();
     loop {
-        if let Some(ev) = shared.evidence_for(opened.id)
-            && let Some(verdict) = judge_record(shared, opened, &ev.record).await
-        {
-            shared.metrics.vote_records.with_label_values(&["gossip"]).inc();
-            return verdict;
+        if let Some(ev) = shared.evidence_for(opened.id) {
+            match judge_record(shared, opened, &ev.record).await {
+                Some(verdict) => {
+                    shared.metrics.vote_records.with_label_values(&["gossip"]).inc();
+                    return keep_verdict(shared, opened.id, verdict);
+                }
+                None => shared.evidence_failed(&ev),
+            }
         }
         if started.elapsed() >= wait {
             break;
@@ -166,7 +233,7 @@ async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
         Ok(record) => match judge_record(shared, opened, &record).await {
             Some(verdict) => {
                 shared.metrics.vote_records.with_label_values(&["audit"]).inc();
-                verdict
+                keep_verdict(shared, opened.id, verdict)
             }
             None => Judged::NoRecord,
         },
@@ -176,6 +243,13 @@ async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
             Judged::NoRecord
         }
     }
+}
+
+fn keep_verdict(shared: &Shared, id: u64, verdict: Judged) -> Judged {
+    if let Judged::Verdict(node_wrong) = verdict {
+        shared.judged(id, node_wrong);
+    }
+    verdict
 }
 
 /// Judge one record: it must carry the disputed receipt (same leaf, same node) and hash correctly.
@@ -209,11 +283,10 @@ pub(super) async fn settle(shared: &Arc<Shared>, id: u64, challenger_is_me: bool
     }
     let v = d.voteOf(U256::from(id), me).call().await.map_err(rpc)?;
     if !v.weight.is_zero() && !v.claimed && v.nodeWrong == slashed && !dispute.voterPool.is_zero() {
-        let winning = if slashed { dispute.votesNodeWrong } else { dispute.votesNodeRight };
-        let amount = dispute.voterPool * v.weight / winning.max(U256::from(1u64));
         let tx = d.claimVoteReward(U256::from(id)).into_transaction_request();
         match shared.chain.transact("claim vote reward", tx).await {
-            Ok(_) => {
+            Ok(receipt) => {
+                let amount = shared.chain.paid_to(&receipt, me);
                 shared.metrics.claimed_wei.inc_by(super::duties::wei_f64(amount));
                 tracing::info!(target: "validator::disputes", dispute = id, wei = %amount, "claimed vote reward");
             }

@@ -20,6 +20,14 @@ use crate::{Error, Result};
 /// Blocks scanned for dispute events per query.
 const SCAN_CHUNK: u64 = 5_000;
 
+/// The longest pause between two gossips of our evidence, or two tries at a vote without evidence.
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+
+/// `base` doubled `n` times, at most [`MAX_PAUSE`].
+fn backoff(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX)).min(MAX_PAUSE)
+}
+
 /// A dispute the duties loop follows until it is settled for us.
 struct Followed {
     opened: Opened,
@@ -27,8 +35,11 @@ struct Followed {
     deadline: u64,
     /// A vote is being prepared or sent (cleared again if it failed or found no evidence, to retry).
     voting: Arc<AtomicBool>,
-    /// When we last gossiped the evidence of our own challenge.
-    published: Option<Instant>,
+    /// When we last gossiped the evidence of our own challenge, and the pause before the next time (doubling from
+    /// `evidence_wait_secs` up to [`MAX_PAUSE`]).
+    published: Option<(Instant, Duration)>,
+    /// Votes tried without a record bound to the receipt (the pause before the next try doubles with each).
+    no_evidence: Arc<std::sync::atomic::AtomicU32>,
 }
 
 #[derive(Default)]
@@ -145,13 +156,14 @@ async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Re
                 model_id: ev.receipt.modelId,
                 snapshot: dispute.snapshotBlock,
             };
-            shared.know_dispute(id, ev.node, ev.receiptLeaf);
+            shared.know_dispute(id, ev.node, ev.receiptLeaf, ev.challenger);
             state.followed.entry(id).or_insert(Followed {
                 opened,
                 challenger_is_me: ev.challenger == me,
                 deadline: ev.deadline.saturating_to(),
                 voting: Arc::new(AtomicBool::new(false)),
                 published: None,
+                no_evidence: Arc::default(),
             });
         }
         state.scanned = Some(to);
@@ -201,21 +213,25 @@ async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Re
     }
     if now < f.deadline {
         let every = Duration::from_secs_f64(shared.config.duties.evidence_wait_secs.max(1.0));
-        if f.challenger_is_me && f.published.is_none_or(|t| t.elapsed() >= every) {
-            // Again until the deadline: validators that join late or lag the chain get it too.
+        if f.challenger_is_me && f.published.is_none_or(|(t, pause)| t.elapsed() >= pause) {
+            // Again until the deadline, less and less often: validators that join late or lag the chain get it too.
             if let Some(ev) = shared.evidence_for(id) {
                 publish_evidence(shared, &ev).await;
             }
-            f.published = Some(Instant::now());
+            let pause = f.published.map_or(every, |(_, pause)| (pause * 2).min(MAX_PAUSE));
+            f.published = Some((Instant::now(), pause));
         }
         if !involved && !f.voting.swap(true, Ordering::SeqCst) {
             let (shared, opened, voting) = (shared.clone(), f.opened.clone(), f.voting.clone());
+            let tries = f.no_evidence.clone();
             tokio::spawn(async move {
                 match vote(&shared, &opened).await {
                     Ok(Voting::Voted(_) | Voting::Never) => {}
                     Ok(Voting::NoEvidence) => {
-                        // Retried after a pause (the challenger gossips its evidence again until the deadline).
-                        tokio::time::sleep(every).await;
+                        // Retried after a growing pause (the challenger gossips its evidence again until the
+                        // deadline; the accused node may answer an audit later).
+                        let n = tries.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(backoff(every, n)).await;
                         voting.store(false, Ordering::SeqCst);
                     }
                     Err(e) => {
@@ -244,25 +260,26 @@ async fn claim(shared: &Arc<Shared>) -> Result<()> {
     let unclaimed: u64 = r.unclaimedEpochs(me).call().await.map_err(rpc)?.saturating_to();
     if unclaimed >= shared.config.duties.claim_every_epochs.max(1) {
         let pending = r.pendingRewards(me).call().await.map_err(rpc)?;
-        // Nothing to gain: no gas spent (the epochs stay unclaimed until they hold something).
-        if !pending.is_zero() {
+        // Nothing to gain: no gas spent while the empty epochs are few. Once they fill a whole claim they are
+        // claimed anyway, so the contract's views over unclaimed epochs stay bounded.
+        if !pending.is_zero() || unclaimed >= shared.config.duties.claim_max_epochs.max(1) {
             let max = U256::from(shared.config.duties.claim_max_epochs);
-            shared.chain.transact("claim", r.claim(max).into_transaction_request()).await?;
-            // A claim walks at most claim_max_epochs: what it paid is what is no longer pending.
-            let left = r.pendingRewards(me).call().await.map_err(rpc)?;
-            let paid = pending.saturating_sub(left);
+            let receipt = shared.chain.transact("claim", r.claim(max).into_transaction_request()).await?;
+            // What the claim paid, from its `Claimed` event (a claim walks at most claim_max_epochs).
+            let paid = shared.chain.paid_to(&receipt, me);
             shared.metrics.claimed_wei.inc_by(wei_f64(paid));
             tracing::info!(target: "validator::duties", epochs = unclaimed, wei = %paid, "claimed rewards");
         }
     }
     let credit = shared.chain.disputes.creditOf(me).call().await.map_err(rpc)?;
     if !credit.is_zero() {
-        shared
+        let receipt = shared
             .chain
             .transact("withdraw dispute credit", shared.chain.disputes.withdraw().into_transaction_request())
             .await?;
-        shared.metrics.claimed_wei.inc_by(wei_f64(credit));
-        tracing::info!(target: "validator::duties", wei = %credit, "withdrew dispute credit");
+        let paid = shared.chain.paid_to(&receipt, me);
+        shared.metrics.claimed_wei.inc_by(wei_f64(paid));
+        tracing::info!(target: "validator::duties", wei = %paid, "withdrew dispute credit");
     }
     Ok(())
 }

@@ -14,9 +14,10 @@
 
 mod disputes;
 mod duties;
+mod evidence;
 mod receipts;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -28,7 +29,7 @@ use alloy::signers::local::PrivateKeySigner;
 use libp2p::{Multiaddr, PeerId};
 use mlbridge_sdk::client::{Client, ClientConfig, GossipMessage};
 use mlbridge_sdk::net::NetConfig;
-use mlbridge_sdk::protocol::{DISPUTES_TOPIC, DisputeEvidence, RECEIPTS_TOPIC};
+use mlbridge_sdk::protocol::{DISPUTES_TOPIC, DisputeEvidence, EVIDENCE_PARTS_TOPIC, RECEIPTS_TOPIC};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,12 +44,47 @@ use crate::{Error, Result};
 
 /// Receipts remembered as already seen (replays are ignored, never sampled twice).
 const MAX_SEEN_RECEIPTS: u64 = 200_000;
+/// Receipts are remembered this much longer than they are admissible (a clock step must not reopen a replay).
+const SEEN_TTL_MARGIN_SECS: u64 = 120;
 
 /// A dispute known from its `DisputeOpened` event, and the evidence for it once a record bound to its receipt came.
 struct KnownDispute {
     node: Address,
     leaf: B256,
+    challenger: Address,
     evidence: Option<DisputeEvidence>,
+    /// Evidence arriving in parts: the digest the challenger signed and the parts so far.
+    parts: Option<(B256, Vec<Option<Vec<u8>>>)>,
+    /// Digests of evidence records that could not be judged (never re-run, never kept again).
+    failed: HashSet<B256>,
+    /// Our verdict once judged (`true`: the node was wrong), so a retried vote does not re-execute.
+    verdict: Option<bool>,
+}
+
+/// Failed evidence records remembered per dispute (bounded; a record beyond is checked again if it comes back).
+const MAX_FAILED_EVIDENCE: usize = 64;
+
+/// What gossiped evidence for a followed dispute must be about.
+struct Subject {
+    node: Address,
+    leaf: B256,
+    challenger: Address,
+    has_evidence: bool,
+}
+
+/// What one more part of large evidence gave.
+enum PartAdded {
+    /// More parts to come.
+    Waiting,
+    /// The whole evidence, hashing to the digest its challenger signed (still to be judged).
+    Whole(Box<DisputeEvidence>),
+    /// Every part came but they do not make the signed whole (remembered as failed).
+    Broken,
+}
+
+/// The digest evidence records are remembered by.
+fn record_digest(ev: &DisputeEvidence) -> B256 {
+    alloy::primitives::keccak256(mlbridge_sdk::protocol::encode(&ev.record))
 }
 
 /// State shared by the validator's tasks.
@@ -69,8 +105,9 @@ pub(crate) struct Shared {
     /// Disputes followed (from chain events), with their evidence. Gossiped evidence is kept only for these and only
     /// if it carries the disputed receipt and hashes to it, so nobody can crowd out a challenger's evidence.
     disputes: Mutex<HashMap<u64, KnownDispute>>,
-    /// Evidence of our own challenges, kept until the duties loop follows the dispute.
-    own_evidence: Mutex<HashMap<u64, DisputeEvidence>>,
+    /// Evidence of our own challenges by receipt leaf, kept (in memory and in `data_dir/evidence/`) from before the
+    /// reveal until the dispute is settled, and attached when the duties loop follows the dispute.
+    own_evidence: Mutex<HashMap<B256, DisputeEvidence>>,
     /// Audits waiting or running.
     pending_audits: AtomicUsize,
     audit_slots: tokio::sync::Semaphore,
@@ -98,36 +135,144 @@ impl Shared {
         Ok(if peer.is_empty() { None } else { Some(peer) })
     }
 
-    /// Follow a dispute: its evidence is now accepted from gossip.
-    fn know_dispute(&self, id: u64, node: Address, leaf: B256) {
-        let own = lock(&self.own_evidence).remove(&id);
-        lock(&self.disputes).entry(id).or_insert(KnownDispute { node, leaf, evidence: own });
+    /// Follow a dispute: its evidence is now accepted from gossip. Ours comes with the evidence we kept for it.
+    fn know_dispute(&self, id: u64, node: Address, leaf: B256, challenger: Address) {
+        let own = if challenger == self.signer.address() { self.own_evidence(leaf) } else { None };
+        let own = own.map(|mut ev| {
+            ev.dispute_id = id;
+            ev
+        });
+        let mut disputes = lock(&self.disputes);
+        let d = disputes.entry(id).or_insert(KnownDispute {
+            node,
+            leaf,
+            challenger,
+            evidence: None,
+            parts: None,
+            failed: HashSet::new(),
+            verdict: None,
+        });
+        if own.is_some() {
+            d.evidence = own;
+        }
     }
 
-    /// Stop following a dispute (settled or not ours to act on).
+    /// Stop following a dispute (settled or not ours to act on); our own evidence for it is dropped too.
     fn forget_dispute(&self, id: u64) {
-        lock(&self.disputes).remove(&id);
+        if let Some(d) = lock(&self.disputes).remove(&id) {
+            self.drop_own_evidence(d.leaf);
+        }
     }
 
     /// What gossiped evidence for `id` must be about (`None`: a dispute we do not follow).
-    fn dispute_subject(&self, id: u64) -> Option<(Address, B256, bool)> {
-        lock(&self.disputes).get(&id).map(|d| (d.node, d.leaf, d.evidence.is_some()))
+    fn dispute_subject(&self, id: u64) -> Option<Subject> {
+        lock(&self.disputes).get(&id).map(|d| Subject {
+            node: d.node,
+            leaf: d.leaf,
+            challenger: d.challenger,
+            has_evidence: d.evidence.is_some(),
+        })
     }
 
-    /// Keep checked evidence (the first per dispute).
+    /// Add a part of large evidence (its challenger's signature already checked). One whole is assembled per
+    /// dispute, at most `MAX_EVIDENCE_BYTES`: parts of another digest from the same challenger start over.
+    fn add_part(&self, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
+        let mut disputes = lock(&self.disputes);
+        let Some(d) = disputes.get_mut(&part.dispute_id) else { return PartAdded::Waiting };
+        if d.failed.contains(&part.digest) {
+            return PartAdded::Waiting;
+        }
+        let (digest, slots) = d.parts.get_or_insert_with(|| (part.digest, vec![None; part.count()]));
+        if *digest != part.digest || slots.len() != part.count() {
+            *digest = part.digest;
+            *slots = vec![None; part.count()];
+        }
+        let index = part.index as usize;
+        slots[index] = Some(part.bytes);
+        if slots.iter().any(Option::is_none) {
+            return PartAdded::Waiting;
+        }
+        let (digest, slots) = d.parts.take().expect("assembled above");
+        match mlbridge_sdk::protocol::EvidencePart::join(&slots, digest) {
+            Some(ev) if ev.dispute_id == part.dispute_id => PartAdded::Whole(Box::new(ev)),
+            _ => {
+                if d.failed.len() < MAX_FAILED_EVIDENCE {
+                    d.failed.insert(digest);
+                }
+                PartAdded::Broken
+            }
+        }
+    }
+
+    /// Keep checked evidence (the first per dispute that has not failed to judge).
     fn keep_evidence(&self, ev: DisputeEvidence) {
-        if let Some(d) = lock(&self.disputes).get_mut(&ev.dispute_id) {
+        let digest = record_digest(&ev);
+        if let Some(d) = lock(&self.disputes).get_mut(&ev.dispute_id)
+            && !d.failed.contains(&digest)
+        {
             d.evidence.get_or_insert(ev);
         }
     }
 
-    fn keep_own_evidence(&self, ev: DisputeEvidence) {
-        lock(&self.own_evidence).insert(ev.dispute_id, ev);
+    /// The evidence `ev` could not be judged: drop it and never keep or re-run it again.
+    fn evidence_failed(&self, ev: &DisputeEvidence) {
+        let digest = record_digest(ev);
+        if let Some(d) = lock(&self.disputes).get_mut(&ev.dispute_id) {
+            if d.evidence.as_ref().is_some_and(|kept| record_digest(kept) == digest) {
+                d.evidence = None;
+            }
+            if d.failed.len() < MAX_FAILED_EVIDENCE {
+                d.failed.insert(digest);
+            }
+        }
+    }
+
+    /// Remember our verdict on a dispute.
+    fn judged(&self, id: u64, node_wrong: bool) {
+        if let Some(d) = lock(&self.disputes).get_mut(&id) {
+            d.verdict = Some(node_wrong);
+        }
+    }
+
+    /// Our verdict on a dispute, if already judged.
+    fn verdict(&self, id: u64) -> Option<bool> {
+        lock(&self.disputes).get(&id).and_then(|d| d.verdict)
+    }
+
+    fn evidence_file(&self, leaf: B256) -> std::path::PathBuf {
+        self.config.data_dir.join("evidence").join(format!("{leaf}.bin"))
+    }
+
+    /// Keep the evidence of a challenge we are about to reveal: in memory and on disk (it must outlive a restart,
+    /// or voters could only ask the accused node, which may refuse, and our bond would be lost).
+    fn keep_own_evidence(&self, leaf: B256, ev: DisputeEvidence) -> Result<()> {
+        let path = self.evidence_file(leaf);
+        let io = |e: std::io::Error| Error::Io { path: path.clone(), reason: e.to_string() };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&path, mlbridge_sdk::protocol::encode(&ev)).map_err(io)?;
+        lock(&self.own_evidence).insert(leaf, ev);
+        Ok(())
+    }
+
+    /// Our evidence for the receipt `leaf` (from memory, else from disk after a restart).
+    fn own_evidence(&self, leaf: B256) -> Option<DisputeEvidence> {
+        if let Some(ev) = lock(&self.own_evidence).get(&leaf) {
+            return Some(ev.clone());
+        }
+        let bytes = std::fs::read(self.evidence_file(leaf)).ok()?;
+        mlbridge_sdk::protocol::decode::<DisputeEvidence>(&bytes, usize::MAX).ok()
+    }
+
+    fn drop_own_evidence(&self, leaf: B256) {
+        if lock(&self.own_evidence).remove(&leaf).is_some() || self.evidence_file(leaf).exists() {
+            let _ = std::fs::remove_file(self.evidence_file(leaf));
+        }
     }
 
     fn evidence_for(&self, dispute: u64) -> Option<DisputeEvidence> {
-        let known = lock(&self.disputes).get(&dispute).and_then(|d| d.evidence.clone());
-        known.or_else(|| lock(&self.own_evidence).get(&dispute).cloned())
+        lock(&self.disputes).get(&dispute).and_then(|d| d.evidence.clone())
     }
 
     fn suspect(&self, node: Address) {
@@ -219,7 +364,7 @@ pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
         ClientConfig {
             net,
             request_timeout: Duration::from_secs_f64(config.audit.timeout_secs.max(0.1)),
-            topics: vec![RECEIPTS_TOPIC.into(), DISPUTES_TOPIC.into()],
+            topics: vec![RECEIPTS_TOPIC.into(), DISPUTES_TOPIC.into(), EVIDENCE_PARTS_TOPIC.into()],
             gossip: Some(gossip_tx),
             ..ClientConfig::default()
         },
@@ -232,7 +377,7 @@ pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
         node_peers: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
         seen: moka::sync::Cache::builder()
             .max_capacity(MAX_SEEN_RECEIPTS)
-            .time_to_live(Duration::from_secs(2 * mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS))
+            .time_to_live(Duration::from_secs(2 * mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS + SEEN_TTL_MARGIN_SECS))
             .build(),
         disputes: Mutex::new(HashMap::new()),
         own_evidence: Mutex::new(HashMap::new()),

@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS;
 use mlbridge_sdk::client::{GossipMessage, MessageAcceptance};
 use mlbridge_sdk::protocol::{
-    AuditRecord, AuditRequest, DISPUTES_TOPIC, DisputeEvidence, ErrorKind, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
+    AuditRecord, AuditRequest, DISPUTES_TOPIC, EVIDENCE_PARTS_TOPIC, ErrorKind, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
     ReceiptMsg, Request, Response, decode,
 };
 use tokio::sync::mpsc;
@@ -29,10 +29,13 @@ pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Goss
             () = stop.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
+        shared.metrics.gossip_messages.with_label_values(&[&msg.topic]).inc();
         let verdict = if msg.topic == RECEIPTS_TOPIC {
             on_receipt(&shared, msg.source, &msg.data).await
         } else if msg.topic == DISPUTES_TOPIC {
-            on_evidence(&shared, &msg.data)
+            super::evidence::on_evidence(&shared, &msg.data)
+        } else if msg.topic == EVIDENCE_PARTS_TOPIC {
+            super::evidence::on_part(&shared, &msg.data)
         } else {
             MessageAcceptance::Ignore
         };
@@ -69,27 +72,6 @@ async fn admit(shared: &Shared, data: &[u8]) -> Result<(ReceiptMsg, PeerId), &'s
     Ok((r, node))
 }
 
-/// Evidence is kept for voting only for a dispute we follow, and only if its record carries the disputed receipt
-/// (same node, same leaf, the node's signature) and hashes to it: the accused cannot crowd the real evidence out.
-/// Evidence for a dispute not seen on chain yet is ignored (challengers gossip it again until the deadline).
-fn on_evidence(shared: &Shared, data: &[u8]) -> MessageAcceptance {
-    let Ok(ev) = decode::<DisputeEvidence>(data, MAX_GOSSIP_BYTES) else { return MessageAcceptance::Reject };
-    let Some((node, leaf, have)) = shared.dispute_subject(ev.dispute_id) else { return MessageAcceptance::Ignore };
-    let r = &ev.record.receipt;
-    let bound = r.node() == node
-        && r.receipt().leaf() == leaf
-        && r.verify(&shared.chain.deployment().domain())
-        && shared.reexec.bound(r, &ev.record).is_ok();
-    if !bound {
-        shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
-        return MessageAcceptance::Reject;
-    }
-    if !have {
-        shared.keep_evidence(ev);
-    }
-    MessageAcceptance::Accept
-}
-
 /// Admit, count and maybe sample a receipt; returns the gossip verdict (forged receipts are rejected, so the peers
 /// relaying them lose score; valid ones for a model we do not hold are still forwarded).
 async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> MessageAcceptance {
@@ -102,8 +84,10 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> Messag
             m.receipts_rejected.with_label_values(&[reason]).inc();
             return match reason {
                 "unknown_model" => MessageAcceptance::Accept,
-                // Judged against our view of the chain, which may lag: never held against the relaying peer.
-                "stale" | "chain_unavailable" | "unregistered_node" | "duplicate" => MessageAcceptance::Ignore,
+                // Judged against our view of the time or of the chain (which may lag), or simply seen before: never
+                // held against the relaying peer. A receipt signed by a key that is no registered node is a forgery
+                // (anyone can make them by the thousand, each costing us a lookup): its relayer is scored down.
+                "stale" | "chain_unavailable" | "duplicate" => MessageAcceptance::Ignore,
                 _ => MessageAcceptance::Reject,
             };
         }
