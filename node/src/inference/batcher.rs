@@ -195,15 +195,16 @@ impl Worker {
         let (inputs, replies): (Vec<Vec<Tensor>>, Vec<(Reply, Instant)>) =
             jobs.into_iter().map(|j| (j.inputs, (j.reply, j.enqueued))).unzip();
         let m = &self.metrics;
-        let running = m.running_samples.with_label_values(&[&self.label]);
-        running.set(samples as i64);
+        // Back to 0 when the run ends, however it ends (a panic in ONNX Runtime's bindings included).
+        let running = Running(m.running_samples.with_label_values(&[&self.label]));
+        running.0.set(samples as i64);
         // A batch keeps its requests' inputs until it succeeds, to re-run them alone if it fails.
         let (result, kept) = if inputs.len() == 1 {
             (self.model.execute(inputs.into_iter().next().expect("one")), None)
         } else {
             (self.model.execute(stack(self.model.config(), &inputs)), Some(inputs))
         };
-        running.set(0);
+        drop(running);
         let compute = started.elapsed();
         m.executions.with_label_values(&[&self.label]).inc();
         m.inferences.with_label_values(&[&self.label]).inc_by(samples as u64);
@@ -237,5 +238,14 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The running-samples gauge of one execution; resets it to 0 when dropped.
+struct Running(prometheus::IntGauge);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.set(0);
     }
 }

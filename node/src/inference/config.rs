@@ -165,38 +165,39 @@ impl ModelConfig {
     /// Check a request's tensors against this config (names, datatypes, shapes, batch limit) before anything runs;
     /// returns the batch size.
     pub fn validate_inputs(&self, inputs: &[mlbridge_sdk::Tensor]) -> Result<usize> {
-        let model = self.key();
+        // (The model's key is formatted only for an error: this runs for every request.)
+        let model = || self.key();
         for t in inputs {
             if !self.inputs.iter().any(|s| s.name == t.name()) {
                 let expected = self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(Error::UnknownInput { model, input: t.name().to_owned(), expected });
+                return Err(Error::UnknownInput { model: model(), input: t.name().to_owned(), expected });
             }
         }
         // An input tied to another (an attention mask to its token ids) must come with the same shape: a shorter
         // mask would run one way padded in a batch and another alone.
         for spec in &self.inputs {
             let Some(other) = &spec.same_shape_as else { continue };
-            let shape = |name: &str| inputs.iter().find(|t| t.name() == name).map(|t| t.shape().to_vec());
+            let shape = |name: &str| inputs.iter().find(|t| t.name() == name).map(|t| t.shape());
             if let (Some(want), Some(got)) = (shape(other), shape(&spec.name))
                 && want != got
             {
                 return Err(Error::WrongShape {
-                    model,
+                    model: model(),
                     input: spec.name.clone(),
                     expected: format!("{want:?} (the shape of {other})"),
-                    actual: got,
+                    actual: got.to_vec(),
                 });
             }
         }
         let mut batch = None;
         for spec in &self.inputs {
-            let found: Vec<&mlbridge_sdk::Tensor> = inputs.iter().filter(|t| t.name() == spec.name).collect();
-            let [t] = found.as_slice() else {
-                return Err(Error::MissingInput { model, input: spec.name.clone() });
+            let mut found = inputs.iter().filter(|t| t.name() == spec.name);
+            let (Some(t), None) = (found.next(), found.next()) else {
+                return Err(Error::MissingInput { model: model(), input: spec.name.clone() });
             };
             if t.datatype() != spec.datatype {
                 return Err(Error::WrongDataType {
-                    model,
+                    model: model(),
                     input: spec.name.clone(),
                     expected: spec.datatype,
                     actual: t.datatype(),
@@ -207,7 +208,7 @@ impl ModelConfig {
                 && shape[1..].iter().zip(&spec.dims).all(|(&got, &want)| got > 0 && (want == -1 || got == want));
             if !dims_ok {
                 return Err(Error::WrongShape {
-                    model,
+                    model: model(),
                     input: spec.name.clone(),
                     expected: format!("{:?}", spec.shape_with_batch()),
                     actual: shape.to_vec(),
@@ -218,26 +219,33 @@ impl ModelConfig {
             {
                 return Err(Error::TooLarge {
                     what: format!("input {} of shape {shape:?}", spec.name),
-                    limit: format!("{:?} per sample for model {model}", limits),
+                    limit: format!("{:?} per sample for model {}", limits, model()),
                 });
             }
             if let Some([lo, hi]) = spec.range
                 && let Some(v) = out_of_range(t, lo, hi)
             {
-                return Err(Error::ValueOutOfRange { model, input: spec.name.clone(), value: v, min: lo, max: hi });
+                return Err(Error::ValueOutOfRange {
+                    model: model(),
+                    input: spec.name.clone(),
+                    value: v,
+                    min: lo,
+                    max: hi,
+                });
             }
+            // Without early exit, so it vectorises (every float of every request passes here).
             let finite = match t.data() {
-                mlbridge_sdk::TensorData::Fp32(v) => v.iter().all(|x| x.is_finite()),
-                mlbridge_sdk::TensorData::Fp64(v) => v.iter().all(|x| x.is_finite()),
+                mlbridge_sdk::TensorData::Fp32(v) => v.iter().fold(true, |ok, x| ok & x.is_finite()),
+                mlbridge_sdk::TensorData::Fp64(v) => v.iter().fold(true, |ok, x| ok & x.is_finite()),
                 _ => true,
             };
             if !finite {
-                return Err(Error::NotFinite { model, input: spec.name.clone() });
+                return Err(Error::NotFinite { model: model(), input: spec.name.clone() });
             }
             let b = shape[0];
             let max = self.max_batch_size;
             if b < 1 || b as u64 > max as u64 || batch.is_some_and(|prev| prev != b) {
-                return Err(Error::BadBatch { model, batch: b, max });
+                return Err(Error::BadBatch { model: model(), batch: b, max });
             }
             batch = Some(b);
         }

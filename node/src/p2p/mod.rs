@@ -575,6 +575,10 @@ impl Actor {
         {
             *n = n.saturating_sub(1);
             self.metrics.p2p_inflight.dec();
+            // The peer left while this job ran: its entry goes with its last answer.
+            if *n == 0 && !self.swarm.is_connected(&a.peer) {
+                self.inflight.remove(&a.peer);
+            }
         }
         self.metrics.p2p_requests.with_label_values(&[a.outcome]).inc();
         if a.outcome == "ok" {
