@@ -47,7 +47,7 @@ pub struct NodeMetrics {
     pub p2p_tracked_peers: IntGauge,
     /// Inbound p2p inference requests admitted and not yet answered.
     pub p2p_inflight: IntGauge,
-    /// Peers subscribed to the receipts topic (validators listening to this node).
+    /// Peers subscribed to the receipts topic (validators, or anyone relaying receipts to them).
     pub p2p_receipt_listeners: IntGauge,
 }
 
@@ -109,7 +109,7 @@ impl NodeMetrics {
             p2p_tracked_peers: IntGauge::new("mlbridge_p2p_tracked_peers", "Peers with per-peer state (rates)")?,
             p2p_receipt_listeners: IntGauge::new(
                 "mlbridge_p2p_receipt_listeners",
-                "Peers subscribed to the receipts topic (validators listening)",
+                "Peers subscribed to the receipts topic (validators or relays)",
             )?,
             p2p_inflight: IntGauge::new("mlbridge_p2p_inflight", "Inbound p2p inference requests not yet answered")?,
             registry,

@@ -82,7 +82,8 @@ pub struct SamplingConfig {
     /// Share for a suspected node (refused or stalled an audit, served a record that does not match its receipt,
     /// or was caught cheating).
     pub suspect_rate: f64,
-    /// Most receipts waiting to be audited at once; beyond it new samples are dropped (and counted).
+    /// Most receipts waiting to be audited at once, a quarter of that per node; beyond it new samples are dropped
+    /// (and counted).
     pub max_pending: usize,
 }
 

@@ -20,7 +20,6 @@ mod receipts;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +62,37 @@ struct KnownDispute {
 
 /// Failed evidence records remembered per dispute (bounded; a record beyond is checked again if it comes back).
 const MAX_FAILED_EVIDENCE: usize = 64;
+
+/// Audits waiting or running, in all and per node.
+#[derive(Default)]
+struct PendingAudits {
+    total: usize,
+    by_node: HashMap<Address, usize>,
+}
+
+impl PendingAudits {
+    /// One more audit of `node`, if fewer than `max` are pending in all and fewer than a quarter of `max` for it.
+    fn take(&mut self, node: Address, max: usize) -> bool {
+        let mine = self.by_node.get(&node).copied().unwrap_or(0);
+        if self.total >= max || mine >= (max / 4).max(1) {
+            return false;
+        }
+        self.total += 1;
+        self.by_node.insert(node, mine + 1);
+        true
+    }
+
+    /// Give back a place `take` gave for `node` (a release without a take changes nothing).
+    fn release(&mut self, node: Address) {
+        if let Some(n) = self.by_node.get_mut(&node) {
+            *n -= 1;
+            self.total -= 1;
+            if *n == 0 {
+                self.by_node.remove(&node);
+            }
+        }
+    }
+}
 
 /// What gossiped evidence for a followed dispute must be about.
 struct Subject {
@@ -109,7 +139,7 @@ pub(crate) struct Shared {
     /// reveal until the dispute is settled, and attached when the duties loop follows the dispute.
     own_evidence: Mutex<HashMap<B256, DisputeEvidence>>,
     /// Audits waiting or running.
-    pending_audits: AtomicUsize,
+    pending_audits: Mutex<PendingAudits>,
     audit_slots: tokio::sync::Semaphore,
 }
 
@@ -275,6 +305,16 @@ impl Shared {
         lock(&self.disputes).get(&dispute).and_then(|d| d.evidence.clone())
     }
 
+    /// Reserve a place for one more audit of `node`: at most `max_pending` in all and a quarter of that per node,
+    /// so a node flooding receipts of its own cannot crowd out the audits of the others.
+    fn take_audit(&self, node: Address) -> bool {
+        lock(&self.pending_audits).take(node, self.config.sampling.max_pending)
+    }
+
+    fn release_audit(&self, node: Address) {
+        lock(&self.pending_audits).release(node);
+    }
+
     fn suspect(&self, node: Address) {
         let mut s = lock(&self.sampler);
         s.suspect(node);
@@ -381,7 +421,7 @@ pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
             .build(),
         disputes: Mutex::new(HashMap::new()),
         own_evidence: Mutex::new(HashMap::new()),
-        pending_audits: AtomicUsize::new(0),
+        pending_audits: Mutex::default(),
         audit_slots: tokio::sync::Semaphore::new(config.audit.concurrency),
         peer_bytes: peer_id.to_bytes(),
         config,
@@ -428,4 +468,28 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_node_cannot_take_every_audit_place() {
+        let (flooder, other) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let mut p = PendingAudits::default();
+        let taken = (0..100).filter(|_| p.take(flooder, 16)).count();
+        assert_eq!(taken, 4, "a quarter of the places per node");
+        assert!(p.take(other, 16), "another node's receipts are still audited");
+        p.release(flooder);
+        assert!(p.take(flooder, 16), "a place given back is taken again");
+        for _ in 0..5 {
+            p.release(flooder); // the fifth gives back nothing: the flooder holds four
+        }
+        assert_eq!(p.total, 1, "the other node's place is still held");
+        p.release(other);
+        assert_eq!((p.total, p.by_node.len()), (0, 0), "nothing left behind");
+        let mut tiny = PendingAudits::default();
+        assert!(tiny.take(flooder, 1) && !tiny.take(other, 1), "the total bound holds");
+    }
 }

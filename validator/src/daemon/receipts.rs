@@ -1,7 +1,6 @@
 //! The gossip loop: receipts in, samples out to audits and re-execution; dispute evidence kept for voting.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
@@ -96,8 +95,8 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> Messag
         return MessageAcceptance::Accept;
     }
     m.receipts_sampled.inc();
-    if shared.pending_audits.fetch_add(1, Ordering::SeqCst) >= shared.config.sampling.max_pending {
-        shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
+    let node = r.node();
+    if !shared.take_audit(node) {
         m.samples_dropped.inc();
         return MessageAcceptance::Accept;
     }
@@ -106,7 +105,7 @@ async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> Messag
         if let Ok(_slot) = shared.audit_slots.acquire().await {
             check_receipt(&shared, node_peer, &r).await;
         }
-        shared.pending_audits.fetch_sub(1, Ordering::SeqCst);
+        shared.release_audit(node);
     });
     MessageAcceptance::Accept
 }
