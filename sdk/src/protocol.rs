@@ -31,8 +31,8 @@ pub const DISPUTES_TOPIC: &str = "mlbridge/disputes/1";
 pub const EVIDENCE_PARTS_TOPIC: &str = "mlbridge/disputes/parts/1";
 /// Largest dispute evidence sent in parts (the encoded [`DisputeEvidence`]).
 pub const MAX_EVIDENCE_BYTES: usize = 8 << 20;
-/// Evidence bytes per part (a part's envelope and signature fit in the rest of a gossip message).
-pub const EVIDENCE_PART_BYTES: usize = 56 << 10;
+/// Evidence bytes per part (the part hashes, signature and gossip envelope fit in the rest of a gossip message).
+pub const EVIDENCE_PART_BYTES: usize = 48 << 10;
 /// Wire version carried inside every message; a peer refuses other versions with a typed error.
 pub const WIRE_VERSION: u16 = 1;
 
@@ -433,21 +433,22 @@ pub struct DisputeEvidence {
     pub record: AuditRecord,
 }
 
-/// One part of a [`DisputeEvidence`] too large for one gossip message. Every part names the whole (its digest and
-/// length) and carries the challenger's signature over that, so a voter assembles only evidence the dispute's own
-/// challenger announced: nobody else can crowd it out with parts that never complete.
+/// One part of a [`DisputeEvidence`] too large for one gossip message. Every part carries the hashes of all parts
+/// and the challenger's signature over them, bound to the deployment, the dispute, the accused node and the disputed
+/// receipt ([`EvidencePart::announcement`]): a voter checks each part on arrival, so nobody but the dispute's own
+/// challenger can put a byte into what it assembles, and no part from another chain or dispute fits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidencePart {
     /// Wire version.
     pub version: u16,
     /// The dispute's id in `Disputes`.
     pub dispute_id: u64,
-    /// keccak256 of the whole encoded [`DisputeEvidence`].
-    pub digest: B256,
-    /// Length of the whole encoding, bytes.
+    /// Length of the whole encoded [`DisputeEvidence`], bytes.
     pub total_len: u32,
     /// This part's index (parts hold [`EVIDENCE_PART_BYTES`] each, the last one the rest).
     pub index: u32,
+    /// keccak256 of every part's bytes, in order.
+    pub part_hashes: Vec<B256>,
     /// The challenger's signature (its validator key) over [`EvidencePart::announcement`].
     #[serde(with = "serde_bytes65")]
     pub signature: [u8; 65],
@@ -456,35 +457,61 @@ pub struct EvidencePart {
     pub bytes: Vec<u8>,
 }
 
+/// What the parts of one piece of evidence are about: the chain, the `Disputes` contract, the dispute, the accused
+/// node and the disputed receipt's leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvidenceSubject {
+    /// Chain id.
+    pub chain_id: u64,
+    /// The `Disputes` contract.
+    pub disputes: Address,
+    /// The dispute's id.
+    pub dispute_id: u64,
+    /// The accused node.
+    pub node: Address,
+    /// The disputed receipt's leaf.
+    pub leaf: B256,
+}
+
 impl EvidencePart {
-    /// What the challenger signs: the dispute, the digest and the length of the whole.
-    pub fn announcement(dispute_id: u64, digest: B256, total_len: u32) -> B256 {
-        let mut buf = Vec::with_capacity(64);
+    /// What the challenger signs: the subject, the whole's length and every part's hash.
+    pub fn announcement(subject: &EvidenceSubject, total_len: u32, part_hashes: &[B256]) -> B256 {
+        let mut buf = Vec::with_capacity(160 + 32 * part_hashes.len());
         buf.extend_from_slice(b"mlbridge evidence parts v1");
-        buf.extend_from_slice(&dispute_id.to_be_bytes());
-        buf.extend_from_slice(digest.as_slice());
+        buf.extend_from_slice(&subject.chain_id.to_be_bytes());
+        buf.extend_from_slice(subject.disputes.as_slice());
+        buf.extend_from_slice(&subject.dispute_id.to_be_bytes());
+        buf.extend_from_slice(subject.node.as_slice());
+        buf.extend_from_slice(subject.leaf.as_slice());
         buf.extend_from_slice(&total_len.to_be_bytes());
+        for h in part_hashes {
+            buf.extend_from_slice(h.as_slice());
+        }
         alloy::primitives::keccak256(buf)
     }
 
-    /// Split `evidence` into signed parts (`None` when it is larger than [`MAX_EVIDENCE_BYTES`]).
-    pub fn split(evidence: &DisputeEvidence, signer: &crate::signer::FastSigner) -> Option<Vec<EvidencePart>> {
+    /// Split `evidence` (about `subject`) into signed parts (`None` when larger than [`MAX_EVIDENCE_BYTES`]).
+    pub fn split(
+        evidence: &DisputeEvidence,
+        subject: &EvidenceSubject,
+        signer: &crate::signer::FastSigner,
+    ) -> Option<Vec<EvidencePart>> {
         let whole = encode(evidence);
         if whole.len() > MAX_EVIDENCE_BYTES {
             return None;
         }
-        let digest = alloy::primitives::keccak256(&whole);
         let total_len = whole.len() as u32;
-        let signature = signer.sign_digest(&Self::announcement(evidence.dispute_id, digest, total_len)).as_bytes();
+        let part_hashes: Vec<B256> = whole.chunks(EVIDENCE_PART_BYTES).map(alloy::primitives::keccak256).collect();
+        let signature = signer.sign_digest(&Self::announcement(subject, total_len, &part_hashes)).as_bytes();
         let parts = whole
             .chunks(EVIDENCE_PART_BYTES)
             .enumerate()
             .map(|(i, chunk)| EvidencePart {
                 version: WIRE_VERSION,
-                dispute_id: evidence.dispute_id,
-                digest,
+                dispute_id: subject.dispute_id,
                 total_len,
                 index: i as u32,
+                part_hashes: part_hashes.clone(),
                 signature,
                 bytes: chunk.to_vec(),
             })
@@ -492,34 +519,44 @@ impl EvidencePart {
         Some(parts)
     }
 
-    /// How many parts the whole has.
-    pub fn count(&self) -> usize {
-        (self.total_len as usize).div_ceil(EVIDENCE_PART_BYTES)
+    /// How many parts a whole of `total_len` bytes has.
+    pub fn count_for(total_len: usize) -> usize {
+        total_len.div_ceil(EVIDENCE_PART_BYTES)
     }
 
-    /// Who announced the whole (recovered from the signature), if the part is well formed: a length within
-    /// [`MAX_EVIDENCE_BYTES`], an index within it and exactly the bytes that index holds.
-    pub fn announcer(&self) -> Option<Address> {
+    /// Check the part against `subject` (its dispute id must be the subject's): a length within
+    /// [`MAX_EVIDENCE_BYTES`], one hash per part, an index within them, exactly the bytes that index holds and that
+    /// hash. Returns the announcement and who signed it (the caller compares with the dispute's challenger).
+    pub fn check(&self, subject: &EvidenceSubject) -> Option<(B256, Address)> {
         let total = self.total_len as usize;
-        if self.version != WIRE_VERSION || total == 0 || total > MAX_EVIDENCE_BYTES {
+        if self.version != WIRE_VERSION
+            || self.dispute_id != subject.dispute_id
+            || total == 0
+            || total > MAX_EVIDENCE_BYTES
+        {
             return None;
         }
-        let start = self.index as usize * EVIDENCE_PART_BYTES;
-        if start >= total || self.bytes.len() != (total - start).min(EVIDENCE_PART_BYTES) {
+        let count = Self::count_for(total);
+        let index = self.index as usize;
+        if self.part_hashes.len() != count || index >= count {
             return None;
         }
+        let start = index.checked_mul(EVIDENCE_PART_BYTES)?;
+        if self.bytes.len() != (total - start).min(EVIDENCE_PART_BYTES)
+            || alloy::primitives::keccak256(&self.bytes) != self.part_hashes[index]
+        {
+            return None;
+        }
+        let announcement = Self::announcement(subject, self.total_len, &self.part_hashes);
         let sig = alloy::primitives::Signature::try_from(self.signature.as_slice()).ok()?;
-        sig.recover_address_from_prehash(&Self::announcement(self.dispute_id, self.digest, self.total_len)).ok()
+        sig.recover_address_from_prehash(&announcement).ok().map(|signer| (announcement, signer))
     }
 
-    /// Put parts back together: the whole evidence if every part is here and the bytes hash to the digest.
-    pub fn join(parts: &[Option<Vec<u8>>], digest: B256) -> Option<DisputeEvidence> {
+    /// Put checked parts back together: the whole evidence, if every part is here and the bytes decode.
+    pub fn join(parts: &[Option<Vec<u8>>]) -> Option<DisputeEvidence> {
         let mut whole = Vec::new();
         for p in parts {
             whole.extend_from_slice(p.as_deref()?);
-        }
-        if alloy::primitives::keccak256(&whole) != digest {
-            return None;
         }
         decode(&whole, MAX_EVIDENCE_BYTES).ok()
     }
@@ -1034,7 +1071,7 @@ mod tests {
     }
 
     #[test]
-    fn large_evidence_travels_in_signed_parts() {
+    fn large_evidence_travels_in_parts_each_checked_on_arrival() {
         let node = alloy::signers::local::PrivateKeySigner::random();
         let receipt = crate::receipt::Receipt {
             jobId: B256::repeat_byte(1),
@@ -1062,39 +1099,68 @@ mod tests {
                 outputs: vec![],
             },
         };
+        let subject = EvidenceSubject {
+            chain_id: 31337,
+            disputes: Address::repeat_byte(9),
+            dispute_id: 7,
+            node: node.address(),
+            leaf: receipt.leaf(),
+        };
         let challenger = alloy::signers::local::PrivateKeySigner::random();
-        let parts = EvidencePart::split(&evidence, &crate::signer::FastSigner::new(&challenger)).unwrap();
+        let parts = EvidencePart::split(&evidence, &subject, &crate::signer::FastSigner::new(&challenger)).unwrap();
         assert!(parts.len() > 1, "an image does not fit one gossip message");
+        let announcement = parts[0].check(&subject).unwrap().0;
         for p in &parts {
             assert!(encode(p).len() <= MAX_GOSSIP_BYTES - 1024, "each part fits a gossip message with its envelope");
             assert_eq!(decode::<EvidencePart>(&encode(p), MAX_GOSSIP_BYTES).as_ref(), Ok(p));
-            assert_eq!(p.announcer(), Some(challenger.address()));
-            assert_eq!(p.count(), parts.len());
+            assert_eq!(p.check(&subject), Some((announcement, challenger.address())));
         }
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; parts.len()];
         for p in parts.iter().rev() {
             slots[p.index as usize] = Some(p.bytes.clone());
         }
-        assert_eq!(EvidencePart::join(&slots, parts[0].digest), Some(evidence.clone()), "any order");
-        // A missing part, altered bytes, or a part that lies about its place or the whole are refused.
-        let mut missing = slots.clone();
+        assert_eq!(EvidencePart::join(&slots), Some(evidence.clone()), "any order");
+        let mut missing = slots;
         missing[1] = None;
-        assert_eq!(EvidencePart::join(&missing, parts[0].digest), None);
-        let mut altered = slots;
-        altered[0].as_mut().unwrap()[10] ^= 1;
-        assert_eq!(EvidencePart::join(&altered, parts[0].digest), None);
+        assert_eq!(EvidencePart::join(&missing), None);
+        // A part whose bytes were altered, that lies about its place or the whole, or that is about another chain,
+        // contract, dispute, node or receipt does not check (or not as the challenger's).
+        let mut altered = parts[0].clone();
+        altered.bytes[10] ^= 1;
+        assert_eq!(altered.check(&subject), None, "bytes that do not hash to their announced hash");
         let mut moved = parts[0].clone();
         moved.index = parts.len() as u32;
-        assert_eq!(moved.announcer(), None, "an index past the end");
+        assert_eq!(moved.check(&subject), None, "an index past the end");
         let mut short = parts[0].clone();
         short.bytes.pop();
-        assert_eq!(short.announcer(), None, "fewer bytes than its place holds");
-        let mut other = parts[0].clone();
-        other.dispute_id = 8;
-        assert_ne!(other.announcer(), Some(challenger.address()), "the signature covers the dispute");
+        assert_eq!(short.check(&subject), None, "fewer bytes than its place holds");
         let mut huge = parts[0].clone();
         huge.total_len = (MAX_EVIDENCE_BYTES + 1) as u32;
-        assert_eq!(huge.announcer(), None);
+        assert_eq!(huge.check(&subject), None);
+        let mut rehashed = parts[0].clone();
+        rehashed.bytes[10] ^= 1;
+        rehashed.part_hashes[0] = alloy::primitives::keccak256(&rehashed.bytes);
+        assert_ne!(rehashed.check(&subject).map(|c| c.1), Some(challenger.address()), "hashes are signed");
+        for other in [
+            EvidenceSubject { chain_id: 1, ..subject },
+            EvidenceSubject { disputes: Address::repeat_byte(8), ..subject },
+            EvidenceSubject { node: Address::repeat_byte(7), ..subject },
+            EvidenceSubject { leaf: B256::repeat_byte(6), ..subject },
+        ] {
+            assert_ne!(parts[0].check(&other).map(|c| c.1), Some(challenger.address()), "{other:?}");
+        }
+        assert_eq!(parts[0].check(&EvidenceSubject { dispute_id: 8, ..subject }), None, "another dispute id");
+        // The largest part of the largest evidence still fits one gossip message with room for the envelope.
+        let count = EvidencePart::count_for(MAX_EVIDENCE_BYTES);
+        let largest = EvidencePart {
+            total_len: MAX_EVIDENCE_BYTES as u32,
+            index: 0,
+            part_hashes: vec![B256::repeat_byte(0xff); count],
+            bytes: vec![0xff; EVIDENCE_PART_BYTES],
+            dispute_id: u64::MAX,
+            ..parts[0].clone()
+        };
+        assert!(encode(&largest).len() <= MAX_GOSSIP_BYTES - 1024, "{} bytes", encode(&largest).len());
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub enum Rejected {
     /// The outputs do not hash to the receipt's output hash (the node served other outputs than it signed for).
     #[error("the record's outputs do not hash to the receipt's output hash")]
     OutputHash,
-    /// The model refused the inputs, or failed.
+    /// The model refuses the inputs (wrong names, shapes, values): it will refuse them every time.
+    #[error("the model refuses the record's inputs: {0}")]
+    Refused(String),
+    /// Re-execution failed for a reason that may pass (overloaded, a queue timeout, an internal error).
     #[error("re-execution failed: {0}")]
     Failed(String),
 }
@@ -45,8 +48,14 @@ impl Rejected {
             Self::UnknownModel(_) => "unknown_model",
             Self::InputHash => "input_hash",
             Self::OutputHash => "output_hash",
+            Self::Refused(_) => "inputs_refused",
             Self::Failed(_) => "reexecution_failed",
         }
+    }
+
+    /// Whether the same record would be rejected again (a verdict on the record itself, not on this moment).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, Self::Failed(_))
     }
 }
 
@@ -92,7 +101,13 @@ impl Reexecutor {
 
     /// Run `record`'s inputs through the model alone.
     pub async fn run(&self, config: &ModelConfig, record: &AuditRecord) -> std::result::Result<Vec<Tensor>, Rejected> {
-        let failed = |e: mlbridge_node::Error| Rejected::Failed(e.to_string());
+        let failed = |e: mlbridge_node::Error| {
+            if mlbridge_node::inference::engine::is_client_error(&e) {
+                Rejected::Refused(e.to_string())
+            } else {
+                Rejected::Failed(e.to_string())
+            }
+        };
         if record.texts.is_empty() {
             let out =
                 self.engine.infer(&config.name, Some(config.version), record.inputs.clone()).await.map_err(failed)?;
@@ -104,7 +119,7 @@ impl Reexecutor {
             let shape = vec![record.texts.len() as i64, dim as i64];
             Tensor::new("embedding", shape, TensorData::Fp32(data))
                 .map(|t| vec![t])
-                .map_err(|e| Rejected::Failed(e.to_string()))
+                .map_err(|e| Rejected::Refused(e.to_string()))
         }
     }
 

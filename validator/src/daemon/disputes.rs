@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{B256, U256};
 use libp2p::PeerId;
 use mlbridge_sdk::protocol::{
-    AuditRecord, DISPUTES_TOPIC, DisputeEvidence, EVIDENCE_PARTS_TOPIC, EvidencePart, MAX_EVIDENCE_BYTES,
-    MAX_GOSSIP_BYTES, ReceiptMsg, WIRE_VERSION, encode,
+    AuditRecord, DISPUTES_TOPIC, DisputeEvidence, EVIDENCE_PARTS_TOPIC, EvidencePart, EvidenceSubject,
+    MAX_EVIDENCE_BYTES, MAX_GOSSIP_BYTES, ReceiptMsg, WIRE_VERSION, encode,
 };
 
 use super::Shared;
@@ -72,15 +72,10 @@ pub(super) async fn challenge(
         shared.metrics.challenges_skipped.with_label_values(&["already_disputed"]).inc();
         return Ok(Err(NotChallenged::AlreadyDisputed(before.disputeId.saturating_to())));
     }
-    shared.keep_own_evidence(leaf, evidence.clone())?;
-    let opened = reveal(shared, r, ours).await;
-    let (id, bond) = match opened {
-        Ok(opened) => opened,
-        Err(e) => {
-            shared.drop_own_evidence(leaf);
-            return Err(e);
-        }
-    };
+    // On disk before the reveal, and kept if the reveal fails: a reveal sent but not seen confirmed may still be
+    // mined, and the duties loop then finds our dispute and its evidence.
+    shared.keep_own_evidence(r.node(), leaf, &evidence)?;
+    let (id, bond) = reveal(shared, r, ours).await?;
     shared.metrics.disputes_opened.inc();
     tracing::warn!(target: "validator::disputes", dispute = id, node = %r.node(), job = %r.job_id, bond = %bond, "dispute opened");
     evidence.dispute_id = id;
@@ -105,7 +100,8 @@ async fn reveal(shared: &Shared, r: &ReceiptMsg, ours: B256) -> Result<(u64, U25
             Ok(_) => break bond,
             // The same commitment stays valid within REVEAL_WINDOW: reveal again if the bond went up meanwhile.
             Err(e @ Error::Refused { .. }) => {
-                let now = d.requiredBond(r.node()).call().await.map_err(rpc)?;
+                // Anything else than a bond that went up (or a failed re-read) is the refusal itself.
+                let Ok(now) = d.requiredBond(r.node()).call().await else { return Err(e) };
                 if now <= bond || tries >= REVEAL_TRIES {
                     return Err(e);
                 }
@@ -140,7 +136,17 @@ pub(super) async fn publish_evidence(shared: &Shared, evidence: &DisputeEvidence
 
 async fn publish_parts(shared: &Shared, evidence: &DisputeEvidence) -> std::result::Result<(), String> {
     let signer = mlbridge_sdk::signer::FastSigner::new(&shared.signer);
-    let parts = EvidencePart::split(evidence, &signer).ok_or("the evidence is larger than MAX_EVIDENCE_BYTES")?;
+    let r = &evidence.record.receipt;
+    let deployment = shared.chain.deployment();
+    let subject = EvidenceSubject {
+        chain_id: deployment.chain_id,
+        disputes: deployment.disputes,
+        dispute_id: evidence.dispute_id,
+        node: r.node(),
+        leaf: r.receipt().leaf(),
+    };
+    let parts =
+        EvidencePart::split(evidence, &subject, &signer).ok_or("the evidence is larger than MAX_EVIDENCE_BYTES")?;
     for part in &parts {
         shared.client.publish(EVIDENCE_PARTS_TOPIC, encode(part)).await.map_err(|e| e.to_string())?;
     }
@@ -199,7 +205,8 @@ enum Judged {
 
 /// Whether the node was wrong: from the challenger's gossiped evidence (waited for up to `evidence_wait_secs`),
 /// else from the accused node's own audit record. A verdict is kept (a retried vote does not re-execute) and
-/// evidence that cannot be judged is never run again.
+/// evidence that can never be judged (not bound to the dispute's receipt, refused by the model) is not run again;
+/// evidence whose re-execution failed for a passing reason is tried again.
 async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
     if shared.reexec.model(opened.model_id).is_none() {
         tracing::info!(target: "validator::disputes", dispute = opened.id, model = %opened.model_id, "model not held: abstaining");
@@ -213,11 +220,12 @@ async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
     loop {
         if let Some(ev) = shared.evidence_for(opened.id) {
             match judge_record(shared, opened, &ev.record).await {
-                Some(verdict) => {
+                Ok(verdict) => {
                     shared.metrics.vote_records.with_label_values(&["gossip"]).inc();
                     return keep_verdict(shared, opened.id, verdict);
                 }
-                None => shared.evidence_failed(&ev),
+                Err(Unjudged::Never) => shared.evidence_failed(&ev),
+                Err(Unjudged::NotNow) => {}
             }
         }
         if started.elapsed() >= wait {
@@ -231,11 +239,11 @@ async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
     };
     match super::receipts::audit(shared, peer, opened.job_id).await {
         Ok(record) => match judge_record(shared, opened, &record).await {
-            Some(verdict) => {
+            Ok(verdict) => {
                 shared.metrics.vote_records.with_label_values(&["audit"]).inc();
                 keep_verdict(shared, opened.id, verdict)
             }
-            None => Judged::NoRecord,
+            Err(_) => Judged::NoRecord,
         },
         Err(reason) => {
             tracing::info!(target: "validator::disputes", dispute = opened.id, reason,
@@ -252,19 +260,31 @@ fn keep_verdict(shared: &Shared, id: u64, verdict: Judged) -> Judged {
     verdict
 }
 
+/// Why a record gave no verdict.
+enum Unjudged {
+    /// The same record never will (not bound to the dispute's receipt, refused by the model).
+    Never,
+    /// Re-execution failed for a passing reason (overloaded, a timeout): the record may be tried again.
+    NotNow,
+}
+
 /// Judge one record: it must carry the disputed receipt (same leaf, same node) and hash correctly.
-async fn judge_record(shared: &Arc<Shared>, opened: &Opened, record: &AuditRecord) -> Option<Judged> {
+async fn judge_record(
+    shared: &Arc<Shared>,
+    opened: &Opened,
+    record: &AuditRecord,
+) -> std::result::Result<Judged, Unjudged> {
     let r = &record.receipt;
     if r.receipt().leaf() != opened.leaf || r.node() != opened.node || !r.verify(&shared.chain.deployment().domain()) {
         shared.metrics.records_rejected.with_label_values(&["wrong_receipt"]).inc();
-        return None;
+        return Err(Unjudged::Never);
     }
     match shared.reexec.check(r, record).await {
-        Ok(c) => Some(Judged::Verdict(!c.agrees)),
-        Err(Rejected::UnknownModel(_)) => Some(Judged::NoModel),
+        Ok(c) => Ok(Judged::Verdict(!c.agrees)),
+        Err(Rejected::UnknownModel(_)) => Ok(Judged::NoModel),
         Err(rejected) => {
             shared.metrics.records_rejected.with_label_values(&[rejected.label()]).inc();
-            None
+            Err(if rejected.is_permanent() { Unjudged::Never } else { Unjudged::NotNow })
         }
     }
 }

@@ -156,7 +156,8 @@ async fn scan_disputes(shared: &Arc<Shared>, state: &mut State, head: u64) -> Re
                 model_id: ev.receipt.modelId,
                 snapshot: dispute.snapshotBlock,
             };
-            shared.know_dispute(id, ev.node, ev.receiptLeaf, ev.challenger);
+            let model_held = shared.reexec.model(ev.receipt.modelId).is_some();
+            shared.know_dispute(id, ev.node, ev.receiptLeaf, ev.challenger, model_held);
             state.followed.entry(id).or_insert(Followed {
                 opened,
                 challenger_is_me: ev.challenger == me,
@@ -223,15 +224,22 @@ async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Re
         }
         if !involved && !f.voting.swap(true, Ordering::SeqCst) {
             let (shared, opened, voting) = (shared.clone(), f.opened.clone(), f.voting.clone());
-            let tries = f.no_evidence.clone();
+            let (tries, deadline) = (f.no_evidence.clone(), f.deadline);
             tokio::spawn(async move {
                 match vote(&shared, &opened).await {
                     Ok(Voting::Voted(_) | Voting::Never) => {}
                     Ok(Voting::NoEvidence) => {
                         // Retried after a growing pause (the challenger gossips its evidence again until the
                         // deadline; the accused node may answer an audit later).
+                        // The pause ends early when evidence arrives, and never runs past the voting deadline.
                         let n = tries.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(backoff(every, n)).await;
+                        let until = Instant::now() + backoff(every, n);
+                        while Instant::now() < until
+                            && shared.evidence_for(opened.id).is_none()
+                            && super::unix_now() + 1 < deadline
+                        {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                         voting.store(false, Ordering::SeqCst);
                     }
                     Err(e) => {

@@ -34,30 +34,40 @@ fn admit(shared: &Shared, ev: DisputeEvidence) -> MessageAcceptance {
     MessageAcceptance::Accept
 }
 
-/// A part of large evidence: kept only for a dispute we follow and only if the dispute's challenger signed the
-/// whole it belongs to (so nobody else can fill our buffer with parts that never complete); once every part is
-/// here and the whole hashes to the signed digest, it is judged like whole evidence.
+/// A part of large evidence: checked on arrival against the announcement the dispute's challenger signed (bound to
+/// this chain, this `Disputes`, the dispute, the node and the receipt): a part anyone else made, or with bytes that do
+/// not hash to the announced hash, is rejected. Kept only for a dispute we follow, for a model we hold, until the
+/// evidence is here; a part already held is ignored (not forwarded again). Once every part is here, the whole is
+/// judged like whole evidence.
 pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
     let Ok(part) = decode::<EvidencePart>(data, MAX_GOSSIP_BYTES) else { return MessageAcceptance::Reject };
-    let Some(subject) = shared.dispute_subject(part.dispute_id) else { return MessageAcceptance::Ignore };
-    let Some(announcer) = part.announcer() else { return MessageAcceptance::Reject };
-    if announcer != subject.challenger {
-        // Another dispute under this id in another view of the chain, or a forgery: not kept, not forwarded.
-        return MessageAcceptance::Ignore;
+    let id = part.dispute_id;
+    let Some(subject) = shared.dispute_subject(id) else { return MessageAcceptance::Ignore };
+    let Some((announcement, signer)) = part.check(&shared.evidence_subject(id, &subject)) else {
+        shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
+        return MessageAcceptance::Reject;
+    };
+    if signer != subject.challenger {
+        shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
+        return MessageAcceptance::Reject;
     }
-    if subject.has_evidence {
+    if !subject.model_held || subject.has_evidence {
         return MessageAcceptance::Accept;
     }
-    match shared.add_part(part) {
+    match shared.add_part(announcement, part) {
         super::PartAdded::Waiting => MessageAcceptance::Accept,
-        super::PartAdded::Whole(ev) => match admit(shared, *ev) {
-            MessageAcceptance::Accept => MessageAcceptance::Accept,
-            // The challenger signed evidence that is not bound to its own dispute: forwarded no further.
-            _ => MessageAcceptance::Ignore,
-        },
-        super::PartAdded::Broken => {
-            shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
-            MessageAcceptance::Ignore
+        super::PartAdded::Redundant => MessageAcceptance::Ignore,
+        super::PartAdded::Complete(announcement, slots) => {
+            let whole = EvidencePart::join(&slots).filter(|ev| ev.dispute_id == id);
+            match whole.map(|ev| admit(shared, ev)) {
+                Some(MessageAcceptance::Accept) => MessageAcceptance::Accept,
+                // The challenger signed evidence that is not valid evidence for its own dispute.
+                _ => {
+                    shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
+                    shared.parts_failed(id, announcement);
+                    MessageAcceptance::Ignore
+                }
+            }
         }
     }
 }

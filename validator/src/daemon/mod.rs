@@ -51,8 +51,10 @@ struct KnownDispute {
     node: Address,
     leaf: B256,
     challenger: Address,
+    /// Whether we hold the disputed model (evidence for a model we cannot run is not kept).
+    model_held: bool,
     evidence: Option<DisputeEvidence>,
-    /// Evidence arriving in parts: the digest the challenger signed and the parts so far.
+    /// Evidence arriving in parts: the first announcement the challenger signed, and its parts so far.
     parts: Option<(B256, Vec<Option<Vec<u8>>>)>,
     /// Digests of evidence records that could not be judged (never re-run, never kept again).
     failed: HashSet<B256>,
@@ -70,16 +72,29 @@ struct PendingAudits {
     by_node: HashMap<Address, usize>,
 }
 
+/// Whether an audit could be queued.
+#[derive(Debug, PartialEq, Eq)]
+enum AuditPlace {
+    Taken,
+    /// `max_pending` audits are waiting.
+    AllFull,
+    /// A quarter of them are this node's already.
+    NodeFull,
+}
+
 impl PendingAudits {
     /// One more audit of `node`, if fewer than `max` are pending in all and fewer than a quarter of `max` for it.
-    fn take(&mut self, node: Address, max: usize) -> bool {
+    fn take(&mut self, node: Address, max: usize) -> AuditPlace {
         let mine = self.by_node.get(&node).copied().unwrap_or(0);
-        if self.total >= max || mine >= (max / 4).max(1) {
-            return false;
+        if self.total >= max {
+            return AuditPlace::AllFull;
+        }
+        if mine >= (max / 4).max(1) {
+            return AuditPlace::NodeFull;
         }
         self.total += 1;
         self.by_node.insert(node, mine + 1);
-        true
+        AuditPlace::Taken
     }
 
     /// Give back a place `take` gave for `node` (a release without a take changes nothing).
@@ -99,17 +114,18 @@ struct Subject {
     node: Address,
     leaf: B256,
     challenger: Address,
+    model_held: bool,
     has_evidence: bool,
 }
 
-/// What one more part of large evidence gave.
+/// What one more (checked) part of large evidence gave.
 enum PartAdded {
-    /// More parts to come.
+    /// New, and more parts are to come.
     Waiting,
-    /// The whole evidence, hashing to the digest its challenger signed (still to be judged).
-    Whole(Box<DisputeEvidence>),
-    /// Every part came but they do not make the signed whole (remembered as failed).
-    Broken,
+    /// Already here, or not needed (evidence already kept, or another announcement came first): not forwarded.
+    Redundant,
+    /// The last missing part: every part, in order (to be joined and judged outside the lock).
+    Complete(B256, Vec<Option<Vec<u8>>>),
 }
 
 /// The digest evidence records are remembered by.
@@ -128,16 +144,13 @@ pub(crate) struct Shared {
     metrics: ValidatorMetrics,
     sampler: Mutex<Sampler>,
     checks: Mutex<CheckLog>,
-    /// Registered PeerId of each node operator (empty: not a registered node), asked on chain, kept a minute.
+    /// Registered PeerId of each node operator, asked on chain, kept a minute (a "not registered" is not kept).
     node_peers: moka::future::Cache<Address, Vec<u8>>,
     /// Receipt leaves already admitted (replays ignored).
     seen: moka::sync::Cache<B256, ()>,
     /// Disputes followed (from chain events), with their evidence. Gossiped evidence is kept only for these and only
     /// if it carries the disputed receipt and hashes to it, so nobody can crowd out a challenger's evidence.
     disputes: Mutex<HashMap<u64, KnownDispute>>,
-    /// Evidence of our own challenges by receipt leaf, kept (in memory and in `data_dir/evidence/`) from before the
-    /// reveal until the dispute is settled, and attached when the duties loop follows the dispute.
-    own_evidence: Mutex<HashMap<B256, DisputeEvidence>>,
     /// Audits waiting or running.
     pending_audits: Mutex<PendingAudits>,
     audit_slots: tokio::sync::Semaphore,
@@ -162,12 +175,18 @@ impl Shared {
             })
             .await
             .map_err(|e: Arc<Error>| Error::from(mlbridge_sdk::Error::Rpc(e.to_string())))?;
-        Ok(if peer.is_empty() { None } else { Some(peer) })
+        if peer.is_empty() {
+            // Not kept: a node that registers now is known at once (its receipts relayed by honest peers must not
+            // be held against them for a minute).
+            self.node_peers.invalidate(&node).await;
+            return Ok(None);
+        }
+        Ok(Some(peer))
     }
 
     /// Follow a dispute: its evidence is now accepted from gossip. Ours comes with the evidence we kept for it.
-    fn know_dispute(&self, id: u64, node: Address, leaf: B256, challenger: Address) {
-        let own = if challenger == self.signer.address() { self.own_evidence(leaf) } else { None };
+    fn know_dispute(&self, id: u64, node: Address, leaf: B256, challenger: Address, model_held: bool) {
+        let own = if challenger == self.signer.address() { self.own_evidence(node, leaf) } else { None };
         let own = own.map(|mut ev| {
             ev.dispute_id = id;
             ev
@@ -177,6 +196,7 @@ impl Shared {
             node,
             leaf,
             challenger,
+            model_held,
             evidence: None,
             parts: None,
             failed: HashSet::new(),
@@ -187,10 +207,14 @@ impl Shared {
         }
     }
 
-    /// Stop following a dispute (settled or not ours to act on); our own evidence for it is dropped too.
+    /// Stop following a dispute (settled or not ours to act on); if it was ours, our evidence for it is dropped too
+    /// (another validator's dispute of the same receipt leaves ours alone).
     fn forget_dispute(&self, id: u64) {
-        if let Some(d) = lock(&self.disputes).remove(&id) {
-            self.drop_own_evidence(d.leaf);
+        let removed = lock(&self.disputes).remove(&id);
+        if let Some(d) = removed
+            && d.challenger == self.signer.address()
+        {
+            self.drop_own_evidence(d.node, d.leaf);
         }
     }
 
@@ -200,37 +224,51 @@ impl Shared {
             node: d.node,
             leaf: d.leaf,
             challenger: d.challenger,
+            model_held: d.model_held,
             has_evidence: d.evidence.is_some(),
         })
     }
 
-    /// Add a part of large evidence (its challenger's signature already checked). One whole is assembled per
-    /// dispute, at most `MAX_EVIDENCE_BYTES`: parts of another digest from the same challenger start over.
-    fn add_part(&self, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
+    /// What parts of evidence for dispute `id` about `subject` must be signed over.
+    fn evidence_subject(&self, id: u64, subject: &Subject) -> mlbridge_sdk::protocol::EvidenceSubject {
+        let deployment = self.chain.deployment();
+        mlbridge_sdk::protocol::EvidenceSubject {
+            chain_id: deployment.chain_id,
+            disputes: deployment.disputes,
+            dispute_id: id,
+            node: subject.node,
+            leaf: subject.leaf,
+        }
+    }
+
+    /// Add a part of large evidence, already checked against its announcement, which the dispute's challenger
+    /// signed. The first announcement wins (a challenger gives one per dispute); a slot once filled is never
+    /// overwritten (checked bytes cannot differ); the buffer is at most `MAX_EVIDENCE_BYTES` per dispute.
+    fn add_part(&self, announcement: B256, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
         let mut disputes = lock(&self.disputes);
-        let Some(d) = disputes.get_mut(&part.dispute_id) else { return PartAdded::Waiting };
-        if d.failed.contains(&part.digest) {
-            return PartAdded::Waiting;
+        let Some(d) = disputes.get_mut(&part.dispute_id) else { return PartAdded::Redundant };
+        if d.evidence.is_some() || d.failed.contains(&announcement) {
+            return PartAdded::Redundant;
         }
-        let (digest, slots) = d.parts.get_or_insert_with(|| (part.digest, vec![None; part.count()]));
-        if *digest != part.digest || slots.len() != part.count() {
-            *digest = part.digest;
-            *slots = vec![None; part.count()];
-        }
+        let (first, slots) = d.parts.get_or_insert_with(|| (announcement, vec![None; part.part_hashes.len()]));
         let index = part.index as usize;
+        if *first != announcement || slots.len() != part.part_hashes.len() || slots[index].is_some() {
+            return PartAdded::Redundant;
+        }
         slots[index] = Some(part.bytes);
         if slots.iter().any(Option::is_none) {
             return PartAdded::Waiting;
         }
-        let (digest, slots) = d.parts.take().expect("assembled above");
-        match mlbridge_sdk::protocol::EvidencePart::join(&slots, digest) {
-            Some(ev) if ev.dispute_id == part.dispute_id => PartAdded::Whole(Box::new(ev)),
-            _ => {
-                if d.failed.len() < MAX_FAILED_EVIDENCE {
-                    d.failed.insert(digest);
-                }
-                PartAdded::Broken
-            }
+        let (announcement, slots) = d.parts.take().expect("assembled above");
+        PartAdded::Complete(announcement, slots)
+    }
+
+    /// The challenger's announced evidence does not make valid evidence: never assembled again.
+    fn parts_failed(&self, id: u64, announcement: B256) {
+        if let Some(d) = lock(&self.disputes).get_mut(&id)
+            && d.failed.len() < MAX_FAILED_EVIDENCE
+        {
+            d.failed.insert(announcement);
         }
     }
 
@@ -241,6 +279,7 @@ impl Shared {
             && !d.failed.contains(&digest)
         {
             d.evidence.get_or_insert(ev);
+            d.parts = None;
         }
     }
 
@@ -269,36 +308,29 @@ impl Shared {
         lock(&self.disputes).get(&id).and_then(|d| d.verdict)
     }
 
-    fn evidence_file(&self, leaf: B256) -> std::path::PathBuf {
-        self.config.data_dir.join("evidence").join(format!("{leaf}.bin"))
+    fn evidence_file(&self, node: Address, leaf: B256) -> std::path::PathBuf {
+        self.config.data_dir.join("evidence").join(format!("{node}-{leaf}.bin"))
     }
 
-    /// Keep the evidence of a challenge we are about to reveal: in memory and on disk (it must outlive a restart,
-    /// or voters could only ask the accused node, which may refuse, and our bond would be lost).
-    fn keep_own_evidence(&self, leaf: B256, ev: DisputeEvidence) -> Result<()> {
-        let path = self.evidence_file(leaf);
+    /// Keep the evidence of a challenge we are about to reveal, on disk (it must outlive a restart, or voters could
+    /// only ask the accused node, which may refuse, and our bond would be lost). Dropped when our dispute is done.
+    fn keep_own_evidence(&self, node: Address, leaf: B256, ev: &DisputeEvidence) -> Result<()> {
+        let path = self.evidence_file(node, leaf);
         let io = |e: std::io::Error| Error::Io { path: path.clone(), reason: e.to_string() };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        std::fs::write(&path, mlbridge_sdk::protocol::encode(&ev)).map_err(io)?;
-        lock(&self.own_evidence).insert(leaf, ev);
-        Ok(())
+        std::fs::write(&path, mlbridge_sdk::protocol::encode(ev)).map_err(io)
     }
 
-    /// Our evidence for the receipt `leaf` (from memory, else from disk after a restart).
-    fn own_evidence(&self, leaf: B256) -> Option<DisputeEvidence> {
-        if let Some(ev) = lock(&self.own_evidence).get(&leaf) {
-            return Some(ev.clone());
-        }
-        let bytes = std::fs::read(self.evidence_file(leaf)).ok()?;
+    /// Our evidence against `node` for the receipt `leaf`.
+    fn own_evidence(&self, node: Address, leaf: B256) -> Option<DisputeEvidence> {
+        let bytes = std::fs::read(self.evidence_file(node, leaf)).ok()?;
         mlbridge_sdk::protocol::decode::<DisputeEvidence>(&bytes, usize::MAX).ok()
     }
 
-    fn drop_own_evidence(&self, leaf: B256) {
-        if lock(&self.own_evidence).remove(&leaf).is_some() || self.evidence_file(leaf).exists() {
-            let _ = std::fs::remove_file(self.evidence_file(leaf));
-        }
+    fn drop_own_evidence(&self, node: Address, leaf: B256) {
+        let _ = std::fs::remove_file(self.evidence_file(node, leaf));
     }
 
     fn evidence_for(&self, dispute: u64) -> Option<DisputeEvidence> {
@@ -307,8 +339,14 @@ impl Shared {
 
     /// Reserve a place for one more audit of `node`: at most `max_pending` in all and a quarter of that per node,
     /// so a node flooding receipts of its own cannot crowd out the audits of the others.
+    /// A node whose own audits fill its share (slow or stalled answers keep them busy) is suspected: dropping its
+    /// samples must not become a way to escape them.
     fn take_audit(&self, node: Address) -> bool {
-        lock(&self.pending_audits).take(node, self.config.sampling.max_pending)
+        let place = lock(&self.pending_audits).take(node, self.config.sampling.max_pending);
+        if place == AuditPlace::NodeFull {
+            self.suspect(node);
+        }
+        place == AuditPlace::Taken
     }
 
     fn release_audit(&self, node: Address) {
@@ -420,7 +458,6 @@ pub async fn start(config: ValidatorConfig) -> Result<RunningValidator> {
             .time_to_live(Duration::from_secs(2 * mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS + SEEN_TTL_MARGIN_SECS))
             .build(),
         disputes: Mutex::new(HashMap::new()),
-        own_evidence: Mutex::new(HashMap::new()),
         pending_audits: Mutex::default(),
         audit_slots: tokio::sync::Semaphore::new(config.audit.concurrency),
         peer_bytes: peer_id.to_bytes(),
@@ -478,11 +515,12 @@ mod tests {
     fn one_node_cannot_take_every_audit_place() {
         let (flooder, other) = (Address::repeat_byte(1), Address::repeat_byte(2));
         let mut p = PendingAudits::default();
-        let taken = (0..100).filter(|_| p.take(flooder, 16)).count();
+        let taken = (0..100).filter(|_| p.take(flooder, 16) == AuditPlace::Taken).count();
         assert_eq!(taken, 4, "a quarter of the places per node");
-        assert!(p.take(other, 16), "another node's receipts are still audited");
+        assert_eq!(p.take(flooder, 16), AuditPlace::NodeFull);
+        assert_eq!(p.take(other, 16), AuditPlace::Taken, "another node's receipts are still audited");
         p.release(flooder);
-        assert!(p.take(flooder, 16), "a place given back is taken again");
+        assert_eq!(p.take(flooder, 16), AuditPlace::Taken, "a place given back is taken again");
         for _ in 0..5 {
             p.release(flooder); // the fifth gives back nothing: the flooder holds four
         }
@@ -490,6 +528,6 @@ mod tests {
         p.release(other);
         assert_eq!((p.total, p.by_node.len()), (0, 0), "nothing left behind");
         let mut tiny = PendingAudits::default();
-        assert!(tiny.take(flooder, 1) && !tiny.take(other, 1), "the total bound holds");
+        assert_eq!((tiny.take(flooder, 1), tiny.take(other, 1)), (AuditPlace::Taken, AuditPlace::AllFull));
     }
 }
