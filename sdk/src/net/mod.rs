@@ -23,7 +23,9 @@ use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, noise, tcp, yamux
 
 pub use codec::{Codec, DEFAULT_INBOUND_BUDGET, InboundBudget};
 
-use crate::protocol::{ADVERTS_TOPIC, DISPUTES_TOPIC, INFER_PROTOCOL, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC};
+use crate::protocol::{
+    ADVERTS_TOPIC, DISPUTES_TOPIC, EVIDENCE_PARTS_TOPIC, INFER_PROTOCOL, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
+};
 use crate::{Error, Result};
 
 /// Kademlia protocol name (a private DHT: only ML Bridge peers).
@@ -123,7 +125,7 @@ fn net_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// Topic scores: invalid messages on our fixed topics cost a peer dearly, so spammers are graylisted.
 fn score_params() -> (PeerScoreParams, PeerScoreThresholds) {
     let mut topics = HashMap::new();
-    for t in [ADVERTS_TOPIC, RECEIPTS_TOPIC, DISPUTES_TOPIC] {
+    for t in [ADVERTS_TOPIC, RECEIPTS_TOPIC, DISPUTES_TOPIC, EVIDENCE_PARTS_TOPIC] {
         topics.insert(
             IdentTopic::new(t).hash(),
             TopicScoreParams {

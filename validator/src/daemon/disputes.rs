@@ -225,7 +225,8 @@ async fn judge(shared: &Arc<Shared>, opened: &Opened) -> Judged {
                     return keep_verdict(shared, opened.id, verdict);
                 }
                 Err(Unjudged::Never) => shared.evidence_failed(&ev),
-                Err(Unjudged::NotNow) => {}
+                // Tried again after the duties loop's growing pause, not at once.
+                Err(Unjudged::NotNow) => return Judged::NoRecord,
             }
         }
         if started.elapsed() >= wait {

@@ -231,11 +231,12 @@ async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Re
                     Ok(Voting::NoEvidence) => {
                         // Retried after a growing pause (the challenger gossips its evidence again until the
                         // deadline; the accused node may answer an audit later).
-                        // The pause ends early when evidence arrives, and never runs past the voting deadline.
+                        // The pause ends early when evidence newly arrives, and never runs past the voting deadline.
                         let n = tries.fetch_add(1, Ordering::SeqCst);
                         let until = Instant::now() + backoff(every, n);
+                        let had = shared.has_evidence(opened.id);
                         while Instant::now() < until
-                            && shared.evidence_for(opened.id).is_none()
+                            && (had || !shared.has_evidence(opened.id))
                             && super::unix_now() + 1 < deadline
                         {
                             tokio::time::sleep(Duration::from_secs(1)).await;

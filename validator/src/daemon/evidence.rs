@@ -35,8 +35,8 @@ fn admit(shared: &Shared, ev: DisputeEvidence) -> MessageAcceptance {
 }
 
 /// A part of large evidence: checked on arrival against the announcement the dispute's challenger signed (bound to
-/// this chain, this `Disputes`, the dispute, the node and the receipt): a part anyone else made, or with bytes that do
-/// not hash to the announced hash, is rejected. Kept only for a dispute we follow, for a model we hold, until the
+/// this chain, this `Disputes`, the dispute, the node and the receipt): a malformed part, or one whose bytes do not
+/// hash to the announced hash, is rejected; a well-formed part signed by someone else is ignored. Kept only for a dispute we follow, for a model we hold, until the
 /// evidence is here; a part already held is ignored (not forwarded again). Once every part is here, the whole is
 /// judged like whole evidence.
 pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
@@ -48,8 +48,10 @@ pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
         return MessageAcceptance::Reject;
     };
     if signer != subject.challenger {
-        shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
-        return MessageAcceptance::Reject;
+        // Well formed but not our dispute's challenger's: another view of the chain (a reorg) can make an honest
+        // relayer's part look so, so it is not held against it; it is not kept or forwarded either.
+        shared.metrics.records_rejected.with_label_values(&["other_receipt"]).inc();
+        return MessageAcceptance::Ignore;
     }
     if !subject.model_held || subject.has_evidence {
         return MessageAcceptance::Accept;
@@ -60,7 +62,10 @@ pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
         super::PartAdded::Complete(announcement, slots) => {
             let whole = EvidencePart::join(&slots).filter(|ev| ev.dispute_id == id);
             match whole.map(|ev| admit(shared, ev)) {
-                Some(MessageAcceptance::Accept) => MessageAcceptance::Accept,
+                Some(MessageAcceptance::Accept) => {
+                    shared.kept_from_parts(id, announcement);
+                    MessageAcceptance::Accept
+                }
                 // The challenger signed evidence that is not valid evidence for its own dispute.
                 _ => {
                     shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();

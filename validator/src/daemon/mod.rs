@@ -56,10 +56,46 @@ struct KnownDispute {
     evidence: Option<DisputeEvidence>,
     /// Evidence arriving in parts: the first announcement the challenger signed, and its parts so far.
     parts: Option<(B256, Vec<Option<Vec<u8>>>)>,
+    /// The announcement the kept evidence was assembled from (failed with it, so it is not assembled again).
+    kept_announcement: Option<B256>,
     /// Digests of evidence records that could not be judged (never re-run, never kept again).
     failed: HashSet<B256>,
     /// Our verdict once judged (`true`: the node was wrong), so a retried vote does not re-execute.
     verdict: Option<bool>,
+}
+
+impl KnownDispute {
+    fn new(node: Address, leaf: B256, challenger: Address, model_held: bool) -> Self {
+        Self {
+            node,
+            leaf,
+            challenger,
+            model_held,
+            evidence: None,
+            parts: None,
+            kept_announcement: None,
+            failed: HashSet::new(),
+            verdict: None,
+        }
+    }
+
+    /// See [`Shared::add_part`].
+    fn add_part(&mut self, announcement: B256, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
+        if self.evidence.is_some() || self.failed.contains(&announcement) {
+            return PartAdded::Redundant;
+        }
+        let (first, slots) = self.parts.get_or_insert_with(|| (announcement, vec![None; part.part_hashes.len()]));
+        let index = part.index as usize;
+        if *first != announcement || slots.len() != part.part_hashes.len() || slots[index].is_some() {
+            return PartAdded::Redundant;
+        }
+        slots[index] = Some(part.bytes);
+        if slots.iter().any(Option::is_none) {
+            return PartAdded::Waiting;
+        }
+        let (announcement, slots) = self.parts.take().expect("assembled above");
+        PartAdded::Complete(announcement, slots)
+    }
 }
 
 /// Failed evidence records remembered per dispute (bounded; a record beyond is checked again if it comes back).
@@ -192,16 +228,7 @@ impl Shared {
             ev
         });
         let mut disputes = lock(&self.disputes);
-        let d = disputes.entry(id).or_insert(KnownDispute {
-            node,
-            leaf,
-            challenger,
-            model_held,
-            evidence: None,
-            parts: None,
-            failed: HashSet::new(),
-            verdict: None,
-        });
+        let d = disputes.entry(id).or_insert_with(|| KnownDispute::new(node, leaf, challenger, model_held));
         if own.is_some() {
             d.evidence = own;
         }
@@ -245,22 +272,19 @@ impl Shared {
     /// signed. The first announcement wins (a challenger gives one per dispute); a slot once filled is never
     /// overwritten (checked bytes cannot differ); the buffer is at most `MAX_EVIDENCE_BYTES` per dispute.
     fn add_part(&self, announcement: B256, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
-        let mut disputes = lock(&self.disputes);
-        let Some(d) = disputes.get_mut(&part.dispute_id) else { return PartAdded::Redundant };
-        if d.evidence.is_some() || d.failed.contains(&announcement) {
-            return PartAdded::Redundant;
+        match lock(&self.disputes).get_mut(&part.dispute_id) {
+            Some(d) => d.add_part(announcement, part),
+            None => PartAdded::Redundant,
         }
-        let (first, slots) = d.parts.get_or_insert_with(|| (announcement, vec![None; part.part_hashes.len()]));
-        let index = part.index as usize;
-        if *first != announcement || slots.len() != part.part_hashes.len() || slots[index].is_some() {
-            return PartAdded::Redundant;
+    }
+
+    /// The evidence kept for dispute `id` was assembled from `announcement`'s parts.
+    fn kept_from_parts(&self, id: u64, announcement: B256) {
+        if let Some(d) = lock(&self.disputes).get_mut(&id)
+            && d.evidence.is_some()
+        {
+            d.kept_announcement = Some(announcement);
         }
-        slots[index] = Some(part.bytes);
-        if slots.iter().any(Option::is_none) {
-            return PartAdded::Waiting;
-        }
-        let (announcement, slots) = d.parts.take().expect("assembled above");
-        PartAdded::Complete(announcement, slots)
     }
 
     /// The challenger's announced evidence does not make valid evidence: never assembled again.
@@ -290,8 +314,9 @@ impl Shared {
             if d.evidence.as_ref().is_some_and(|kept| record_digest(kept) == digest) {
                 d.evidence = None;
             }
-            if d.failed.len() < MAX_FAILED_EVIDENCE {
+            if d.failed.len() + 1 < MAX_FAILED_EVIDENCE {
                 d.failed.insert(digest);
+                d.failed.extend(d.kept_announcement.take());
             }
         }
     }
@@ -333,18 +358,23 @@ impl Shared {
         let _ = std::fs::remove_file(self.evidence_file(node, leaf));
     }
 
+    /// Whether evidence for `dispute` is kept (without copying it).
+    fn has_evidence(&self, dispute: u64) -> bool {
+        lock(&self.disputes).get(&dispute).is_some_and(|d| d.evidence.is_some())
+    }
+
     fn evidence_for(&self, dispute: u64) -> Option<DisputeEvidence> {
         lock(&self.disputes).get(&dispute).and_then(|d| d.evidence.clone())
     }
 
     /// Reserve a place for one more audit of `node`: at most `max_pending` in all and a quarter of that per node,
     /// so a node flooding receipts of its own cannot crowd out the audits of the others.
-    /// A node whose own audits fill its share (slow or stalled answers keep them busy) is suspected: dropping its
-    /// samples must not become a way to escape them.
+    /// Reserve a place for one more audit of `node` (dropped samples are counted by the caller; a node that
+    /// stalls or refuses audits is suspected by the audits themselves).
     fn take_audit(&self, node: Address) -> bool {
         let place = lock(&self.pending_audits).take(node, self.config.sampling.max_pending);
         if place == AuditPlace::NodeFull {
-            self.suspect(node);
+            tracing::debug!(target: "validator::audit", %node, "this node's share of the audit queue is full; sample dropped");
         }
         place == AuditPlace::Taken
     }
@@ -509,7 +539,51 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
+    use mlbridge_sdk::protocol::{EVIDENCE_PART_BYTES, EvidencePart, WIRE_VERSION};
+
     use super::*;
+
+    /// Parts of `whole` as `check` would have passed them (signature not needed here), under a made-up announcement.
+    fn parts_of(whole: &[u8], tag: u8) -> (B256, Vec<EvidencePart>) {
+        let hashes: Vec<B256> = whole.chunks(EVIDENCE_PART_BYTES).map(alloy::primitives::keccak256).collect();
+        let parts = whole
+            .chunks(EVIDENCE_PART_BYTES)
+            .enumerate()
+            .map(|(i, bytes)| EvidencePart {
+                version: WIRE_VERSION,
+                dispute_id: 0,
+                total_len: whole.len() as u32,
+                index: i as u32,
+                part_hashes: hashes.clone(),
+                signature: [0; 65],
+                bytes: bytes.to_vec(),
+            })
+            .collect();
+        (alloy::primitives::keccak256([tag]), parts)
+    }
+
+    #[test]
+    fn parts_assemble_once_in_any_order_and_the_first_announcement_wins() {
+        let whole: Vec<u8> = (0..3 * EVIDENCE_PART_BYTES + 10).map(|i| (i % 251) as u8).collect();
+        let (a, parts) = parts_of(&whole, 1);
+        let (b, other) = parts_of(&whole[1..], 2);
+        let mut d = KnownDispute::new(Address::ZERO, B256::ZERO, Address::ZERO, true);
+        assert!(matches!(d.add_part(a, parts[3].clone()), PartAdded::Waiting));
+        assert!(matches!(d.add_part(b, other[0].clone()), PartAdded::Redundant), "the first announcement wins");
+        assert!(matches!(d.add_part(a, parts[3].clone()), PartAdded::Redundant), "a part already here");
+        for p in [&parts[1], &parts[0]] {
+            assert!(matches!(d.add_part(a, p.clone()), PartAdded::Waiting));
+        }
+        let PartAdded::Complete(announcement, slots) = d.add_part(a, parts[2].clone()) else {
+            panic!("the last part completes the whole")
+        };
+        assert_eq!(announcement, a);
+        assert_eq!(slots.into_iter().flatten().flatten().collect::<Vec<u8>>(), whole, "in order");
+        assert!(d.parts.is_none(), "nothing buffered once complete");
+        d.failed.insert(a);
+        assert!(matches!(d.add_part(a, parts[0].clone()), PartAdded::Redundant), "a failed whole is not rebuilt");
+        assert!(matches!(d.add_part(b, other[0].clone()), PartAdded::Waiting), "another announcement may come next");
+    }
 
     #[test]
     fn one_node_cannot_take_every_audit_place() {
