@@ -20,9 +20,30 @@ pub struct EmbeddingsRequest {
     pub model: String,
     /// One text or several.
     pub input: TextInput,
-    /// Only `float` is supported.
+    /// `float` (default) or `base64` (each vector as the base64 of its little-endian f32 bytes, as OpenAI returns
+    /// it and as the official `openai` client asks by default).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Dimensions wanted: the model's own only (these models cannot shorten their vectors); anything else is a 400.
+    #[serde(default)]
+    pub dimensions: Option<u64>,
+    /// Accepted and ignored (OpenAI's end-user id).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// How vectors are written in the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Float,
+    Base64,
+}
+
+/// A vector as OpenAI's `base64` encoding writes it: little-endian f32 bytes, standard base64.
+fn base64_vector(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// One text or a list of texts.
@@ -41,9 +62,15 @@ pub(crate) async fn embeddings(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::bad_request("encoding_format must be \"float\""));
-    }
+    let encoding = match req.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding_format must be \"float\" or \"base64\", not \"{other}\""
+            )));
+        }
+    };
     let (name, version) = match req.model.split_once(':') {
         Some((n, v)) => (
             n,
@@ -59,6 +86,15 @@ pub(crate) async fn embeddings(
         return Err(ApiError::bad_request("input must hold at least one non-empty text"));
     }
     let config = state.engine.config(name, version)?.clone();
+    if let Some(wanted) = req.dimensions {
+        let dims: u64 = config.outputs.first().map_or(0, |o| o.dims.iter().product::<i64>().max(0) as u64);
+        if wanted != dims {
+            return Err(ApiError::bad_request(format!(
+                "model {} returns {dims}-dimensional embeddings and cannot shorten them; omit dimensions or ask for {dims}",
+                config.key()
+            )));
+        }
+    }
     // Checked before payment: the price is per text, and a request over the limits must cost nothing.
     state.engine.check_texts(&texts)?;
     let paid = pay::authorize(&state, &headers, peer.0, &config, texts.len() as u64)?;
@@ -84,7 +120,10 @@ pub(crate) async fn embeddings(
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .map(|(i, v)| match encoding {
+            Encoding::Float => json!({ "object": "embedding", "index": i, "embedding": v }),
+            Encoding::Base64 => json!({ "object": "embedding", "index": i, "embedding": base64_vector(&v) }),
+        })
         .collect();
     let mut body = json!({
         "object": "list",

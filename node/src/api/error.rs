@@ -1,6 +1,5 @@
 //! HTTP errors: 4xx carry a message that names the problem; 5xx are generic and the detail goes to the log.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -59,23 +58,6 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rej: JsonRejection) -> Self {
-        let status = match rej.status() {
-            // Well-formed JSON of the wrong structure: still the client's request that is bad.
-            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-            s => s,
-        };
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                "request body is larger than the node's limit (see --max-body-bytes)".into()
-            }
-            _ => rej.body_text(),
-        };
-        Self { status, message, retry_after_secs: None }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response();
@@ -86,8 +68,21 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s (KServe's error shape, 400 instead of 422).
+/// A JSON request body whose rejections are [`ApiError`]s (KServe's error shape, 400 instead of 422). Standard
+/// clients do not all say it is JSON: the official Triton client sends no `Content-Type` at all. So the body is
+/// parsed as JSON when the type is absent, any `application/json` (with parameters such as `charset`), a
+/// `+json` type, `text/plain` or `application/octet-stream` (the binary tensor extension's type); any other declared
+/// type is refused with 415.
 pub struct ApiJson<T>(pub T);
+
+/// Whether a request with this `Content-Type` may carry a JSON body.
+pub(crate) fn json_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(value) = value else { return true };
+    let Ok(text) = value.to_str() else { return false };
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(essence.as_str(), "" | "application/json" | "text/plain" | "application/octet-stream")
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -97,6 +92,32 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state).await.map(|axum::Json(v)| Self(v)).map_err(ApiError::from)
+        if !json_content_type(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message: "the body must be JSON (Content-Type application/json, or none)".into(),
+                retry_after_secs: None,
+            });
+        }
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(|rej| {
+            let status = rej.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request body is larger than the node's limit (see --max-body-bytes)".into()
+            } else {
+                rej.body_text()
+            };
+            ApiError { status, message, retry_after_secs: None }
+        })?;
+        // Errors name the field they are about (`inputs[0].shape: ...`).
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::bad_request(format!("the body is not a valid request: {inner}"))
+            } else {
+                ApiError::bad_request(format!("the body is not a valid request: {path}: {inner}"))
+            }
+        })
     }
 }

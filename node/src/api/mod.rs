@@ -7,6 +7,7 @@ pub mod admin;
 pub mod embeddings;
 pub mod error;
 pub mod kserve;
+pub mod models;
 pub mod pay;
 
 use std::time::Duration;
@@ -59,6 +60,7 @@ impl Limits {
 
 /// The public API router: body limit, a timeout per request (408) and a bound on requests in service (503 beyond).
 pub fn router(state: AppState, limits: Limits) -> Router {
+    models::started_unix();
     Router::new()
         .route("/v2/health/live", get(kserve::live))
         .route("/v2/health/ready", get(kserve::ready))
@@ -70,6 +72,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(kserve::model_version_ready))
         .route("/v2/models/{name}/versions/{version}/infer", post(kserve::infer_version))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v2 for the KServe v2 API") })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(

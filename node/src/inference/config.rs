@@ -6,12 +6,12 @@
 use std::path::Path;
 
 use mlbridge_sdk::{DataType, ModelId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// What a model does; selects extra endpoints (e.g. embeddings for text-embedding models).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// Text in, one embedding vector per text out.

@@ -297,6 +297,73 @@ fn start_redis() -> Redis {
     Redis(child, port)
 }
 
+/// Standard clients send JSON as they please: the Triton client with no `Content-Type`, others with a charset; the
+/// OpenAI client asks for base64 embeddings and lists models. Only a body declared as something else is refused.
+#[tokio::test]
+async fn standard_clients_content_types_base64_embeddings_and_model_listing() {
+    let node = start_node(|_| {}).await;
+    let body = serde_json::to_vec(&mlp_request(1, 0.5)).unwrap();
+    let raw = |content_type: Option<&'static str>, body: Vec<u8>| {
+        let mut req = reqwest::Client::new().post(url(&node, "/v2/models/mlp-tiny/infer")).body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, first) = raw(None, body.clone()).await;
+    assert_eq!(s, 200, "no Content-Type at all (the Triton client): {first}");
+    for t in ["application/json; charset=utf-8", "application/octet-stream", "text/plain"] {
+        let (s, out) = raw(Some(t), body.clone()).await;
+        assert_eq!((s, &out["outputs"]), (200, &first["outputs"]), "{t}");
+    }
+    let (s, e) = raw(Some("text/html"), body.clone()).await;
+    assert_eq!(s, 415, "{e}");
+    let (s, e) = raw(None, b"input=1".to_vec()).await;
+    assert_eq!(s, 400, "not JSON: {e}");
+    assert!(e["error"].as_str().unwrap().contains("not a valid request"), "{e}");
+
+    // Embeddings as base64 (little-endian f32) are the float answer, bit for bit.
+    let ask = |extra: Value| {
+        let mut req = json!({ "model": "minilm-l6", "input": ["A man is eating food.", "Bread."] });
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        req
+    };
+    let (s, floats) = post(&node, "/v1/embeddings", &ask(json!({}))).await;
+    assert_eq!(s, 200, "{floats}");
+    let (s, b64) = post(&node, "/v1/embeddings", &ask(json!({ "encoding_format": "base64", "dimensions": 384 }))).await;
+    assert_eq!(s, 200, "{b64}");
+    for i in 0..2 {
+        use base64::Engine as _;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(b64["data"][i]["embedding"].as_str().unwrap()).unwrap();
+        let decoded: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let float: Vec<f32> = serde_json::from_value(floats["data"][i]["embedding"].clone()).unwrap();
+        assert_eq!(decoded, float);
+    }
+    assert_eq!(b64["usage"], floats["usage"]);
+    let (s, e) = post(&node, "/v1/embeddings", &ask(json!({ "dimensions": 128 }))).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("384-dimensional"), "{e}");
+    let (s, _) = post(&node, "/v1/embeddings", &ask(json!({ "encoding_format": "int8" }))).await;
+    assert_eq!(s, 400);
+
+    // Models in OpenAI's shape, by name (latest) and by name:version.
+    let (s, list) = get(&node, "/v1/models").await;
+    assert_eq!((s, list["object"].as_str()), (200, Some("list")));
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    for id in ["minilm-l6", "minilm-l6:1", "minilm-l6:2", "mlp-tiny", "orientation:1"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    assert!(list["data"].as_array().unwrap().iter().all(|m| m["object"] == "model" && m["created"].is_u64()));
+    let (s, m) = get(&node, "/v1/models/minilm-l6:1").await;
+    assert_eq!((s, m["id"].as_str(), m["version"].as_u64()), (200, Some("minilm-l6:1"), Some(1)));
+    assert_eq!(get(&node, "/v1/models/minilm-l6").await.1["version"], 2);
+    assert_eq!(get(&node, "/v1/models/no-such-model").await.0, 404);
+}
+
 #[tokio::test]
 async fn redis_cache_is_shared_between_nodes() {
     let redis = start_redis();
