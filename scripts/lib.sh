@@ -4,6 +4,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
+# The standard clients (tritonclient, openai) live in their own venv: their pins differ from the model tooling's.
+CLIENTS_VENV="$ROOT/.venv-clients"
+CLIENTS_PY="$CLIENTS_VENV/bin/python"
 FOUNDRY_BIN="$ROOT/node_modules/@foundry-rs"
 FORGE="$FOUNDRY_BIN/forge-linux-amd64/bin/forge"
 ANVIL="$FOUNDRY_BIN/anvil-linux-amd64/bin/anvil"

@@ -1,0 +1,139 @@
+"""The node against the standard clients people already use, unchanged: tritonclient[http] and openai.
+
+Run by scripts/test with the clients' own venv (.venv-clients): starts `mlbridge-node serve` (HTTP only, free, on
+free 127.0.0.1 ports), then checks what a new user would do with each client. Exits non-zero on the first failure.
+Usage: clients_test.py NODE_BINARY MODEL_REPOSITORY
+"""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+import openai
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(binary: str, models: str) -> tuple[subprocess.Popen, str, str]:
+    http, metrics = free_port(), free_port()
+    log = tempfile.NamedTemporaryFile(prefix="clients-node-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [binary, "serve", "--model-repository", models, "--no-p2p",
+         "--http-listen", f"127.0.0.1:{http}", "--metrics-listen", f"127.0.0.1:{metrics}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{http}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the node exited with {proc.returncode}; see {log.name}")
+        try:
+            with urllib.request.urlopen(base + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc, base, log.name
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"the node did not become ready in 120 s; see {log.name}")
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise AssertionError(what)
+    print(f"    ok  {what}")
+
+
+def mlp_input(batch: int, seed: float) -> np.ndarray:
+    return (seed + (np.arange(batch * 256) % 97) / 97.0).astype(np.float32).reshape(batch, 256)
+
+
+def triton_checks(base: str) -> None:
+    client = triton.InferenceServerClient(url=base.removeprefix("http://"))
+    check(client.is_server_live() and client.is_server_ready(), "tritonclient: server live and ready")
+    meta = client.get_server_metadata()
+    check(meta["name"] == "mlbridge-node", "tritonclient: server metadata")
+    model = client.get_model_metadata("mlp-tiny")
+    check(model["inputs"][0]["name"] == "input" and client.is_model_ready("mlp-tiny"), "tritonclient: model metadata")
+
+    # JSON inference exactly as the client sends it (no Content-Type header).
+    x = mlp_input(2, 0.25)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    out = triton.InferRequestedOutput("logits", binary_data=False)
+    result = client.infer("mlp-tiny", [inp], outputs=[out])
+    logits = result.as_numpy("logits")
+    check(logits is not None and logits.shape == (2, 10) and np.isfinite(logits).all(),
+          "tritonclient: JSON inference, shape [2, 10]")
+    # The same request again and a pinned version agree with each other.
+    again = client.infer("mlp-tiny", [inp], outputs=[out], model_version="2").as_numpy("logits")
+    check(np.array_equal(logits, again), "tritonclient: the pinned latest version answers the same")
+
+    # An error case: the client raises with the node's message.
+    bad = triton.InferInput("nope", [1, 256], "FP32")
+    bad.set_data_from_numpy(mlp_input(1, 0.0), binary_data=False)
+    try:
+        client.infer("mlp-tiny", [bad])
+        check(False, "tritonclient: an unknown input is refused")
+    except InferenceServerException as e:
+        check("nope" in str(e), f"tritonclient: an unknown input is refused ({str(e)[:60]}...)")
+    try:
+        client.get_model_metadata("no-such-model")
+        check(False, "tritonclient: an unknown model is refused")
+    except InferenceServerException:
+        check(True, "tritonclient: an unknown model is refused")
+
+
+def openai_checks(base: str) -> None:
+    client = openai.OpenAI(base_url=base + "/v1", api_key="not-needed")
+    ids = [m.id for m in client.models.list()]
+    check("minilm-l6" in ids and "minilm-l6:1" in ids, f"openai: models.list() ({len(ids)} models)")
+    check(client.models.retrieve("minilm-l6").id == "minilm-l6", "openai: models.retrieve()")
+
+    # The client's defaults: it asks for base64 and decodes it itself.
+    texts = ["A man is eating food.", "A man is eating a piece of bread."]
+    resp = client.embeddings.create(model="minilm-l6", input=texts)
+    a, b = resp.data[0].embedding, resp.data[1].embedding
+    check(len(a) == 384 and len(resp.data) == 2, "openai: embeddings.create() with the client's defaults")
+    cos = sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    check(abs(cos - 0.755) < 0.01, f"openai: the pair's cosine is all-MiniLM-L6-v2's 0.755 ({cos:.3f})")
+    check(resp.usage.prompt_tokens > 0 and resp.usage.total_tokens == resp.usage.prompt_tokens, "openai: usage")
+    floats = client.embeddings.create(model="minilm-l6", input=texts, encoding_format="float")
+    check(floats.data[0].embedding == a, "openai: float and base64 answers are the same vectors")
+    try:
+        client.embeddings.create(model="minilm-l6", input="x", dimensions=128)
+        check(False, "openai: dimensions the model cannot give are refused")
+    except openai.BadRequestError:
+        check(True, "openai: dimensions the model cannot give are refused (400)")
+
+
+def main() -> None:
+    binary, models = sys.argv[1], sys.argv[2]
+    proc, base, log = start_node(binary, models)
+    try:
+        print(f"  node at {base} (log {log})")
+        triton_checks(base)
+        openai_checks(base)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    os.unlink(log)
+    print("  standard clients: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
