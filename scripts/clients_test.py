@@ -80,6 +80,20 @@ def triton_checks(base: str) -> None:
     again = client.infer("mlp-tiny", [inp], outputs=[out], model_version="2").as_numpy("logits")
     check(np.array_equal(logits, again), "tritonclient: the pinned latest version answers the same")
 
+    # Binary tensors (the binary_tensor_data extension) both ways, equal to the JSON answer bit for bit.
+    check("binary_tensor_data" in meta["extensions"], "tritonclient: the node lists binary_tensor_data")
+    binp = triton.InferInput("input", list(x.shape), "FP32")
+    binp.set_data_from_numpy(x, binary_data=True)
+    bout = triton.InferRequestedOutput("logits", binary_data=True)
+    binary = client.infer("mlp-tiny", [binp], outputs=[bout]).as_numpy("logits")
+    check(binary is not None and np.array_equal(binary, logits), "tritonclient: binary inference equals JSON")
+    image = np.random.default_rng(7).random((1, 3, 224, 224), dtype=np.float32)
+    img = triton.InferInput("x", list(image.shape), "FP32")
+    img.set_data_from_numpy(image, binary_data=True)
+    probs = client.infer("orientation", [img]).as_numpy("fetch_name_0")
+    check(probs is not None and probs.shape == (1, 4) and abs(float(probs.sum()) - 1.0) < 1e-3,
+          "tritonclient: a 1x3x224x224 image as binary, probabilities out")
+
     # An error case: the client raises with the node's message.
     bad = triton.InferInput("nope", [1, 256], "FP32")
     bad.set_data_from_numpy(mlp_input(1, 0.0), binary_data=False)

@@ -99,25 +99,34 @@ where
                 retry_after_secs: None,
             });
         }
-        let body = axum::body::Bytes::from_request(req, state).await.map_err(|rej| {
-            let status = rej.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "request body is larger than the node's limit (see --max-body-bytes)".into()
-            } else {
-                rej.body_text()
-            };
-            ApiError { status, message, retry_after_secs: None }
-        })?;
-        // Errors name the field they are about (`inputs[0].shape: ...`).
-        let de = &mut serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                ApiError::bad_request(format!("the body is not a valid request: {inner}"))
-            } else {
-                ApiError::bad_request(format!("the body is not a valid request: {path}: {inner}"))
-            }
-        })
+        let body = read_body(req, state).await?;
+        parse_json(&body).map(Self)
     }
+}
+
+/// The whole request body (413 beyond the body limit).
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state).await.map_err(|rej| {
+        let status = rej.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the node's limit (see --max-body-bytes)".into()
+        } else {
+            rej.body_text()
+        };
+        ApiError { status, message, retry_after_secs: None }
+    })
+}
+
+/// Parse a JSON request; errors name the field they are about (`inputs[0].shape: ...`).
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("the body is not a valid request: {inner}"))
+        } else {
+            ApiError::bad_request(format!("the body is not a valid request: {path}: {inner}"))
+        }
+    })
 }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::binary::{self, InferBody};
+use super::error::ApiError;
 use super::pay::{self, PeerAddr};
 use crate::inference::ModelConfig;
 use crate::payment::{Completed, JobInput, guarded};
@@ -39,11 +40,13 @@ pub struct InputTensor {
     pub shape: Vec<i64>,
     /// KServe datatype name.
     pub datatype: String,
-    /// Tensor parameters (accepted, unused).
+    /// Tensor parameters (`binary_data_size`: the data is in the binary section after the JSON).
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// Row-major data, flat or nested (kept raw: flat numeric arrays are parsed straight into typed vectors).
-    pub data: Box<serde_json::value::RawValue>,
+    /// Row-major data, flat or nested (kept raw: flat numeric arrays are parsed straight into typed vectors);
+    /// absent when the data is binary.
+    #[serde(default)]
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// A requested output.
@@ -51,6 +54,9 @@ pub struct InputTensor {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
+    /// Output parameters (`binary_data`: answer this output as binary).
+    #[serde(default)]
+    pub parameters: Option<Value>,
 }
 
 /// `POST .../infer` answer.
@@ -69,7 +75,10 @@ struct OutputTensor {
     name: String,
     shape: Vec<i64>,
     datatype: DataType,
-    data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +100,7 @@ pub(crate) async fn server_metadata() -> impl IntoResponse {
     Json(serde_json::json!({
         "name": "mlbridge-node",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository", "embeddings"],
+        "extensions": ["model_repository", "binary_tensor_data", "embeddings"],
     }))
 }
 
@@ -168,9 +177,9 @@ pub(crate) async fn infer(
     Path(name): Path<String>,
     peer: PeerAddr,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<InferRequest>,
+    body: InferBody<InferRequest>,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &name, None, req, peer, &headers).await
+    run_infer(&state, &name, None, body, peer, &headers).await
 }
 
 pub(crate) async fn infer_version(
@@ -178,33 +187,54 @@ pub(crate) async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     peer: PeerAddr,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<InferRequest>,
+    body: InferBody<InferRequest>,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
-    run_infer(&state, &name, Some(version), req, peer, &headers).await
+    run_infer(&state, &name, Some(version), body, peer, &headers).await
 }
 
 async fn run_infer(
     state: &AppState,
     name: &str,
     version: Option<u64>,
-    req: InferRequest,
+    body: InferBody<InferRequest>,
     peer: PeerAddr,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let InferBody { header: req, binary } = body;
     let config = state.engine.config(name, version)?;
     if req.inputs.is_empty() {
         return Err(ApiError::bad_request("the request has no inputs"));
     }
-    let wanted: Option<Vec<String>> = req.outputs.map(|o| o.into_iter().map(|r| r.name).collect());
+    // Binary answers: for every output when the request asks (`binary_data_output`), else per requested output.
+    let all_binary = req.parameters.as_ref().and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool);
+    let wanted: Option<Vec<(String, bool)>> = req.outputs.map(|o| {
+        o.into_iter()
+            .map(|r| {
+                let binary = r.parameters.as_ref().and_then(|p| p.get("binary_data")).and_then(Value::as_bool);
+                (r.name, binary.or(all_binary).unwrap_or(false))
+            })
+            .collect()
+    });
     if let Some(names) = &wanted {
-        for n in names {
+        for (n, _) in names {
             if !config.outputs.iter().any(|o| &o.name == n) {
                 return Err(ApiError::bad_request(format!("model {} has no output named '{n}'", config.key())));
             }
         }
     }
-    let inputs = req.inputs.into_iter().map(to_tensor).collect::<Result<Vec<_>, _>>()?;
+    let mut offset = 0;
+    let inputs = req
+        .inputs
+        .into_iter()
+        .map(|input| to_tensor_from(input, &binary, &mut offset))
+        .collect::<Result<Vec<_>, _>>()?;
+    if offset != binary.len() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data follow the JSON but the inputs' binary_data_size add up to {offset}",
+            binary.len()
+        )));
+    }
     // Checked before payment: the price is per sample, and a bad request must cost nothing.
     let units = config.validate_inputs(&inputs)? as u64;
     let paid = pay::authorize(state, headers, peer.0, config, units)?;
@@ -219,15 +249,29 @@ async fn run_infer(
         }
         None => None,
     };
+    let mut binary_out = Vec::new();
     let outputs = inference
         .outputs
         .iter()
-        .filter(|t| wanted.as_ref().is_none_or(|w| w.iter().any(|n| n == t.name())))
-        .map(|t| OutputTensor {
-            name: t.name().to_owned(),
-            shape: t.shape().to_vec(),
-            datatype: t.datatype(),
-            data: data_json(t.data()),
+        .filter_map(|t| {
+            let as_binary = match &wanted {
+                Some(w) => w.iter().find(|(n, _)| n == t.name())?.1,
+                None => all_binary.unwrap_or(false),
+            };
+            let (parameters, data) = if as_binary {
+                let start = binary_out.len();
+                binary::put(t.data(), &mut binary_out);
+                (Some(serde_json::json!({ "binary_data_size": binary_out.len() - start })), None)
+            } else {
+                (None, Some(data_json(t.data())))
+            };
+            Some(OutputTensor {
+                name: t.name().to_owned(),
+                shape: t.shape().to_vec(),
+                datatype: t.datatype(),
+                parameters,
+                data,
+            })
         })
         .collect();
     let mut parameters = serde_json::Map::new();
@@ -236,26 +280,57 @@ async fn run_infer(
     if let Some(r) = &receipt {
         parameters.insert("receipt".into(), pay::receipt_json(r));
     }
-    let body = Json(InferResponse {
+    let answer = InferResponse {
         model_name: config.name.clone(),
         model_version: inference.version.to_string(),
         id: req.id,
         parameters,
         outputs,
-    });
+    };
+    let body = if binary_out.is_empty() {
+        Json(answer).into_response()
+    } else {
+        let json = serde_json::to_vec(&answer)
+            .map_err(|e| ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        binary::response(json, binary_out)
+    };
     Ok(match &receipt {
         Some(r) => ([pay::receipt_header(r)], body).into_response(),
-        None => body.into_response(),
+        None => body,
+    })
+}
+
+/// An input tensor to a typed one, its data from JSON or (`binary_data_size`) from the binary section at `*offset`.
+fn to_tensor_from(input: InputTensor, binary: &[u8], offset: &mut usize) -> Result<Tensor, ApiError> {
+    let Some(size) = binary::binary_size(input.parameters.as_ref(), &input.name)? else { return to_tensor(input) };
+    if input.data.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "input '{}': give its data either in JSON or as binary_data_size, not both",
+            input.name
+        )));
+    }
+    let datatype = parse_datatype(&input)?;
+    let data = binary::take(binary, offset, size, datatype, &input.name)?;
+    Tensor::new(input.name, input.shape, data).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn parse_datatype(input: &InputTensor) -> Result<DataType, ApiError> {
+    input.datatype.parse().map_err(|_| {
+        ApiError::bad_request(format!("input '{}': datatype '{}' is not supported", input.name, input.datatype))
     })
 }
 
 /// A JSON input tensor to a typed one: datatype known, every element of the right kind, count matching the shape.
 pub(crate) fn to_tensor(input: InputTensor) -> Result<Tensor, ApiError> {
-    let datatype: DataType = input.datatype.parse().map_err(|_| {
-        ApiError::bad_request(format!("input '{}': datatype '{}' is not supported", input.name, input.datatype))
-    })?;
+    let datatype = parse_datatype(&input)?;
+    let Some(data) = &input.data else {
+        return Err(ApiError::bad_request(format!(
+            "input '{}' has no data (and no binary_data_size parameter)",
+            input.name
+        )));
+    };
     // Fast path: a flat array of the right kind parses directly into a typed vector.
-    let raw = input.data.get();
+    let raw = data.get();
     let fast = match datatype {
         DataType::Fp32 => serde_json::from_str::<Vec<f32>>(raw).ok().map(TensorData::Fp32),
         DataType::Fp64 => serde_json::from_str::<Vec<f64>>(raw).ok().map(TensorData::Fp64),

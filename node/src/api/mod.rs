@@ -4,6 +4,7 @@
 //! a socket is the caller's business (see `crate::server`).
 
 pub mod admin;
+pub mod binary;
 pub mod embeddings;
 pub mod error;
 pub mod kserve;

@@ -364,6 +364,77 @@ async fn standard_clients_content_types_base64_embeddings_and_model_listing() {
     assert_eq!(get(&node, "/v1/models/no-such-model").await.0, 404);
 }
 
+/// The binary tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes, then raw tensors;
+/// JSON and binary inputs mixed in one request; binary outputs on request; bad lengths refused with a 400.
+#[tokio::test]
+async fn binary_tensors_in_and_out_mixed_with_json() {
+    let node = start_node(|_| {}).await;
+    let send = |path: &'static str, header: Value, binary: Vec<u8>, declared: Option<usize>| {
+        let json = serde_json::to_vec(&header).unwrap();
+        let len = declared.unwrap_or(json.len());
+        let mut body = json;
+        body.extend_from_slice(&binary);
+        let req = reqwest::Client::new()
+            .post(url(&node, path))
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", len.to_string())
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let json_len: Option<usize> =
+                resp.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().parse().unwrap());
+            (status, json_len, resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    // MiniLM: token ids as binary INT64, the attention mask as JSON, in one request; the embedding comes back binary.
+    let ids: Vec<i64> = vec![101, 1037, 2158, 2003, 5983, 2833, 1012, 102];
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let header = json!({
+        "inputs": [
+            { "name": "input_ids", "shape": [1, 8], "datatype": "INT64", "parameters": { "binary_data_size": 64 } },
+            { "name": "attention_mask", "shape": [1, 8], "datatype": "INT64", "data": vec![1; 8] }
+        ],
+        "outputs": [{ "name": "sentence_embedding", "parameters": { "binary_data": true } }]
+    });
+    let (s, json_len, body) = send("/v2/models/minilm-l6/infer", header, id_bytes, None).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let json_len = json_len.expect("a binary answer says its JSON length");
+    let answer: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+    assert_eq!(answer["outputs"][0]["parameters"]["binary_data_size"], 384 * 4);
+    assert!(answer["outputs"][0].get("data").is_none());
+    let binary: Vec<f32> = body[json_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let all_json = json!({ "inputs": [
+        { "name": "input_ids", "shape": [1, 8], "datatype": "INT64", "data": ids },
+        { "name": "attention_mask", "shape": [1, 8], "datatype": "INT64", "data": vec![1; 8] }
+    ] });
+    let (s, plain) = post(&node, "/v2/models/minilm-l6/infer", &all_json).await;
+    assert_eq!(s, 200);
+    let expected: Vec<f32> = serde_json::from_value(plain["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(binary, expected, "binary in and out is the JSON answer, bit for bit");
+
+    // Bad framing: a size past the end, bytes nobody claims, a header length beyond the body, half an element.
+    let mlp = |size: usize| {
+        json!({ "inputs": [{ "name": "input", "shape": [1, 256], "datatype": "FP32",
+        "parameters": { "binary_data_size": size } }] })
+    };
+    let floats = vec![0u8; 1024];
+    let cases = [
+        (mlp(2048), floats.clone(), None, "runs past the end"),
+        (mlp(1022), floats.clone(), None, "whole number"),
+        (mlp(1024), vec![0u8; 1030], None, "add up to"),
+        (mlp(1024), floats.clone(), Some(1 << 20), "Inference-Header-Content-Length"),
+    ];
+    for (header, binary, declared, needle) in cases {
+        let (s, _, body) = send("/v2/models/mlp-tiny/infer", header, binary, declared).await;
+        let e: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(s, 400, "{e}");
+        assert!(e["error"].as_str().unwrap().contains(needle), "expected '{needle}' in {e}");
+    }
+    let (s, _, body) = send("/v2/models/mlp-tiny/infer", mlp(1024), floats, None).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+}
+
 #[tokio::test]
 async fn redis_cache_is_shared_between_nodes() {
     let redis = start_redis();
