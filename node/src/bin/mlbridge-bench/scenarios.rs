@@ -100,13 +100,52 @@ fn kserve_body(inputs: &[Tensor]) -> Vec<u8> {
     serde_json::to_vec(&json!({ "inputs": inputs })).expect("json")
 }
 
+/// The same request with the binary tensor data extension: every input and output as raw little-endian bytes after
+/// a JSON header. Returns the body and the JSON header's length.
+fn kserve_binary_body(inputs: &[Tensor]) -> (Vec<u8>, usize) {
+    let mut binary = Vec::new();
+    let specs: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|t| {
+            let start = binary.len();
+            mlbridge_node::api::binary::put(t.data(), &mut binary);
+            json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(),
+                "parameters": { "binary_data_size": binary.len() - start } })
+        })
+        .collect();
+    let mut body =
+        serde_json::to_vec(&json!({ "inputs": specs, "parameters": { "binary_data_output": true } })).expect("json");
+    let json_len = body.len();
+    body.extend_from_slice(&binary);
+    (body, json_len)
+}
+
 async fn http_load(client: &reqwest::Client, url: String, body: Vec<u8>, c: usize, limits: Limits) -> Stats {
+    http_load_with(client, url, body, None, c, limits).await
+}
+
+/// HTTP load; `json_len` set: a binary-extension request with that JSON header length.
+async fn http_load_with(
+    client: &reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+    json_len: Option<usize>,
+    c: usize,
+    limits: Limits,
+) -> Stats {
     let body = bytes_of(body);
     let client = client.clone();
     load::run(c, limits, move |_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
         async move {
-            match client.post(url).header("content-type", "application/json").body(body).send().await {
+            let req = match json_len {
+                None => client.post(url).header("content-type", "application/json"),
+                Some(n) => client
+                    .post(url)
+                    .header("content-type", "application/octet-stream")
+                    .header(mlbridge_node::api::binary::HEADER_LENGTH, n),
+            };
+            match req.body(body).send().await {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                 Err(_) => false,
             }
@@ -204,6 +243,11 @@ pub(crate) async fn inference(repo: &Path, node_bin: &Path, limits: Limits) -> R
         for c in CONCURRENCY {
             let s = http_load(&client, url.clone(), kserve_body(&inputs), c, limits).await;
             row(&what, "http", c, &s, Some(raw.throughput()));
+        }
+        let (body, json_len) = kserve_binary_body(&inputs);
+        for c in CONCURRENCY {
+            let s = http_load_with(&client, url.clone(), body.clone(), Some(json_len), c, limits).await;
+            row(&what, "http binary", c, &s, Some(raw.throughput()));
         }
     }
 
