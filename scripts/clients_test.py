@@ -30,7 +30,8 @@ def start_node(binary: str, models: str) -> tuple[subprocess.Popen, str, str]:
     http, metrics = free_port(), free_port()
     log = tempfile.NamedTemporaryFile(prefix="clients-node-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [binary, "serve", "--model-repository", models, "--no-p2p",
+        # Result cache off: every comparison below is between two real runs, not an answer and its cached copy.
+        [binary, "serve", "--model-repository", models, "--no-p2p", "--no-cache",
          "--http-listen", f"127.0.0.1:{http}", "--metrics-listen", f"127.0.0.1:{metrics}"],
         stdout=log, stderr=subprocess.STDOUT,
     )

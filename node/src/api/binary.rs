@@ -64,7 +64,8 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
 pub fn binary_size(parameters: Option<&serde_json::Value>, name: &str) -> Result<Option<usize>, ApiError> {
     let Some(size) = parameters.and_then(|p| p.get("binary_data_size")) else { return Ok(None) };
     size.as_u64()
-        .map(|n| Some(n as usize))
+        .and_then(|n| usize::try_from(n).ok())
+        .map(Some)
         .ok_or_else(|| ApiError::bad_request(format!("input '{name}': binary_data_size must be a byte count")))
 }
 

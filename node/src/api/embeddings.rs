@@ -86,8 +86,10 @@ pub(crate) async fn embeddings(
         return Err(ApiError::bad_request("input must hold at least one non-empty text"));
     }
     let config = state.engine.config(name, version)?.clone();
-    if let Some(wanted) = req.dimensions {
-        let dims: u64 = config.outputs.first().map_or(0, |o| o.dims.iter().product::<i64>().max(0) as u64);
+    // Checked for embedding models with a fixed size (any other model is refused below for what it is).
+    let fixed = config.outputs.first().filter(|o| o.dims.iter().all(|&d| d > 0));
+    if let (Some(wanted), Some(out), crate::inference::Task::TextEmbedding) = (req.dimensions, fixed, config.task) {
+        let dims = out.dims.iter().product::<i64>() as u64;
         if wanted != dims {
             return Err(ApiError::bad_request(format!(
                 "model {} returns {dims}-dimensional embeddings and cannot shorten them; omit dimensions or ask for {dims}",

@@ -71,8 +71,8 @@ impl IntoResponse for ApiError {
 /// A JSON request body whose rejections are [`ApiError`]s (KServe's error shape, 400 instead of 422). Standard
 /// clients do not all say it is JSON: the official Triton client sends no `Content-Type` at all. So the body is
 /// parsed as JSON when the type is absent, any `application/json` (with parameters such as `charset`), a
-/// `+json` type, `text/plain` or `application/octet-stream` (the binary tensor extension's type); any other declared
-/// type is refused with 415.
+/// `+json` type or `application/octet-stream` (the binary tensor extension's type); any other declared type (a
+/// browser form's `text/plain` among them) is refused with 415.
 pub struct ApiJson<T>(pub T);
 
 /// Whether a request with this `Content-Type` may carry a JSON body.
@@ -80,7 +80,7 @@ pub(crate) fn json_content_type(value: Option<&HeaderValue>) -> bool {
     let Some(value) = value else { return true };
     let Ok(text) = value.to_str() else { return false };
     let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    matches!(essence.as_str(), "" | "application/json" | "text/plain" | "application/octet-stream")
+    matches!(essence.as_str(), "" | "application/json" | "application/octet-stream")
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
@@ -120,7 +120,7 @@ pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result
 /// Parse a JSON request; errors name the field they are about (`inputs[0].shape: ...`).
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -128,5 +128,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         } else {
             ApiError::bad_request(format!("the body is not a valid request: {path}: {inner}"))
         }
-    })
+    })?;
+    // Nothing but whitespace may follow (a binary request whose length header was lost would leave bytes here).
+    de.end().map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body has more after its JSON ({e}); a binary-extension request needs Inference-Header-Content-Length"
+        ))
+    })?;
+    Ok(value)
 }

@@ -208,7 +208,20 @@ async fn run_infer(
     }
     // Binary answers: for every output when the request asks (`binary_data_output`), else per requested output.
     let all_binary = req.parameters.as_ref().and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool);
-    let wanted: Option<Vec<(String, bool)>> = req.outputs.map(|o| {
+    // An empty list asks for nothing in particular: every output, as when it is absent.
+    let requested = req.outputs.filter(|o| !o.is_empty());
+    if let Some(outputs) = &requested {
+        for r in outputs {
+            let params = r.parameters.as_ref().and_then(Value::as_object);
+            if let Some(other) = params.and_then(|p| p.keys().find(|k| k.as_str() != "binary_data")) {
+                return Err(ApiError::bad_request(format!(
+                    "output '{}': parameter '{other}' is not supported (classification and shared memory are not                      offered; binary_data is)",
+                    r.name
+                )));
+            }
+        }
+    }
+    let wanted: Option<Vec<(String, bool)>> = requested.map(|o| {
         o.into_iter()
             .map(|r| {
                 let binary = r.parameters.as_ref().and_then(|p| p.get("binary_data")).and_then(Value::as_bool);

@@ -315,12 +315,18 @@ async fn standard_clients_content_types_base64_embeddings_and_model_listing() {
     };
     let (s, first) = raw(None, body.clone()).await;
     assert_eq!(s, 200, "no Content-Type at all (the Triton client): {first}");
-    for t in ["application/json; charset=utf-8", "application/octet-stream", "text/plain"] {
+    for t in ["application/json; charset=utf-8", "application/octet-stream", "application/vnd.api+json"] {
         let (s, out) = raw(Some(t), body.clone()).await;
         assert_eq!((s, &out["outputs"]), (200, &first["outputs"]), "{t}");
     }
-    let (s, e) = raw(Some("text/html"), body.clone()).await;
-    assert_eq!(s, 415, "{e}");
+    for t in ["text/html", "text/plain", "application/x-www-form-urlencoded"] {
+        let (s, e) = raw(Some(t), body.clone()).await;
+        assert_eq!(s, 415, "{t}: {e}");
+    }
+    let mut trailing = body.clone();
+    trailing.extend_from_slice(b" {}");
+    let (s, e) = raw(None, trailing).await;
+    assert_eq!(s, 400, "bytes after the JSON: {e}");
     let (s, e) = raw(None, b"input=1".to_vec()).await;
     assert_eq!(s, 400, "not JSON: {e}");
     assert!(e["error"].as_str().unwrap().contains("not a valid request"), "{e}");
