@@ -117,23 +117,29 @@ pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result
     })
 }
 
-/// Parse a JSON request; errors name the field they are about (`inputs[0].shape: ...`).
+/// Parse a JSON request; errors name the field they are about (`inputs[0].shape: ...`), and nothing but whitespace
+/// may follow the JSON (a binary-extension request whose length header was lost would leave bytes there). The
+/// path-tracking parse runs only to explain a failure: it costs a tenth of a request's CPU on small tensors.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            ApiError::bad_request(format!("the body is not a valid request: {inner}"))
-        } else {
-            ApiError::bad_request(format!("the body is not a valid request: {path}: {inner}"))
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
+    let message = match parsed {
+        Err(e) => {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." => format!("the body is not a valid request: {}", e.into_inner()),
+                _ => format!("the body is not a valid request: {path}: {}", e.into_inner()),
+            }
         }
-    })?;
-    // Nothing but whitespace may follow (a binary request whose length header was lost would leave bytes here).
-    de.end().map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body has more after its JSON ({e}); a binary-extension request needs Inference-Header-Content-Length"
-        ))
-    })?;
-    Ok(value)
+        Ok(_) => match de.end() {
+            Err(e) => format!(
+                "the body has more after its JSON ({e}); a binary-extension request needs Inference-Header-Content-Length"
+            ),
+            Ok(()) => "the body is not a valid request".into(),
+        },
+    };
+    Err(ApiError::bad_request(message))
 }

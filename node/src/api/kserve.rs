@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::AppState;
 use super::binary::{self, InferBody};
 use super::error::ApiError;
+use super::jsondata::JsonData;
 use super::pay::{self, PeerAddr};
 use crate::inference::ModelConfig;
 use crate::payment::{Completed, JobInput, guarded};
@@ -43,10 +44,10 @@ pub struct InputTensor {
     /// Tensor parameters (`binary_data_size`: the data is in the binary section after the JSON).
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// Row-major data, flat or nested (kept raw: flat numeric arrays are parsed straight into typed vectors);
-    /// absent when the data is binary.
+    /// Row-major data, flat or nested (a flat numeric array is read straight into a typed vector); absent when the
+    /// data is binary.
     #[serde(default)]
-    pub data: Option<Box<serde_json::value::RawValue>>,
+    pub data: Option<JsonData>,
 }
 
 /// A requested output.
@@ -336,27 +337,33 @@ fn parse_datatype(input: &InputTensor) -> Result<DataType, ApiError> {
 /// A JSON input tensor to a typed one: datatype known, every element of the right kind, count matching the shape.
 pub(crate) fn to_tensor(input: InputTensor) -> Result<Tensor, ApiError> {
     let datatype = parse_datatype(&input)?;
-    let Some(data) = &input.data else {
+    let Some(data) = input.data else {
         return Err(ApiError::bad_request(format!(
             "input '{}' has no data (and no binary_data_size parameter)",
             input.name
         )));
     };
-    // Fast path: a flat array of the right kind parses directly into a typed vector.
-    let raw = data.get();
-    let fast = match datatype {
-        DataType::Fp32 => serde_json::from_str::<Vec<f32>>(raw).ok().map(TensorData::Fp32),
-        DataType::Fp64 => serde_json::from_str::<Vec<f64>>(raw).ok().map(TensorData::Fp64),
-        DataType::Int64 => serde_json::from_str::<Vec<i64>>(raw).ok().map(TensorData::Int64),
-        DataType::Int32 => serde_json::from_str::<Vec<i32>>(raw).ok().map(TensorData::Int32),
-        _ => None,
+    // Fast path: a flat array of numbers, read in the request's one parse, to the datatype's vector.
+    let fast = match (datatype, data) {
+        (DataType::Fp32, JsonData::Floats(v)) => Ok(TensorData::Fp32(v.into_iter().map(|x| x as f32).collect())),
+        (DataType::Fp32, JsonData::Ints(v)) => Ok(TensorData::Fp32(v.into_iter().map(|x| x as f32).collect())),
+        (DataType::Fp64, JsonData::Floats(v)) => Ok(TensorData::Fp64(v)),
+        (DataType::Fp64, JsonData::Ints(v)) => Ok(TensorData::Fp64(v.into_iter().map(|x| x as f64).collect())),
+        (DataType::Int64, JsonData::Ints(v)) => Ok(TensorData::Int64(v)),
+        (DataType::Int32, JsonData::Ints(v)) => match v.iter().map(|&x| i32::try_from(x)).collect() {
+            Ok(narrow) => Ok(TensorData::Int32(narrow)),
+            Err(_) => Err(JsonData::Ints(v)),
+        },
+        (_, other) => Err(other),
     };
-    if let Some(data) = fast {
-        return Tensor::new(input.name, input.shape, data).map_err(|e| ApiError::bad_request(e.to_string()));
-    }
+    let data = match fast {
+        Ok(data) => {
+            return Tensor::new(input.name, input.shape, data).map_err(|e| ApiError::bad_request(e.to_string()));
+        }
+        Err(other) => other,
+    };
     // General path: nested arrays, other datatypes, and precise messages for bad elements.
-    let value: Value = serde_json::from_str(raw)
-        .map_err(|e| ApiError::bad_request(format!("input '{}': data is not valid JSON: {e}", input.name)))?;
+    let value = data.into_value();
     let mut flat = Vec::new();
     flatten(&value, &mut flat);
     let name = input.name.clone();

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod binary;
 pub mod embeddings;
 pub mod error;
+pub mod jsondata;
 pub mod kserve;
 pub mod models;
 pub mod pay;
