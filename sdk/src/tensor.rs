@@ -126,6 +126,40 @@ impl TensorData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Append the elements as little-endian bytes (booleans as one byte each): the layout of canonical bytes and of
+    /// KServe's binary tensor data.
+    pub fn write_le(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            Self::Uint8(v) => out.extend_from_slice(v),
+            Self::Int8(v) => out.extend(v.iter().map(|&x| x as u8)),
+            Self::Int32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Int64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Fp32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Self::Fp64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+    }
+
+    /// Elements of `datatype` read from little-endian `bytes` ([`Self::write_le`]'s layout); `None` unless `bytes`
+    /// holds a whole number of elements.
+    pub fn from_le(datatype: DataType, bytes: &[u8]) -> Option<Self> {
+        fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+            bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks of N"))).collect()
+        }
+        if !bytes.len().is_multiple_of(datatype.size_of()) {
+            return None;
+        }
+        Some(match datatype {
+            DataType::Bool => Self::Bool(bytes.iter().map(|&b| b != 0).collect()),
+            DataType::Uint8 => Self::Uint8(bytes.to_vec()),
+            DataType::Int8 => Self::Int8(bytes.iter().map(|&b| b as i8).collect()),
+            DataType::Int32 => Self::Int32(le(bytes, i32::from_le_bytes)),
+            DataType::Int64 => Self::Int64(le(bytes, i64::from_le_bytes)),
+            DataType::Fp32 => Self::Fp32(le(bytes, f32::from_le_bytes)),
+            DataType::Fp64 => Self::Fp64(le(bytes, f64::from_le_bytes)),
+        })
+    }
 }
 
 /// A named tensor whose data agrees with its shape (checked on construction and on deserialization).
@@ -210,15 +244,7 @@ impl Tensor {
         for d in &self.shape {
             out.extend_from_slice(&d.to_le_bytes());
         }
-        match &self.data {
-            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
-            TensorData::Uint8(v) => out.extend_from_slice(v),
-            TensorData::Int8(v) => out.extend(v.iter().map(|&x| x as u8)),
-            TensorData::Int32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::Int64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::Fp32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::Fp64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        }
+        self.data.write_le(out);
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use mlbridge_sdk::{DataType, TensorData};
 use serde::de::DeserializeOwned;
 
-use super::error::{ApiError, json_content_type};
+use super::error::{ApiError, require_json_type};
 
 /// The header that gives the JSON part's length.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -29,13 +29,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !json_content_type(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::with_status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "the body must be JSON, or JSON followed by binary tensors (Content-Type application/json, \
-                 application/octet-stream, or none)",
-            ));
-        }
+        require_json_type(req.headers())?;
         let json_len = header_length(req.headers())?;
         let body = super::error::read_body(req, state).await?;
         let (json, binary) = match json_len {
@@ -86,38 +80,13 @@ pub fn take(
     })?;
     let bytes = &binary[*offset..end];
     *offset = end;
-    let width = datatype.size_of();
-    if !size.is_multiple_of(width) {
-        return Err(ApiError::bad_request(format!(
-            "input '{name}': binary_data_size {size} is not a whole number of {} elements ({width} bytes each)",
-            datatype.as_str()
-        )));
-    }
-    fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-        bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks of N"))).collect()
-    }
-    Ok(match datatype {
-        DataType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
-        DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
-        DataType::Int8 => TensorData::Int8(bytes.iter().map(|&b| b as i8).collect()),
-        DataType::Int32 => TensorData::Int32(le(bytes, i32::from_le_bytes)),
-        DataType::Int64 => TensorData::Int64(le(bytes, i64::from_le_bytes)),
-        DataType::Fp32 => TensorData::Fp32(le(bytes, f32::from_le_bytes)),
-        DataType::Fp64 => TensorData::Fp64(le(bytes, f64::from_le_bytes)),
+    TensorData::from_le(datatype, bytes).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "input '{name}': binary_data_size {size} is not a whole number of {} elements ({} bytes each)",
+            datatype.as_str(),
+            datatype.size_of()
+        ))
     })
-}
-
-/// A tensor's data as the extension's raw little-endian bytes, appended to `out`.
-pub fn put(data: &TensorData, out: &mut Vec<u8>) {
-    match data {
-        TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
-        TensorData::Uint8(v) => out.extend_from_slice(v),
-        TensorData::Int8(v) => out.extend(v.iter().map(|&x| x as u8)),
-        TensorData::Int32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::Int64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::Fp32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::Fp64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-    }
 }
 
 /// An answer with a JSON header and binary tensors after it.
@@ -149,7 +118,7 @@ mod tests {
         ];
         let mut binary = Vec::new();
         for c in &cases {
-            put(c, &mut binary);
+            c.write_le(&mut binary);
         }
         let mut offset = 0;
         for c in &cases {

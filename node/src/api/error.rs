@@ -75,13 +75,35 @@ impl IntoResponse for ApiError {
 /// browser form's `text/plain` among them) is refused with 415.
 pub struct ApiJson<T>(pub T);
 
-/// Whether a request with this `Content-Type` may carry a JSON body.
-pub(crate) fn json_content_type(value: Option<&HeaderValue>) -> bool {
-    let Some(value) = value else { return true };
-    let Ok(text) = value.to_str() else { return false };
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    matches!(essence.as_str(), "" | "application/json" | "application/octet-stream")
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+/// Refuse (403) a request a browser sent for a page of another site (`Sec-Fetch-Site`): such a page can post a body
+/// without `Content-Type` and no preflight, and a node that serves its operator's local callers free would work for
+/// any page the operator opens (the node sends no CORS headers, so no such page could read the answer anyway).
+pub(crate) fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("cross-site" | "same-site") => Err(ApiError::with_status(
+            StatusCode::FORBIDDEN,
+            "requests from web pages of other sites are refused (Sec-Fetch-Site)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a cross-site browser request (see [`refuse_cross_site`]), and (415) a request whose `Content-Type` says it is
+/// not JSON: none, `application/json` with any parameters,
+/// a `+json` type and `application/octet-stream` (the binary tensor extension) are read as JSON.
+pub(crate) fn require_json_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    refuse_cross_site(headers)?;
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let essence = value.to_str().unwrap_or("?").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = matches!(essence.as_str(), "" | "application/json" | "application/octet-stream")
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::with_status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "the body must be JSON (Content-Type application/json, application/octet-stream for binary tensors, or none)",
+    ))
 }
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -92,13 +114,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !json_content_type(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                message: "the body must be JSON (Content-Type application/json, or none)".into(),
-                retry_after_secs: None,
-            });
-        }
+        require_json_type(req.headers())?;
         let body = read_body(req, state).await?;
         parse_json(&body).map(Self)
     }

@@ -274,7 +274,7 @@ async fn run_infer(
             };
             let (parameters, data) = if as_binary {
                 let start = binary_out.len();
-                binary::put(t.data(), &mut binary_out);
+                t.data().write_le(&mut binary_out);
                 (Some(serde_json::json!({ "binary_data_size": binary_out.len() - start })), None)
             } else {
                 (None, Some(data_json(t.data())))

@@ -143,6 +143,25 @@ async fn bad_input_gets_a_4xx_that_names_the_problem() {
         ("/v1/embeddings", json!({ "model": "minilm-l6", "input": [] }), 400, "at least one"),
         ("/v1/embeddings", json!({ "model": "minilm-l6", "input": "" }), 400, "at least one"),
         ("/v1/embeddings", json!({ "model": "minilm-l6", "input": 7 }), 400, "input"),
+        (
+            "/v2/models/mlp-tiny/infer",
+            tensor("input", json!([1, 256]), "INT32", json!(vec![1i64 << 40; 256])),
+            400,
+            "not an INT32",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            json!({ "inputs": [{ "name": "input", "shape": [1, 256], "datatype": "FP32", "data": vec![0.0; 256] }],
+                "outputs": [{ "name": "logits", "parameters": { "classification": 3 } }] }),
+            400,
+            "'classification' is not supported",
+        ),
+        (
+            "/v2/models/mlp-tiny/infer",
+            json!({ "inputs": [{ "name": "input", "shape": [1], "datatype": "FP32", "data": 0.5 }] }),
+            400,
+            "inputs[0].data",
+        ),
     ];
     for (path, body, status, needle) in cases {
         let (s, err) = post(&node, path, &body).await;
@@ -323,6 +342,14 @@ async fn standard_clients_content_types_base64_embeddings_and_model_listing() {
         let (s, e) = raw(Some(t), body.clone()).await;
         assert_eq!(s, 415, "{t}: {e}");
     }
+    let cross_site = reqwest::Client::new()
+        .post(url(&node, "/v2/models/mlp-tiny/infer"))
+        .header("sec-fetch-site", "cross-site")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status().as_u16(), 403, "a page of another site makes the node do nothing");
     let mut trailing = body.clone();
     trailing.extend_from_slice(b" {}");
     let (s, e) = raw(None, trailing).await;
@@ -439,6 +466,26 @@ async fn binary_tensors_in_and_out_mixed_with_json() {
     }
     let (s, _, body) = send("/v2/models/mlp-tiny/infer", mlp(1024), floats, None).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+
+    // JSON in, every output binary on the request's word (`binary_data_output`); an empty output list means all.
+    let json_in = |extra: Value| {
+        let mut req = mlp_request(1, 0.5);
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        req
+    };
+    let (s, plain) = post(&node, "/v2/models/mlp-tiny/infer", &json_in(json!({ "outputs": [] }))).await;
+    assert_eq!((s, plain["outputs"].as_array().map(Vec::len)), (200, Some(1)), "{plain}");
+    let resp = reqwest::Client::new()
+        .post(url(&node, "/v2/models/mlp-tiny/infer"))
+        .json(&json_in(json!({ "parameters": { "binary_data_output": true } })))
+        .send()
+        .await
+        .unwrap();
+    let json_len: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = resp.bytes().await.unwrap();
+    let logits: Vec<f32> = body[json_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let expected: Vec<f32> = serde_json::from_value(plain["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(logits, expected);
 }
 
 #[tokio::test]

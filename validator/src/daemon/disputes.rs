@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
+use alloy::providers::Provider;
 use libp2p::PeerId;
 use mlbridge_sdk::protocol::{
     AuditRecord, DISPUTES_TOPIC, DisputeEvidence, EVIDENCE_PARTS_TOPIC, EvidencePart, EvidenceSubject,
@@ -35,6 +36,8 @@ pub(super) enum NotChallenged {
     EvidenceTooLarge(usize),
     /// We already disputed this receipt.
     AlreadyDisputed(u64),
+    /// The contract would refuse us: no vote weight now (stake too young or gone), or a balance below the bond.
+    CannotChallenge(&'static str),
 }
 
 impl std::fmt::Display for NotChallenged {
@@ -42,6 +45,7 @@ impl std::fmt::Display for NotChallenged {
         match self {
             Self::EvidenceTooLarge(n) => write!(f, "the record ({n} bytes) is too large to gossip as evidence"),
             Self::AlreadyDisputed(id) => write!(f, "already disputed (dispute {id})"),
+            Self::CannotChallenge(why) => write!(f, "the contract would refuse the challenge: {why}"),
         }
     }
 }
@@ -72,15 +76,40 @@ pub(super) async fn challenge(
         shared.metrics.challenges_skipped.with_label_values(&["already_disputed"]).inc();
         return Ok(Err(NotChallenged::AlreadyDisputed(before.disputeId.saturating_to())));
     }
-    // On disk before the reveal, and kept if the reveal fails: a reveal sent but not seen confirmed may still be
-    // mined, and the duties loop then finds our dispute and its evidence.
+    // What the contract checks, checked before any gas or disk is spent (a node must not be able to make us commit
+    // and write evidence for challenges that can only revert).
+    let head = shared.chain.head().await?;
+    if d.voteWeight(me, U256::from(head.saturating_sub(1))).call().await.map_err(rpc)?.is_zero() {
+        shared.metrics.challenges_skipped.with_label_values(&["not_eligible"]).inc();
+        return Ok(Err(NotChallenged::CannotChallenge("no vote weight (stake too young or not bonded)")));
+    }
+    let bond = bond_for(d.requiredBond(r.node()).call().await.map_err(rpc)?);
+    if shared.chain.provider().get_balance(me).await.map_err(rpc)? < bond {
+        shared.metrics.challenges_skipped.with_label_values(&["bond_unaffordable"]).inc();
+        return Ok(Err(NotChallenged::CannotChallenge("the balance is below the bond")));
+    }
+    // On disk before the reveal. Kept if the reveal fails and the chain cannot say whether a dispute came of it (a
+    // reveal sent but not seen confirmed may still be mined; the duties loop then finds it with its evidence).
     shared.keep_own_evidence(r.node(), leaf, &evidence)?;
-    let (id, bond) = reveal(shared, r, ours).await?;
+    let (id, bond) = match reveal(shared, r, ours).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            if d.disputeOf(r.node(), leaf, me).call().await.is_ok_and(|found| !found.exists) {
+                shared.drop_own_evidence(r.node(), leaf);
+            }
+            return Err(e);
+        }
+    };
     shared.metrics.disputes_opened.inc();
     tracing::warn!(target: "validator::disputes", dispute = id, node = %r.node(), job = %r.job_id, bond = %bond, "dispute opened");
     evidence.dispute_id = id;
     publish_evidence(shared, &evidence).await;
     Ok(Ok(id))
+}
+
+/// The bond we send for a `required` one: [`BOND_MARGIN_BPS`] above it.
+fn bond_for(required: U256) -> U256 {
+    required + required * U256::from(BOND_MARGIN_BPS) / U256::from(10_000u64)
 }
 
 /// Commit, then reveal with the bond read just before; returns the dispute id and the bond paid.
@@ -93,8 +122,7 @@ async fn reveal(shared: &Shared, r: &ReceiptMsg, ours: B256) -> Result<(u64, U25
     let mut tries = 0;
     let bond = loop {
         tries += 1;
-        let required = d.requiredBond(r.node()).call().await.map_err(rpc)?;
-        let bond = required + required * U256::from(BOND_MARGIN_BPS) / U256::from(10_000u64);
+        let bond = bond_for(d.requiredBond(r.node()).call().await.map_err(rpc)?);
         let tx = d.challenge(r.evidence(), ours, salt).value(bond).into_transaction_request();
         match shared.chain.transact("challenge", tx).await {
             Ok(_) => break bond,

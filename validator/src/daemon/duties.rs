@@ -35,9 +35,9 @@ struct Followed {
     deadline: u64,
     /// A vote is being prepared or sent (cleared again if it failed or found no evidence, to retry).
     voting: Arc<AtomicBool>,
-    /// When we last gossiped the evidence of our own challenge, and the pause before the next time (doubling from
-    /// `evidence_wait_secs` up to [`MAX_PAUSE`]).
-    published: Option<(Instant, Duration)>,
+    /// When we last gossiped the evidence of our own challenge, and how many times (the pause before the next
+    /// time doubles from `evidence_wait_secs` up to [`MAX_PAUSE`]).
+    published: Option<(Instant, u32)>,
     /// Votes tried without a record bound to the receipt (the pause before the next try doubles with each).
     no_evidence: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -214,13 +214,12 @@ async fn follow(shared: &Arc<Shared>, id: u64, f: &mut Followed, now: u64) -> Re
     }
     if now < f.deadline {
         let every = Duration::from_secs_f64(shared.config.duties.evidence_wait_secs.max(1.0));
-        if f.challenger_is_me && f.published.is_none_or(|(t, pause)| t.elapsed() >= pause) {
+        if f.challenger_is_me && f.published.is_none_or(|(t, n)| t.elapsed() >= backoff(every, n - 1)) {
             // Again until the deadline, less and less often: validators that join late or lag the chain get it too.
             if let Some(ev) = shared.evidence_for(id) {
                 publish_evidence(shared, &ev).await;
             }
-            let pause = f.published.map_or(every, |(_, pause)| (pause * 2).min(MAX_PAUSE));
-            f.published = Some((Instant::now(), pause));
+            f.published = Some((Instant::now(), f.published.map_or(1, |(_, n)| n + 1)));
         }
         if !involved && !f.voting.swap(true, Ordering::SeqCst) {
             let (shared, opened, voting) = (shared.clone(), f.opened.clone(), f.voting.clone());

@@ -36,8 +36,8 @@ fn admit(shared: &Shared, ev: DisputeEvidence) -> MessageAcceptance {
 
 /// A part of large evidence: checked on arrival against the announcement the dispute's challenger signed (bound to
 /// this chain, this `Disputes`, the dispute, the node and the receipt): a malformed part, or one whose bytes do not
-/// hash to the announced hash, is rejected; a well-formed part signed by someone else is ignored. Kept only for a dispute we follow, for a model we hold, until the
-/// evidence is here; a part already held is ignored (not forwarded again). Once every part is here, the whole is
+/// hash to the announced hash, is rejected; a well-formed part signed by someone else is ignored. Kept only for a
+/// dispute we follow, for a model we hold, until the evidence is here; a part already held is ignored (not forwarded again). Once every part is here, the whole is
 /// judged like whole evidence.
 pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
     let Ok(part) = decode::<EvidencePart>(data, MAX_GOSSIP_BYTES) else { return MessageAcceptance::Reject };
@@ -47,16 +47,17 @@ pub(super) fn on_part(shared: &Shared, data: &[u8]) -> MessageAcceptance {
         shared.metrics.records_rejected.with_label_values(&["bad_evidence"]).inc();
         return MessageAcceptance::Reject;
     };
-    if signer != subject.challenger {
+    if !subject.model_held || subject.has_evidence {
+        // Not needed here: forwarded if it is the challenger's, else dropped.
+        return if signer == subject.challenger { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
+    }
+    match shared.add_part(announcement, signer, part) {
         // Well formed but not our dispute's challenger's: another view of the chain (a reorg) can make an honest
         // relayer's part look so, so it is not held against it; it is not kept or forwarded either.
-        shared.metrics.records_rejected.with_label_values(&["other_receipt"]).inc();
-        return MessageAcceptance::Ignore;
-    }
-    if !subject.model_held || subject.has_evidence {
-        return MessageAcceptance::Accept;
-    }
-    match shared.add_part(announcement, part) {
+        super::PartAdded::NotChallengers => {
+            shared.metrics.records_rejected.with_label_values(&["other_receipt"]).inc();
+            MessageAcceptance::Ignore
+        }
         super::PartAdded::Waiting => MessageAcceptance::Accept,
         super::PartAdded::Redundant => MessageAcceptance::Ignore,
         super::PartAdded::Complete(announcement, slots) => {

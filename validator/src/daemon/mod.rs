@@ -80,8 +80,16 @@ impl KnownDispute {
     }
 
     /// See [`Shared::add_part`].
-    fn add_part(&mut self, announcement: B256, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
-        if self.evidence.is_some() || self.failed.contains(&announcement) {
+    fn add_part(
+        &mut self,
+        announcement: B256,
+        signer: Address,
+        part: mlbridge_sdk::protocol::EvidencePart,
+    ) -> PartAdded {
+        if signer != self.challenger {
+            return PartAdded::NotChallengers;
+        }
+        if self.evidence.is_some() || self.verdict.is_some() || self.failed.contains(&announcement) {
             return PartAdded::Redundant;
         }
         let (first, slots) = self.parts.get_or_insert_with(|| (announcement, vec![None; part.part_hashes.len()]));
@@ -160,6 +168,8 @@ enum PartAdded {
     Waiting,
     /// Already here, or not needed (evidence already kept, or another announcement came first): not forwarded.
     Redundant,
+    /// Signed by someone other than the dispute's challenger: never kept, whoever signed it.
+    NotChallengers,
     /// The last missing part: every part, in order (to be joined and judged outside the lock).
     Complete(B256, Vec<Option<Vec<u8>>>),
 }
@@ -228,6 +238,10 @@ impl Shared {
             ev
         });
         let mut disputes = lock(&self.disputes);
+        // The same id about another receipt (a reorg gave it to another dispute): start over, verdict included.
+        if disputes.get(&id).is_some_and(|d| d.node != node || d.leaf != leaf || d.challenger != challenger) {
+            disputes.remove(&id);
+        }
         let d = disputes.entry(id).or_insert_with(|| KnownDispute::new(node, leaf, challenger, model_held));
         if own.is_some() {
             d.evidence = own;
@@ -271,9 +285,9 @@ impl Shared {
     /// Add a part of large evidence, already checked against its announcement, which the dispute's challenger
     /// signed. The first announcement wins (a challenger gives one per dispute); a slot once filled is never
     /// overwritten (checked bytes cannot differ); the buffer is at most `MAX_EVIDENCE_BYTES` per dispute.
-    fn add_part(&self, announcement: B256, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
+    fn add_part(&self, announcement: B256, signer: Address, part: mlbridge_sdk::protocol::EvidencePart) -> PartAdded {
         match lock(&self.disputes).get_mut(&part.dispute_id) {
-            Some(d) => d.add_part(announcement, part),
+            Some(d) => d.add_part(announcement, signer, part),
             None => PartAdded::Redundant,
         }
     }
@@ -300,6 +314,7 @@ impl Shared {
     fn keep_evidence(&self, ev: DisputeEvidence) {
         let digest = record_digest(&ev);
         if let Some(d) = lock(&self.disputes).get_mut(&ev.dispute_id)
+            && d.verdict.is_none()
             && !d.failed.contains(&digest)
         {
             d.evidence.get_or_insert(ev);
@@ -321,10 +336,16 @@ impl Shared {
         }
     }
 
-    /// Remember our verdict on a dispute.
+    /// Remember our verdict on a dispute. A voter needs the evidence no longer (up to 8 MiB for days): it is
+    /// dropped, and no more is kept or assembled; a challenger keeps its own to gossip it.
     fn judged(&self, id: u64, node_wrong: bool) {
+        let me = self.signer.address();
         if let Some(d) = lock(&self.disputes).get_mut(&id) {
             d.verdict = Some(node_wrong);
+            if d.challenger != me {
+                d.evidence = None;
+                d.parts = None;
+            }
         }
     }
 
@@ -345,7 +366,10 @@ impl Shared {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        std::fs::write(&path, mlbridge_sdk::protocol::encode(ev)).map_err(io)
+        // Whole or not at all: a crash mid-write must not leave a file that decodes to nothing.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, mlbridge_sdk::protocol::encode(ev)).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
     }
 
     /// Our evidence against `node` for the receipt `leaf`.
@@ -368,9 +392,8 @@ impl Shared {
     }
 
     /// Reserve a place for one more audit of `node`: at most `max_pending` in all and a quarter of that per node,
-    /// so a node flooding receipts of its own cannot crowd out the audits of the others.
-    /// Reserve a place for one more audit of `node` (dropped samples are counted by the caller; a node that
-    /// stalls or refuses audits is suspected by the audits themselves).
+    /// so a node flooding receipts of its own cannot crowd out the audits of the others (dropped samples are
+    /// counted by the caller; a node that stalls or refuses audits is suspected by the audits themselves).
     fn take_audit(&self, node: Address) -> bool {
         let place = lock(&self.pending_audits).take(node, self.config.sampling.max_pending);
         if place == AuditPlace::NodeFull {
@@ -563,26 +586,41 @@ mod tests {
     }
 
     #[test]
-    fn parts_assemble_once_in_any_order_and_the_first_announcement_wins() {
+    fn only_the_challengers_parts_assemble_once_in_any_order_and_the_first_announcement_wins() {
         let whole: Vec<u8> = (0..3 * EVIDENCE_PART_BYTES + 10).map(|i| (i % 251) as u8).collect();
         let (a, parts) = parts_of(&whole, 1);
         let (b, other) = parts_of(&whole[1..], 2);
-        let mut d = KnownDispute::new(Address::ZERO, B256::ZERO, Address::ZERO, true);
-        assert!(matches!(d.add_part(a, parts[3].clone()), PartAdded::Waiting));
-        assert!(matches!(d.add_part(b, other[0].clone()), PartAdded::Redundant), "the first announcement wins");
-        assert!(matches!(d.add_part(a, parts[3].clone()), PartAdded::Redundant), "a part already here");
+        let (challenger, stranger) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let mut d = KnownDispute::new(Address::ZERO, B256::ZERO, challenger, true);
+        assert!(
+            matches!(d.add_part(b, stranger, other[0].clone()), PartAdded::NotChallengers),
+            "a part signed by anyone but the challenger is never kept, not even as the first"
+        );
+        assert!(d.parts.is_none());
+        assert!(matches!(d.add_part(a, challenger, parts[3].clone()), PartAdded::Waiting));
+        assert!(
+            matches!(d.add_part(b, challenger, other[0].clone()), PartAdded::Redundant),
+            "the first announcement wins"
+        );
+        assert!(matches!(d.add_part(a, challenger, parts[3].clone()), PartAdded::Redundant), "a part already here");
         for p in [&parts[1], &parts[0]] {
-            assert!(matches!(d.add_part(a, p.clone()), PartAdded::Waiting));
+            assert!(matches!(d.add_part(a, challenger, p.clone()), PartAdded::Waiting));
         }
-        let PartAdded::Complete(announcement, slots) = d.add_part(a, parts[2].clone()) else {
+        let PartAdded::Complete(announcement, slots) = d.add_part(a, challenger, parts[2].clone()) else {
             panic!("the last part completes the whole")
         };
         assert_eq!(announcement, a);
         assert_eq!(slots.into_iter().flatten().flatten().collect::<Vec<u8>>(), whole, "in order");
         assert!(d.parts.is_none(), "nothing buffered once complete");
         d.failed.insert(a);
-        assert!(matches!(d.add_part(a, parts[0].clone()), PartAdded::Redundant), "a failed whole is not rebuilt");
-        assert!(matches!(d.add_part(b, other[0].clone()), PartAdded::Waiting), "another announcement may come next");
+        assert!(
+            matches!(d.add_part(a, challenger, parts[0].clone()), PartAdded::Redundant),
+            "a failed whole is not rebuilt"
+        );
+        assert!(
+            matches!(d.add_part(b, challenger, other[0].clone()), PartAdded::Waiting),
+            "another announcement may come next"
+        );
     }
 
     #[test]

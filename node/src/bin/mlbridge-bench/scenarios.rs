@@ -108,7 +108,7 @@ fn kserve_binary_body(inputs: &[Tensor]) -> (Vec<u8>, usize) {
         .iter()
         .map(|t| {
             let start = binary.len();
-            mlbridge_node::api::binary::put(t.data(), &mut binary);
+            t.data().write_le(&mut binary);
             json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(),
                 "parameters": { "binary_data_size": binary.len() - start } })
         })
