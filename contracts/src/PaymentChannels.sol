@@ -8,8 +8,8 @@ import {IValidatorRewards} from "./interfaces/IValidatorRewards.sol";
 
 /// @title PaymentChannels
 /// @notice Unidirectional native-ETH payment channels from a client (payer) to a node operator (payee).
-///         The payer signs EIP-712 vouchers `Voucher{channelId, cumulativeAmount}` off-chain, one per job, each with
-///         a higher cumulative amount; the payee redeems the latest one whenever settling is worth the gas.
+///         The payer signs EIP-712 vouchers `Voucher{channelId, cumulativeAmount}` off-chain (paying ahead within
+///         its credit window), each with a higher cumulative amount; the payee redeems the latest one whenever settling is worth the gas.
 ///         Redemption is cumulative and idempotent: it pays `cumulativeAmount - redeemed`, never more than the
 ///         deposit, and a voucher at or below what was already redeemed pays nothing. `redeemMany` settles many
 ///         channels of one payee in a single transaction with one transfer. Every redemption sends a protocol fee
@@ -34,7 +34,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     /// @notice Seconds the payee keeps to redeem after the payer starts closing.
     uint256 public immutable CHALLENGE_WINDOW;
 
-    /// @notice One channel's state.
+    /// @notice One channel's state, as `getChannel` returns it.
     /// @param payer Who deposited and signs vouchers.
     /// @param expiry Unix seconds after which vouchers can no longer be redeemed.
     /// @param closesAt Unix seconds when a close started by the payer ends (0 = not closing).
@@ -50,18 +50,35 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         uint128 redeemed;
     }
 
-    /// @notice A voucher as passed to `redeemMany`.
+    /// @dev What a redemption reads and writes, packed in one storage slot (one cold read and one write per
+    ///      channel in `redeemMany`). 88-bit amounts hold 3e26 wei (more ether than exists); 40-bit times last
+    ///      until the year 36812. The payer is the channel id's top 160 bits, the payee the mapping's key.
+    struct Slot {
+        uint88 deposit;
+        uint88 redeemed;
+        uint40 expiry;
+        uint40 closesAt;
+    }
+
+    /// @notice A voucher as passed to `redeemMany`, with the payer's EIP-712 signature in the compact EIP-2098 form
+    ///         (`r`, and `s` with the parity of `v` in its top bit): a static struct, 128 bytes of calldata.
     /// @param channelId The channel.
     /// @param cumulativeAmount Total the payer owes the payee on this channel so far.
-    /// @param signature The payer's 65-byte EIP-712 signature.
+    /// @param r The signature's `r`.
+    /// @param vs The signature's `s`, with `v - 27` in the top bit.
     struct SignedVoucher {
         bytes32 channelId;
         uint256 cumulativeAmount;
-        bytes signature;
+        bytes32 r;
+        bytes32 vs;
     }
 
-    mapping(bytes32 => Channel) private _channels;
-    uint256 private _nonce;
+    /// @dev Channels by payee, then id: a `redeemMany` batch finds only its payee's channels, so the payee check
+    ///      costs no storage read.
+    mapping(address payee => mapping(bytes32 channelId => Slot)) private _slots;
+    /// @dev Each channel's payee, for the calls that name only the channel.
+    mapping(bytes32 channelId => address payee) private _payees;
+    uint96 private _nonce;
     /// @dev Sum over channels of (deposit - redeemed) while not withdrawn: what payers and payees can still claim.
     uint256 private _outstanding;
 
@@ -79,22 +96,13 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     /// @param amount The amount added.
     /// @param deposit The new deposit.
     event ChannelToppedUp(bytes32 indexed channelId, uint256 amount, uint256 deposit);
-    /// @notice A voucher was redeemed.
+    /// @notice A voucher was redeemed. The payee, the fee and the gas are the batch's (`BatchRedeemed`, also
+    ///         emitted by `redeem` for its batch of one).
     /// @param channelId The channel.
-    /// @param payee The payee paid.
     /// @param cumulativeAmount The voucher's cumulative amount (now the channel's redeemed total).
     /// @param amount The newly redeemed amount (payee share plus fee).
-    /// @param fee The protocol fee sent to ValidatorRewards.
-    /// @param gasUsed Execution gas this redemption used (for `redeemMany`: this channel's share of the loop).
-    event Redeemed(
-        bytes32 indexed channelId,
-        address indexed payee,
-        uint256 cumulativeAmount,
-        uint256 amount,
-        uint256 fee,
-        uint256 gasUsed
-    );
-    /// @notice A `redeemMany` batch finished.
+    event Redeemed(bytes32 indexed channelId, uint256 cumulativeAmount, uint256 amount);
+    /// @notice A redemption transaction (`redeemMany`, or `redeem` as a batch of one) finished.
     /// @param payee The payee paid.
     /// @param channels Number of vouchers in the batch.
     /// @param amount Total newly redeemed (payee share plus fees).
@@ -165,17 +173,16 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     /// @notice Open a channel to `payee` with the attached ETH as deposit.
     /// @param payee The node operator to pay.
-    /// @param expiry Unix seconds after which vouchers can no longer be redeemed (must be in the future).
-    /// @return channelId The new channel's id.
+    /// @param expiry Unix seconds after which vouchers can no longer be redeemed (in the future, below 2^40).
+    /// @return channelId The new channel's id: the payer's address in the top 160 bits, a counter below.
     function open(address payee, uint64 expiry) external payable returns (bytes32 channelId) {
-        if (payee == address(0) || payee == msg.sender || msg.value == 0 || msg.value > type(uint128).max) {
+        if (payee == address(0) || payee == msg.sender || msg.value == 0 || msg.value > type(uint88).max) {
             revert ChannelInvalidParams();
         }
-        if (expiry <= block.timestamp) revert ChannelInvalidParams();
-        channelId = keccak256(abi.encode(msg.sender, payee, _nonce++));
-        _channels[channelId] = Channel({
-            payer: msg.sender, expiry: expiry, payee: payee, closesAt: 0, deposit: uint128(msg.value), redeemed: 0
-        });
+        if (expiry <= block.timestamp || expiry > type(uint40).max) revert ChannelInvalidParams();
+        channelId = bytes32((uint256(uint160(msg.sender)) << 96) | _nonce++);
+        _payees[channelId] = payee;
+        _slots[payee][channelId] = Slot({deposit: uint88(msg.value), redeemed: 0, expiry: uint40(expiry), closesAt: 0});
         _outstanding += msg.value;
         emit ChannelOpened(channelId, msg.sender, payee, msg.value, expiry);
     }
@@ -184,13 +191,13 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     ///         not closing.
     /// @param channelId The channel.
     function topUp(bytes32 channelId) external payable {
-        Channel storage ch = _existing(channelId);
-        if (ch.payer != msg.sender) revert ChannelNotPayer(channelId, msg.sender);
+        Slot storage ch = _existing(channelId);
+        _onlyPayer(channelId);
         uint256 deadline = _deadline(ch);
         if (block.timestamp >= deadline || ch.closesAt != 0) revert ChannelExpired(channelId, deadline);
         uint256 deposit = uint256(ch.deposit) + msg.value;
-        if (msg.value == 0 || deposit > type(uint128).max) revert ChannelInvalidParams();
-        ch.deposit = uint128(deposit);
+        if (msg.value == 0 || deposit > type(uint88).max) revert ChannelInvalidParams();
+        ch.deposit = uint88(deposit);
         _outstanding += msg.value;
         emit ChannelToppedUp(channelId, msg.value, deposit);
     }
@@ -207,37 +214,44 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         returns (uint256 amount)
     {
         uint256 gasStart = gasleft();
-        Channel storage ch = _existing(channelId);
-        address payee = ch.payee;
-        amount = _apply(ch, channelId, cumulativeAmount, signature);
+        Slot storage ch = _existing(channelId);
+        (address signer,,) = ECDSA.tryRecoverCalldata(voucherDigest(channelId, cumulativeAmount), signature);
+        amount = _apply(ch, channelId, cumulativeAmount, signer);
         if (amount == 0) return 0;
+        emit Redeemed(channelId, cumulativeAmount, amount);
+        _outstanding -= amount;
         uint256 fee = amount * FEE_BPS / BPS;
+        address payee = _payees[channelId];
         _pay(payee, amount - fee, fee);
-        emit Redeemed(channelId, payee, cumulativeAmount, amount, fee, gasStart - gasleft());
+        emit BatchRedeemed(payee, 1, amount, fee, gasStart - gasleft());
     }
 
     /// @notice Redeem many vouchers of one payee in one transaction, with one transfer to the payee and one fee
     ///         deposit. Vouchers that add nothing (already redeemed) are skipped, so a resubmitted batch is safe.
-    /// @param vouchers The vouchers; every channel must have the same payee.
+    /// @param vouchers The vouchers; every channel must have the same payee (the first voucher's channel's).
     /// @return total Newly redeemed amount over the batch (payee share plus fees).
     function redeemMany(SignedVoucher[] calldata vouchers) external nonReentrant returns (uint256 total) {
         uint256 gasStart = gasleft();
         if (vouchers.length == 0) revert VoucherEmptyBatch();
-        address payee = _existing(vouchers[0].channelId).payee;
-        uint256 totalFee;
+        _existing(vouchers[0].channelId);
+        address payee = _payees[vouchers[0].channelId];
+        mapping(bytes32 => Slot) storage mine = _slots[payee];
         for (uint256 i = 0; i < vouchers.length; ++i) {
-            uint256 gasItem = gasleft();
             SignedVoucher calldata v = vouchers[i];
-            Channel storage ch = _existing(v.channelId);
-            if (ch.payee != payee) revert VoucherPayeeMismatch(v.channelId);
-            uint256 amount = _apply(ch, v.channelId, v.cumulativeAmount, v.signature);
+            bytes32 id = v.channelId;
+            Slot storage ch = mine[id];
+            uint256 cumulativeAmount = v.cumulativeAmount;
+            // An unrecoverable signature is signer 0: refused below, naming the channel.
+            (address signer,,) = ECDSA.tryRecover(voucherDigest(id, cumulativeAmount), v.r, v.vs);
+            uint256 amount = _apply(ch, id, cumulativeAmount, signer);
             if (amount == 0) continue;
-            uint256 fee = amount * FEE_BPS / BPS;
             total += amount;
-            totalFee += fee;
-            emit Redeemed(v.channelId, payee, v.cumulativeAmount, amount, fee, gasItem - gasleft());
+            emit Redeemed(id, cumulativeAmount, amount);
         }
         if (total == 0) return 0;
+        _outstanding -= total;
+        // One fee on the batch's total (rounded down once, not per channel).
+        uint256 totalFee = total * FEE_BPS / BPS;
         _pay(payee, total - totalFee, totalFee);
         emit BatchRedeemed(payee, vouchers.length, total, totalFee, gasStart - gasleft());
     }
@@ -246,22 +260,24 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     ///         redeem, then the payer can withdraw the rest.
     /// @param channelId The channel.
     function startClose(bytes32 channelId) external {
-        Channel storage ch = _existing(channelId);
-        if (ch.payer != msg.sender) revert ChannelNotPayer(channelId, msg.sender);
+        Slot storage ch = _existing(channelId);
+        _onlyPayer(channelId);
         if (ch.closesAt != 0) revert ChannelAlreadyClosing(channelId);
         uint256 deadline = _deadline(ch);
         if (block.timestamp >= deadline) revert ChannelExpired(channelId, deadline);
+        // Below 2^40 for the next 30,000 years: the window is at most a year.
         uint256 closesAt = block.timestamp + CHALLENGE_WINDOW;
-        ch.closesAt = uint64(closesAt);
-        emit ChannelClosing(channelId, closesAt < ch.expiry ? closesAt : ch.expiry);
+        ch.closesAt = uint40(closesAt);
+        uint256 expiry = ch.expiry;
+        emit ChannelClosing(channelId, closesAt < expiry ? closesAt : expiry);
     }
 
     /// @notice After the redemption deadline (close window end or expiry), send the payer what was not redeemed.
     /// @param channelId The channel.
     /// @return amount The refund.
     function withdraw(bytes32 channelId) external nonReentrant returns (uint256 amount) {
-        Channel storage ch = _existing(channelId);
-        if (ch.payer != msg.sender) revert ChannelNotPayer(channelId, msg.sender);
+        Slot storage ch = _existing(channelId);
+        _onlyPayer(channelId);
         uint256 deadline = _deadline(ch);
         if (block.timestamp < deadline) revert ChannelStillOpen(channelId, deadline);
         amount = uint256(ch.deposit) - ch.redeemed;
@@ -274,9 +290,19 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     /// @notice A channel's state.
     /// @param channelId The channel.
-    /// @return The channel (all zero if it does not exist).
-    function getChannel(bytes32 channelId) external view returns (Channel memory) {
-        return _channels[channelId];
+    /// @return c The channel (all zero if it does not exist).
+    function getChannel(bytes32 channelId) external view returns (Channel memory c) {
+        address payee = _payees[channelId];
+        if (payee == address(0)) return c;
+        Slot storage ch = _slots[payee][channelId];
+        c = Channel({
+            payer: _payerOf(channelId),
+            expiry: ch.expiry,
+            payee: payee,
+            closesAt: ch.closesAt,
+            deposit: ch.deposit,
+            redeemed: ch.redeemed
+        });
     }
 
     /// @notice When a channel stops being redeemable (close window end or expiry, whichever is first).
@@ -306,21 +332,38 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         return _outstanding;
     }
 
-    /// @dev Checks and effects of one redemption; returns the newly redeemed amount (0 if the voucher adds nothing).
-    function _apply(Channel storage ch, bytes32 channelId, uint256 cumulativeAmount, bytes calldata signature)
+    /// @dev Checks and effects of one redemption of a voucher `signer` signed (0 = no valid signature); returns the newly redeemed amount (0 if
+    ///      the voucher adds nothing). The caller takes the amount off `_outstanding`. The slot is read once: only
+    ///      this payee's channels are found under `ch` (an empty slot is another payee's channel or none at all).
+    function _apply(Slot storage ch, bytes32 channelId, uint256 cumulativeAmount, address signer)
         private
         returns (uint256 amount)
     {
-        uint256 deadline = _deadline(ch);
+        // One SLOAD and one SSTORE of the packed slot (layout of `Slot`: deposit bits 0-87, redeemed 88-175, expiry
+        // 176-215, closesAt 216-255).
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(ch.slot)
+        }
+        uint256 expiry = uint40(word >> 176);
+        if (expiry == 0) {
+            if (_payees[channelId] == address(0)) revert ChannelNotFound(channelId);
+            revert VoucherPayeeMismatch(channelId);
+        }
+        uint256 closesAt = word >> 216;
+        uint256 deadline = closesAt != 0 && closesAt < expiry ? closesAt : expiry;
         if (block.timestamp >= deadline) revert ChannelExpired(channelId, deadline);
-        uint256 redeemed = ch.redeemed;
+        uint256 redeemed = uint88(word >> 88);
         if (cumulativeAmount <= redeemed) return 0;
-        if (cumulativeAmount > ch.deposit) revert ChannelInsufficientDeposit(channelId, ch.deposit, cumulativeAmount);
-        address signer = ECDSA.recoverCalldata(voucherDigest(channelId, cumulativeAmount), signature);
-        if (signer != ch.payer) revert VoucherInvalidSigner(channelId, signer);
+        uint256 deposit = uint88(word);
+        if (cumulativeAmount > deposit) revert ChannelInsufficientDeposit(channelId, deposit, cumulativeAmount);
+        if (signer != _payerOf(channelId)) revert VoucherInvalidSigner(channelId, signer);
         amount = cumulativeAmount - redeemed;
-        ch.redeemed = uint128(cumulativeAmount);
-        _outstanding -= amount;
+        // At most the deposit, which fits 88 bits.
+        word = (word & ~(uint256(type(uint88).max) << 88)) | (cumulativeAmount << 88);
+        assembly ("memory-safe") {
+            sstore(ch.slot, word)
+        }
     }
 
     function _pay(address payee, uint256 payeeShare, uint256 fee) private {
@@ -328,12 +371,21 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         if (payeeShare > 0) _send(payee, payeeShare);
     }
 
-    function _existing(bytes32 channelId) private view returns (Channel storage ch) {
-        ch = _channels[channelId];
-        if (ch.payer == address(0)) revert ChannelNotFound(channelId);
+    function _existing(bytes32 channelId) private view returns (Slot storage ch) {
+        address payee = _payees[channelId];
+        if (payee == address(0)) revert ChannelNotFound(channelId);
+        ch = _slots[payee][channelId];
     }
 
-    function _deadline(Channel storage ch) private view returns (uint256) {
+    function _payerOf(bytes32 channelId) private pure returns (address) {
+        return address(uint160(uint256(channelId) >> 96));
+    }
+
+    function _onlyPayer(bytes32 channelId) private view {
+        if (_payerOf(channelId) != msg.sender) revert ChannelNotPayer(channelId, msg.sender);
+    }
+
+    function _deadline(Slot storage ch) private view returns (uint256) {
         uint256 closesAt = ch.closesAt;
         uint256 expiry = ch.expiry;
         return closesAt != 0 && closesAt < expiry ? closesAt : expiry;

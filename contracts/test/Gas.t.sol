@@ -35,7 +35,7 @@ contract GasTest is Fixture {
             bytes32 id = openChannel(1 ether);
             // Each channel first settled once, as a node does continuously: later batches are the common case.
             channels.redeem(id, 0.1 ether, signVoucher(PAYER_KEY, id, 0.1 ether));
-            vs[i] = PaymentChannels.SignedVoucher(id, 0.2 ether, signVoucher(PAYER_KEY, id, 0.2 ether));
+            vs[i] = batchVoucher(PAYER_KEY, id, 0.2 ether);
         }
     }
 

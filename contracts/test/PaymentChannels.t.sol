@@ -72,7 +72,23 @@ contract PaymentChannelsTest is Fixture {
         channels.open{value: 1}(payer, uint64(block.timestamp + 1));
         vm.expectRevert(PaymentChannels.ChannelInvalidParams.selector);
         channels.open{value: 1}(node, uint64(block.timestamp));
+        // Times and amounts beyond what one storage slot holds are refused, never truncated.
+        vm.expectRevert(PaymentChannels.ChannelInvalidParams.selector);
+        channels.open{value: 1}(node, uint64(type(uint40).max) + 1);
+        vm.deal(payer, uint256(type(uint88).max) + 2);
+        vm.expectRevert(PaymentChannels.ChannelInvalidParams.selector);
+        channels.open{value: uint256(type(uint88).max) + 1}(node, uint64(block.timestamp + 1));
+        bytes32 id = channels.open{value: type(uint88).max}(node, uint64(block.timestamp + 1));
+        vm.expectRevert(PaymentChannels.ChannelInvalidParams.selector);
+        channels.topUp{value: 1}(id);
         vm.stopPrank();
+    }
+
+    function test_open_idNamesThePayer() public {
+        bytes32 id = openChannel(1 ether);
+        assertEq(address(uint160(uint256(id) >> 96)), payer, "payer in the top 160 bits");
+        assertEq(channels.getChannel(id).payer, payer, "getChannel");
+        assertEq(channels.getChannel(bytes32(uint256(id) + 1)).payer, address(0), "a neighbouring id is no channel");
     }
 
     function test_constructor_revertsOnFeeOver100Percent() public {
@@ -111,8 +127,8 @@ contract PaymentChannelsTest is Fixture {
         bytes32 id = openChannel(10 ether);
         uint256 nodeBefore = node.balance;
         bytes memory sig = signVoucher(PAYER_KEY, id, 2 ether);
-        vm.expectEmit(true, true, false, false);
-        emit PaymentChannels.Redeemed(id, node, 2 ether, 2 ether, 0.1 ether, 0);
+        vm.expectEmit(true, false, false, false);
+        emit PaymentChannels.Redeemed(id, 2 ether, 2 ether);
         uint256 paid = channels.redeem(id, 2 ether, sig);
         assertEq(paid, 2 ether, "returned amount");
         assertEq(node.balance - nodeBefore, 1.9 ether, "payee share");
@@ -207,7 +223,8 @@ contract PaymentChannelsTest is Fixture {
         uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
         bytes32 highS = bytes32(n - uint256(s));
         uint8 flippedV = v == 27 ? 28 : 27;
-        vm.expectRevert(abi.encodeWithSelector(ECDSA.ECDSAInvalidSignatureS.selector, highS));
+        // A malleated signature recovers nobody: refused as signed by 0, naming the channel (settlement drops it).
+        vm.expectRevert(abi.encodeWithSelector(PaymentChannels.VoucherInvalidSigner.selector, id, address(0)));
         channels.redeem(id, 0.5 ether, abi.encodePacked(r, highS, flippedV));
         // The canonical signature still works.
         assertEq(channels.redeem(id, 0.5 ether, abi.encodePacked(r, s, v)), 0.5 ether, "canonical ok");
@@ -228,7 +245,7 @@ contract PaymentChannelsTest is Fixture {
 
     function test_redeem_rejectsGarbageSignatures() public {
         bytes32 id = openChannel(1 ether);
-        vm.expectRevert(abi.encodeWithSelector(ECDSA.ECDSAInvalidSignatureLength.selector, 3));
+        vm.expectRevert(abi.encodeWithSelector(PaymentChannels.VoucherInvalidSigner.selector, id, address(0)));
         channels.redeem(id, 1, hex"010203");
     }
 
@@ -238,8 +255,7 @@ contract PaymentChannelsTest is Fixture {
         PaymentChannels.SignedVoucher[] memory vs = new PaymentChannels.SignedVoucher[](3);
         for (uint256 i = 0; i < 3; ++i) {
             bytes32 id = openChannel(1 ether);
-            vs[i] =
-                PaymentChannels.SignedVoucher(id, (i + 1) * 0.1 ether, signVoucher(PAYER_KEY, id, (i + 1) * 0.1 ether));
+            vs[i] = batchVoucher(PAYER_KEY, id, (i + 1) * 0.1 ether);
         }
         uint256 before = node.balance;
         vm.expectEmit(true, false, false, false);
@@ -258,8 +274,8 @@ contract PaymentChannelsTest is Fixture {
         vm.prank(payer);
         bytes32 b = channels.open{value: 1 ether}(otherNode, uint64(block.timestamp + 1 days));
         PaymentChannels.SignedVoucher[] memory vs = new PaymentChannels.SignedVoucher[](2);
-        vs[0] = PaymentChannels.SignedVoucher(a, 1, signVoucher(PAYER_KEY, a, 1));
-        vs[1] = PaymentChannels.SignedVoucher(b, 1, signVoucher(PAYER_KEY, b, 1));
+        vs[0] = batchVoucher(PAYER_KEY, a, 1);
+        vs[1] = batchVoucher(PAYER_KEY, b, 1);
         vm.expectRevert(abi.encodeWithSelector(PaymentChannels.VoucherPayeeMismatch.selector, b));
         channels.redeemMany(vs);
         vm.expectRevert(PaymentChannels.VoucherEmptyBatch.selector);

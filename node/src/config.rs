@@ -48,6 +48,9 @@ pub struct PaymentConfig {
     pub confirmations: u64,
     /// Chain polling interval, milliseconds.
     pub poll_interval_ms: u64,
+    /// Charges of jobs paid from credit (no new voucher) are flushed to the ledger within this many milliseconds,
+    /// without the answer waiting; a crash loses at most these charges (the vouchers that paid them are kept).
+    pub commit_interval_ms: u64,
     /// Refuse work on channels whose redemption deadline is this close; settle them at twice this.
     pub expiry_margin_secs: u64,
     /// Seconds between settlement rounds.
@@ -86,10 +89,11 @@ impl Default for PaymentConfig {
             ledger: PathBuf::from("data/ledger"),
             confirmations: 3,
             poll_interval_ms: 500,
+            commit_interval_ms: 50,
             expiry_margin_secs: 600,
             settle_interval_secs: 10.0,
             settle_gas_multiple: 20,
-            redeem_gas: 25_000,
+            redeem_gas: 16_000,
             max_batch: 100,
             confirm_timeout_secs: 300,
             resubmit_after_secs: 30,

@@ -24,7 +24,7 @@ pub const INFER_PROTOCOL: &str = "/mlbridge/infer/1";
 /// Gossipsub topic of node adverts.
 pub const ADVERTS_TOPIC: &str = "mlbridge/adverts/1";
 /// Gossipsub topic of inference receipts.
-pub const RECEIPTS_TOPIC: &str = "mlbridge/receipts/1";
+pub const RECEIPTS_TOPIC: &str = "mlbridge/receipts/2";
 /// Gossipsub topic of dispute evidence ([`DisputeEvidence`]), between validators.
 pub const DISPUTES_TOPIC: &str = "mlbridge/disputes/1";
 /// Gossipsub topic of dispute evidence too large for one gossip message, in signed parts ([`EvidencePart`]).
@@ -103,8 +103,12 @@ pub struct EmbedRequest {
     pub model: ModelRef,
     /// Texts to embed.
     pub texts: Vec<String>,
-    /// Payment for this job (required by paid nodes).
+    /// Payment for this job (required by paid nodes unless `channel` has credit).
     pub voucher: Option<WireVoucher>,
+    /// Charge the job to the credit vouchers already paid ahead on this channel (DESIGN.md §3, payment intervals);
+    /// a voucher, when attached, names its own channel.
+    #[serde(default)]
+    pub channel: Option<B256>,
 }
 
 impl Request {
@@ -131,8 +135,12 @@ pub struct InferRequest {
     pub model: ModelRef,
     /// Named tensors, batch dimension first.
     pub inputs: Vec<Tensor>,
-    /// Payment for this job (required by paid nodes).
+    /// Payment for this job (required by paid nodes unless `channel` has credit).
     pub voucher: Option<WireVoucher>,
+    /// Charge the job to the credit vouchers already paid ahead on this channel (DESIGN.md §3, payment intervals);
+    /// a voucher, when attached, names its own channel.
+    #[serde(default)]
+    pub channel: Option<B256>,
     /// Most milliseconds the request may wait in the node's queue; past it the node answers "overloaded" without
     /// running it (the client's queue-phase timeout).
     #[serde(default)]
@@ -328,6 +336,16 @@ pub enum PaymentRefusal {
         channel: B256,
         /// What the contract said.
         reason: String,
+    },
+    /// The job came without a voucher and the credit paid ahead on its channel does not cover it.
+    #[error(
+        "the credit paid ahead on channel {channel} does not cover this job; attach a voucher of at least {needed} wei"
+    )]
+    NoCredit {
+        /// The channel.
+        channel: B256,
+        /// The smallest cumulative amount the node accepts now.
+        needed: U256,
     },
     /// The node cannot check payments at the moment (its own fault, not the voucher's).
     #[error("this node cannot check payments right now ({reason}); retry later or use another node")]
@@ -753,12 +771,44 @@ impl ReceiptMsg {
         Ok(Self::new(receipt, Vec::new(), BatchMsg::new(&batch, signature)))
     }
 
+    /// Sign `receipts` as one batch (at most [`crate::receipt::MAX_BATCH_LEAVES`]) as the node operator `node`,
+    /// dated `issued_at`: the signed batch and each receipt with its proof, in order.
+    pub fn sign_batch<S: alloy::signers::SignerSync>(
+        receipts: &[crate::receipt::Receipt],
+        node: Address,
+        issued_at: u64,
+        signer: &S,
+        domain: &alloy::sol_types::Eip712Domain,
+    ) -> crate::Result<(BatchMsg, Vec<Self>)> {
+        if receipts.len() > crate::receipt::MAX_BATCH_LEAVES {
+            return Err(crate::Error::Signature(format!(
+                "a batch holds at most {} receipts, not {}",
+                crate::receipt::MAX_BATCH_LEAVES,
+                receipts.len()
+            )));
+        }
+        let tree = crate::receipt::MerkleTree::new(receipts.iter().map(crate::receipt::Receipt::leaf).collect())?;
+        let batch = crate::receipt::ReceiptBatch {
+            root: tree.root(),
+            node,
+            count: U256::from(receipts.len()),
+            issuedAt: issued_at,
+        };
+        let msg = BatchMsg::new(&batch, batch.sign(signer, domain)?);
+        let signed = receipts.iter().enumerate().map(|(i, r)| Self::new(r, tree.proof(i), msg.clone())).collect();
+        Ok((msg, signed))
+    }
+
     /// Whether the receipt proves into the batch root and the batch is signed by the node it names.
     pub fn verify(&self, domain: &alloy::sol_types::Eip712Domain) -> bool {
+        self.proves_into_batch() && self.batch.batch().verify(&self.batch.signature, domain)
+    }
+
+    /// Whether the receipt's leaf proves into its batch's root (the signature is not checked).
+    pub fn proves_into_batch(&self) -> bool {
         self.version == WIRE_VERSION
             && self.proof.len() <= crate::receipt::MAX_PROOF_LEN
             && crate::receipt::process_proof(&self.proof, self.receipt().leaf()) == self.batch.root
-            && self.batch.batch().verify(&self.batch.signature, domain)
     }
 
     /// The evidence `Disputes.challenge` takes for this receipt: leaf fields, proof, batch and its signature.
@@ -798,6 +848,78 @@ impl BatchMsg {
             count: U256::from(self.count),
             issuedAt: self.issued_at,
         }
+    }
+}
+
+/// Receipts of one signed batch, gossiped on [`RECEIPTS_TOPIC`] for validators: the batch, every leaf of it (so the
+/// root can be rebuilt and each receipt's proof derived) and the receipts `first..first + receipts.len()`. A batch
+/// whose receipts do not fit one gossip message goes in several ([`ReceiptBatchGossip::split`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBatchGossip {
+    /// Wire version.
+    pub version: u16,
+    /// The signed batch.
+    pub batch: BatchMsg,
+    /// Every leaf of the batch, in order.
+    pub leaves: Vec<B256>,
+    /// Index of the first receipt carried.
+    pub first: u32,
+    /// The receipts carried (proof and batch left out: they follow from `leaves` and `batch`).
+    pub receipts: Vec<ReceiptMsg>,
+}
+
+impl ReceiptBatchGossip {
+    /// Messages carrying every receipt of `batch` (`receipts` in leaf order), each within [`MAX_GOSSIP_BYTES`].
+    pub fn split(batch: &BatchMsg, receipts: &[crate::receipt::Receipt]) -> Vec<Self> {
+        let leaves: Vec<B256> = receipts.iter().map(crate::receipt::Receipt::leaf).collect();
+        let bare = |r: &crate::receipt::Receipt| ReceiptMsg::new(r, Vec::new(), batch.clone());
+        let make = |first: usize, chunk: &[crate::receipt::Receipt]| Self {
+            version: WIRE_VERSION,
+            batch: batch.clone(),
+            leaves: leaves.clone(),
+            first: first as u32,
+            receipts: chunk.iter().map(bare).collect(),
+        };
+        // Halve the receipts per message until one message fits (leaves are bounded by MAX_BATCH_LEAVES).
+        let mut per = receipts.len().max(1);
+        while per > 1 && encode(&make(0, &receipts[..per.min(receipts.len())])).len() > MAX_GOSSIP_BYTES {
+            per = per.div_ceil(2);
+        }
+        receipts.chunks(per).enumerate().map(|(i, chunk)| make(i * per, chunk)).collect()
+    }
+
+    /// The receipts carried, each with its proof and the batch, if the leaves build the batch's root and each
+    /// receipt is the leaf it claims to be. The batch signature is not checked here (once per batch, by the caller:
+    /// `batch.batch().verify(..)`).
+    pub fn receipts(&self) -> Result<Vec<ReceiptMsg>, &'static str> {
+        if self.version != WIRE_VERSION {
+            return Err("version");
+        }
+        if self.leaves.is_empty()
+            || self.leaves.len() > crate::receipt::MAX_BATCH_LEAVES
+            || self.leaves.len() as u64 != self.batch.count
+        {
+            return Err("count");
+        }
+        let tree = crate::receipt::MerkleTree::new(self.leaves.clone()).map_err(|_| "count")?;
+        if tree.root() != self.batch.root {
+            return Err("root");
+        }
+        let first = self.first as usize;
+        if first.checked_add(self.receipts.len()).is_none_or(|end| end > self.leaves.len()) {
+            return Err("index");
+        }
+        self.receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let receipt = r.receipt();
+                if receipt.leaf() != self.leaves[first + i] {
+                    return Err("leaf");
+                }
+                Ok(ReceiptMsg::new(&receipt, tree.proof(first + i), self.batch.clone()))
+            })
+            .collect()
     }
 }
 
@@ -989,6 +1111,7 @@ mod tests {
                 model: ModelRef { name, version, id: Some(ModelId::of_bytes(&sig)) },
                 inputs,
                 voucher: Some(WireVoucher { channel_id: job, cumulative_amount: U256::from(amount), signature }),
+                channel: None,
                 queue_timeout_ms: Some(250),
             });
             let bytes = encode(&req);
@@ -1034,6 +1157,7 @@ mod tests {
                 model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
                 inputs: vec![Tensor::new("input", vec![1, 4], TensorData::Fp32(vec![0.5; 4])).unwrap()],
                 voucher: None,
+                channel: None,
                 queue_timeout_ms: None,
             });
             let mut bytes = encode(&req);
@@ -1194,8 +1318,51 @@ mod tests {
     fn names_are_versioned() {
         let id = ModelId::of_bytes(b"m");
         assert_eq!(jobs_topic(&id), format!("mlbridge/jobs/{id}/1"));
-        assert!(INFER_PROTOCOL.ends_with("/1") && ADVERTS_TOPIC.ends_with("/1") && RECEIPTS_TOPIC.ends_with("/1"));
-        assert!(DISPUTES_TOPIC.ends_with("/1"));
+        assert!(INFER_PROTOCOL.ends_with("/1") && ADVERTS_TOPIC.ends_with("/1") && DISPUTES_TOPIC.ends_with("/1"));
+        // Version 2: receipts go by batch (ReceiptBatchGossip), not one ReceiptMsg per message.
+        assert_eq!(RECEIPTS_TOPIC, "mlbridge/receipts/2");
+    }
+
+    #[test]
+    fn a_batch_of_receipts_is_gossiped_within_the_size_limit_and_checked_against_its_root() {
+        use crate::receipt::{MAX_BATCH_LEAVES, Receipt};
+        let node = alloy::signers::local::PrivateKeySigner::random();
+        let domain = crate::eip712::domain(1, Address::repeat_byte(0xcc));
+        let receipts: Vec<Receipt> = (0..MAX_BATCH_LEAVES as u64)
+            .map(|i| Receipt {
+                jobId: B256::from(U256::from(i)),
+                modelId: B256::repeat_byte(1),
+                inputHash: B256::repeat_byte(2),
+                outputHash: B256::repeat_byte(3),
+                units: U256::from(1u64),
+                price: U256::from(10u64),
+                channelId: B256::repeat_byte(4),
+                issuedAt: 1_700_000_000,
+            })
+            .collect();
+        let (batch, signed) = ReceiptMsg::sign_batch(&receipts, node.address(), 1, &node, &domain).unwrap();
+        let msgs = ReceiptBatchGossip::split(&batch, &receipts);
+        assert!(msgs.len() > 1, "a full batch needs several messages");
+        let mut all = Vec::new();
+        for m in &msgs {
+            let bytes = encode(m);
+            assert!(bytes.len() <= MAX_GOSSIP_BYTES, "{} bytes", bytes.len());
+            all.extend(decode::<ReceiptBatchGossip>(&bytes, MAX_GOSSIP_BYTES).unwrap().receipts().unwrap());
+        }
+        assert_eq!(all, signed, "every receipt, with the proof the node gave its client");
+        // Leaves that do not build the root, a receipt that is not its leaf, an index past the end: refused.
+        let mut m = msgs[0].clone();
+        m.leaves.swap(0, 2); // siblings hash commutatively: swap across subtrees
+        assert_eq!(m.receipts(), Err("root"));
+        let mut m = msgs[0].clone();
+        m.receipts[0].price = U256::from(1u64);
+        assert_eq!(m.receipts(), Err("leaf"));
+        let mut m = msgs[0].clone();
+        m.first = (MAX_BATCH_LEAVES - 1) as u32;
+        assert_eq!(m.receipts(), Err("index"));
+        let mut m = msgs[0].clone();
+        m.batch.count += 1;
+        assert_eq!(m.receipts(), Err("count"));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::{Error, Result};
 /// Longest Merkle proof accepted (a batch of 2^32 receipts): bounds the work a hostile answer can cause.
 pub const MAX_PROOF_LEN: usize = 32;
 
+/// Most receipts a node signs in one batch (proofs of at most 8 hashes; the batch's leaves fit one gossip message).
+pub const MAX_BATCH_LEAVES: usize = 256;
+
 alloy::sol! {
     /// One answered job, exactly as `Disputes.RECEIPT_TYPEHASH` defines it. `price` is the job's total charge in wei
     /// (`units` × the unit price); `channelId` is zero for a free job; `issuedAt` is unix seconds.

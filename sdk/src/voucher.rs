@@ -58,6 +58,23 @@ impl SignedVoucher {
     }
 }
 
+/// A 65-byte `(r, s, v)` signature in the compact EIP-2098 form `(r, vs)` that `PaymentChannels.redeemMany` takes:
+/// `s` with `v - 27` in its top bit (`s` is low, so that bit is free).
+/// A signature the contract's ECDSA would refuse (a `v` other than 27 or 28, a wrong length) becomes one that
+/// recovers nobody (`r` = 0), which the contract refuses naming the channel.
+pub fn compact(signature: &[u8]) -> (B256, B256) {
+    let mut r = [0u8; 32];
+    let mut vs = [0u8; 32];
+    if signature.len() == 65 && matches!(signature[64], 27 | 28) {
+        r.copy_from_slice(&signature[..32]);
+        vs.copy_from_slice(&signature[32..64]);
+        if signature[64] == 28 {
+            vs[0] |= 0x80;
+        }
+    }
+    (B256::from(r), B256::from(vs))
+}
+
 /// Recover the signer of an EIP-712 digest from a 65-byte signature, accepting exactly what the contracts'
 /// OpenZeppelin `ECDSA.recover` accepts: `v` of 27 or 28 and a low `s`. Anything else (a `v` of 0/1 or an EIP-155
 /// `v`, which recover the same address here but revert on chain) is refused, so no voucher the node holds can make a

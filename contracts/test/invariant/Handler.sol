@@ -122,7 +122,8 @@ contract Handler is Test {
             if (dup) continue;
             uint256 cumulative = bound(uint256(keccak256(abi.encode(amountSeed, i))), 1, ch.deposit);
             (uint8 v, bytes32 r, bytes32 s) = vm.sign(payerKeyOf[id], channels.voucherDigest(id, cumulative));
-            batch[n++] = PaymentChannels.SignedVoucher(id, cumulative, abi.encodePacked(r, s, v));
+            batch[n++] =
+                PaymentChannels.SignedVoucher(id, cumulative, r, bytes32(uint256(s) | (uint256(v - 27) << 255)));
         }
         if (n == 0) return;
         assembly {

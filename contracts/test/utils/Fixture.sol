@@ -102,6 +102,20 @@ abstract contract Fixture is Test {
         return abi.encodePacked(r, s, v);
     }
 
+    /// A voucher for `redeemMany`: the signature in the compact (EIP-2098) form.
+    function batchVoucher(uint256 key, bytes32 channelId, uint256 cumulative)
+        internal
+        view
+        returns (PaymentChannels.SignedVoucher memory)
+    {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, channels.voucherDigest(channelId, cumulative));
+        return PaymentChannels.SignedVoucher(channelId, cumulative, r, compactVs(v, s));
+    }
+
+    function compactVs(uint8 v, bytes32 s) internal pure returns (bytes32) {
+        return bytes32(uint256(s) | (uint256(v - 27) << 255));
+    }
+
     function openChannel(uint256 deposit) internal returns (bytes32 id) {
         vm.prank(payer);
         id = channels.open{value: deposit}(node, uint64(block.timestamp + 30 days));

@@ -1,7 +1,12 @@
 //! Payment over HTTP, for clients that do not speak libp2p: a voucher in the `X-MLBridge-Voucher` header
 //! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`) covering the job's units
 //! (samples or texts) x the model's price, and the node's receipt in the answer (`X-MLBridge-Receipt` header and the
-//! body; the job id in it is the node's). Addresses on the free list (operators' own use) pay nothing unless they
+//! body: the receipt, its Merkle proof and the signed batch; the job id in it is the node's).
+//!
+//! Payment intervals: a voucher may pay ahead. The credit it leaves is drawn on by later requests that carry no
+//! voucher but `X-MLBridge-Channel: <channel id>` and the same `X-MLBridge-Credit-Key: <secret, 16 to 64 bytes hex>`
+//! the voucher came with (the key proves the request comes from whoever paid; send it only over TLS or loopback). A
+//! voucher without a credit key pays for its own job only. Addresses on the free list (operators' own use) pay nothing unless they
 //! attach a voucher; a request carrying a forwarding header is never free (it came through a proxy).
 
 use std::net::SocketAddr;
@@ -20,6 +25,22 @@ use crate::payment::{Authorization, PaymentService};
 pub const VOUCHER_HEADER: &str = "x-mlbridge-voucher";
 /// Header carrying the node's receipt (JSON).
 pub const RECEIPT_HEADER: &str = "x-mlbridge-receipt";
+/// Header naming the channel whose credit (paid ahead) a request without a voucher draws on.
+pub const CHANNEL_HEADER: &str = "x-mlbridge-channel";
+/// Header carrying the client's secret credit key (hex, 16 to 64 bytes).
+pub const CREDIT_KEY_HEADER: &str = "x-mlbridge-credit-key";
+
+/// The spender a credit key stands for (what the gate compares).
+pub fn credit_spender(key: &[u8]) -> B256 {
+    alloy::primitives::keccak256([b"mlbridge-http-credit:".as_slice(), key].concat())
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    headers
+        .get(name)
+        .map(|h| h.to_str().map(str::trim).map_err(|_| ApiError::bad_request(format!("the {name} header is not text"))))
+        .transpose()
+}
 
 /// Format a voucher for [`VOUCHER_HEADER`].
 pub fn voucher_header(v: &WireVoucher) -> String {
@@ -94,21 +115,30 @@ pub(crate) fn authorize<'a>(
     if price.is_zero() {
         return Ok(None);
     }
-    let voucher = match headers.get(VOUCHER_HEADER) {
-        Some(h) => {
-            Some(h.to_str().map_err(|_| ApiError::bad_request("the voucher header is not text")).and_then(|t| {
-                parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}")))
-            })?)
-        }
-        None => None,
-    };
-    // Free callers pay nothing unless they attach a voucher anyway.
+    let voucher = header_text(headers, VOUCHER_HEADER)?
+        .map(|t| parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}"))))
+        .transpose()?;
+    let channel = header_text(headers, CHANNEL_HEADER)?
+        .map(|t| t.parse::<B256>().map_err(|e| ApiError::bad_request(format!("bad {CHANNEL_HEADER}: {e}"))))
+        .transpose()?;
+    let spender = header_text(headers, CREDIT_KEY_HEADER)?
+        .map(|t| match hex::decode(t.trim_start_matches("0x")) {
+            Ok(key) if (16..=64).contains(&key.len()) => Ok(credit_spender(&key)),
+            _ => Err(ApiError::bad_request(format!("bad {CREDIT_KEY_HEADER}: expected 16 to 64 bytes in hex"))),
+        })
+        .transpose()?;
+    if let (Some(v), Some(c)) = (&voucher, channel)
+        && v.channel_id != c
+    {
+        return Err(ApiError::bad_request(format!("{CHANNEL_HEADER} names another channel than the voucher")));
+    }
+    // Free callers pay nothing unless they attach a voucher (or name a channel) anyway.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    if voucher.is_none() && peer.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
+    if voucher.is_none() && channel.is_none() && peer.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
         service.metrics().free_jobs.inc();
         return Ok(None);
     }
-    let auth = service.authorize(voucher.as_ref(), price, units)?;
+    let auth = service.authorize(voucher.as_ref(), channel, spender, price, units)?;
     Ok(Some(HttpPayment { service, auth }))
 }
 

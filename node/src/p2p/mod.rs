@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alloy::primitives::U256;
+use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
@@ -27,7 +27,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
-    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptMsg, Request, Response,
+    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptBatchGossip, Request, Response,
     WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
@@ -41,7 +41,7 @@ use crate::inference::Engine;
 use crate::inference::ModelConfig;
 use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
-use crate::payment::{Authorization, Completed, JobInput, PaymentService, guarded};
+use crate::payment::{Authorization, Completed, JobInput, PaymentService, SignedBatch, guarded};
 use crate::{Error, Result};
 
 /// Commands to the swarm task.
@@ -226,7 +226,6 @@ struct Answer {
     peer: PeerId,
     started: Instant,
     outcome: &'static str,
-    receipt: Option<ReceiptMsg>,
     /// Counted in the peer's in-flight requests (inference); audits are not.
     counted: bool,
 }
@@ -310,12 +309,24 @@ impl Actor {
         let interval = Duration::from_secs_f64(self.config.advert_interval_secs.max(0.05));
         let mut adverts = tokio::time::interval(interval);
         let mut reconnect = tokio::time::interval(Duration::from_secs(5));
+        // Receipt batches as the signer makes them (paid jobs of both front ends), gossiped by batch.
+        let mut batches = match &self.payments {
+            Some(p) => p.receipt_signer().batches(),
+            None => tokio::sync::broadcast::channel(1).1,
+        };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
+                batch = batches.recv() => match batch {
+                    Ok(b) => self.publish_batch(&b),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(target: "node::p2p", n, "receipt batches not gossiped (the task fell behind)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                },
                 _ = adverts.tick() => self.publish_advert(),
                 _ = reconnect.tick() => {
                     if self.swarm.connected_peers().next().is_none() && !self.net.bootstrap.is_empty() {
@@ -494,15 +505,17 @@ impl Actor {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
+            // Credit paid ahead is spent only by the peer that paid it (the connection's handshake proved its id).
+            let spender = Some(alloy::primitives::keccak256(peer.to_bytes()));
             let served = match request {
-                Request::Infer(r) => serve_infer(&engine, payments.as_deref(), r).await,
-                Request::Embed(r) => serve_embed(&engine, payments.as_deref(), r).await,
+                Request::Infer(r) => serve_infer(&engine, payments.as_deref(), r, spender).await,
+                Request::Embed(r) => serve_embed(&engine, payments.as_deref(), r, spender).await,
                 Request::Bid(_) | Request::Audit(_) | Request::Malformed(_) | Request::Busy => {
                     unreachable!("answered above")
                 }
             };
-            let Served { response, outcome, receipt } = served;
-            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt, counted: true }).await;
+            let Served { response, outcome } = served;
+            let _ = tx.send(Answer { channel, response, peer, started, outcome, counted: true }).await;
         });
     }
 
@@ -560,7 +573,7 @@ impl Actor {
                 }
                 Err(refused) => refused,
             };
-            let _ = tx.send(Answer { channel, response, peer, started, outcome, receipt: None, counted: false }).await;
+            let _ = tx.send(Answer { channel, response, peer, started, outcome, counted: false }).await;
         });
     }
 
@@ -587,12 +600,19 @@ impl Actor {
         if self.swarm.behaviour_mut().rpc.send_response(a.channel, a.response).is_err() {
             tracing::debug!(target: "node::p2p", peer = %a.peer, "the requester went away before the answer");
         }
-        if let (Some(receipt), Some(p)) = (a.receipt, &self.payments)
-            && !self.receipt_listeners.is_empty()
-        {
-            // For validators (nobody listening: the receipt stays in the ledger and the audit store).
-            if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&receipt)).is_ok() {
-                p.metrics().receipts_published.inc();
+    }
+
+    /// Gossip a signed receipt batch for validators, in as many messages as its receipts need (nobody listening: the
+    /// receipts stay in the ledger and the audit store).
+    fn publish_batch(&mut self, b: &SignedBatch) {
+        let Some(p) = &self.payments else { return };
+        if self.receipt_listeners.is_empty() {
+            return;
+        }
+        for msg in ReceiptBatchGossip::split(&b.batch, &b.receipts) {
+            let n = msg.receipts.len() as u64;
+            if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&msg)).is_ok() {
+                p.metrics().receipts_published.inc_by(n);
             }
         }
     }
@@ -717,12 +737,11 @@ impl Actor {
 struct Served {
     response: Response,
     outcome: &'static str,
-    receipt: Option<ReceiptMsg>,
 }
 
 impl Served {
     fn error((response, outcome): (Response, &'static str)) -> Self {
-        Self { response, outcome, receipt: None }
+        Self { response, outcome }
     }
 }
 
@@ -734,21 +753,28 @@ fn refused(refusal: Box<PaymentRefusal>) -> Served {
             payment: Some(*refusal),
         }),
         outcome: "payment_refused",
-        receipt: None,
     }
 }
 
-/// Check the voucher of a job of `units` on `config`, priced per unit (free when the node or the model charges
+/// How a job pays: its voucher, the channel whose credit it draws on, and who is asking.
+#[derive(Clone, Copy)]
+struct Pay<'a> {
+    voucher: Option<&'a WireVoucher>,
+    channel: Option<B256>,
+    spender: Option<B256>,
+}
+
+/// Check the payment of a job of `units` on `config`, priced per unit (free when the node or the model charges
 /// nothing).
 fn authorize(
     payments: Option<&PaymentService>,
     config: &ModelConfig,
-    voucher: Option<&WireVoucher>,
+    pay: Pay<'_>,
     units: u64,
 ) -> std::result::Result<Option<Authorization>, Box<PaymentRefusal>> {
     let price = U256::from(config.price_wei);
     match payments {
-        Some(p) if !price.is_zero() => p.authorize(voucher, price, units).map(Some),
+        Some(p) if !price.is_zero() => p.authorize(pay.voucher, pay.channel, pay.spender, price, units).map(Some),
         _ => Ok(None),
     }
 }
@@ -771,11 +797,16 @@ async fn finish(
         }
         _ => None,
     };
-    answer.receipt.clone_from(&receipt);
-    Served { response: Response::Infer(Box::new(answer)), outcome: "ok", receipt }
+    answer.receipt = receipt;
+    Served { response: Response::Infer(Box::new(answer)), outcome: "ok" }
 }
 
-async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: InferRequest) -> Served {
+async fn serve_infer(
+    engine: &Engine,
+    payments: Option<&PaymentService>,
+    r: InferRequest,
+    spender: Option<B256>,
+) -> Served {
     let config = match engine.config(&r.model.name, r.model.version) {
         Ok(c) => c.clone(),
         Err(e) => return Served::error(engine_error(&e)),
@@ -789,7 +820,8 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
         Ok(b) => b as u64,
         Err(e) => return Served::error(engine_error(&e)),
     };
-    let auth = match authorize(payments, &config, r.voucher.as_ref(), units) {
+    let pay = Pay { voucher: r.voucher.as_ref(), channel: r.channel, spender };
+    let auth = match authorize(payments, &config, pay, units) {
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };
@@ -812,7 +844,12 @@ async fn serve_infer(engine: &Engine, payments: Option<&PaymentService>, r: Infe
     }
 }
 
-async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: EmbedRequest) -> Served {
+async fn serve_embed(
+    engine: &Engine,
+    payments: Option<&PaymentService>,
+    r: EmbedRequest,
+    spender: Option<B256>,
+) -> Served {
     let config = match engine.config(&r.model.name, r.model.version) {
         Ok(c) => c.clone(),
         Err(e) => return Served::error(engine_error(&e)),
@@ -821,7 +858,8 @@ async fn serve_embed(engine: &Engine, payments: Option<&PaymentService>, r: Embe
     if let Err(e) = engine.check_texts(&r.texts) {
         return Served::error(engine_error(&e));
     }
-    let auth = match authorize(payments, &config, r.voucher.as_ref(), r.texts.len() as u64) {
+    let pay = Pay { voucher: r.voucher.as_ref(), channel: r.channel, spender };
+    let auth = match authorize(payments, &config, pay, r.texts.len() as u64) {
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };

@@ -9,6 +9,19 @@
 //! [`Gate::release`] drops the hold of a job that failed. So after a crash the ledger charges only answered jobs,
 //! and the credit of jobs that were in flight stays the client's. A refused payment records nothing.
 //!
+//! Payment intervals (DESIGN.md §3): a voucher may pay ahead, and a job may come with no voucher, naming only its
+//! channel: it is charged against the best voucher held, under the same lock, and refused with
+//! [`PaymentRefusal::NoCredit`] when that does not cover it. A job that brought a new best voucher is marked
+//! ([`Authorization::new_voucher`]): its caller flushes the ledger before answering, so a voucher the client was
+//! answered on is never lost. Charges of the other jobs are group-committed (the ledger's periodic flush), so a crash
+//! can forget the charges of at most the jobs answered since the last flush — all paid for by vouchers the node
+//! holds, so the node can lose at most the work of one credit window, never money it was given.
+//!
+//! Credit belongs to whoever brought the voucher that paid it: each job names a *spender* (the libp2p peer, whose
+//! identity the connection's handshake proves, or an HTTP client's secret credit key), the channel remembers the
+//! spender of its best voucher (in the ledger), and only that spender's jobs draw on credit. Anyone else needs a new,
+//! higher voucher — which only the payer can sign. A voucher seen on chain or elsewhere buys nothing.
+//!
 //! Coverage rather than strict succession: a client may have several jobs in flight on one channel, and their
 //! vouchers can arrive out of order. The node therefore accepts a voucher when `max(highest held, voucher) >=
 //! charged + in flight + price` — the highest voucher it holds always pays for every job it
@@ -36,8 +49,10 @@ pub struct Authorization {
     pub price: U256,
     /// Priced units (samples, texts) the job holds.
     pub units: u64,
-    /// The voucher's amount.
+    /// The best voucher's amount when the job was authorized.
     pub amount: U256,
+    /// The job brought a new best voucher: flush the ledger before answering.
+    pub new_voucher: bool,
 }
 
 #[derive(Debug)]
@@ -83,15 +98,32 @@ impl Gate {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Check `voucher` for a job of `price` and reserve the price. Nothing is recorded on refusal.
-    pub fn authorize(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, Box<PaymentRefusal>> {
-        self.check(voucher, price).map_err(Box::new)
+    /// Check the payment of a job of `price` — a `voucher`, or the credit on `channel` — and reserve the price.
+    /// Nothing is recorded on refusal.
+    /// `spender` identifies the requester (see the module docs); `None` can pay only with a new voucher.
+    pub fn authorize(
+        &self,
+        voucher: Option<&WireVoucher>,
+        channel: Option<B256>,
+        spender: Option<B256>,
+        price: U256,
+    ) -> Result<Authorization, Box<PaymentRefusal>> {
+        self.check(voucher, channel, spender, price).map_err(Box::new)
     }
 
     #[allow(clippy::result_large_err)] // boxed once by `authorize`
-    fn check(&self, voucher: Option<&WireVoucher>, price: U256) -> Result<Authorization, PaymentRefusal> {
-        let Some(v) = voucher else { return Err(PaymentRefusal::Required { price, payee: self.payee }) };
-        let channel = v.channel_id;
+    fn check(
+        &self,
+        voucher: Option<&WireVoucher>,
+        channel: Option<B256>,
+        spender: Option<B256>,
+        price: U256,
+    ) -> Result<Authorization, PaymentRefusal> {
+        let channel = match (voucher, channel) {
+            (Some(v), _) => v.channel_id,
+            (None, Some(c)) => c,
+            (None, None) => return Err(PaymentRefusal::Required { price, payee: self.payee }),
+        };
         let view = match self.watcher.lookup(&channel) {
             Lookup::Confirmed(view) => view,
             Lookup::Unconfirmed { have } => {
@@ -107,14 +139,16 @@ impl Gate {
         if deadline <= now_ms() / 1000 + self.expiry_margin {
             return Err(PaymentRefusal::Expiring { channel, deadline });
         }
-        let signed =
-            SignedVoucher { channel_id: channel, cumulative_amount: v.cumulative_amount, signature: v.signature };
-        let signer = signed.signer(&self.domain).unwrap_or(Address::ZERO);
-        if signer != view.payer {
-            return Err(PaymentRefusal::BadSignature { channel, signer, payer: view.payer });
-        }
-        if v.cumulative_amount > view.deposit {
-            return Err(PaymentRefusal::OverDeposit { channel, amount: v.cumulative_amount, deposit: view.deposit });
+        if let Some(v) = voucher {
+            let signed =
+                SignedVoucher { channel_id: channel, cumulative_amount: v.cumulative_amount, signature: v.signature };
+            let signer = signed.signer(&self.domain).unwrap_or(Address::ZERO);
+            if signer != view.payer {
+                return Err(PaymentRefusal::BadSignature { channel, signer, payer: view.payer });
+            }
+            if v.cumulative_amount > view.deposit {
+                return Err(PaymentRefusal::OverDeposit { channel, amount: v.cumulative_amount, deposit: view.deposit });
+            }
         }
         let mut slots = self.slots();
         let slot = match slots.entry(channel) {
@@ -139,9 +173,15 @@ impl Gate {
         }
         let best = slot.entry.best_amount;
         let needed = slot.entry.charged + slot.in_flight + price;
-        if best.max(v.cumulative_amount) < needed {
-            let amount = v.cumulative_amount;
+        let offered = voucher.map_or(U256::ZERO, |v| v.cumulative_amount);
+        let new_voucher = offered > best;
+        // Credit already held is drawn on only by the spender of the voucher that paid it.
+        let owns = spender.is_some() && slot.entry.spender == spender;
+        let covered = if new_voucher { offered } else if owns { best } else { U256::ZERO };
+        if covered < needed {
             let needed = needed.max(best + price);
+            let Some(v) = voucher else { return Err(PaymentRefusal::NoCredit { channel, needed }) };
+            let amount = v.cumulative_amount;
             return Err(if amount == best {
                 PaymentRefusal::Replayed { channel, amount, needed }
             } else if amount < best {
@@ -151,12 +191,13 @@ impl Gate {
             });
         }
         slot.in_flight += price;
-        if v.cumulative_amount > best {
+        if let Some(v) = voucher.filter(|_| new_voucher) {
             slot.entry.best_amount = v.cumulative_amount;
             slot.entry.best_signature = v.signature.to_vec();
+            slot.entry.spender = spender;
         }
         slot.entry.deadline = deadline;
-        Ok(Authorization { channel_id: channel, price, units: 1, amount: v.cumulative_amount })
+        Ok(Authorization { channel_id: channel, price, units: 1, amount: slot.entry.best_amount, new_voucher })
     }
 
     /// Write the channel's best voucher (and answered charges) to the ledger, without flushing (tests set up
@@ -276,6 +317,8 @@ mod tests {
     use crate::payment::watcher::ChannelView;
 
     const PRICE: u64 = 10;
+    /// The client's spender key in these tests.
+    const ME: B256 = B256::repeat_byte(0x77);
 
     struct Setup {
         gate: std::sync::Arc<Gate>,
@@ -321,7 +364,7 @@ mod tests {
         // 16 threads race with the same voucher: exactly one wins.
         let wins: usize = std::thread::scope(|scope| {
             let handles: Vec<_> =
-                (0..16).map(|_| scope.spawn(|| s.gate.authorize(Some(&v), U256::from(PRICE)).is_ok())).collect();
+                (0..16).map(|_| scope.spawn(|| s.gate.authorize(Some(&v), None, Some(ME), U256::from(PRICE)).is_ok())).collect();
             handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
         });
         assert_eq!(wins, 1);
@@ -332,16 +375,16 @@ mod tests {
         let s = setup();
         let price = U256::from(PRICE);
         // Two jobs in flight; their vouchers arrive highest first.
-        let second = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
-        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let second = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap();
+        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), None, Some(ME), price).unwrap();
         // A third with no new money is refused while both are in flight.
         assert!(matches!(
-            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err(),
+            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap_err(),
             PaymentRefusal::Replayed { .. }
         ));
         // The first fails: its charge is refunded, so the same amount pays the next job.
         s.gate.release(&first);
-        let again = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let again = s.gate.authorize(Some(&voucher(&s, PRICE)), None, Some(ME), price).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let job = |id: u8, auth: &Authorization| JobRecord {
             job_id: B256::repeat_byte(id),
@@ -360,13 +403,49 @@ mod tests {
         let entry = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
         assert_eq!((entry.jobs, entry.charged, entry.best_amount), (2, U256::from(2 * PRICE), U256::from(2 * PRICE)));
         assert!(matches!(
-            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE + PRICE / 2)), price).unwrap_err(),
+            *s.gate.authorize(Some(&voucher(&s, 2 * PRICE + PRICE / 2)), None, Some(ME), price).unwrap_err(),
             PaymentRefusal::Underpaid { .. }
         ));
         assert!(matches!(
-            *s.gate.authorize(Some(&voucher(&s, 1_001)), price).unwrap_err(),
+            *s.gate.authorize(Some(&voucher(&s, 1_001)), None, Some(ME), price).unwrap_err(),
             PaymentRefusal::OverDeposit { .. }
         ));
+    }
+
+    #[test]
+    fn credit_paid_ahead_serves_only_its_spender_until_it_is_used_up() {
+        let s = setup();
+        let (price, ch) = (U256::from(PRICE), Some(s.channel));
+        let stranger = Some(B256::repeat_byte(0x88));
+        let ahead = voucher(&s, 3 * PRICE);
+        let first = s.gate.authorize(Some(&ahead), None, Some(ME), price).unwrap();
+        assert!(first.new_voucher, "a new best voucher: flushed before the answer");
+        let second = s.gate.authorize(None, ch, Some(ME), price).unwrap();
+        assert!(!second.new_voucher, "drawn on credit: group-committed");
+        // Nobody else draws on it, not even by showing the voucher that paid it (it may be public on chain).
+        let refusal = s.gate.authorize(None, ch, stranger, price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::NoCredit { .. }), "{refusal}");
+        let refusal = s.gate.authorize(Some(&ahead), None, stranger, price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Replayed { .. }), "{refusal}");
+        assert!(s.gate.authorize(None, ch, None, price).is_err(), "no spender: no credit");
+        let third = s.gate.authorize(None, ch, Some(ME), price).unwrap();
+        // Three jobs in flight use all three prices: the next needs a voucher of at least 4 prices.
+        let refusal = s.gate.authorize(None, ch, Some(ME), price).unwrap_err();
+        assert!(
+            matches!(*refusal, PaymentRefusal::NoCredit { needed, .. } if needed == U256::from(4 * PRICE)),
+            "{refusal}"
+        );
+        // A failed job's hold comes back as credit.
+        s.gate.release(&third);
+        s.gate.authorize(None, ch, Some(ME), price).unwrap();
+        let refusal = s.gate.authorize(None, None, Some(ME), price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Required { .. }), "neither a voucher nor a channel");
+        // A new voucher from another spender (only the payer can sign one) moves the credit to it.
+        s.gate.authorize(Some(&voucher(&s, 5 * PRICE)), None, stranger, price).unwrap();
+        s.gate.authorize(None, ch, stranger, price).unwrap();
+        let refusal = s.gate.authorize(None, ch, Some(ME), price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::NoCredit { .. }), "{refusal}");
+        drop((first, second));
     }
 
     #[test]
@@ -376,33 +455,33 @@ mod tests {
         for v in [good.signature[64] - 27, good.signature[64] + 8] {
             let mut bad = good.clone();
             bad.signature[64] = v;
-            let refusal = s.gate.authorize(Some(&bad), U256::from(PRICE)).unwrap_err();
+            let refusal = s.gate.authorize(Some(&bad), None, Some(ME), U256::from(PRICE)).unwrap_err();
             assert!(matches!(*refusal, PaymentRefusal::BadSignature { .. }), "v = {v}: {refusal}");
         }
         assert_eq!(s.gate.ledger().channel(&s.channel).unwrap(), None, "nothing recorded");
-        s.gate.authorize(Some(&good), U256::from(PRICE)).unwrap();
+        s.gate.authorize(Some(&good), None, Some(ME), U256::from(PRICE)).unwrap();
     }
 
     #[test]
     fn a_channel_settlement_failed_on_takes_no_work_until_it_is_redeemed() {
         let s = setup();
         let price = U256::from(PRICE);
-        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
+        let first = s.gate.authorize(Some(&voucher(&s, PRICE)), None, Some(ME), price).unwrap();
         s.gate.persist(&first).unwrap();
         // A lagging RPC said ChannelNotFound: retried, but no more work meanwhile.
         s.gate.mark_failed(&s.channel, "channel not found".into(), false).unwrap();
-        let refusal = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap_err();
+        let refusal = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::Unsettleable { .. }), "{refusal}");
         let entry = s.gate.entries().unwrap().pop().unwrap();
         assert_eq!(entry.unredeemed(), price, "still due: settlement retries it");
         // The retry went through: the mark is gone and work resumes.
         s.gate.mark_redeemed(&s.channel, price, 1).unwrap();
-        s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap();
         // Expired before redemption: permanent, nothing due, never cleared.
         s.gate.mark_failed(&s.channel, "expired".into(), true).unwrap();
         assert_eq!(s.gate.entries().unwrap().pop().unwrap().unredeemed(), U256::ZERO);
         s.gate.mark_redeemed(&s.channel, U256::from(2 * PRICE), 2).unwrap();
-        let refusal = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), price).unwrap_err();
+        let refusal = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), None, Some(ME), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::Unsettleable { .. }), "{refusal}");
     }
 
@@ -410,7 +489,7 @@ mod tests {
     fn a_ledger_read_error_is_an_internal_refusal_not_a_fresh_channel() {
         let s = setup();
         let price = U256::from(PRICE);
-        let best = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
+        let best = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap();
         s.gate.persist(&best).unwrap();
         let Setup { gate, payer, domain, channel, _dir } = s;
         // The stored entry becomes unreadable (a bad disk, a record from an incompatible version), and a restarted
@@ -421,7 +500,7 @@ mod tests {
         // The old voucher (already used) must not pass as if the channel were new.
         let old = Voucher::new(channel, price).sign(&payer, &domain).unwrap();
         let old = WireVoucher { channel_id: channel, cumulative_amount: price, signature: old.signature };
-        let refusal = gate.authorize(Some(&old), price).unwrap_err();
+        let refusal = gate.authorize(Some(&old), None, Some(ME), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::Unavailable { .. }), "{refusal}");
         assert!(refusal.is_transient());
         assert!(gate.ledger().channel(&channel).is_err(), "the record was not overwritten");
@@ -432,9 +511,9 @@ mod tests {
         let s = setup();
         let price = U256::from(PRICE);
         // Three jobs authorized with vouchers paying ahead; one is answered, two are in flight when the node dies.
-        let a = s.gate.authorize(Some(&voucher(&s, PRICE)), price).unwrap();
-        let _b = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), price).unwrap();
-        let _c = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), price).unwrap();
+        let a = s.gate.authorize(Some(&voucher(&s, PRICE)), None, Some(ME), price).unwrap();
+        let _b = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap();
+        let _c = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), None, Some(ME), price).unwrap();
         assert_eq!(s.gate.in_flight(&s.channel), U256::from(3 * PRICE));
         let job = JobRecord {
             job_id: B256::repeat_byte(9),
@@ -457,8 +536,8 @@ mod tests {
         let best = Voucher::new(channel, U256::from(3 * PRICE)).sign(&payer, &domain).unwrap();
         let best =
             WireVoucher { channel_id: channel, cumulative_amount: best.cumulative_amount, signature: best.signature };
-        restarted.authorize(Some(&best), price).unwrap();
-        restarted.authorize(Some(&best), price).unwrap();
-        assert!(matches!(*restarted.authorize(Some(&best), price).unwrap_err(), PaymentRefusal::Replayed { .. }));
+        restarted.authorize(Some(&best), None, Some(ME), price).unwrap();
+        restarted.authorize(Some(&best), None, Some(ME), price).unwrap();
+        assert!(matches!(*restarted.authorize(Some(&best), None, Some(ME), price).unwrap_err(), PaymentRefusal::Replayed { .. }));
     }
 }

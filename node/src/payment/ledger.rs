@@ -49,6 +49,10 @@ pub struct ChannelEntry {
     /// existed read as `false`: their channel is retried once and marked again if the reason still holds.
     #[serde(default)]
     pub failed_permanently: bool,
+    /// Who brought the best voucher (a keccak of the libp2p peer id or of an HTTP client's credit key): the only
+    /// requester whose jobs may draw on the credit it paid ahead.
+    #[serde(default)]
+    pub spender: Option<B256>,
 }
 
 impl ChannelEntry {
@@ -102,10 +106,12 @@ pub struct SettlementRecord {
     pub at_ms: u64,
 }
 
-/// Group commit: callers take a ticket and wait until a flush that started after their ticket has finished.
+/// Group commit: callers take a ticket and wait until a flush that started after their ticket has finished; writes
+/// nobody waits for ([`Ledger::commit_later`]) are flushed within the commit interval.
 #[derive(Debug)]
 struct Flusher {
     tickets: Arc<AtomicU64>,
+    dirty: Arc<std::sync::atomic::AtomicBool>,
     wake: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Highest ticket made durable, and the error of the last flush if it failed.
@@ -113,23 +119,36 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Self {
+    fn start(db: sled::Db, interval: std::time::Duration) -> Self {
+        use std::sync::mpsc::RecvTimeoutError;
         let tickets = Arc::new(AtomicU64::new(0));
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let (done, flushed) = tokio::sync::watch::channel((0u64, None));
-        let issued = tickets.clone();
+        let (issued, pending) = (tickets.clone(), dirty.clone());
         let thread = std::thread::Builder::new()
             .name("ledger-flush".into())
             .spawn(move || {
                 // Ends when every Ledger handle (and so the sender) is gone.
-                while woken.recv().is_ok() {
+                loop {
+                    match woken.recv_timeout(interval) {
+                        Ok(()) => {}
+                        Err(RecvTimeoutError::Timeout) if pending.load(Ordering::SeqCst) => {}
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    pending.store(false, Ordering::SeqCst);
                     let upto = issued.load(Ordering::SeqCst);
                     let outcome = db.flush().err().map(|e| e.to_string());
                     let _ = done.send((upto, outcome));
                 }
+                // Whatever was written last is made durable on a clean stop.
+                if pending.load(Ordering::SeqCst) {
+                    let _ = db.flush();
+                }
             })
             .expect("spawning the ledger flush thread");
-        Self { tickets, wake: Some(wake), thread: Some(thread), flushed }
+        Self { tickets, dirty, wake: Some(wake), thread: Some(thread), flushed }
     }
 
     async fn flush(&self) -> std::result::Result<(), String> {
@@ -179,8 +198,14 @@ fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Ledger {
-    /// Open (or create) the ledger at `path`. Only one process may hold it.
+    /// Open (or create) the ledger at `path`. Only one process may hold it. Writes nobody waits for are flushed
+    /// within 50 ms.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, std::time::Duration::from_millis(50))
+    }
+
+    /// [`Ledger::open`] with the group-commit interval of writes nobody waits for.
+    pub fn open_with(path: &Path, commit_interval: std::time::Duration) -> Result<Self> {
         let fail = |e: sled::Error| Error::Ledger {
             path: path.to_owned(),
             reason: format!("{e} (is another mlbridge-node using this ledger folder?)"),
@@ -188,7 +213,7 @@ impl Ledger {
         let db = sled::open(path).map_err(fail)?;
         let tree = |name: &str| db.open_tree(name).map_err(fail);
         Ok(Self {
-            flusher: Arc::new(Flusher::start(db.clone())),
+            flusher: Arc::new(Flusher::start(db.clone(), commit_interval.max(std::time::Duration::from_millis(1)))),
             channels: tree("channels")?,
             jobs: tree("jobs")?,
             jobs_by_time: tree("jobs_by_time")?,
@@ -210,6 +235,11 @@ impl Ledger {
     /// Make everything inserted so far durable (a group commit shared with concurrent callers).
     pub async fn flush(&self) -> Result<()> {
         self.flusher.flush().await.map_err(|e| self.err(e))
+    }
+
+    /// Make what was inserted durable within the commit interval, without waiting for it.
+    pub fn commit_later(&self) {
+        self.flusher.dirty.store(true, Ordering::SeqCst);
     }
 
     /// One channel's entry.

@@ -35,6 +35,12 @@ pub struct PaymentMetrics {
     pub redemptions_undone: IntCounter,
     /// Settlement rounds finished (timed or forced), whether or not they redeemed anything.
     pub settle_rounds: IntCounter,
+    /// Receipt batches signed (one signature each).
+    pub receipt_batches: IntCounter,
+    /// Receipts per signed batch.
+    pub receipt_batch_size: prometheus::Histogram,
+    /// Paid jobs that brought a new voucher (the others drew on credit paid ahead).
+    pub vouchers_accepted: IntCounter,
 }
 
 impl PaymentMetrics {
@@ -65,6 +71,15 @@ impl PaymentMetrics {
                 "mlbridge_settle_rounds_total",
                 "Settlement rounds finished, whether or not they redeemed anything",
             )?,
+            receipt_batches: IntCounter::new("mlbridge_receipt_batches_total", "Receipt batches signed")?,
+            receipt_batch_size: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new("mlbridge_receipt_batch_size", "Receipts per signed batch")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?,
+            vouchers_accepted: IntCounter::new(
+                "mlbridge_vouchers_accepted_total",
+                "Paid jobs that brought a new best voucher (the others drew on credit paid ahead)",
+            )?,
         };
         registry.register(Box::new(m.paid_jobs.clone()))?;
         registry.register(Box::new(m.charged_wei.clone()))?;
@@ -81,6 +96,9 @@ impl PaymentMetrics {
         registry.register(Box::new(m.receipts_published.clone()))?;
         registry.register(Box::new(m.redemptions_undone.clone()))?;
         registry.register(Box::new(m.settle_rounds.clone()))?;
+        registry.register(Box::new(m.receipt_batches.clone()))?;
+        registry.register(Box::new(m.receipt_batch_size.clone()))?;
+        registry.register(Box::new(m.vouchers_accepted.clone()))?;
         Ok(m)
     }
 }

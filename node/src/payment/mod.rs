@@ -6,17 +6,20 @@
 //! - [`ledger`]: `sled` trees for channels, job records, settlements; flushed before an answer leaves.
 //! - [`settlement`]: the background `redeemMany` task, tracked to N confirmations.
 //! - [`audit`]: inputs and outputs of recent paid jobs, served to validators over the audit protocol.
+//! - [`signer`]: the receipt signer, one signature per batch of answered jobs.
 //!
 //! [`PaymentService`] ties them together for the p2p and HTTP front ends: [`PaymentService::authorize`] before the
-//! work (the price of its units held in flight), [`guarded`] around it (a failed or dropped job releases the hold),
-//! then [`PaymentService::complete`] (node job id, receipt, charge, job record, audit record, flushed before the
-//! answer).
+//! work (a voucher, or the credit paid ahead on a channel; the price of its units held in flight), [`guarded`]
+//! around it (a failed or dropped job releases the hold), then [`PaymentService::complete`] (node job id, receipt in
+//! a signed batch, charge, job record, audit record; the ledger flushed before the answer when the job brought a new
+//! voucher, group-committed otherwise).
 
 pub mod audit;
 pub mod gate;
 pub mod ledger;
 pub mod metrics;
 pub mod settlement;
+pub mod signer;
 pub mod watcher;
 
 use std::future::Future;
@@ -27,7 +30,6 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::Eip712Domain;
 use mlbridge_sdk::Tensor;
 use mlbridge_sdk::chain::{ConfirmationTracker, Deployment, SenderConfig, TrackerConfig, TxSender};
 use mlbridge_sdk::protocol::{
@@ -43,6 +45,7 @@ pub use gate::{Authorization, Gate};
 pub use ledger::Ledger;
 pub use metrics::PaymentMetrics;
 pub use settlement::{SettleReport, SettlementConfig, Settler, SettlerHandle};
+pub use signer::{ReceiptSigner, SignedBatch};
 pub use watcher::{Watcher, WatcherConfig};
 
 use crate::config::PaymentConfig;
@@ -54,7 +57,7 @@ use crate::{Error, Result};
 pub struct PaymentService {
     gate: Arc<Gate>,
     operator: FastSigner,
-    domain: Eip712Domain,
+    signer: ReceiptSigner,
     audit: AuditStore,
     validators: Validators,
     metrics: PaymentMetrics,
@@ -108,7 +111,7 @@ impl PaymentService {
         })?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
         verify_deployment(&deployment, &provider, path).await?;
-        let ledger = Ledger::open(&config.ledger)?;
+        let ledger = Ledger::open_with(&config.ledger, Duration::from_millis(config.commit_interval_ms.max(1)))?;
         let metrics = PaymentMetrics::register(registry)?;
         let chain_metrics = mlbridge_sdk::chain::ChainMetrics::register(registry)?;
         let poll = Duration::from_millis(config.poll_interval_ms.max(10));
@@ -160,11 +163,12 @@ impl PaymentService {
             Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
             shutdown.clone(),
         );
+        let fast = FastSigner::new(&operator);
         let service = Arc::new(Self {
             gate,
             tracker,
-            operator: FastSigner::new(&operator),
-            domain,
+            signer: ReceiptSigner::start(fast.clone(), domain, metrics.clone()),
+            operator: fast,
             audit: AuditStore::new(
                 Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
                 config.audit_retention_mib << 20,
@@ -201,6 +205,11 @@ impl PaymentService {
         &self.settler
     }
 
+    /// The receipt signer (its signed batches go to validators by gossip).
+    pub fn receipt_signer(&self) -> &ReceiptSigner {
+        &self.signer
+    }
+
     /// The confirmation tracker settlement sends through (`head()` / `wait_head` say which blocks it has processed).
     pub fn tracker(&self) -> &ConfirmationTracker {
         &self.tracker
@@ -223,17 +232,20 @@ impl PaymentService {
         !forwarded && ((self.free_localhost && ip.is_loopback()) || self.free_for.contains(&ip))
     }
 
-    /// Check a job's voucher and reserve its price, `units` x `unit_price` (prices are per unit: a sample, a text);
-    /// a refusal is counted by reason.
+    /// Check a job's payment — a voucher, or the credit paid ahead on `channel` by `spender` (see [`gate`]) — and
+    /// reserve its price, `units` x `unit_price` (prices are per unit: a sample, a text); a refusal is counted by
+    /// reason.
     pub fn authorize(
         &self,
         voucher: Option<&WireVoucher>,
+        channel: Option<B256>,
+        spender: Option<B256>,
         unit_price: U256,
         units: u64,
     ) -> Result<Authorization, Box<PaymentRefusal>> {
         let price = unit_price.saturating_mul(U256::from(units));
         self.gate
-            .authorize(voucher, price)
+            .authorize(voucher, channel, spender, price)
             .map(|a| Authorization { units, ..a })
             .inspect_err(|r| self.metrics.refused.with_label_values(&[refusal_label(r)]).inc())
     }
@@ -243,32 +255,27 @@ impl PaymentService {
         self.gate.release(auth);
     }
 
-    /// The job succeeded: assign its job id, sign its receipt, charge it, record it, keep it for audits, and
-    /// flush the ledger (voucher, charge and job record) before returning: answer only once this returned `Ok`.
+    /// The job succeeded: assign its job id, have its receipt signed in a batch, charge it, record it and keep it
+    /// for audits. A job that brought a new voucher waits for the ledger flush (the voucher is durable before the
+    /// answer); the others' charges are group-committed without waiting. Answer only once this returned `Ok`; if it
+    /// fails or is dropped before it finishes, the job is not charged.
     pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
-        // Everything up to the flush is synchronous (it runs at the first poll, so a cancelled caller cannot stop
-        // it half-way); a caller cancelled during the flush leaves a charged, recorded job whose answer was lost.
-        let receipt = self.record(auth, done).inspect_err(|_| self.gate.release(auth))?;
-        self.gate.ledger().flush().await?;
-        Ok(receipt)
-    }
-
-    /// A job id unique to this node (DESIGN.md §3: ids are the node's, so no client can make two jobs share
-    /// a record): keccak of a random per-start salt and a counter.
-    fn next_job_id(&self) -> B256 {
-        let n = self.job_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        alloy::primitives::keccak256([self.job_salt.as_slice(), &n.to_be_bytes()].concat())
-    }
-
-    fn record(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
+        struct Hold<'a>(Option<(&'a Gate, &'a Authorization)>);
+        impl Drop for Hold<'_> {
+            fn drop(&mut self) {
+                if let Some((gate, auth)) = self.0.take() {
+                    gate.release(auth);
+                }
+            }
+        }
+        let mut hold = Hold(Some((&self.gate, auth)));
         let (input_hash, inputs, texts) = match done.input {
             JobInput::Tensors(t) => (tensors_hash(&t), t, Vec::new()),
             JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t),
         };
         let config = done.config;
-        let job_id = self.next_job_id();
         let receipt = Receipt {
-            jobId: job_id,
+            jobId: self.next_job_id(),
             modelId: B256::from(*config.sha256.as_bytes()),
             inputHash: input_hash,
             outputHash: tensors_hash(done.outputs),
@@ -277,22 +284,21 @@ impl PaymentService {
             channelId: auth.channel_id,
             issuedAt: gate::now_ms() / 1000,
         };
-        // A signing failure is the node's, not the client's: never an Sdk (client-input) error.
-        let signed = ReceiptMsg::sign_single(&receipt, self.operator.address(), &self.operator, &self.domain)
-            .map_err(|e| Error::Signing(e.to_string()))?;
-        self.gate.record(
-            auth,
-            &ledger::JobRecord {
-                job_id,
-                channel_id: auth.channel_id,
-                model_id: receipt.modelId,
-                input_hash: receipt.inputHash,
-                output_hash: receipt.outputHash,
-                price: auth.price,
-                voucher_amount: auth.amount,
-                at_ms: gate::now_ms(),
-            },
-        )?;
+        let job = ledger::JobRecord {
+            job_id: receipt.jobId,
+            channel_id: auth.channel_id,
+            model_id: receipt.modelId,
+            input_hash: receipt.inputHash,
+            output_hash: receipt.outputHash,
+            price: auth.price,
+            voucher_amount: auth.amount,
+            at_ms: gate::now_ms(),
+        };
+        let signed = self.signer.sign(receipt).await?;
+        // From here on synchronous up to the flush: a caller cancelled during the flush leaves a charged,
+        // recorded job whose answer was lost.
+        self.gate.record(auth, &job)?;
+        hold.0 = None;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
         self.audit.insert(AuditRecord {
@@ -303,7 +309,20 @@ impl PaymentService {
             texts,
             outputs: done.outputs.to_vec(),
         });
+        if auth.new_voucher {
+            self.metrics.vouchers_accepted.inc();
+            self.gate.ledger().flush().await?;
+        } else {
+            self.gate.ledger().commit_later();
+        }
         Ok(signed)
+    }
+
+    /// A job id unique to this node (DESIGN.md §3: ids are the node's, so no client can make two jobs share
+    /// a record): keccak of a random per-start salt and a counter.
+    fn next_job_id(&self) -> B256 {
+        let n = self.job_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        alloy::primitives::keccak256([self.job_salt.as_slice(), &n.to_be_bytes()].concat())
     }
 
     /// The test-only cheat (`payment.testing_corrupt_outputs`): shift every FP32 output by the configured delta.
@@ -457,6 +476,7 @@ fn refusal_label(r: &PaymentRefusal) -> &'static str {
         PaymentRefusal::OverDeposit { .. } => "over_deposit",
         PaymentRefusal::Expiring { .. } => "expiring",
         PaymentRefusal::Unsettleable { .. } => "unsettleable",
+        PaymentRefusal::NoCredit { .. } => "no_credit",
         PaymentRefusal::Unavailable { .. } => "unavailable",
     }
 }

@@ -215,10 +215,9 @@ impl Settler {
             }
             let vouchers: Vec<PaymentChannels::SignedVoucher> = batch
                 .iter()
-                .map(|e| PaymentChannels::SignedVoucher {
-                    channelId: e.channel_id,
-                    cumulativeAmount: e.best_amount,
-                    signature: Bytes::copy_from_slice(&e.best_signature),
+                .map(|e| {
+                    let (r, vs) = mlbridge_sdk::voucher::compact(&e.best_signature);
+                    PaymentChannels::SignedVoucher { channelId: e.channel_id, cumulativeAmount: e.best_amount, r, vs }
                 })
                 .collect();
             let tx = contract.redeemMany(vouchers).into_transaction_request();
@@ -311,6 +310,11 @@ impl Settler {
             at_ms: now_ms(),
         };
         for log in receipt.inner.logs() {
+            // The fee is the batch's (one fee on the total); the amounts are per channel.
+            if let Ok(b) = log.log_decode::<PaymentChannels::BatchRedeemed>() {
+                record.protocol_fee += b.inner.data.fee;
+                continue;
+            }
             let Ok(e) = log.log_decode::<PaymentChannels::Redeemed>() else { continue };
             let e = e.inner.data;
             if let Some(entry) = batch.iter().find(|b| b.channel_id == e.channelId) {
@@ -318,7 +322,6 @@ impl Settler {
             }
             record.channels += 1;
             record.amount += e.amount;
-            record.protocol_fee += e.fee;
             self.gate.mark_redeemed(&e.channelId, e.cumulativeAmount, block)?;
         }
         self.gate.ledger().put_settlement(&record)?;

@@ -111,7 +111,6 @@ pub async fn payer(chain: &Chain, key: usize, store: &Path, max_spend: u128) -> 
         policy: PaymentPolicy {
             max_spend: U256::from(max_spend),
             deposit: U256::from(ETHER / 1000),
-            reserve_ahead: 4,
             ..PaymentPolicy::default()
         },
         confirmations: 3,

@@ -269,6 +269,7 @@ async fn bad_peers_are_refused_and_banned_while_others_are_served() {
         model: ModelRef { name: "mlp-tiny".into(), version: None, id: None },
         inputs: mlp_input(0.0),
         voucher: None,
+        channel: None,
         queue_timeout_ms: None,
     });
     match good.send_to(peer(&node), req).await.unwrap() {
@@ -394,6 +395,7 @@ async fn request_rate_is_bounded_per_peer() {
             model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
             inputs: mlp_input(0.0),
             voucher: None,
+            channel: None,
             queue_timeout_ms: None,
         })
     };
@@ -433,6 +435,7 @@ async fn an_unreachable_node_fails_in_the_connect_phase() {
         model: ModelRef { name: "mlp-tiny".into(), version: None, id: None },
         inputs: mlp_input(0.0),
         voucher: None,
+        channel: None,
         queue_timeout_ms: None,
     });
     let err = c.send_to(PeerId::random(), req).await.unwrap_err();

@@ -45,7 +45,7 @@ async fn redeemed(chain: &Chain, channel: B256) -> U256 {
     U256::from(pc.getChannel(channel).call().await.unwrap().redeemed)
 }
 
-/// Run `n` paid mlp-tiny jobs with `concurrency` tasks; returns jobs per node and the highest voucher per channel.
+/// Run `n` paid mlp-tiny jobs with `concurrency` tasks; returns jobs per node and the prices answered per channel.
 async fn paid_load(c: &Client, n: usize, concurrency: usize) -> (HashMap<PeerId, usize>, HashMap<B256, U256>) {
     let seen = Arc::new(std::sync::Mutex::new((HashMap::new(), HashMap::new())));
     let next = Arc::new(AtomicUsize::new(0));
@@ -55,12 +55,11 @@ async fn paid_load(c: &Client, n: usize, concurrency: usize) -> (HashMap<PeerId,
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < n {
                 let out = c.infer("mlp-tiny", Some(1), input(0.25)).await.unwrap();
-                let v = out.paid.expect("a paid job carries its voucher");
+                let p = out.paid.expect("a paid job says how it was paid");
                 assert!(out.response.receipt.is_some(), "a paid answer carries the receipt");
                 let mut s = seen.lock().unwrap();
                 *s.0.entry(out.node).or_default() += 1;
-                let best = s.1.entry(v.channel_id).or_insert(U256::ZERO);
-                *best = (*best).max(v.cumulative_amount);
+                *s.1.entry(p.channel_id).or_insert(U256::ZERO) += p.price;
             }
         }));
     }
@@ -92,13 +91,20 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     let before = [chain.balance(op_a).await, chain.balance(op_b).await, chain.balance(rewards).await];
 
     // The payer opens one channel to each operator by itself (policy: up to 1 ETH), then pays every job.
-    let (per_node, best) = paid_load(&c, 1000, 8).await;
+    let (per_node, answered) = paid_load(&c, 1000, 8).await;
     assert_eq!(per_node.values().sum::<usize>(), 1000);
     assert!(per_node[&peer(&a)] >= 300 && per_node[&peer(&b)] >= 300, "round robin spreads: {per_node:?}");
     assert_eq!(payer.store().list().len(), 2, "one channel per node");
     let heard = receipts.lock().unwrap().clone();
     assert!(!heard.is_empty(), "receipts are gossiped to validators");
     assert!(heard.iter().all(|r| r.verify(&chain.deployment.domain()) && (r.node() == op_a || r.node() == op_b)));
+    assert!(heard.iter().any(|r| r.batch.count > 1), "receipts are signed and gossiped by batch");
+    let text = metrics_text(&a).await;
+    let (vouchers, paid_jobs) =
+        (metric(&text, "mlbridge_vouchers_accepted_total"), metric(&text, "mlbridge_paid_jobs_total"));
+    assert!(vouchers * 10.0 < paid_jobs, "most jobs drew on credit paid ahead: {vouchers} vouchers, {paid_jobs} jobs");
+    let signatures = metric(&text, "mlbridge_receipt_batches_total");
+    assert!(signatures < paid_jobs, "receipts share signatures: {signatures} batches for {paid_jobs} jobs");
 
     let mut gas = 0u64;
     let mut gas_cost = [U256::ZERO; 2];
@@ -115,11 +121,15 @@ async fn a_thousand_paid_jobs_on_two_nodes_are_settled_on_chain() {
     for (i, (node, op)) in [(&a, op_a), (&b, op_b)].into_iter().enumerate() {
         let channel = payer.store().list().into_iter().find(|c| c.payee == op).unwrap().channel_id;
         let due = U256::from(PRICE) * U256::from(per_node[&peer(node)] as u64);
-        assert_eq!(redeemed(&chain, channel).await, due, "on chain: the sum of the prices of this node's jobs");
-        assert_eq!(best[&channel], due, "the client's highest voucher is exactly what was redeemed");
+        assert_eq!(answered[&channel], due);
+        let paid = redeemed(&chain, channel).await;
+        let signed = payer.store().get(&channel).unwrap().signed;
+        assert_eq!(paid, signed, "on chain: the client's highest voucher");
+        // Paid ahead by at most one credit window (256 jobs at this price, the default cap).
+        assert!(paid >= due && paid - due <= U256::from(256 * PRICE), "{paid} for {due} answered");
         let received = chain.balance(op).await + gas_cost[i] - before[i];
-        assert_eq!(received, due - fee(due), "the operator got the prices minus the protocol fee");
-        fees += fee(due);
+        assert_eq!(received, paid - fee(paid), "the operator got the redeemed total minus the protocol fee");
+        fees += fee(paid);
     }
     assert_eq!(chain.balance(rewards).await - before[2], fees, "ValidatorRewards received the fees");
     println!(
@@ -188,7 +198,7 @@ fn listen_for_receipts(node: libp2p::Multiaddr) -> Arc<std::sync::Mutex<Vec<mlbr
     use futures::StreamExt;
     use libp2p::gossipsub::{self, IdentTopic};
     use mlbridge_sdk::net::{BehaviourEvent, build_swarm};
-    use mlbridge_sdk::protocol::{MAX_GOSSIP_BYTES, RECEIPTS_TOPIC, ReceiptMsg, decode};
+    use mlbridge_sdk::protocol::{MAX_GOSSIP_BYTES, RECEIPTS_TOPIC, ReceiptBatchGossip, decode};
     let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
     let net = NetConfig { listen: vec![], mdns: false, heartbeat: Duration::from_millis(100), ..NetConfig::default() };
     let mut swarm = build_swarm(libp2p::identity::Keypair::generate_ed25519(), &net).unwrap();
@@ -203,8 +213,9 @@ fn listen_for_receipts(node: libp2p::Multiaddr) -> Arc<std::sync::Mutex<Vec<mlbr
                 propagation_source,
             })) = swarm.select_next_some().await
             {
-                if let Ok(r) = decode::<ReceiptMsg>(&message.data, MAX_GOSSIP_BYTES) {
-                    out.lock().unwrap().push(r);
+                // Receipts travel by batch: every receipt of the message, with its proof.
+                if let Ok(g) = decode::<ReceiptBatchGossip>(&message.data, MAX_GOSSIP_BYTES) {
+                    out.lock().unwrap().extend(g.receipts().expect("the leaves build the signed root"));
                 }
                 let accept = gossipsub::MessageAcceptance::Accept;
                 let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(
@@ -224,12 +235,18 @@ fn next_job_id() -> B256 {
 }
 
 fn request(voucher: Option<WireVoucher>) -> Request {
+    request_on(voucher, None)
+}
+
+/// A job paid by `voucher`, or drawing on the credit of `channel`.
+fn request_on(voucher: Option<WireVoucher>, channel: Option<B256>) -> Request {
     Request::Infer(InferRequest {
         version: WIRE_VERSION,
         job_id: next_job_id(),
         model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
         inputs: input(0.5),
         voucher,
+        channel,
         queue_timeout_ms: None,
     })
 }
@@ -257,7 +274,11 @@ async fn wait_confirmed(node: &RunningNode, channel: B256) {
 }
 
 async fn refusal(c: &Client, node: &RunningNode, v: Option<WireVoucher>) -> PaymentRefusal {
-    match c.send_to(peer(node), request(v)).await.unwrap() {
+    refusal_of(c, node, request(v)).await
+}
+
+async fn refusal_of(c: &Client, node: &RunningNode, request: Request) -> PaymentRefusal {
+    match c.send_to(peer(node), request).await.unwrap() {
         Response::Error(e) if e.kind == ErrorKind::Payment => e.payment.expect("a typed payment refusal"),
         other => panic!("expected a payment refusal, got {other:?}"),
     }
@@ -335,6 +356,37 @@ async fn bad_payments_are_refused_with_typed_errors_and_nothing_runs() {
     let text = metrics_text(&node).await;
     assert_eq!(metric(&text, "mlbridge_payments_refused_total{reason=\"replayed\"}"), 1.0);
     assert_eq!(metric(&text, "mlbridge_paid_jobs_total"), 2.0);
+
+    // Payment intervals: a voucher paying ahead for 3 jobs (5 x the price, 2 charged), then jobs with no voucher
+    // drawing on its credit — only from the peer that brought it.
+    let ok = |r: Response| matches!(r, Response::Infer(ref a) if a.receipt.is_some());
+    let ahead = voucher(&payer, &chain, ours, 5 * PRICE);
+    assert!(ok(c.send_to(peer(&node), request(Some(ahead.clone()))).await.unwrap()));
+    let stranger = client(&node, Strategy::RoundRobin).await;
+    let credit_only = || request_on(None, Some(ours));
+    assert!(
+        matches!(refusal_of(&stranger, &node, credit_only()).await, PaymentRefusal::NoCredit { .. }),
+        "another peer cannot spend the credit"
+    );
+    assert!(
+        matches!(refusal_of(&stranger, &node, request(Some(ahead))).await, PaymentRefusal::Replayed { .. }),
+        "nor by showing the voucher that paid it (it may have been seen on chain)"
+    );
+    for _ in 0..2 {
+        assert!(ok(c.send_to(peer(&node), credit_only()).await.unwrap()), "credit paid ahead covers the job");
+    }
+    assert!(
+        matches!(refusal_of(&c, &node, credit_only()).await, PaymentRefusal::NoCredit { needed, .. } if needed == U256::from(6 * PRICE)),
+        "the credit is used up after 3 jobs"
+    );
+    let entry = gate.ledger().channel(&ours).unwrap().unwrap();
+    assert_eq!((entry.jobs, entry.best_amount, entry.charged), (5, U256::from(5 * PRICE), U256::from(5 * PRICE)));
+    // A new voucher brought by the stranger moves the credit to it (only the payer can sign one).
+    let moved = voucher(&payer, &chain, ours, 7 * PRICE);
+    assert!(ok(stranger.send_to(peer(&node), request(Some(moved))).await.unwrap()));
+    assert!(ok(stranger.send_to(peer(&node), credit_only()).await.unwrap()));
+    assert!(matches!(refusal_of(&c, &node, credit_only()).await, PaymentRefusal::NoCredit { .. }));
+    assert_eq!(inferences(), 7, "only paid jobs ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,14 +401,16 @@ async fn inference_goes_on_through_an_rpc_outage_and_settlement_catches_up() {
     paid_load(&c, 50, 4).await;
 
     proxy.set_down(true);
-    let (_, best) = paid_load(&c, 100, 4).await; // the node only sees a dead RPC now
+    let (_, answered) = paid_load(&c, 100, 4).await; // the node only sees a dead RPC now
     let settle = node.payments.as_ref().unwrap().settler();
     assert!(settle.settle_now().await.is_err(), "no settlement without the chain");
     proxy.set_down(false);
     let report = settle.settle_now().await.unwrap();
-    let channel = *best.keys().next().unwrap();
+    let channel = *answered.keys().next().unwrap();
     assert_eq!(report.transactions.iter().map(|t| t.jobs).sum::<u64>(), 150);
-    assert_eq!(redeemed(&chain, channel).await, U256::from(150 * PRICE));
+    let paid = redeemed(&chain, channel).await;
+    assert_eq!(paid, payer.store().get(&channel).unwrap().signed, "the highest voucher, redeemed");
+    assert!(paid >= U256::from(150 * PRICE));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,8 +421,9 @@ async fn a_reorged_redemption_ends_confirmed_once() {
     let payer = payer(&chain, 3, store.path(), ETHER).await;
     let c = client(&node, Strategy::RoundRobin).await.with_payer(payer.clone());
     c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await.unwrap();
-    let (_, best) = paid_load(&c, 20, 2).await;
-    let channel = *best.keys().next().unwrap();
+    let (_, answered) = paid_load(&c, 20, 2).await;
+    let channel = *answered.keys().next().unwrap();
+    let signed = payer.store().get(&channel).unwrap().signed;
 
     chain.mining(false);
     let settler = node.payments.as_ref().unwrap().settler().clone();
@@ -381,7 +436,7 @@ async fn a_reorged_redemption_ends_confirmed_once() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(redeemed(&chain, channel).await, U256::from(20 * PRICE), "mined once");
+    assert_eq!(redeemed(&chain, channel).await, signed, "mined once");
     // The tracker has processed the block holding the redemption (recorded the inclusion) before it is replaced.
     let mined = p.get_block_number().await.unwrap();
     node.payments.as_ref().unwrap().tracker().wait_head(mined).await.unwrap();
@@ -389,7 +444,7 @@ async fn a_reorged_redemption_ends_confirmed_once() {
     chain.mining(true);
     let report = tokio::time::timeout(Duration::from_secs(30), settling).await.unwrap().unwrap().unwrap();
     assert_eq!(report.transactions.len(), 1, "one confirmed redemption");
-    assert_eq!(redeemed(&chain, channel).await, U256::from(20 * PRICE), "paid exactly once after the reorg");
+    assert_eq!(redeemed(&chain, channel).await, signed, "paid exactly once after the reorg");
     let text = metrics_text(&node).await;
     assert!(metric(&text, "mlbridge_chain_tx_reorged_total{kind=\"redeem\"}") >= 1.0, "the tracker saw the reorg");
     assert_eq!(metric(&text, "mlbridge_chain_tx_confirmed_total{kind=\"redeem\"}"), 1.0);
@@ -469,6 +524,45 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     assert!(resp.text().await.unwrap().contains("max_texts_per_request"));
     assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 4, "the refused request cost nothing");
 
+    // Pay ahead over HTTP: a voucher for 4 more jobs, brought with a secret credit key; then requests with no
+    // voucher naming the channel and the key draw on the credit, and nothing else does.
+    use mlbridge_node::api::pay::{CHANNEL_HEADER, CREDIT_KEY_HEADER};
+    let paid_so_far = paid_so_far + 40_000_000_000_000;
+    let key = hex::encode([0x5a; 32]);
+    let credit = |key: Option<&str>| {
+        let mut req = http
+            .post(url(&node, "/v2/models/mlp-tiny/versions/1/infer"))
+            .header(CHANNEL_HEADER, channel.to_string())
+            .json(&mlp_request(1, 0.5));
+        if let Some(k) = key {
+            req = req.header(CREDIT_KEY_HEADER, k);
+        }
+        req.send()
+    };
+    let ahead = voucher(&payer, &chain, channel, paid_so_far + 4 * PRICE);
+    let resp = http
+        .post(url(&node, "/v2/models/mlp-tiny/versions/1/infer"))
+        .header(VOUCHER_HEADER, voucher_header(&ahead))
+        .header(CREDIT_KEY_HEADER, &key)
+        .json(&mlp_request(1, 0.5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(credit(None).await.unwrap().status().as_u16(), 402, "no credit key: no credit");
+    assert_eq!(credit(Some(&hex::encode([0x5b; 32]))).await.unwrap().status().as_u16(), 402, "another key: none");
+    for _ in 0..3 {
+        let resp = credit(Some(&key)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "the credit paid ahead covers it");
+        let receipt: serde_json::Value =
+            serde_json::from_str(resp.headers()[RECEIPT_HEADER].to_str().unwrap()).unwrap();
+        assert_eq!(receipt["channel_id"], channel.to_string(), "charged to the channel");
+    }
+    let resp = credit(Some(&key)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 402, "the credit is used up after 4 jobs");
+    assert!(resp.text().await.unwrap().contains("attach a voucher"));
+    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 8);
+
     // The operator's own use: a node configured free for localhost serves without a voucher.
     let free = start_node(|c| {
         paid(c, &chain, &chain.url(), 2, l2.path());
@@ -530,11 +624,10 @@ async fn a_channel_its_payer_closes_is_redeemed_before_the_close_window_ends() {
     assert_eq!(redeemed(&chain, channel).await, U256::from(10 * PRICE), "redeemed once the close started");
 }
 
-/// A voucher the contract refuses without naming a channel (here a `v` of 0 that an older node accepted) must not
-/// stop settlement: the bad channel is found by simulating each voucher, marked and refused new work, and every
-/// other channel is redeemed.
+/// A voucher the contract refuses (here a `v` of 0 that an older node accepted) must not stop settlement: the bad
+/// channel is named by the refusal, marked and refused new work, and every other channel is redeemed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
+async fn a_voucher_the_contract_refuses_does_not_stop_settlement() {
     let chain = Chain::start().await;
     let ledger = tempfile::tempdir().unwrap();
     let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
@@ -567,7 +660,7 @@ async fn a_voucher_the_contract_refuses_anonymously_does_not_stop_settlement() {
     assert_eq!(redeemed(&chain, good).await, U256::from(3 * PRICE), "the good channel is paid");
     assert_eq!(redeemed(&chain, bad).await, U256::ZERO);
     let entry = gate.ledger().channel(&bad).unwrap().unwrap();
-    assert!(entry.failed.as_deref().is_some_and(|r| r.contains("ECDSA")), "{entry:?}");
+    assert!(entry.failed.as_deref().is_some_and(|r| r.contains("signed by")), "{entry:?}");
     assert!(!entry.failed_permanently, "retried every round");
     let refused = refusal(&c, &node, Some(voucher(&payer, &chain, bad, 3 * PRICE))).await;
     assert!(matches!(refused, PaymentRefusal::Unsettleable { .. }), "no more work on it: {refused}");

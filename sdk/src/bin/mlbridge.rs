@@ -403,9 +403,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "batch_signature": format!("0x{}", hex::encode(r.batch.signature)),
                 })
             });
-            let paid = out.paid.as_ref().map(
-                |v| serde_json::json!({ "channel": v.channel_id, "cumulative_wei": v.cumulative_amount.to_string() }),
-            );
+            let paid = out.paid.as_ref().map(|p| {
+                serde_json::json!({
+                    "channel": p.channel_id, "price_wei": p.price.to_string(),
+                    "signed_wei": c.payer().and_then(|x| x.store().get(&p.channel_id)).map(|c| c.signed.to_string()),
+                    // Null when the job drew on credit paid ahead by an earlier voucher.
+                    "voucher_cumulative_wei": p.voucher.as_ref().map(|v| v.cumulative_amount.to_string()),
+                })
+            });
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({

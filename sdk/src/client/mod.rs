@@ -7,11 +7,15 @@
 //! node tries the next one (each request is answered once; client mistakes are returned at once, not retried).
 //! [`Client::offer`] is the open market: gossip a [`JobOffer`], collect [`Bid`]s, send the job to the best one.
 //!
-//! With a [`Payer`] ([`Client::with_payer`]) every request to a node that charges for the model carries a voucher
-//! for the advertised price, and every answer must carry the node's receipt for exactly this job (job id, model,
-//! input and output hashes, price, the advertised operator's signature); otherwise the answer is refused. A refusal
-//! before any work gives the voucher's amount back; an unconfirmed channel is retried on the same node for a while.
+//! With a [`Payer`] ([`Client::with_payer`]) every request to a node that charges for the model is paid at the
+//! advertised price: from the credit paid ahead on a channel to the node, or with a voucher paying ahead for the
+//! channel's credit window (DESIGN.md §3, payment intervals). Every answer must carry the node's receipt for exactly
+//! this job (job id, model, input and output hashes, price, channel) proving into a batch the advertised operator
+//! signed (each batch signature is checked once, see [`receipts`]); otherwise the answer is refused. Each outcome is
+//! reported to the payer, so its window follows what the node earned; an unconfirmed channel is retried on the same
+//! node for a while, and a node that lost the last voucher gets it again.
 
+mod receipts;
 mod routing;
 
 use std::collections::HashMap;
@@ -28,6 +32,8 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub use receipts::MAX_RECEIPT_SKEW_SECS;
+use receipts::{BatchCache, Job, check_receipt};
 pub use routing::Strategy;
 use routing::{Candidate, Measured, Router};
 
@@ -35,8 +41,8 @@ use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addres
 use crate::payment::{Payer, Payment};
 use crate::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
-    MAX_GOSSIP_BYTES, ModelRef, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic, tensors_hash,
-    texts_hash,
+    MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, Request, Response, WIRE_VERSION, WireVoucher, decode, encode,
+    jobs_topic, tensors_hash, texts_hash,
 };
 use crate::{Error, ModelId, Result, Tensor};
 
@@ -124,8 +130,8 @@ pub struct InferOutcome {
     pub response: InferResponse,
     /// Nodes tried (1 = no failover).
     pub attempts: usize,
-    /// The voucher that paid for it (paid jobs).
-    pub paid: Option<WireVoucher>,
+    /// How it was paid (paid jobs): the channel, the price, and the voucher if the job carried one.
+    pub paid: Option<Payment>,
 }
 
 /// The result of an open-market job.
@@ -188,6 +194,7 @@ pub struct Client {
     peer_id: PeerId,
     config: ClientConfig,
     payer: Option<Arc<Payer>>,
+    batches: Arc<BatchCache>,
 }
 
 impl Client {
@@ -237,7 +244,7 @@ impl Client {
             gossip: config.gossip.clone(),
         };
         tokio::spawn(actor.run());
-        Ok(Self { commands, peer_id, config, payer: None })
+        Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)) })
     }
 
     /// Pay for every job with `payer` (vouchers on its channels; receipts verified).
@@ -303,13 +310,14 @@ impl Client {
         let queue_ms = self.config.queue_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32);
         let input_hash = tensors_hash(&inputs);
         let units = units_of(&inputs);
-        self.with_failover(model, version, Job { input_hash, units }, move |job_id, voucher| {
+        self.with_failover(model, version, Job { input_hash, units }, move |job_id, voucher, channel| {
             Request::Infer(InferRequest {
                 version: WIRE_VERSION,
                 job_id,
                 model: model_ref.clone(),
                 inputs: inputs.clone(),
                 voucher,
+                channel,
                 queue_timeout_ms: queue_ms,
             })
         })
@@ -320,13 +328,14 @@ impl Client {
     pub async fn embed(&self, model: &str, version: Option<u64>, texts: Vec<String>) -> Result<InferOutcome> {
         let model_ref = ModelRef { name: model.to_owned(), version, id: None };
         let job = Job { input_hash: texts_hash(&texts), units: texts.len().max(1) as u64 };
-        self.with_failover(model, version, job, move |job_id, voucher| {
+        self.with_failover(model, version, job, move |job_id, voucher, channel| {
             Request::Embed(EmbedRequest {
                 version: WIRE_VERSION,
                 job_id,
                 model: model_ref.clone(),
                 texts: texts.clone(),
                 voucher,
+                channel,
             })
         })
         .await
@@ -337,7 +346,7 @@ impl Client {
         model: &str,
         version: Option<u64>,
         job: Job,
-        make: impl Fn(B256, Option<WireVoucher>) -> Request,
+        make: impl Fn(B256, Option<WireVoucher>, Option<B256>) -> Request,
     ) -> Result<InferOutcome> {
         let mut exclude = Vec::new();
         let mut last = Error::NoNodes { model: model.to_owned() };
@@ -374,46 +383,70 @@ impl Client {
         Err(last)
     }
 
-    /// One job on one node: pay (if it charges), send, check the answer and its receipt.
+    /// One job on one node: pay (if it charges), send, check the answer and its receipt, and tell the payer how it
+    /// went.
     async fn run_on(
         &self,
         picked: Picked,
         job_id: B256,
         job: Job,
-        make: &impl Fn(B256, Option<WireVoucher>) -> Request,
-    ) -> Result<(InferResponse, Option<WireVoucher>)> {
+        make: &impl Fn(B256, Option<WireVoucher>, Option<B256>) -> Request,
+    ) -> Result<(InferResponse, Option<Payment>)> {
         let peer = picked.peer;
         // Prices are per unit (a sample, a text): the job costs units x the advertised price, known before sending.
         let price = picked
             .price
             .checked_mul(U256::from(job.units))
             .ok_or_else(|| Error::Network(format!("the price of {} units overflows", job.units)))?;
-        // An unconfirmed channel (just opened) becomes acceptable within a few blocks: wait for it on this node.
+        let payer = self.payer.as_deref().filter(|_| !price.is_zero());
         let mut waits = 0;
+        let mut next: Option<Payment> = None;
+        let mut recoveries = 0;
         loop {
-            let payment = match &self.payer {
-                Some(payer) if !price.is_zero() => Some(payer.pay(picked.operator, price).await?),
-                _ => None,
+            let payment = match (payer, next.take()) {
+                (Some(_), Some(p)) => Some(p),
+                (Some(payer), None) => Some(payer.pay(picked.operator, price).await?),
+                (None, _) => None,
             };
-            let voucher = payment.as_ref().map(|p| p.voucher.clone());
-            let response = self.send_to(peer, make(job_id, voucher)).await?;
-            let give_back = |p: &Option<Payment>| {
-                if let (Some(payer), Some(p)) = (&self.payer, p) {
-                    payer.give_back(p);
-                }
+            // Whatever happens to this attempt (a dropped future included) is reported to the payer.
+            let mut held = Held { payer, payment: payment.as_ref(), outcome: Outcome::Lost };
+            let (voucher, channel) = match &payment {
+                Some(p) => (p.voucher.clone(), Some(p.channel_id)),
+                None => (None, None),
             };
+            let response = self.send_to(peer, make(job_id, voucher, channel)).await?;
             return match response {
                 Response::Infer(r) => {
-                    if let (Some(payer), Some(p)) = (&self.payer, &payment) {
-                        check_receipt(payer, p, &r, job_id, job, picked.operator)
+                    if let (Some(payer), Some(p)) = (payer, &payment) {
+                        check_receipt(&self.batches, payer.domain(), p, &r, job_id, job, picked.operator)
                             .map_err(|reason| Error::BadReceipt { peer: peer.to_string(), reason })?;
                     }
-                    Ok((*r, payment.map(|p| p.voucher)))
+                    held.outcome = Outcome::Answered;
+                    drop(held);
+                    Ok((*r, payment))
                 }
                 Response::Error(e) => {
                     // Every typed error is answered before the job is charged.
-                    give_back(&payment);
+                    held.outcome = Outcome::Refused;
+                    drop(held);
                     match e.payment {
+                        // The node lacks credit this payer counted on (a voucher it never got, or credit an earlier
+                        // process of ours spent): first the last voucher again, which costs nothing new; then a
+                        // fresh voucher for the window.
+                        Some(
+                            PaymentRefusal::NoCredit { .. }
+                            | PaymentRefusal::Replayed { .. }
+                            | PaymentRefusal::BelowAccepted { .. },
+                        ) if recoveries < 2 && payer.is_some() => {
+                            recoveries += 1;
+                            if let (Some(payer), Some(p)) = (payer, &payment) {
+                                next = if p.voucher.is_none() { payer.resend(p) } else { None };
+                                if next.is_none() {
+                                    payer.forget_credit(p);
+                                }
+                            }
+                            continue;
+                        }
                         Some(refusal) if refusal.is_transient() && waits < 40 => {
                             waits += 1;
                             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -518,13 +551,14 @@ impl Client {
         let job = Job { input_hash: tensors_hash(&inputs), units: units_of(&inputs) };
         let model = bid.model.clone();
         let (response, paid) = self
-            .run_on(picked, job_id, job, &move |job_id, voucher| {
+            .run_on(picked, job_id, job, &move |job_id, voucher, channel| {
                 Request::Infer(InferRequest {
                     version: WIRE_VERSION,
                     job_id,
                     model: model.clone(),
                     inputs: inputs.clone(),
                     voucher,
+                    channel,
                     queue_timeout_ms: queue_ms,
                 })
             })
@@ -533,49 +567,34 @@ impl Client {
     }
 }
 
-/// How far a receipt's `issued_at` may be from the client's clock. A backdated receipt could already be beyond the
-/// audit window (unchallengeable); a receipt dated ahead only extends the node's own exposure, but is refused too.
-pub const MAX_RECEIPT_SKEW_SECS: u64 = 300;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// How one attempt of a paid job ended, for the payer's credit window.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Answered with a valid receipt.
+    Answered,
+    /// Refused before any work.
+    Refused,
+    /// Anything else: the node may have charged it.
+    Lost,
 }
 
-/// A paid answer must carry the node's receipt for exactly this job.
-fn check_receipt(
-    payer: &Payer,
-    payment: &Payment,
-    r: &InferResponse,
-    job_id: B256,
-    job: Job,
-    operator: alloy::primitives::Address,
-) -> std::result::Result<(), String> {
-    let input_hash = job.input_hash;
-    let Some(receipt) = &r.receipt else { return Err("a paid answer without a receipt".into()) };
-    let checks = [
-        // The job id is the node's (unique per node); the answer echoes ours.
-        (r.job_id == job_id, "an answer to another request"),
-        (receipt.model_id == B256::from(*r.model_id.as_bytes()), "another model id than the answer"),
-        (receipt.input_hash == input_hash, "another input hash than our inputs"),
-        (receipt.output_hash == tensors_hash(&r.outputs), "another output hash than the outputs"),
-        (receipt.price == payment.price, "another price than advertised"),
-        (receipt.units == U256::from(job.units), "another number of units than we sent"),
-        (receipt.channel_id == payment.voucher.channel_id, "another channel than the one we paid on"),
-        (receipt.node() == operator, "another node than the advert's operator"),
-        (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
-        (receipt.verify(payer.domain()), "a proof or batch signature that is not the node's"),
-    ];
-    match checks.iter().find(|(ok, _)| !ok) {
-        Some((_, what)) => Err(format!("the receipt names {what}")),
-        None => Ok(()),
+/// A payment in flight; reports its outcome to the payer when dropped (a cancelled request counts as lost).
+struct Held<'a> {
+    payer: Option<&'a Payer>,
+    payment: Option<&'a Payment>,
+    outcome: Outcome,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let (Some(payer), Some(p)) = (self.payer, self.payment) {
+            match self.outcome {
+                Outcome::Answered => payer.answered(p),
+                Outcome::Refused => payer.refused(p),
+                Outcome::Lost => payer.lost(p),
+            }
+        }
     }
-}
-
-/// What a job is, for payment and receipt checks: its input hash and its priced units.
-#[derive(Clone, Copy, Debug)]
-struct Job {
-    input_hash: B256,
-    units: u64,
 }
 
 /// Priced units of a tensor job: its samples (the batch dimension of the first input).
@@ -737,7 +756,11 @@ impl Actor {
                 } else {
                     let first = !self.dialling.contains_key(&peer);
                     self.dialling.entry(peer).or_default().push(reply);
-                    if first && let Err(e) = self.swarm.dial(peer) {
+                    if first
+                        && let Err(e) = self.swarm.dial(peer)
+                        // A dial already under way (the bootstrap's, say) connects this peer too: wait for it.
+                        && !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_))
+                    {
                         for w in self.dialling.remove(&peer).unwrap_or_default() {
                             let _ = w.send(Err(e.to_string()));
                         }

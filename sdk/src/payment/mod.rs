@@ -3,14 +3,16 @@
 //! A [`Payer`] holds the payer key, its durable [`VoucherStore`], a transaction sender and a confirmation tracker.
 //! - Channel life: [`Payer::open_channel`] (waits for N confirmations, reporting [`TxProgress`] for a progress bar),
 //!   [`Payer::top_up`], [`Payer::close`] (starts the close window) and [`Payer::withdraw`] (takes the rest back).
-//! - Per job: [`Payer::pay`] picks a channel to the node's operator, takes the next cumulative amount (reserved on
-//!   disk first, so a restarted payer never signs a lower or conflicting amount) and signs the EIP-712 voucher.
-//!   When no channel covers the price and the [`PaymentPolicy`] allows it, it opens or tops one up itself, never
-//!   depositing more than `max_spend` in total. A job the node refused before working is given back
-//!   ([`Payer::give_back`]).
+//! - Per job: [`Payer::pay`] picks a channel to the node's operator and, when the credit already signed ahead on it
+//!   does not cover the job, signs an EIP-712 voucher paying ahead for the channel's credit window (see [`credit`];
+//!   the amount is on disk first, so a restarted payer never signs a lower or conflicting amount). Most jobs go with
+//!   no voucher at all. When no channel covers the price and the [`PaymentPolicy`] allows it, it opens or tops one
+//!   up itself, never depositing more than `max_spend` in total. Each job's outcome is reported back
+//!   ([`Payer::answered`], [`Payer::refused`], [`Payer::lost`]) so the window follows what the node earned.
 //!
 //! The network client ([`crate::client::Client`]) calls these for every paid request and verifies the receipt.
 
+pub mod credit;
 mod store;
 
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
 use tokio::sync::{Mutex, watch};
 
+pub use credit::{Credit, CreditLimits};
 pub use store::{ChannelRecord, VoucherStore};
 
 use crate::chain::bindings::PaymentChannels;
@@ -43,8 +46,17 @@ pub struct PaymentPolicy {
     pub channel_lifetime: Duration,
     /// A channel this close to its expiry (or closing) is not used for new jobs.
     pub expiry_margin: Duration,
-    /// Prices reserved per disk write of the voucher store (see [`VoucherStore`]).
-    pub reserve_ahead: u64,
+    /// Most wei paid ahead of the answered jobs on one channel (the credit window's cap).
+    pub max_credit_wei: U256,
+    /// Most jobs paid ahead on one channel (the credit window's cap, at the job's price).
+    pub max_credit_jobs: u64,
+}
+
+impl PaymentPolicy {
+    /// The credit window's caps.
+    pub fn credit_limits(&self) -> CreditLimits {
+        CreditLimits { max_wei: self.max_credit_wei, max_jobs: self.max_credit_jobs }
+    }
 }
 
 impl Default for PaymentPolicy {
@@ -54,7 +66,8 @@ impl Default for PaymentPolicy {
             deposit: U256::from(10u64).pow(U256::from(16u64)), // 0.01 ETH
             channel_lifetime: Duration::from_secs(7 * 24 * 3600),
             expiry_margin: Duration::from_secs(3600),
-            reserve_ahead: 16,
+            max_credit_wei: U256::from(10u64).pow(U256::from(15u64)), // 0.001 ETH
+            max_credit_jobs: 256,
         }
     }
 }
@@ -99,15 +112,25 @@ pub enum TxProgress {
     },
 }
 
-/// One job's payment.
+/// One job's payment: the channel it is charged to, and the voucher to attach when the credit signed ahead did not
+/// cover it. Report its outcome with [`Payer::answered`], [`Payer::refused`] or [`Payer::lost`].
 #[derive(Clone, Debug)]
 pub struct Payment {
     /// The node operator paid.
     pub payee: Address,
     /// The job's price.
     pub price: U256,
-    /// The signed voucher.
-    pub voucher: WireVoucher,
+    /// The channel charged.
+    pub channel_id: B256,
+    /// A voucher paying ahead, when the job needs one.
+    pub voucher: Option<WireVoucher>,
+}
+
+/// A channel's credit in this process, and the last voucher signed on it (sent again if the node lost it).
+#[derive(Debug)]
+struct Line {
+    credit: Credit,
+    last: Option<WireVoucher>,
 }
 
 /// The payer. Share it behind an `Arc`.
@@ -124,6 +147,7 @@ pub struct Payer {
     store: VoucherStore,
     config: PayerConfig,
     funding: Mutex<U256>,
+    lines: std::sync::Mutex<std::collections::HashMap<B256, Line>>,
 }
 
 fn now_secs() -> u64 {
@@ -144,7 +168,7 @@ impl Payer {
             ..TrackerConfig::default()
         };
         let tracker = ConfirmationTracker::spawn(provider.clone(), tracker_config, None);
-        let store = VoucherStore::open(&config.store, config.policy.reserve_ahead)?;
+        let store = VoucherStore::open(&config.store)?;
         Ok(Self {
             domain: config.deployment.domain(),
             deployment: config.deployment,
@@ -156,6 +180,7 @@ impl Payer {
             store,
             config,
             funding: Mutex::new(U256::ZERO),
+            lines: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -316,38 +341,120 @@ impl Payer {
         Ok(refund)
     }
 
-    /// Pay `price` wei to `payee` for one job: the next voucher on the best channel to it, funding one first when
-    /// the policy allows.
-    pub async fn pay(&self, payee: Address, price: U256) -> Result<Payment> {
-        let margin = self.config.policy.expiry_margin.as_secs();
-        let channel = match self.store.best_for(payee, price, now_secs(), margin) {
-            Some(c) => c,
-            None => self.fund(payee, price).await?,
-        };
-        let amount = match self.store.next_amount(&channel.channel_id, price) {
-            Ok(a) => a,
-            // Another job took the last of it meanwhile: fund and go again.
-            Err(Error::ChannelExhausted { .. }) => {
-                let c = self.fund(payee, price).await?;
-                self.store.next_amount(&c.channel_id, price)?
-            }
-            Err(e) => return Err(e),
-        };
-        let signed = Voucher::new(channel.channel_id, amount).sign(&self.fast, &self.domain)?;
-        Ok(Payment {
-            payee,
-            price,
-            voucher: WireVoucher {
-                channel_id: signed.channel_id,
-                cumulative_amount: signed.cumulative_amount,
-                signature: signed.signature,
-            },
-        })
+    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<B256, Line>> {
+        self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The node refused `payment` before doing any work: its amount may be signed again for the next job.
-    pub fn give_back(&self, payment: &Payment) {
-        self.store.give_back(&payment.voucher.channel_id, payment.voucher.cumulative_amount, payment.price);
+    /// Pay `price` wei to `payee` for one job: charged to the credit signed ahead on a channel to it, or with a new
+    /// voucher paying ahead for the channel's window; funds a channel first when none covers it and the policy
+    /// allows.
+    pub async fn pay(&self, payee: Address, price: U256) -> Result<Payment> {
+        let margin = self.config.policy.expiry_margin.as_secs();
+        // The channel with credit for this payee first; then the one with the most deposit left.
+        for _ in 0..3 {
+            let channel = match self.with_credit(payee, price, margin).or_else(|| {
+                self.store.best_for(payee, price, now_secs(), margin)
+            }) {
+                Some(c) => c,
+                None => self.fund(payee, price).await?,
+            };
+            if let Some(p) = self.charge(&channel, price)? {
+                return Ok(p);
+            }
+            // The deposit does not cover the window the job needs (another job took the last of it): fund.
+            self.fund(payee, price).await?;
+        }
+        Err(Error::SpendLimit { payee, price, limit: self.config.policy.max_spend })
+    }
+
+    /// A usable channel to `payee` whose credit signed ahead covers `price`.
+    fn with_credit(&self, payee: Address, price: U256, margin: u64) -> Option<ChannelRecord> {
+        let lines = self.lines();
+        lines
+            .iter()
+            .filter(|(_, l)| l.credit.available() >= price)
+            .filter_map(|(id, _)| self.store.get(id))
+            .find(|c| c.payee == payee && c.usable(now_secs(), margin))
+    }
+
+    /// Charge `price` to `channel`: covered by its credit, or a voucher paying ahead (on disk before it is signed).
+    /// `None` when the deposit cannot cover what the job needs.
+    fn charge(&self, channel: &ChannelRecord, price: U256) -> Result<Option<Payment>> {
+        let id = channel.channel_id;
+        let mut lines = self.lines();
+        let line = lines.entry(id).or_insert_with(|| Line { credit: Credit::resume(channel.signed), last: None });
+        let payment = |voucher| Payment { payee: channel.payee, price, channel_id: id, voucher };
+        let credit = &mut line.credit;
+        let amount = match credit.need(price) {
+            credit::Need::Covered => {
+                credit.send(price);
+                return Ok(Some(payment(None)));
+            }
+            credit::Need::Sign(amount) => amount,
+        };
+        // Pay ahead as far as the deposit allows, but at least for this job and those in flight.
+        let deposit = self.store.get(&id).map_or(channel.deposit, |c| c.deposit);
+        let amount = amount.min(deposit);
+        if amount < credit.consumed + credit.in_flight + price || amount <= credit.signed {
+            return Ok(None);
+        }
+        self.store.sign_to(&id, amount)?;
+        let signed = Voucher::new(id, amount).sign(&self.fast, &self.domain)?;
+        let voucher = WireVoucher {
+            channel_id: signed.channel_id,
+            cumulative_amount: signed.cumulative_amount,
+            signature: signed.signature,
+        };
+        credit.signed_to(amount);
+        credit.send(price);
+        line.last = Some(voucher.clone());
+        Ok(Some(payment(Some(voucher))))
+    }
+
+    /// The node said the credit on `payment`'s channel does not cover it although this payer signed enough (a
+    /// voucher it never received, say): the same job again with the last voucher signed on the channel, which costs
+    /// the payer nothing new. `None` if there is none to send.
+    pub fn resend(&self, payment: &Payment) -> Option<Payment> {
+        let mut lines = self.lines();
+        let line = lines.get_mut(&payment.channel_id)?;
+        let last = line.last.clone()?;
+        line.credit.send(payment.price);
+        Some(Payment { voucher: Some(last), ..payment.clone() })
+    }
+
+    /// The node answered `payment`'s job with a valid receipt: its price is consumed and the window may grow.
+    pub fn answered(&self, payment: &Payment) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.answered(payment.price, self.config.policy.credit_limits());
+        }
+    }
+
+    /// The node refused `payment`'s job before doing any work: nothing was charged (the voucher, if any, stays
+    /// signed and counts as credit for the next jobs).
+    pub fn refused(&self, payment: &Payment) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.refused(payment.price);
+        }
+    }
+
+    /// `payment`'s job may have been charged but nothing valid came back (a timeout, a dropped connection, a bad
+    /// receipt): its price counts as consumed, and the window does not grow.
+    pub fn lost(&self, payment: &Payment) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.lost(payment.price);
+        }
+    }
+
+    /// The node had less credit on `payment`'s channel than this payer counted on: the next job signs anew.
+    pub fn forget_credit(&self, payment: &Payment) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.forget();
+        }
+    }
+
+    /// A channel's credit as this process sees it.
+    pub fn credit(&self, channel: &B256) -> Option<Credit> {
+        self.lines().get(channel).map(|l| l.credit.clone())
     }
 
     /// Open or top up a channel to `payee` within the spending limit (one at a time).

@@ -1,10 +1,8 @@
 //! The payer's durable record of its channels and of the cumulative amount signed on each (a `sled` database).
 //!
-//! A payer must never sign a lower or conflicting amount, even after a crash: the amount it may sign up to is
-//! reserved on disk (flushed) *before* a voucher with it is signed. Reserving `reserve_ahead` prices at a time makes
-//! that one disk write per `reserve_ahead` vouchers; after a restart signing resumes above the reservation, so a crash
-//! costs the payer at most `reserve_ahead - 1` prices that no job used. Dropping the store (a clean exit) writes the
-//! exact amounts back, so short-lived processes such as the CLI lose nothing.
+//! A payer must never sign a lower or conflicting amount, even after a crash: the amount is written to disk
+//! (flushed) *before* a voucher with it is signed ([`VoucherStore::sign_to`]). Vouchers pay ahead for a credit window
+//! of jobs (see [`super::credit`]), so this is one disk write per window, not per job.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +28,8 @@ pub struct ChannelRecord {
     pub opened_block: u64,
     /// Highest cumulative amount signed so far.
     pub signed: U256,
-    /// Highest amount reserved on disk (`signed <= reserved`; signing resumes above it after a restart).
+    /// Highest amount written before signing (equals `signed`; kept for stores written by older versions, which
+    /// reserved ahead: signing resumes above it).
     pub reserved: U256,
     /// Unix seconds when a close started by the payer ends (0 = not closing).
     pub closes_at: u64,
@@ -55,10 +54,7 @@ impl ChannelRecord {
 pub struct VoucherStore {
     db: sled::Db,
     path: PathBuf,
-    reserve_ahead: u64,
     channels: Mutex<HashMap<B256, ChannelRecord>>,
-    /// Amounts of refused jobs below the top, per channel: amount -> price (reused before signing higher).
-    returned: Mutex<HashMap<B256, std::collections::BTreeMap<U256, U256>>>,
 }
 
 fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -66,8 +62,8 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl VoucherStore {
-    /// Open (or create) the store at `path`. `reserve_ahead` >= 1 prices are reserved per disk write.
-    pub fn open(path: &Path, reserve_ahead: u64) -> Result<Self> {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
         let db = sled::open(path).map_err(|e| store_error(path, e))?;
         let mut channels = HashMap::new();
         for item in db.iter() {
@@ -80,9 +76,7 @@ impl VoucherStore {
         Ok(Self {
             db,
             path: path.to_owned(),
-            reserve_ahead: reserve_ahead.max(1),
             channels: Mutex::new(channels),
-            returned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,61 +130,24 @@ impl VoucherStore {
             .cloned()
     }
 
-    /// Take the next cumulative amount on `channel` for a job of `price`: `signed + price`, reserved on disk first.
-    /// Fails when the deposit does not cover it.
-    pub fn next_amount(&self, channel: &B256, price: U256) -> Result<U256> {
+    /// Raise the amount signed on `channel` to `amount`, on disk (flushed) before the caller signs a voucher for it.
+    /// Fails when the deposit does not cover it; an amount at or below what was signed is refused (a payer never
+    /// signs the same or a lower amount twice).
+    pub fn sign_to(&self, channel: &B256, amount: U256) -> Result<()> {
         let mut map = self.lock();
-        // A refused job's amount of the same price is used again first: the node never charged it.
-        let mut returned = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(free) = returned.get_mut(channel)
-            && let Some(amount) = free.iter().find(|(_, p)| **p == price).map(|(a, _)| *a)
-        {
-            free.remove(&amount);
-            return Ok(amount);
-        }
-        drop(returned);
         let rec = map.get_mut(channel).ok_or(Error::NoChannel { channel: *channel })?;
-        let amount = rec.signed + price;
         if amount > rec.deposit {
             return Err(Error::ChannelExhausted { channel: *channel, deposit: rec.deposit, needed: amount });
         }
-        if amount > rec.reserved {
-            let mut next = rec.clone();
-            next.reserved = (amount + price * U256::from(self.reserve_ahead - 1)).min(rec.deposit);
-            next.signed = amount;
-            self.write(&next)?;
-            *rec = next;
-        } else {
-            rec.signed = amount;
+        if amount <= rec.signed {
+            return Err(store_error(&self.path, format!("{amount} wei is not above the {} already signed", rec.signed)));
         }
-        Ok(amount)
-    }
-
-    /// Give back the amount of a job the node refused before doing any work: the top amount is unsigned again,
-    /// one below the top is kept for the next job of the same price.
-    pub fn give_back(&self, channel: &B256, amount: U256, price: U256) {
-        let mut map = self.lock();
-        let Some(rec) = map.get_mut(channel) else { return };
-        let mut returned = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let free = returned.entry(*channel).or_default();
-        free.insert(amount, price);
-        // Unsign from the top down while the top was given back.
-        while let Some(p) = free.remove(&rec.signed) {
-            rec.signed -= p;
-        }
-    }
-}
-
-impl Drop for VoucherStore {
-    /// A clean exit: give back the unused reservations, so the next process resumes exactly where this one stopped.
-    fn drop(&mut self) {
-        let records: Vec<ChannelRecord> = self.lock().values().filter(|r| r.reserved > r.signed).cloned().collect();
-        for mut rec in records {
-            rec.reserved = rec.signed;
-            if let Err(err) = self.write(&rec) {
-                tracing::warn!(target: "sdk::payment", %err, "cannot release the voucher reservation; the next run skips it");
-            }
-        }
+        let mut next = rec.clone();
+        next.signed = amount;
+        next.reserved = amount;
+        self.write(&next)?;
+        *rec = next;
+        Ok(())
     }
 }
 
@@ -226,47 +183,29 @@ mod tests {
     }
 
     #[test]
-    fn amounts_grow_and_survive_a_restart_without_going_back() {
+    fn amounts_only_grow_are_on_disk_before_signing_and_stay_within_the_deposit() {
         let dir = tempfile::tempdir().unwrap();
         let (live, crashed) = (dir.path().join("live"), dir.path().join("crashed"));
         let ch = B256::repeat_byte(1);
         {
-            let s = VoucherStore::open(&live, 4).unwrap();
+            let s = VoucherStore::open(&live).unwrap();
             s.upsert(record(1, 1000)).unwrap();
-            let amounts: Vec<U256> = (0..5).map(|_| s.next_amount(&ch, U256::from(10u64)).unwrap()).collect();
-            assert_eq!(amounts, (1..=5u64).map(|i| U256::from(10 * i)).collect::<Vec<_>>());
-            // Reserved in blocks of 4 prices: after 50 signed, 80 is reserved on disk.
-            assert_eq!(s.get(&ch).unwrap().reserved, U256::from(80u64));
+            s.sign_to(&ch, U256::from(10u64)).unwrap();
+            s.sign_to(&ch, U256::from(50u64)).unwrap();
+            assert!(s.sign_to(&ch, U256::from(50u64)).is_err(), "the same amount twice");
+            assert!(s.sign_to(&ch, U256::from(40u64)).is_err(), "a lower amount");
+            assert!(matches!(s.sign_to(&ch, U256::from(1001u64)), Err(Error::ChannelExhausted { .. })));
             // What a crash now would leave on disk.
             copy_dir(&live, &crashed);
         }
-        // After the crash, signing resumes above the reservation, never at or below anything signed before.
-        let s = VoucherStore::open(&crashed, 4).unwrap();
-        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(90u64));
-        // After a clean exit the reservation was given back: the next process continues exactly.
-        let s = VoucherStore::open(&live, 4).unwrap();
-        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(60u64));
-    }
-
-    #[test]
-    fn deposit_bounds_amounts_and_refused_jobs_give_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = VoucherStore::open(dir.path(), 1).unwrap();
-        let ch = B256::repeat_byte(2);
-        s.upsert(record(2, 25)).unwrap();
-        let a = s.next_amount(&ch, U256::from(10u64)).unwrap();
-        s.give_back(&ch, a, U256::from(10u64));
-        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), a, "a refused job's amount is reused");
-        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(20u64));
-        assert!(matches!(s.next_amount(&ch, U256::from(10u64)), Err(Error::ChannelExhausted { .. })));
-        assert!(s.best_for(Address::repeat_byte(9), U256::from(10u64), 0, 60).is_none(), "5 wei left");
-        // Refused out of order: 10 (below the top) is reused first, then 20 is unsigned once 10 is gone too.
-        s.give_back(&ch, U256::from(10u64), U256::from(10u64));
-        assert_eq!(s.get(&ch).unwrap().signed, U256::from(20u64));
-        assert_eq!(s.next_amount(&ch, U256::from(10u64)).unwrap(), U256::from(10u64));
-        s.give_back(&ch, U256::from(10u64), U256::from(10u64));
-        s.give_back(&ch, U256::from(20u64), U256::from(10u64));
-        assert_eq!(s.get(&ch).unwrap().signed, U256::ZERO, "both unsigned");
-        assert!(s.best_for(Address::repeat_byte(9), U256::from(5u64), 0, 60).is_some());
+        let s = VoucherStore::open(&crashed).unwrap();
+        assert_eq!(s.get(&ch).unwrap().signed, U256::from(50u64), "what was signed is on disk");
+        assert!(s.sign_to(&ch, U256::from(50u64)).is_err());
+        s.sign_to(&ch, U256::from(60u64)).unwrap();
+        // A top-up read from the chain keeps the amounts signed.
+        s.upsert(ChannelRecord { deposit: U256::from(2000u64), ..record(1, 0) }).unwrap();
+        assert_eq!(s.get(&ch).unwrap().signed, U256::from(60u64));
+        assert!(s.best_for(Address::repeat_byte(9), U256::from(1940u64), 0, 60).is_some());
+        assert!(s.best_for(Address::repeat_byte(9), U256::from(1941u64), 0, 60).is_none());
     }
 }

@@ -76,11 +76,13 @@ async fn deploy_open_redeem_and_read_events() {
     let (_, receipt) = node_tx.send_and_wait("redeem", redeem_tx(&d, &p, &signed)).await.unwrap();
     let ev = receipt.decoded_log::<PaymentChannels::Redeemed>().expect("Redeemed event");
     assert_eq!(ev.amount, U256::from(ETHER / 2));
-    assert_eq!(ev.fee, U256::from(ETHER / 2 * 500 / 10_000));
-    assert!(ev.gasUsed > U256::ZERO);
+    let batch = receipt.decoded_log::<PaymentChannels::BatchRedeemed>().expect("BatchRedeemed event");
+    assert_eq!((batch.payee, batch.channels, batch.amount), (node.address(), U256::from(1u64), ev.amount));
+    assert_eq!(batch.fee, U256::from(ETHER / 2 * 500 / 10_000));
+    assert!(batch.gasUsed > U256::ZERO);
     let gas_cost = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
     let after = p.get_balance(node.address()).await.unwrap();
-    assert_eq!(after + gas_cost - before, ev.amount - ev.fee, "payee received amount minus fee");
+    assert_eq!(after + gas_cost - before, ev.amount - batch.fee, "payee received amount minus fee");
 
     // Receipts: the Rust leaf and batch digest equal the contract's, and a node-signed batch of one verifies.
     let r = Receipt {

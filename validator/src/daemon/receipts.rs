@@ -9,7 +9,7 @@ use mlbridge_sdk::client::MAX_RECEIPT_SKEW_SECS;
 use mlbridge_sdk::client::{GossipMessage, MessageAcceptance};
 use mlbridge_sdk::protocol::{
     AuditRecord, AuditRequest, DISPUTES_TOPIC, EVIDENCE_PARTS_TOPIC, ErrorKind, MAX_GOSSIP_BYTES, RECEIPTS_TOPIC,
-    ReceiptMsg, Request, Response, decode,
+    ReceiptBatchGossip, ReceiptMsg, Request, Response, decode,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +42,21 @@ pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Goss
     }
 }
 
-/// Why a receipt is refused before sampling (a metric label), or `Ok` with it and the node's registered PeerId
-/// (whoever relayed it: a client may forward the receipts it got; the audit goes to the node itself).
-async fn admit(shared: &Shared, data: &[u8]) -> Result<(ReceiptMsg, PeerId), &'static str> {
-    let r = decode::<ReceiptMsg>(data, MAX_GOSSIP_BYTES).map_err(|_| "malformed")?;
-    if !r.verify(&shared.chain.deployment().domain()) {
+/// The receipts of one gossiped batch message, each with its proof, if the batch is signed by the node it names and
+/// its leaves build its root (one signature check per message), or why not (a metric label).
+fn unpack(shared: &Shared, data: &[u8]) -> Result<Vec<ReceiptMsg>, &'static str> {
+    let g = decode::<ReceiptBatchGossip>(data, MAX_GOSSIP_BYTES).map_err(|_| "malformed")?;
+    // Leaves that do not build the signed root, or a receipt that is not its leaf: not what the node signed.
+    let receipts = g.receipts().map_err(|e| if matches!(e, "root" | "leaf") { "signature" } else { "malformed" })?;
+    if !g.batch.batch().verify(&g.batch.signature, &shared.chain.deployment().domain()) {
         return Err("signature");
     }
+    Ok(receipts)
+}
+
+/// Why a receipt (proved into a signed batch) is refused before sampling (a metric label), or `Ok` with the node's
+/// registered PeerId (whoever relayed it: a client may forward the receipts it got; the audit goes to the node).
+async fn admit(shared: &Shared, r: &ReceiptMsg) -> Result<PeerId, &'static str> {
     if !r.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS) {
         return Err("stale");
     }
@@ -68,16 +76,39 @@ async fn admit(shared: &Shared, data: &[u8]) -> Result<(ReceiptMsg, PeerId), &'s
     if shared.reexec.model(r.model_id).is_none() {
         return Err("unknown_model");
     }
-    Ok((r, node))
+    Ok(node)
 }
 
-/// Admit, count and maybe sample a receipt; returns the gossip verdict (forged receipts are rejected, so the peers
-/// relaying them lose score; valid ones for a model we do not hold are still forwarded).
+/// A gossiped batch of receipts (DESIGN.md §3: receipts travel by batch): unpack it with one signature check, then
+/// admit, count and maybe sample each receipt. The verdict: forged batches are rejected, so the peers relaying them
+/// lose score; a message whose receipts were all seen before or judged stale is ignored; the rest is forwarded.
 async fn on_receipt(shared: &Arc<Shared>, source: PeerId, data: &[u8]) -> MessageAcceptance {
+    let receipts = match unpack(shared, data) {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::debug!(target: "validator::receipts", %source, reason, "receipt batch refused");
+            shared.metrics.receipts_seen.inc();
+            shared.metrics.receipts_rejected.with_label_values(&[reason]).inc();
+            return MessageAcceptance::Reject;
+        }
+    };
+    let mut verdict = MessageAcceptance::Ignore;
+    for r in receipts {
+        match on_one(shared, source, r).await {
+            MessageAcceptance::Reject => return MessageAcceptance::Reject,
+            MessageAcceptance::Accept => verdict = MessageAcceptance::Accept,
+            MessageAcceptance::Ignore => {}
+        }
+    }
+    verdict
+}
+
+/// Admit, count and maybe sample one receipt of a verified batch; returns its gossip verdict.
+async fn on_one(shared: &Arc<Shared>, source: PeerId, r: ReceiptMsg) -> MessageAcceptance {
     let m = &shared.metrics;
     m.receipts_seen.inc();
-    let (r, node_peer) = match admit(shared, data).await {
-        Ok(r) => r,
+    let node_peer = match admit(shared, &r).await {
+        Ok(p) => p,
         Err(reason) => {
             tracing::debug!(target: "validator::receipts", %source, reason, "receipt refused");
             m.receipts_rejected.with_label_values(&[reason]).inc();

@@ -8,7 +8,8 @@ use mlbridge_sdk::chain::bindings::{Disputes, ValidatorRewards};
 use mlbridge_sdk::client::{Client, ClientConfig};
 use mlbridge_sdk::net::NetConfig;
 use mlbridge_sdk::protocol::{
-    AuditRecord, AuditRequest, ErrorKind, RECEIPTS_TOPIC, ReceiptMsg, Request, Response, encode, tensors_hash,
+    AuditRecord, AuditRequest, ErrorKind, RECEIPTS_TOPIC, ReceiptBatchGossip, ReceiptMsg, Request, Response, WIRE_VERSION,
+    encode, tensors_hash,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 use mlbridge_validator::RunningValidator;
@@ -337,9 +338,19 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
     // One attacker peer per forgery: a rejected receipt costs the peer that sent it its gossip score, so the
     // validator would soon ignore a second one from the same peer.
     let sampled = metric(&v, "mlbridge_validator_receipts_sampled_total");
+    // Receipts travel by batch: each as the gossip of its batch of one (the node signed `real` alone).
+    assert_eq!(real.batch.count, 1, "a lone job is signed as a batch of one");
+    let gossip = |r: &ReceiptMsg| ReceiptBatchGossip {
+        version: WIRE_VERSION,
+        batch: r.batch.clone(),
+        // The tampered receipt keeps the real batch, whose leaf is the real receipt's.
+        leaves: vec![if r.node() == real.node() { real.receipt().leaf() } else { r.receipt().leaf() }],
+        first: 0,
+        receipts: vec![r.clone()],
+    };
     for (msg, reason) in [(&forged, "unregistered_node"), (&tampered, "signature"), (&real, "duplicate")] {
         let attacker = peer();
-        let data = encode(msg);
+        let data = encode(&gossip(msg));
         // Published once the attacker is in the receipts mesh.
         wait_until_async(Duration::from_secs(20), async || {
             attacker.publish(RECEIPTS_TOPIC, data.clone()).await.is_ok()

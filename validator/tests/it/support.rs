@@ -228,7 +228,6 @@ pub async fn paying_client(chain: &Chain, key: usize, store: &Path, boot: Vec<St
         policy: PaymentPolicy {
             max_spend: U256::from(ETHER),
             deposit: U256::from(ETHER / 100),
-            reserve_ahead: 4,
             ..PaymentPolicy::default()
         },
         confirmations: 3,

@@ -1,0 +1,142 @@
+//! Checking a paid answer's receipt: it must be for exactly the job sent, prove into its batch, and the batch must
+//! be signed by the advertised operator. A batch signature is recovered once and remembered ([`BatchCache`]): a
+//! node signs one batch for many answers, so a client checks one signature per batch and one proof per answer.
+
+use alloy::primitives::{Address, B256, U256, keccak256};
+use alloy::sol_types::Eip712Domain;
+
+use crate::payment::Payment;
+use crate::protocol::{BatchMsg, InferResponse};
+#[cfg(test)]
+use crate::protocol::ReceiptMsg;
+
+/// How far a receipt's `issued_at` may be from the client's clock. A backdated receipt could already be beyond the
+/// audit window (unchallengeable); a receipt dated ahead only extends the node's own exposure, but is refused too.
+pub const MAX_RECEIPT_SKEW_SECS: u64 = 300;
+
+/// Batch signatures already verified (bounded; the key covers the batch's digest and the signature bytes).
+#[derive(Debug)]
+pub(crate) struct BatchCache(moka::sync::Cache<B256, ()>);
+
+impl BatchCache {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self(moka::sync::Cache::new(capacity))
+    }
+
+    /// Whether `batch` is signed by the node it names (recovered once per distinct batch and signature).
+    pub(crate) fn verify(&self, batch: &BatchMsg, domain: &Eip712Domain) -> bool {
+        let b = batch.batch();
+        let key = keccak256([b.digest(domain).as_slice(), &batch.signature].concat());
+        if self.0.contains_key(&key) {
+            return true;
+        }
+        let ok = b.verify(&batch.signature, domain);
+        if ok {
+            self.0.insert(key, ());
+        }
+        ok
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What a job is, for payment and receipt checks: its input hash and its priced units.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Job {
+    pub(crate) input_hash: B256,
+    pub(crate) units: u64,
+}
+
+/// A paid answer must carry the node's receipt for exactly this job.
+pub(crate) fn check_receipt(
+    batches: &BatchCache,
+    domain: &Eip712Domain,
+    payment: &Payment,
+    r: &InferResponse,
+    job_id: B256,
+    job: Job,
+    operator: Address,
+) -> Result<(), String> {
+    let Some(receipt) = &r.receipt else { return Err("a paid answer without a receipt".into()) };
+    let checks = [
+        // The job id is the node's (unique per node); the answer echoes ours.
+        (r.job_id == job_id, "an answer to another request"),
+        (receipt.model_id == B256::from(*r.model_id.as_bytes()), "another model id than the answer"),
+        (receipt.input_hash == job.input_hash, "another input hash than our inputs"),
+        (receipt.output_hash == crate::protocol::tensors_hash(&r.outputs), "another output hash than the outputs"),
+        (receipt.price == payment.price, "another price than advertised"),
+        (receipt.units == U256::from(job.units), "another number of units than we sent"),
+        (receipt.channel_id == payment.channel_id, "another channel than the one we paid on"),
+        (receipt.node() == operator, "another node than the advert's operator"),
+        (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
+        (receipt.proves_into_batch(), "a proof that does not lead to its batch's root"),
+        (batches.verify(&receipt.batch, domain), "a batch signature that is not the node's"),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, what)) => Err(format!("the receipt names {what}")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::signers::local::PrivateKeySigner;
+
+    use super::*;
+    use crate::receipt::Receipt;
+
+    fn receipt(i: u8) -> Receipt {
+        Receipt {
+            jobId: B256::repeat_byte(i),
+            modelId: B256::repeat_byte(2),
+            inputHash: B256::repeat_byte(3),
+            outputHash: B256::repeat_byte(4),
+            units: U256::from(1u64),
+            price: U256::from(10u64),
+            channelId: B256::repeat_byte(5),
+            issuedAt: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_checked_once_and_every_tampering_is_caught() {
+        let node = PrivateKeySigner::random();
+        let other = PrivateKeySigner::random();
+        let domain = crate::eip712::domain(31337, Address::repeat_byte(0xcc));
+        let receipts: Vec<Receipt> = (0..64).map(receipt).collect();
+        let (_, signed) = ReceiptMsg::sign_batch(&receipts, node.address(), 1, &node, &domain).unwrap();
+        let (_, other_batch) = ReceiptMsg::sign_batch(&receipts[..8], node.address(), 1, &node, &domain).unwrap();
+        let cache = BatchCache::new(16);
+        for r in &signed {
+            assert!(r.proves_into_batch() && cache.verify(&r.batch, &domain));
+        }
+        cache.0.run_pending_tasks();
+        assert_eq!(cache.0.entry_count(), 1, "one signature recovered for 64 answers");
+        // A proof from another batch, a leaf altered in any field, a batch signed by another key.
+        let mut moved = signed[3].clone();
+        moved.proof = other_batch[3].proof.clone();
+        assert!(!moved.proves_into_batch());
+        let alter: [fn(&mut ReceiptMsg); 8] = [
+            |r| r.job_id = B256::ZERO,
+            |r| r.model_id = B256::ZERO,
+            |r| r.input_hash = B256::ZERO,
+            |r| r.output_hash = B256::ZERO,
+            |r| r.units += U256::from(1u64),
+            |r| r.price += U256::from(1u64),
+            |r| r.channel_id = B256::ZERO,
+            |r| r.issued_at += 1,
+        ];
+        for f in alter {
+            let mut r = signed[5].clone();
+            f(&mut r);
+            assert!(!r.proves_into_batch(), "an altered leaf no longer proves");
+        }
+        let (_, forged) = ReceiptMsg::sign_batch(&receipts, node.address(), 1, &other, &domain).unwrap();
+        assert!(forged[0].proves_into_batch());
+        assert!(!cache.verify(&forged[0].batch, &domain), "signed by another key than the node it names");
+        assert!(!forged[0].verify(&domain));
+        assert!(signed[63].verify(&domain));
+    }
+}
