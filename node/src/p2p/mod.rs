@@ -309,10 +309,11 @@ impl Actor {
         let interval = Duration::from_secs_f64(self.config.advert_interval_secs.max(0.05));
         let mut adverts = tokio::time::interval(interval);
         let mut reconnect = tokio::time::interval(Duration::from_secs(5));
-        // Receipt batches as the signer makes them (paid jobs of both front ends), gossiped by batch.
-        let mut batches = match &self.payments {
-            Some(p) => p.receipt_signer().batches(),
-            None => tokio::sync::broadcast::channel(1).1,
+        // Receipt batches as the signer makes them (paid jobs of both front ends), gossiped by batch. A free node
+        // has none (and a closed channel must not be polled again: it is always ready).
+        let (mut batches, mut signing) = match &self.payments {
+            Some(p) => (p.receipt_signer().batches(), true),
+            None => (tokio::sync::broadcast::channel(1).1, false),
         };
         loop {
             tokio::select! {
@@ -320,12 +321,12 @@ impl Actor {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
-                batch = batches.recv() => match batch {
+                batch = batches.recv(), if signing => match batch {
                     Ok(b) => self.publish_batch(&b),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(target: "node::p2p", n, "receipt batches not gossiped (the task fell behind)");
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => signing = false,
                 },
                 _ = adverts.tick() => self.publish_advert(),
                 _ = reconnect.tick() => {
