@@ -24,14 +24,17 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use mlbridge_sdk::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
+use mlbridge_sdk::net::{
+    Behaviour, BehaviourEvent, InboundBudget, NetConfig, build_swarm_with, learn_addresses, peer_of,
+};
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
-    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptBatchGossip, Request, Response,
-    WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
+    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptBatchGossip, Request,
+    Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +45,14 @@ use crate::inference::ModelConfig;
 use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
 use crate::payment::{Authorization, Completed, JobInput, PaymentService, SignedBatch, guarded};
+
+mod mux;
+mod peers;
+
+use peers::{PeerLoad, TokenBucket};
+
+/// Multiplexed streams one peer may have open at once (a client needs one).
+const MAX_STREAMS_PER_PEER: usize = 4;
 use crate::{Error, Result};
 
 /// Commands to the swarm task.
@@ -165,9 +176,29 @@ pub fn spawn(
             .map(|p| p.parse().map_err(|e| Error::Network(format!("audit_allowlist: '{p}' is not a PeerId: {e}"))))
             .collect::<Result<_>>()?,
     ));
-    let swarm = build_swarm(keypair, &net).map_err(|e| Error::Network(e.to_string()))?;
+    let budget = InboundBudget::new(net.inbound_budget_bytes);
+    let swarm = build_swarm_with(keypair, &net, budget.clone()).map_err(|e| Error::Network(e.to_string()))?;
     let (commands, rx) = mpsc::channel(64);
     let (answers_tx, answers) = mpsc::channel(1024);
+    let load = Arc::new(PeerLoad::new(
+        config.max_requests_per_sec_per_peer,
+        config.max_inbound_per_peer,
+        MAX_STREAMS_PER_PEER,
+        metrics.clone(),
+    ));
+    let (strikes_tx, strikes) = mpsc::channel(256);
+    let stopping_flag = Arc::new(AtomicBool::new(false));
+    let mux = Arc::new(mux::MuxServer {
+        engine: engine.clone(),
+        payments: payments.clone(),
+        load: load.clone(),
+        metrics: metrics.clone(),
+        budget,
+        strikes: strikes_tx,
+        stopping: stopping_flag.clone(),
+        latency: Duration::from_millis(config.simulated_latency_ms),
+    });
+    let mux_task = mux::spawn(swarm.behaviour().stream.new_control(), mux, shutdown.clone())?;
     let mut actor = Actor {
         swarm,
         engine,
@@ -179,9 +210,11 @@ pub fn spawn(
         commands: rx,
         answers_tx,
         answers,
-        inflight: HashMap::new(),
-        rates: HashMap::new(),
+        load,
         audit_rates: HashMap::new(),
+        strikes,
+        stopping_flag,
+        mux_task: Some(mux_task),
         auditors: auditors.clone(),
         invalid: HashMap::new(),
         job_topics: HashMap::new(),
@@ -193,31 +226,6 @@ pub fn spawn(
     actor.dial_bootstrap();
     let task = tokio::spawn(actor.run(shutdown));
     Ok((P2pHandle { commands, peer_id, auditors }, task))
-}
-
-/// Per-peer request budget: `rate` tokens per second, up to `2 * rate` saved.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64) -> Self {
-        Self { rate, tokens: 2.0 * rate, at: Instant::now() }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 struct Answer {
@@ -241,9 +249,15 @@ struct Actor {
     commands: mpsc::Receiver<Command>,
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
-    inflight: HashMap<PeerId, usize>,
-    rates: HashMap<PeerId, TokenBucket>,
+    /// Per-peer rate, requests in flight and streams (shared with the multiplexed streams' tasks).
+    load: Arc<PeerLoad>,
     audit_rates: HashMap<PeerId, TokenBucket>,
+    /// Invalid requests seen by the multiplexed streams' tasks.
+    strikes: mpsc::Receiver<PeerId>,
+    /// Shutting down, as the multiplexed streams' tasks see it.
+    stopping_flag: Arc<AtomicBool>,
+    /// The task accepting multiplexed streams.
+    mux_task: Option<JoinHandle<()>>,
     auditors: Auditors,
     invalid: HashMap<PeerId, u32>,
     /// Job topic of each served model id -> (name, version).
@@ -260,7 +274,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn protocol_error(kind: ErrorKind, message: impl Into<String>) -> Response {
+pub(super) fn protocol_error(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error(ProtocolError::new(kind, message))
 }
 
@@ -321,6 +335,7 @@ impl Actor {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
+                Some(peer) = self.strikes.recv() => self.strike(peer),
                 batch = batches.recv(), if signing => match batch {
                     Ok(b) => self.publish_batch(&b),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -338,6 +353,9 @@ impl Actor {
             }
         }
         self.drain(Duration::from_secs(10)).await;
+        if let Some(t) = self.mux_task.take() {
+            let _ = t.await;
+        }
         tracing::info!(target: "node::p2p", "p2p task stopped");
     }
 
@@ -345,11 +363,15 @@ impl Actor {
     /// once answered, and an answer is what the client paid for), then give the swarm a moment to flush them.
     async fn drain(&mut self, limit: Duration) {
         self.stopping = true;
+        self.stopping_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + limit;
-        while self.inflight.values().any(|n| *n > 0) {
+        // Answers of multiplexed streams go out from their own tasks: look again every few milliseconds.
+        let mut look = tokio::time::interval(Duration::from_millis(5));
+        while self.load.busy() {
             tokio::select! {
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = look.tick() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(target: "node::p2p", "stopping with answers still in flight");
                     break;
@@ -485,21 +507,9 @@ impl Actor {
                 "overloaded",
             );
         }
-        let rate = self.config.max_requests_per_sec_per_peer;
-        let bucket = self.rates.entry(peer).or_insert_with(|| TokenBucket::new(rate));
-        let allowed = bucket.take();
-        self.metrics.p2p_tracked_peers.set(self.rates.len() as i64);
-        if !allowed {
-            let msg = format!("more than {rate} requests per second from one peer");
+        if let Err(msg) = self.load.admit(peer) {
             return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
         }
-        let inflight = self.inflight.entry(peer).or_default();
-        if *inflight >= self.config.max_inbound_per_peer {
-            let msg = format!("more than {} requests in flight from one peer", self.config.max_inbound_per_peer);
-            return self.reply_now(channel, protocol_error(ErrorKind::Overloaded, msg), "overloaded");
-        }
-        *inflight += 1;
-        self.metrics.p2p_inflight.inc();
         let (engine, tx, payments) = (self.engine.clone(), self.answers_tx.clone(), self.payments.clone());
         let latency = Duration::from_millis(self.config.simulated_latency_ms);
         tokio::spawn(async move {
@@ -584,15 +594,8 @@ impl Actor {
     }
 
     fn on_answer(&mut self, a: Answer) {
-        if a.counted
-            && let Some(n) = self.inflight.get_mut(&a.peer)
-        {
-            *n = n.saturating_sub(1);
-            self.metrics.p2p_inflight.dec();
-            // The peer left while this job ran: its entry goes with its last answer.
-            if *n == 0 && !self.swarm.is_connected(&a.peer) {
-                self.inflight.remove(&a.peer);
-            }
+        if a.counted {
+            self.load.done(a.peer);
         }
         self.metrics.p2p_requests.with_label_values(&[a.outcome]).inc();
         if a.outcome == "ok" {
@@ -719,25 +722,21 @@ impl Actor {
     /// A peer's last connection closed: forget its per-peer state (its strikes stay, bounded, so a reconnect is no
     /// fresh start; a banned peer stays banned by key and address).
     fn forget(&mut self, peer: PeerId) {
-        self.rates.remove(&peer);
+        self.load.disconnected(peer);
         self.audit_rates.remove(&peer);
         self.receipt_listeners.remove(&peer);
         self.metrics.p2p_receipt_listeners.set(self.receipt_listeners.len() as i64);
         self.peer_ips.remove(&peer);
-        if self.inflight.get(&peer).is_some_and(|n| *n == 0) {
-            self.inflight.remove(&peer);
-        }
         if self.invalid.len() > MAX_STRIKE_RECORDS {
             self.invalid.retain(|_, n| *n >= self.config.max_invalid_messages);
         }
-        self.metrics.p2p_tracked_peers.set(self.rates.len() as i64);
     }
 }
 
 /// What a served request produced.
-struct Served {
-    response: Response,
-    outcome: &'static str,
+pub(super) struct Served {
+    pub(super) response: Response,
+    pub(super) outcome: &'static str,
 }
 
 impl Served {
@@ -802,7 +801,7 @@ async fn finish(
     Served { response: Response::Infer(Box::new(answer)), outcome: "ok" }
 }
 
-async fn serve_infer(
+pub(super) async fn serve_infer(
     engine: &Engine,
     payments: Option<&PaymentService>,
     r: InferRequest,
@@ -845,7 +844,7 @@ async fn serve_infer(
     }
 }
 
-async fn serve_embed(
+pub(super) async fn serve_embed(
     engine: &Engine,
     payments: Option<&PaymentService>,
     r: EmbedRequest,
@@ -883,19 +882,5 @@ async fn serve_embed(
             finish(payments, auth, answer, &config, JobInput::Texts(r.texts)).await
         }
         Err(e) => Served::error(engine_error(&e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TokenBucket;
-
-    #[test]
-    fn bucket_allows_burst_then_rate() {
-        let mut b = TokenBucket::new(10.0);
-        assert_eq!((0..25).filter(|_| b.take()).count(), 20, "burst of twice the rate");
-        std::thread::sleep(std::time::Duration::from_millis(310));
-        let refilled = (0..10).filter(|_| b.take()).count();
-        assert!((2..=4).contains(&refilled), "about 3 tokens after 0.3 s at 10/s, got {refilled}");
     }
 }

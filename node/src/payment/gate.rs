@@ -147,7 +147,11 @@ impl Gate {
                 return Err(PaymentRefusal::BadSignature { channel, signer, payer: view.payer });
             }
             if v.cumulative_amount > view.deposit {
-                return Err(PaymentRefusal::OverDeposit { channel, amount: v.cumulative_amount, deposit: view.deposit });
+                return Err(PaymentRefusal::OverDeposit {
+                    channel,
+                    amount: v.cumulative_amount,
+                    deposit: view.deposit,
+                });
             }
         }
         let mut slots = self.slots();
@@ -177,7 +181,13 @@ impl Gate {
         let new_voucher = offered > best;
         // Credit already held is drawn on only by the spender of the voucher that paid it.
         let owns = spender.is_some() && slot.entry.spender == spender;
-        let covered = if new_voucher { offered } else if owns { best } else { U256::ZERO };
+        let covered = if new_voucher {
+            offered
+        } else if owns {
+            best
+        } else {
+            U256::ZERO
+        };
         if covered < needed {
             let needed = needed.max(best + price);
             let Some(v) = voucher else { return Err(PaymentRefusal::NoCredit { channel, needed }) };
@@ -363,8 +373,9 @@ mod tests {
         let v = voucher(&s, PRICE);
         // 16 threads race with the same voucher: exactly one wins.
         let wins: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                (0..16).map(|_| scope.spawn(|| s.gate.authorize(Some(&v), None, Some(ME), U256::from(PRICE)).is_ok())).collect();
+            let handles: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| s.gate.authorize(Some(&v), None, Some(ME), U256::from(PRICE)).is_ok()))
+                .collect();
             handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
         });
         assert_eq!(wins, 1);
@@ -445,7 +456,6 @@ mod tests {
         s.gate.authorize(None, ch, stranger, price).unwrap();
         let refusal = s.gate.authorize(None, ch, Some(ME), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::NoCredit { .. }), "{refusal}");
-        drop((first, second));
     }
 
     #[test]
@@ -538,6 +548,9 @@ mod tests {
             WireVoucher { channel_id: channel, cumulative_amount: best.cumulative_amount, signature: best.signature };
         restarted.authorize(Some(&best), None, Some(ME), price).unwrap();
         restarted.authorize(Some(&best), None, Some(ME), price).unwrap();
-        assert!(matches!(*restarted.authorize(Some(&best), None, Some(ME), price).unwrap_err(), PaymentRefusal::Replayed { .. }));
+        assert!(matches!(
+            *restarted.authorize(Some(&best), None, Some(ME), price).unwrap_err(),
+            PaymentRefusal::Replayed { .. }
+        ));
     }
 }

@@ -137,10 +137,14 @@ mod tests {
         let lone = signer.sign(receipt(0)).await.unwrap();
         assert!(lone.verify(&domain) && lone.proof.is_empty() && lone.batch.count == 1);
         // 500 jobs at once: every receipt proves into a batch signed by the operator, in fewer batches than jobs.
-        let jobs: Vec<_> = (1..=500).map(|i| tokio::spawn({
-            let s = signer.clone();
-            async move { s.sign(receipt(i)).await.unwrap() }
-        })).collect();
+        let jobs: Vec<_> = (1..=500)
+            .map(|i| {
+                tokio::spawn({
+                    let s = signer.clone();
+                    async move { s.sign(receipt(i)).await.unwrap() }
+                })
+            })
+            .collect();
         let mut roots = std::collections::HashSet::new();
         for (i, j) in jobs.into_iter().enumerate() {
             let r = j.await.unwrap();

@@ -15,9 +15,11 @@ use libp2p::{PeerId, StreamProtocol};
 use mlbridge_node::config::NodeConfig;
 use mlbridge_node::server::RunningNode;
 use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
+use mlbridge_sdk::net::mux::{MUX_PROTOCOL, read_frame, write_frame};
 use mlbridge_sdk::net::{NetConfig, build_swarm};
 use mlbridge_sdk::protocol::{
-    ADVERTS_TOPIC, Advert, ErrorKind, INFER_PROTOCOL, InferRequest, ModelRef, Request, Response, WIRE_VERSION, encode,
+    ADVERTS_TOPIC, Advert, ErrorKind, INFER_PROTOCOL, InferRequest, MAX_REQUEST_BYTES, ModelRef, Request, Response,
+    WIRE_VERSION, encode,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 
@@ -477,4 +479,89 @@ async fn per_peer_state_is_pruned_and_connections_are_limited() {
     let _ = third.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(2)).await;
     assert!(third.infer("mlp-tiny", Some(1), mlp_input(0.5)).await.is_err(), "a third connection is refused");
     assert!(a.infer("mlp-tiny", Some(1), mlp_input(0.25)).await.is_ok(), "the others are still served");
+}
+
+/// A raw peer on the multiplexed protocol: its own swarm (polled in the background) and a stream opened to `node`.
+async fn raw_mux_stream(node: &RunningNode) -> libp2p::Stream {
+    let net = NetConfig { listen: vec![], mdns: false, ..NetConfig::default() };
+    let mut swarm = build_swarm(libp2p::identity::Keypair::generate_ed25519(), &net).unwrap();
+    let mut control = swarm.behaviour().stream.new_control();
+    swarm.dial(addrs(node).await[0].clone()).unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control.open_stream(peer(node), StreamProtocol::new(MUX_PROTOCOL)).await.unwrap()
+}
+
+async fn answer(r: &mut (impl futures::AsyncRead + Unpin)) -> (u64, Response) {
+    let f = tokio::time::timeout(Duration::from_secs(20), read_frame(r, 1 << 24, None)).await.unwrap().unwrap();
+    let f = f.expect("an answer, not the end of the stream");
+    (f.id, mlbridge_sdk::protocol::decode(&f.body, 1 << 24).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplexed_stream_pairs_answers_by_id_and_refuses_hostile_frames() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let node = start_node(p2p_fast).await;
+    let (mut r, mut w) = raw_mux_stream(&node).await.split();
+    let infer = |seed: f32| {
+        encode(&Request::Infer(InferRequest {
+            version: WIRE_VERSION,
+            job_id: Default::default(),
+            model: ModelRef { name: "mlp-tiny".into(), version: Some(1), id: None },
+            inputs: mlp_input(seed),
+            voucher: None,
+            channel: None,
+            queue_timeout_ms: None,
+        }))
+    };
+    // Three requests in one burst, ids chosen by the client: three answers, each under its own id.
+    for id in [7u64, 3, 11] {
+        write_frame(&mut w, id, &infer(id as f32)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (id, resp) = answer(&mut r).await;
+        let Response::Infer(a) = resp else { panic!("{resp:?}") };
+        let expected = node.engine.infer("mlp-tiny", Some(1), mlp_input(id as f32)).await.unwrap();
+        assert_eq!(a.outputs, *expected.outputs, "answer {id} is for request {id}");
+        seen.push(id);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![3, 7, 11]);
+    // Garbage in a frame: a typed "malformed" answer under its id, and the stream goes on.
+    write_frame(&mut w, 5, &[0xff, 0x00, 0x13]).await.unwrap();
+    w.flush().await.unwrap();
+    assert!(matches!(answer(&mut r).await, (5, Response::Error(e)) if e.kind == ErrorKind::Malformed));
+    // Audits belong on /mlbridge/infer/1.
+    let audit = Request::Audit(mlbridge_sdk::protocol::AuditRequest {
+        version: WIRE_VERSION,
+        job_id: Default::default(),
+        requester: vec![],
+        issued_at: 0,
+        validator: Default::default(),
+        signature: vec![],
+    });
+    write_frame(&mut w, 6, &encode(&audit)).await.unwrap();
+    w.flush().await.unwrap();
+    assert!(matches!(answer(&mut r).await, (6, Response::Error(e)) if e.kind == ErrorKind::BadInput));
+    // A frame announcing one byte over the limit: answered by its size (the body never read), then closed.
+    let len = (8 + MAX_REQUEST_BYTES + 1) as u32;
+    w.write_all(&len.to_be_bytes()).await.unwrap();
+    w.write_all(&9u64.to_be_bytes()).await.unwrap();
+    w.flush().await.unwrap();
+    let (id, resp) = answer(&mut r).await;
+    assert!(
+        id == 9 && matches!(&resp, Response::Error(e) if e.kind == ErrorKind::Malformed && e.message.contains("limit")),
+        "{resp:?}"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut rest)).await.unwrap();
+    assert!(closed.is_ok() && rest.is_empty(), "the stream is closed after an oversize frame");
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "mlbridge_p2p_requests_total{outcome=\"malformed\"}"), 2.0);
+    assert_eq!(metric(&text, "mlbridge_p2p_requests_total{outcome=\"ok\"}"), 3.0);
 }

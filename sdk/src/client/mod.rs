@@ -37,6 +37,7 @@ use receipts::{BatchCache, Job, check_receipt};
 pub use routing::Strategy;
 use routing::{Candidate, Measured, Router};
 
+use crate::net::mux::{PipeError, Pipes};
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
 use crate::payment::{Payer, Payment};
 use crate::protocol::{
@@ -162,6 +163,12 @@ enum Command {
         reply: oneshot::Sender<std::result::Result<(), String>>,
     },
     EndOffer(B256),
+    /// A job picked for `peer` ended: what routing measures of the node.
+    Done {
+        peer: PeerId,
+        ok: bool,
+        ms: f64,
+    },
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connect {
         peer: PeerId,
@@ -195,6 +202,7 @@ pub struct Client {
     config: ClientConfig,
     payer: Option<Arc<Payer>>,
     batches: Arc<BatchCache>,
+    pipes: Pipes,
 }
 
 impl Client {
@@ -227,6 +235,7 @@ impl Client {
         if !config.net.bootstrap.is_empty() {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
+        let pipes = Pipes::new(swarm.behaviour().stream.new_control());
         let (commands, rx) = mpsc::channel(256);
         let actor = Actor {
             swarm,
@@ -244,7 +253,7 @@ impl Client {
             gossip: config.gossip.clone(),
         };
         tokio::spawn(actor.run());
-        Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)) })
+        Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)), pipes })
     }
 
     /// Pay for every job with `payer` (vouchers on its channels; receipts verified).
@@ -356,7 +365,13 @@ impl Client {
                 .await?;
             let Some(picked) = picked else { break };
             let peer = picked.peer;
-            match self.run_on(picked, random_id(), job, &make).await {
+            let started = Instant::now();
+            let outcome = self.run_on(picked, random_id(), job, &make).await;
+            // Only a real answer counts for the node: any error counts against it, or a node that refuses everything
+            // at once would look like the fastest one and draw the traffic.
+            let done = Command::Done { peer, ok: outcome.is_ok(), ms: started.elapsed().as_secs_f64() * 1000.0 };
+            let _ = self.commands.send(done).await;
+            match outcome {
                 Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
                 Err(
                     e @ Error::Remote {
@@ -468,6 +483,12 @@ impl Client {
     /// Send one request to one node: connect (within the connect timeout), then wait (up to the request timeout)
     /// for its answer.
     pub async fn send_to(&self, peer: PeerId, request: Request) -> Result<Response> {
+        // Inference and embeddings go over the node's long-lived multiplexed stream; audits, bids and nodes that do
+        // not speak it use request-response.
+        let muxed = matches!(request, Request::Infer(_) | Request::Embed(_));
+        if muxed && self.pipes.has(peer).await {
+            return self.over_pipe(peer, request).await;
+        }
         let connected = self.ask(|reply| Command::Connect { peer, reply });
         match tokio::time::timeout(self.config.connect_timeout, connected).await {
             Ok(Ok(Ok(()))) => {}
@@ -480,6 +501,26 @@ impl Client {
                 )));
             }
         }
+        if muxed {
+            return self.over_pipe(peer, request).await;
+        }
+        self.over_rpc(peer, request).await
+    }
+
+    /// A request over the node's multiplexed stream (request-response if the node does not speak it).
+    async fn over_pipe(&self, peer: PeerId, request: Request) -> Result<Response> {
+        match tokio::time::timeout(self.config.request_timeout, self.pipes.request(peer, &request)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(PipeError::Failed(failure))) => Err(Error::Network(format!("request to {peer} failed: {failure}"))),
+            Ok(Err(PipeError::Unsupported)) => self.over_rpc(peer, request).await,
+            Err(_) => {
+                Err(Error::Network(format!("node {peer} did not answer within {:?}", self.config.request_timeout)))
+            }
+        }
+    }
+
+    /// A request over `/mlbridge/infer/1`, through the swarm task.
+    async fn over_rpc(&self, peer: PeerId, request: Request) -> Result<Response> {
         let sent = self.ask(|reply| Command::Send { peer, request: Box::new(request), reply });
         match tokio::time::timeout(self.config.request_timeout, sent).await {
             Ok(Ok(Ok(resp))) => Ok(resp),
@@ -723,6 +764,8 @@ impl Actor {
                     })
                     .collect();
                 let picked = self.router.pick(self.strategy, &model, candidates).and_then(|peer| {
+                    // Outstanding from the pick until its `Done`.
+                    *self.outstanding.entry(peer).or_default() += 1;
                     let advert = &self.nodes.get(&peer)?.advert;
                     let m = advert
                         .models
@@ -735,8 +778,13 @@ impl Actor {
             }
             Command::Send { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, *request);
-                *self.outstanding.entry(peer).or_default() += 1;
                 self.pending.insert(id, (peer, Instant::now(), reply));
+            }
+            Command::Done { peer, ok, ms } => {
+                self.measured.entry(peer).or_default().record(ok, ms);
+                if let Some(n) = self.outstanding.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                }
             }
             Command::Offer { offer, bids, reply } => {
                 self.offers.insert(offer.job_id, bids);
@@ -790,14 +838,7 @@ impl Actor {
     }
 
     fn finish(&mut self, id: OutboundRequestId, result: std::result::Result<Response, String>) {
-        if let Some((peer, sent, reply)) = self.pending.remove(&id) {
-            // Only a real answer counts for the node: any error answer counts against it, or a node that refuses
-            // everything at once would look like the fastest one and draw the traffic.
-            let ok = matches!(&result, Ok(Response::Infer(_) | Response::Ack | Response::Audit(_)));
-            self.measured.entry(peer).or_default().record(ok, sent.elapsed().as_secs_f64() * 1000.0);
-            if let Some(n) = self.outstanding.get_mut(&peer) {
-                *n = n.saturating_sub(1);
-            }
+        if let Some((_, _, reply)) = self.pending.remove(&id) {
             let _ = reply.send(result);
         }
     }

@@ -6,9 +6,9 @@ use alloy::primitives::{Address, B256, U256, keccak256};
 use alloy::sol_types::Eip712Domain;
 
 use crate::payment::Payment;
-use crate::protocol::{BatchMsg, InferResponse};
 #[cfg(test)]
 use crate::protocol::ReceiptMsg;
+use crate::protocol::{BatchMsg, InferResponse};
 
 /// How far a receipt's `issued_at` may be from the client's clock. A backdated receipt could already be beyond the
 /// audit window (unchallengeable); a receipt dated ahead only extends the node's own exposure, but is refused too.

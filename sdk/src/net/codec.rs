@@ -30,13 +30,13 @@ impl InboundBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn take(&self, n: usize) -> bool {
+    pub(crate) fn take(&self, n: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|t| *t <= self.max))
             .is_ok()
     }
 
-    fn give(&self, n: usize) {
+    pub(crate) fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
 }

@@ -1,14 +1,17 @@
 //! What every ML Bridge peer (node or client) runs: the libp2p behaviour and the swarm builder.
 //!
-//! Transports: TCP and QUIC, noise, yamux. Behaviours: request-response on `/mlbridge/infer/1` with our CBOR
-//! [`Codec`], gossipsub (signed messages, explicit validation, peer scoring that penalises invalid messages),
+//! Transports: TCP and QUIC, noise, yamux. Behaviours: the multiplexed inference streams of [`mux`] (one long-lived
+//! stream per client and node), request-response on `/mlbridge/infer/1` with our CBOR [`Codec`] (audits, bids,
+//! older peers), gossipsub (signed messages, explicit validation, peer scoring that penalises invalid messages),
 //! identify, Kademlia (`/mlbridge/kad/1`) for discovery beyond the bootstrap peers, mDNS for LANs (optional), and a
 //! block list for banned peers. The node's and the client's swarm actors own one swarm each.
 
 mod codec;
 pub mod ipban;
+pub mod mux;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::allow_block_list;
@@ -115,6 +118,8 @@ mod behaviour {
         pub ip_ban: IpBan,
         /// Connection limits (incoming, per peer, pending).
         pub limits: libp2p::connection_limits::Behaviour,
+        /// Long-lived streams of the multiplexed inference protocol, handed to our own tasks.
+        pub stream: libp2p_stream::Behaviour,
     }
 }
 
@@ -148,6 +153,12 @@ fn score_params() -> (PeerScoreParams, PeerScoreThresholds) {
 
 /// Build a swarm with the ML Bridge behaviour for `keypair` and start listening on `config.listen`.
 pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>> {
+    build_swarm_with(keypair, config, InboundBudget::new(config.inbound_budget_bytes))
+}
+
+/// [`build_swarm`] whose request-response requests draw on `budget` (a node shares it with its multiplexed
+/// streams, so the bytes being read stay within one budget).
+pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, budget: Arc<InboundBudget>) -> Result<Swarm<Behaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -166,7 +177,7 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behavio
             let (params, thresholds) = score_params();
             gossipsub.with_peer_score(params, thresholds)?;
             let rpc = request_response::Behaviour::with_codec(
-                Codec::new(codec::InboundBudget::new(config.inbound_budget_bytes)),
+                Codec::new(budget),
                 [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(config.request_timeout)
@@ -198,6 +209,7 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behavio
                         .with_max_established_per_peer(Some(config.max_connections_per_peer))
                         .with_max_pending_incoming(Some(config.max_pending_incoming)),
                 ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| net_err("network behaviour", e))?

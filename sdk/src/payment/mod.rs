@@ -352,9 +352,10 @@ impl Payer {
         let margin = self.config.policy.expiry_margin.as_secs();
         // The channel with credit for this payee first; then the one with the most deposit left.
         for _ in 0..3 {
-            let channel = match self.with_credit(payee, price, margin).or_else(|| {
-                self.store.best_for(payee, price, now_secs(), margin)
-            }) {
+            let channel = match self
+                .with_credit(payee, price, margin)
+                .or_else(|| self.store.best_for(payee, price, now_secs(), margin))
+            {
                 Some(c) => c,
                 None => self.fund(payee, price).await?,
             };

@@ -73,11 +73,7 @@ impl VoucherStore {
             rec.signed = rec.reserved;
             channels.insert(rec.channel_id, rec);
         }
-        Ok(Self {
-            db,
-            path: path.to_owned(),
-            channels: Mutex::new(channels),
-        })
+        Ok(Self { db, path: path.to_owned(), channels: Mutex::new(channels) })
     }
 
     /// Where the store lives.
@@ -140,7 +136,10 @@ impl VoucherStore {
             return Err(Error::ChannelExhausted { channel: *channel, deposit: rec.deposit, needed: amount });
         }
         if amount <= rec.signed {
-            return Err(store_error(&self.path, format!("{amount} wei is not above the {} already signed", rec.signed)));
+            return Err(store_error(
+                &self.path,
+                format!("{amount} wei is not above the {} already signed", rec.signed),
+            ));
         }
         let mut next = rec.clone();
         next.signed = amount;
