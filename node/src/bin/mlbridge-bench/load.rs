@@ -46,6 +46,13 @@ impl Stats {
         }
     }
 
+    /// The run of median throughput among several measurements of the same thing.
+    pub(crate) fn median(runs: &[Stats]) -> Stats {
+        let mut sorted = runs.to_vec();
+        sorted.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        sorted.get(sorted.len() / 2).cloned().unwrap_or_else(|| Stats::mean(&[]))
+    }
+
     pub(crate) fn from_latencies(mut lat: Vec<Duration>, errors: usize, elapsed: Duration) -> Self {
         lat.sort();
         let pct = |p: f64| {

@@ -5,6 +5,7 @@
 mod load;
 mod paid;
 mod scenarios;
+mod target;
 
 use std::path::PathBuf;
 
@@ -32,9 +33,13 @@ struct Cli {
     /// Only these models (paid benchmark; default: mlp-tiny and minilm-l6).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Measurements per row, alternating free and paid (paid benchmark); the row shows their mean.
-    #[arg(long, default_value_t = 2)]
+    /// Measurements per row, alternating free and paid (paid benchmark); the row shows the median.
+    #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Paid benchmark: run each node as a separate process pinned to core 0 (`taskset`); run the benchmark itself
+    /// pinned to another core (scripts/bench does).
+    #[arg(long)]
+    split: bool,
     /// The anvil binary, for the paid benchmark.
     #[arg(long, default_value = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")]
     anvil: PathBuf,
@@ -61,9 +66,14 @@ fn main() {
     let result = match cli.suite {
         Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
         Suite::P2p => rt.block_on(scenarios::p2p(&cli.model_repository, limits)),
-        Suite::Paid => {
-            rt.block_on(paid::paid(&cli.model_repository, &cli.anvil, &cli.models, cli.repeats.max(1), limits))
-        }
+        Suite::Paid => rt.block_on(paid::paid(paid::PaidBench {
+            repo: &cli.model_repository,
+            anvil: &cli.anvil,
+            models: &cli.models,
+            repeats: cli.repeats.max(1),
+            limits,
+            split: cli.split.then_some(cli.node_bin.as_path()),
+        })),
     };
     if let Err(err) = result {
         eprintln!("Error: {err:?}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mlbridge_node::config::NodeConfig;
-use mlbridge_node::inference::{Engine, ModelRepository, OnnxRuntime};
+use mlbridge_node::inference::{Engine, ModelConfig, ModelRepository, OnnxRuntime};
 use mlbridge_node::server::{RunningNode, start};
 use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
 use mlbridge_sdk::net::NetConfig;
@@ -63,7 +63,11 @@ pub(crate) async fn node(repo: &Path, edit: impl FnOnce(&mut NodeConfig)) -> Res
 
 /// One request of batch 1 for the model: MiniLM gets `SEQ` tokens, others the config's example input.
 pub(crate) fn request(engine: &Engine, name: &str, version: u64, salt: usize) -> Result<Vec<Tensor>> {
-    let config = engine.config(name, Some(version))?;
+    request_for(engine.config(name, Some(version))?, name, salt)
+}
+
+/// [`request`] from the model's config.
+pub(crate) fn request_for(config: &ModelConfig, name: &str, salt: usize) -> Result<Vec<Tensor>> {
     if name.starts_with("minilm") {
         let ids: Vec<i64> = (0..SEQ).map(|i| 1000 + ((i * 7919 + salt * 104_729) % 20_000) as i64).collect();
         return Ok(vec![
@@ -85,7 +89,7 @@ pub(crate) fn request(engine: &Engine, name: &str, version: u64, salt: usize) ->
     Ok(inputs)
 }
 
-fn kserve_body(inputs: &[Tensor]) -> Vec<u8> {
+pub(crate) fn kserve_body(inputs: &[Tensor]) -> Vec<u8> {
     let inputs: Vec<serde_json::Value> = inputs
         .iter()
         .map(|t| {
@@ -120,7 +124,7 @@ fn kserve_binary_body(inputs: &[Tensor]) -> (Vec<u8>, usize) {
     (body, json_len)
 }
 
-async fn http_load(client: &reqwest::Client, url: String, body: Vec<u8>, c: usize, limits: Limits) -> Stats {
+pub(crate) async fn http_load(client: &reqwest::Client, url: String, body: Vec<u8>, c: usize, limits: Limits) -> Stats {
     http_load_with(client, url, body, None, c, limits).await
 }
 
