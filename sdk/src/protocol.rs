@@ -109,9 +109,22 @@ pub struct EmbedRequest {
     /// a voucher, when attached, names its own channel.
     #[serde(default)]
     pub channel: Option<B256>,
+    /// The payer's secret credit key: credit paid ahead is spent only by requests carrying the key its voucher came
+    /// with (without one, the requester's peer id stands in).
+    #[serde(default)]
+    pub credit_key: Option<B256>,
 }
 
 impl Request {
+    /// Attach the payer's credit key (inference and embedding requests).
+    pub fn set_credit_key(&mut self, key: B256) {
+        match self {
+            Self::Infer(r) => r.credit_key = Some(key),
+            Self::Embed(r) => r.credit_key = Some(key),
+            _ => {}
+        }
+    }
+
     /// The wire version the sender speaks.
     pub fn version(&self) -> u16 {
         match self {
@@ -141,6 +154,10 @@ pub struct InferRequest {
     /// a voucher, when attached, names its own channel.
     #[serde(default)]
     pub channel: Option<B256>,
+    /// The payer's secret credit key: credit paid ahead is spent only by requests carrying the key its voucher came
+    /// with (without one, the requester's peer id stands in).
+    #[serde(default)]
+    pub credit_key: Option<B256>,
     /// Most milliseconds the request may wait in the node's queue; past it the node answers "overloaded" without
     /// running it (the client's queue-phase timeout).
     #[serde(default)]
@@ -869,23 +886,27 @@ pub struct ReceiptBatchGossip {
 }
 
 impl ReceiptBatchGossip {
-    /// Messages carrying every receipt of `batch` (`receipts` in leaf order), each within [`MAX_GOSSIP_BYTES`].
-    pub fn split(batch: &BatchMsg, receipts: &[crate::receipt::Receipt]) -> Vec<Self> {
-        let leaves: Vec<B256> = receipts.iter().map(crate::receipt::Receipt::leaf).collect();
+    /// Messages carrying `receipts` (leaf index and receipt, in leaf order) of `batch`, whose every leaf is
+    /// `leaves`, each within [`MAX_GOSSIP_BYTES`] (a message carries a run of consecutive leaves).
+    pub fn split(batch: &BatchMsg, leaves: &[B256], receipts: &[(usize, crate::receipt::Receipt)]) -> Vec<Self> {
         let bare = |r: &crate::receipt::Receipt| ReceiptMsg::new(r, Vec::new(), batch.clone());
-        let make = |first: usize, chunk: &[crate::receipt::Receipt]| Self {
+        let make = |run: &[(usize, crate::receipt::Receipt)]| Self {
             version: WIRE_VERSION,
             batch: batch.clone(),
-            leaves: leaves.clone(),
-            first: first as u32,
-            receipts: chunk.iter().map(bare).collect(),
+            leaves: leaves.to_vec(),
+            first: run.first().map_or(0, |(i, _)| *i as u32),
+            receipts: run.iter().map(|(_, r)| bare(r)).collect(),
         };
-        // Halve the receipts per message until one message fits (leaves are bounded by MAX_BATCH_LEAVES).
-        let mut per = receipts.len().max(1);
-        while per > 1 && encode(&make(0, &receipts[..per.min(receipts.len())])).len() > MAX_GOSSIP_BYTES {
-            per = per.div_ceil(2);
+        let mut out = Vec::new();
+        // Runs of consecutive leaves, then halved until one message fits (leaves are bounded by MAX_BATCH_LEAVES).
+        for run in receipts.chunk_by(|(a, _), (b, _)| a + 1 == *b) {
+            let mut per = run.len().max(1);
+            while per > 1 && encode(&make(&run[..per.min(run.len())])).len() > MAX_GOSSIP_BYTES {
+                per = per.div_ceil(2);
+            }
+            out.extend(run.chunks(per).map(make));
         }
-        receipts.chunks(per).enumerate().map(|(i, chunk)| make(i * per, chunk)).collect()
+        out
     }
 
     /// The receipts carried, each with its proof and the batch, if the leaves build the batch's root and each
@@ -1112,6 +1133,7 @@ mod tests {
                 inputs,
                 voucher: Some(WireVoucher { channel_id: job, cumulative_amount: U256::from(amount), signature }),
                 channel: None,
+                credit_key: None,
                 queue_timeout_ms: Some(250),
             });
             let bytes = encode(&req);
@@ -1158,6 +1180,7 @@ mod tests {
                 inputs: vec![Tensor::new("input", vec![1, 4], TensorData::Fp32(vec![0.5; 4])).unwrap()],
                 voucher: None,
                 channel: None,
+                credit_key: None,
                 queue_timeout_ms: None,
             });
             let mut bytes = encode(&req);
@@ -1341,7 +1364,9 @@ mod tests {
             })
             .collect();
         let (batch, signed) = ReceiptMsg::sign_batch(&receipts, node.address(), 1, &node, &domain).unwrap();
-        let msgs = ReceiptBatchGossip::split(&batch, &receipts);
+        let leaves: Vec<B256> = receipts.iter().map(Receipt::leaf).collect();
+        let indexed: Vec<(usize, Receipt)> = receipts.iter().cloned().enumerate().collect();
+        let msgs = ReceiptBatchGossip::split(&batch, &leaves, &indexed);
         assert!(msgs.len() > 1, "a full batch needs several messages");
         let mut all = Vec::new();
         for m in &msgs {
@@ -1350,6 +1375,12 @@ mod tests {
             all.extend(decode::<ReceiptBatchGossip>(&bytes, MAX_GOSSIP_BYTES).unwrap().receipts().unwrap());
         }
         assert_eq!(all, signed, "every receipt, with the proof the node gave its client");
+        // A batch with gaps (jobs left out): runs of consecutive leaves, each receipt still with its own proof.
+        let some: Vec<(usize, Receipt)> = indexed.iter().filter(|(i, _)| i % 3 != 1).cloned().collect();
+        let gapped = ReceiptBatchGossip::split(&batch, &leaves, &some);
+        let got: Vec<ReceiptMsg> = gapped.iter().flat_map(|m| m.receipts().unwrap()).collect();
+        let want: Vec<ReceiptMsg> = some.iter().map(|(i, _)| signed[*i].clone()).collect();
+        assert_eq!(got, want);
         // Leaves that do not build the root, a receipt that is not its leaf, an index past the end: refused.
         let mut m = msgs[0].clone();
         m.leaves.swap(0, 2); // siblings hash commutatively: swap across subtrees

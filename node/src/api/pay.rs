@@ -30,10 +30,7 @@ pub const CHANNEL_HEADER: &str = "x-mlbridge-channel";
 /// Header carrying the client's secret credit key (hex, 16 to 64 bytes).
 pub const CREDIT_KEY_HEADER: &str = "x-mlbridge-credit-key";
 
-/// The spender a credit key stands for (what the gate compares).
-pub fn credit_spender(key: &[u8]) -> B256 {
-    alloy::primitives::keccak256([b"mlbridge-http-credit:".as_slice(), key].concat())
-}
+pub use crate::payment::credit_spender;
 
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
     headers

@@ -44,7 +44,7 @@ use crate::inference::Engine;
 use crate::inference::ModelConfig;
 use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
-use crate::payment::{Authorization, Completed, JobInput, PaymentService, SignedBatch, guarded};
+use crate::payment::{Authorization, Completed, JobInput, PaymentService, SignedBatch, credit_spender, guarded};
 
 mod mux;
 mod peers;
@@ -412,6 +412,7 @@ impl Actor {
                 if let Some(ip) = mlbridge_sdk::net::ipban::ip_of(endpoint.get_remote_address()) {
                     self.peer_ips.insert(peer_id, ip);
                 }
+                self.load.connected(peer_id);
                 self.metrics.p2p_peers.set(self.swarm.connected_peers().count() as i64);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
@@ -516,7 +517,8 @@ impl Actor {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            // Credit paid ahead is spent only by the peer that paid it (the connection's handshake proved its id).
+            // Credit paid ahead is spent only by whoever paid it: the payer's credit key when the request carries
+            // one, else the peer (the connection's handshake proved its id).
             let spender = Some(alloy::primitives::keccak256(peer.to_bytes()));
             let served = match request {
                 Request::Infer(r) => serve_infer(&engine, payments.as_deref(), r, spender).await,
@@ -613,7 +615,7 @@ impl Actor {
         if self.receipt_listeners.is_empty() {
             return;
         }
-        for msg in ReceiptBatchGossip::split(&b.batch, &b.receipts) {
+        for msg in ReceiptBatchGossip::split(&b.batch, &b.leaves, &b.receipts) {
             let n = msg.receipts.len() as u64;
             if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&msg)).is_ok() {
                 p.metrics().receipts_published.inc_by(n);
@@ -820,6 +822,7 @@ pub(super) async fn serve_infer(
         Ok(b) => b as u64,
         Err(e) => return Served::error(engine_error(&e)),
     };
+    let spender = r.credit_key.map(|k| credit_spender(k.as_slice())).or(spender);
     let pay = Pay { voucher: r.voucher.as_ref(), channel: r.channel, spender };
     let auth = match authorize(payments, &config, pay, units) {
         Ok(a) => a,
@@ -858,6 +861,7 @@ pub(super) async fn serve_embed(
     if let Err(e) = engine.check_texts(&r.texts) {
         return Served::error(engine_error(&e));
     }
+    let spender = r.credit_key.map(|k| credit_spender(k.as_slice())).or(spender);
     let pay = Pay { voucher: r.voucher.as_ref(), channel: r.channel, spender };
     let auth = match authorize(payments, &config, pay, r.texts.len() as u64) {
         Ok(a) => a,

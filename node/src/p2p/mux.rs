@@ -3,7 +3,9 @@
 //! inbound byte budget, checked as on `/mlbridge/infer/1` (version, per-peer rate and requests in flight, shutdown),
 //! run concurrently, and their answers written back by one writer per stream (flushed once per burst), in whatever
 //! order they finish. Malformed frames count against the peer as invalid requests do; a frame over the size limit
-//! closes the stream.
+//! closes the stream. A frame must arrive whole within [`FRAME_DEADLINE`] of its first byte (a trickling peer cannot
+//! hold the budget), a request counts as in flight until its answer is written (a peer that stops reading stops
+//! getting work done), and a write that makes no progress for [`FRAME_DEADLINE`] closes the stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,7 @@ use alloy::primitives::{B256, keccak256};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use mlbridge_sdk::net::InboundBudget;
-use mlbridge_sdk::net::mux::{Frame, MUX_PROTOCOL, ReadError, read_frame, write_frame};
+use mlbridge_sdk::net::mux::{Frame, MUX_PROTOCOL, ReadError, read_frame_within, write_frame};
 use mlbridge_sdk::protocol::{ErrorKind, MAX_REQUEST_BYTES, Request, Response, WIRE_VERSION, decode, encode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,6 +27,9 @@ use crate::inference::Engine;
 use crate::metrics::NodeMetrics;
 use crate::payment::PaymentService;
 use crate::{Error, Result};
+
+/// Longest a frame may take to arrive once started, and a burst of answers to be written.
+pub(super) const FRAME_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What every stream task needs.
 pub(super) struct MuxServer {
@@ -68,29 +73,52 @@ pub(super) fn spawn(
     }))
 }
 
+/// A request admitted against the peer's in-flight limit: released when its answer is written, or dropped unsent.
+struct Admitted {
+    load: Arc<PeerLoad>,
+    peer: PeerId,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.load.done(self.peer);
+    }
+}
+
+/// An answer waiting to be written: its id, its bytes, and the admission it releases once written.
+type Outgoing = (u64, Vec<u8>, Option<Admitted>);
+
 /// Answers waiting to be written on one stream.
-type Answers = mpsc::Sender<(u64, Vec<u8>)>;
+type Answers = mpsc::Sender<Outgoing>;
 
 async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Stream) {
     let (mut r, w) = stream.split();
-    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(256);
-    // Writes end when the reader and every request it started are done (all senders dropped).
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
+    // Writes end when the reader and every request it started are done (all senders dropped), or when a burst cannot
+    // be written within the deadline (the peer stopped reading): answers still queued are dropped, releasing theirs.
     let writer = tokio::spawn(async move {
         let mut w = futures::io::BufWriter::with_capacity(64 << 10, w);
         while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some((id, body)) = next.take() {
-                write_frame(&mut w, id, &body).await?;
-                next = rx.try_recv().ok();
-            }
-            w.flush().await?;
+            let burst = async {
+                let mut next = Some(first);
+                while let Some((id, body, admitted)) = next.take() {
+                    write_frame(&mut w, id, &body).await?;
+                    drop(admitted);
+                    next = rx.try_recv().ok();
+                }
+                w.flush().await
+            };
+            tokio::time::timeout(FRAME_DEADLINE, burst).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer does not read its answers")
+            })??;
         }
         w.close().await
     });
-    // Credit paid ahead is spent only by the peer that paid it (the connection's handshake proved its id).
+    // Credit paid ahead is spent only by whoever paid it: the payer's credit key when the request carries one, else
+    // the peer (the connection's handshake proved its id).
     let spender = Some(keccak256(peer.to_bytes()));
     loop {
-        match read_frame(&mut r, MAX_REQUEST_BYTES, Some(&server.budget)).await {
+        match read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)).await {
             Ok(Some(frame)) => on_frame(server, peer, spender, frame, &tx).await,
             Ok(None) | Err(ReadError::Io(_)) => break,
             Err(ReadError::Busy { id }) => {
@@ -119,7 +147,7 @@ async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Str
 
 async fn reply(server: &MuxServer, tx: &Answers, id: u64, response: Response, outcome: &'static str) {
     server.metrics.p2p_requests.with_label_values(&[outcome]).inc();
-    let _ = tx.send((id, encode(&response))).await;
+    let _ = tx.send((id, encode(&response), None)).await;
 }
 
 async fn on_frame(server: &Arc<MuxServer>, peer: PeerId, spender: Option<B256>, frame: Frame, tx: &Answers) {
@@ -149,6 +177,7 @@ async fn on_frame(server: &Arc<MuxServer>, peer: PeerId, spender: Option<B256>, 
     if let Err(msg) = server.load.admit(peer) {
         return reply(server, tx, id, protocol_error(ErrorKind::Overloaded, msg), "overloaded").await;
     }
+    let admitted = Admitted { load: server.load.clone(), peer };
     let (server, tx) = (server.clone(), tx.clone());
     tokio::spawn(async move {
         if !server.latency.is_zero() {
@@ -160,8 +189,8 @@ async fn on_frame(server: &Arc<MuxServer>, peer: PeerId, spender: Option<B256>, 
             Request::Embed(r) => serve_embed(&server.engine, payments, r, spender).await,
             _ => unreachable!("refused above"),
         };
-        let _ = tx.send((id, encode(&response))).await;
-        server.load.done(peer);
+        // In flight until written (or dropped with the stream).
+        let _ = tx.send((id, encode(&response), Some(admitted))).await;
         server.metrics.p2p_requests.with_label_values(&[outcome]).inc();
         if outcome == "ok" {
             server.metrics.p2p_request_seconds.observe(started.elapsed().as_secs_f64());

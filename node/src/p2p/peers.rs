@@ -1,6 +1,7 @@
 //! Per-peer load limits, shared by the request-response path (answered by the swarm task) and the multiplexed
 //! streams (served by their own tasks): a token bucket of requests per second, requests in flight, and streams open.
-//! A peer's entry lives while it is connected or has work in flight, so a disconnect never loses a count.
+//! A peer's entry lives while it is connected (as the swarm's connection events say) or has work in flight, so a
+//! disconnect never loses a count, and work arriving after a disconnect cannot keep an entry alive.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -61,14 +62,12 @@ impl PeerLoad {
     }
 
     fn entry<'a>(&self, peers: &'a mut HashMap<PeerId, Load>, peer: PeerId) -> &'a mut Load {
-        let load = peers.entry(peer).or_insert_with(|| Load {
+        peers.entry(peer).or_insert_with(|| Load {
             bucket: TokenBucket::new(self.rate),
             inflight: 0,
             streams: 0,
-            connected: true,
-        });
-        load.connected = true;
-        load
+            connected: false,
+        })
     }
 
     /// Take one request of `peer` in, or say why not (it is answered "overloaded").
@@ -119,6 +118,13 @@ impl PeerLoad {
         self.prune(&mut peers, peer);
     }
 
+    /// `peer` connected (a swarm event).
+    pub(super) fn connected(&self, peer: PeerId) {
+        let mut peers = self.lock();
+        self.entry(&mut peers, peer).connected = true;
+        self.metrics.p2p_tracked_peers.set(peers.len() as i64);
+    }
+
     /// `peer`'s last connection closed: its entry goes once nothing of it is left.
     pub(super) fn disconnected(&self, peer: PeerId) {
         let mut peers = self.lock();
@@ -159,6 +165,7 @@ mod tests {
         let metrics = NodeMetrics::new().unwrap();
         let load = PeerLoad::new(1_000.0, 2, 1, metrics.clone());
         let peer = PeerId::random();
+        load.connected(peer);
         load.admit(peer).unwrap();
         load.admit(peer).unwrap();
         assert!(load.admit(peer).unwrap_err().contains("in flight"));
@@ -172,5 +179,9 @@ mod tests {
         assert_eq!(metrics.p2p_tracked_peers.get(), 1, "its stream is still open");
         load.close_stream(peer);
         assert_eq!((metrics.p2p_tracked_peers.get(), metrics.p2p_inflight.get()), (0, 0));
+        // Work that arrives after the disconnect (a frame already read) leaves no entry behind.
+        load.admit(peer).unwrap();
+        load.done(peer);
+        assert_eq!(metrics.p2p_tracked_peers.get(), 0);
     }
 }

@@ -61,6 +61,8 @@ struct Slot {
     entry: ChannelEntry,
     /// Prices of authorized jobs not yet answered.
     in_flight: U256,
+    /// The best voucher amount written by a job that flushes before answering (what a crash cannot lose).
+    durable_best: U256,
 }
 
 /// The voucher check and its state.
@@ -169,7 +171,8 @@ impl Gate {
                     payer: view.payer,
                     ..ChannelEntry::default()
                 });
-                vacant.insert(Slot { entry, in_flight: U256::ZERO })
+                let durable_best = entry.best_amount;
+                vacant.insert(Slot { entry, in_flight: U256::ZERO, durable_best })
             }
         };
         if let Some(reason) = &slot.entry.failed {
@@ -221,8 +224,9 @@ impl Gate {
     }
 
     /// The job was answered: its price moves from in flight to the channel's charges, and the job record and the
-    /// channel entry are written (the caller flushes before answering).
-    pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<()> {
+    /// channel entry are written. Returns whether the entry carries a best voucher no flush has covered yet: the
+    /// caller then flushes before answering (otherwise a group commit will do).
+    pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<bool> {
         self.ledger.put_job(job)?;
         let mut slots = self.slots();
         let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
@@ -235,7 +239,9 @@ impl Gate {
         slot.entry = entry;
         debug_assert!(slot.in_flight >= auth.price, "a job recorded that was not held (released twice?)");
         slot.in_flight = slot.in_flight.saturating_sub(auth.price);
-        Ok(())
+        let new_best = slot.entry.best_amount > slot.durable_best;
+        slot.durable_best = slot.entry.best_amount;
+        Ok(new_best)
     }
 
     /// The job failed after authorization: its price is no longer held.

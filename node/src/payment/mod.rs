@@ -167,7 +167,7 @@ impl PaymentService {
         let service = Arc::new(Self {
             gate,
             tracker,
-            signer: ReceiptSigner::start(fast.clone(), domain, metrics.clone()),
+            signer: ReceiptSigner::new(fast.clone(), domain, metrics.clone()),
             operator: fast,
             audit: AuditStore::new(
                 Duration::from_secs_f64(config.audit_retention_hours.max(0.0) * 3600.0),
@@ -297,7 +297,7 @@ impl PaymentService {
         let signed = self.signer.sign(receipt).await?;
         // From here on synchronous up to the flush: a caller cancelled during the flush leaves a charged,
         // recorded job whose answer was lost.
-        self.gate.record(auth, &job)?;
+        let new_best = self.gate.record(auth, &job)?;
         hold.0 = None;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
@@ -311,6 +311,9 @@ impl PaymentService {
         });
         if auth.new_voucher {
             self.metrics.vouchers_accepted.inc();
+        }
+        // A best voucher not yet on disk (this job's, or one whose own job failed) is flushed before the answer.
+        if new_best {
             self.gate.ledger().flush().await?;
         } else {
             self.gate.ledger().commit_later();
@@ -349,6 +352,11 @@ impl PaymentService {
     pub fn audit(&self, job: &B256) -> Option<Arc<AuditRecord>> {
         self.audit.get(job)
     }
+}
+
+/// The spender a payer's secret credit key stands for (what the gate compares; the same over libp2p and HTTP).
+pub fn credit_spender(key: &[u8]) -> B256 {
+    alloy::primitives::keccak256([b"mlbridge-credit-key:".as_slice(), key].concat())
 }
 
 /// Run a job's `work`; if it fails, or is dropped before it finishes (an HTTP timeout, a client that went away), the

@@ -1,29 +1,35 @@
 //! The receipt signer (DESIGN.md §3, batched receipts): one operator signature per batch of answered jobs.
 //!
-//! Answered jobs queue their receipts; a dedicated thread takes the first one waiting, then every other one that
-//! arrived meanwhile (up to [`MAX_BATCH_LEAVES`]), builds their Merkle tree and signs its root once. So a lone job
-//! is signed at once (no added delay), and under load a batch holds the jobs answered while the previous signature
-//! was being made. Each job gets its receipt with its proof and the signed batch; the batch itself goes to the
-//! gossip side (receipts for validators travel by batch, not by job).
+//! Answered jobs queue their receipts. The first job to find nobody signing signs, on its own task and at once,
+//! everything queued (up to [`MAX_BATCH_LEAVES`] per batch: a Merkle tree, one signature over its root), and goes on
+//! while more arrived meanwhile. So a lone job is signed without waiting or a thread hop, and under load a batch holds
+//! the jobs answered while the previous signature was being made. Each job gets its receipt with its proof and the
+//! signed batch; the batch itself goes to the gossip side (receipts for validators travel by batch, not by job).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use alloy::primitives::B256;
 use alloy::sol_types::Eip712Domain;
 use mlbridge_sdk::protocol::{BatchMsg, ReceiptMsg};
 use mlbridge_sdk::receipt::{MAX_BATCH_LEAVES, Receipt};
 use mlbridge_sdk::signer::FastSigner;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use super::metrics::PaymentMetrics;
 use crate::{Error, Result};
 
-/// A signed batch and its receipts in leaf order, for gossip.
+/// Batches one job signs for others before handing the rest to a task of its own (so no caller waits long).
+const ROUNDS_PER_LEADER: usize = 4;
+
+/// A signed batch and the receipts of it to gossip, in leaf order (jobs whose caller went away left out).
 #[derive(Debug)]
 pub struct SignedBatch {
     /// The signed batch.
     pub batch: BatchMsg,
-    /// Its receipts, in leaf order.
-    pub receipts: Vec<Receipt>,
+    /// Every leaf of it.
+    pub leaves: Vec<B256>,
+    /// Its receipts to gossip with their leaf index, in leaf order.
+    pub receipts: Vec<(usize, Receipt)>,
 }
 
 struct Pending {
@@ -31,78 +37,116 @@ struct Pending {
     reply: oneshot::Sender<Result<ReceiptMsg>>,
 }
 
-/// Handle to the signer thread (cloneable); the thread ends when every handle is gone.
-#[derive(Clone, Debug)]
-pub struct ReceiptSigner {
-    queue: mpsc::Sender<Pending>,
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A task is signing (it takes whatever is queued before it stops).
+    signing: bool,
+}
+
+struct Inner {
+    operator: FastSigner,
+    domain: Eip712Domain,
+    metrics: PaymentMetrics,
+    queue: Mutex<Queue>,
     batches: broadcast::Sender<Arc<SignedBatch>>,
 }
 
-impl std::fmt::Debug for Pending {
+/// The node's receipt signer (cloneable).
+#[derive(Clone)]
+pub struct ReceiptSigner {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReceiptSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("job", &self.receipt.jobId).finish()
+        f.debug_struct("ReceiptSigner").field("operator", &self.inner.operator.address()).finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sign what is queued, batch after batch, for at most `rounds` batches; `true` if the queue is empty and the
+    /// signing flag released, `false` if work is left (the caller hands it on).
+    fn lead(&self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut pending = {
+                let mut q = self.queue();
+                if q.pending.is_empty() {
+                    q.signing = false;
+                    return true;
+                }
+                let n = q.pending.len().min(MAX_BATCH_LEAVES);
+                q.pending.drain(..n).collect::<Vec<_>>()
+            };
+            // Jobs whose caller went away need no receipt (their charge was released).
+            pending.retain(|p| !p.reply.is_closed());
+            if !pending.is_empty() {
+                self.sign(pending);
+            }
+        }
+        false
+    }
+
+    fn sign(&self, pending: Vec<Pending>) {
+        let receipts: Vec<Receipt> = pending.iter().map(|p| p.receipt.clone()).collect();
+        let issued_at = receipts.iter().map(|r| r.issuedAt).max().unwrap_or_default();
+        match ReceiptMsg::sign_batch(&receipts, self.operator.address(), issued_at, &self.operator, &self.domain) {
+            Ok((batch, signed)) => {
+                self.metrics.receipt_batches.inc();
+                self.metrics.receipt_batch_size.observe(receipts.len() as f64);
+                // Gossip only the receipts of jobs still there to be charged: a caller that went away meanwhile
+                // released its job, and validators would find no record of it.
+                let leaves: Vec<B256> = receipts.iter().map(Receipt::leaf).collect();
+                let mut kept = Vec::with_capacity(receipts.len());
+                for (i, ((p, r), receipt)) in pending.into_iter().zip(signed).zip(receipts).enumerate() {
+                    if p.reply.send(Ok(r)).is_ok() {
+                        kept.push((i, receipt));
+                    }
+                }
+                if self.batches.receiver_count() > 0 && !kept.is_empty() {
+                    let _ = self.batches.send(Arc::new(SignedBatch { batch, leaves, receipts: kept }));
+                }
+            }
+            Err(e) => {
+                for p in pending {
+                    let _ = p.reply.send(Err(Error::Signing(e.to_string())));
+                }
+            }
+        }
     }
 }
 
 impl ReceiptSigner {
-    /// Start the signer thread for `operator` in `domain`.
-    pub fn start(operator: FastSigner, domain: Eip712Domain, metrics: PaymentMetrics) -> Self {
-        let (queue, mut rx) = mpsc::channel::<Pending>(4 * MAX_BATCH_LEAVES);
+    /// A signer for `operator` in `domain`.
+    pub fn new(operator: FastSigner, domain: Eip712Domain, metrics: PaymentMetrics) -> Self {
         let (batches, _) = broadcast::channel(256);
-        let gossip = batches.clone();
-        std::thread::Builder::new()
-            .name("receipt-signer".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut pending = vec![first];
-                    while pending.len() < MAX_BATCH_LEAVES {
-                        match rx.try_recv() {
-                            Ok(p) => pending.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    // Jobs whose caller went away need no receipt (their charge was released).
-                    pending.retain(|p| !p.reply.is_closed());
-                    if pending.is_empty() {
-                        continue;
-                    }
-                    let receipts: Vec<Receipt> = pending.iter().map(|p| p.receipt.clone()).collect();
-                    let issued_at = receipts.iter().map(|r| r.issuedAt).max().unwrap_or_default();
-                    match ReceiptMsg::sign_batch(&receipts, operator.address(), issued_at, &operator, &domain) {
-                        Ok((batch, signed)) => {
-                            metrics.receipt_batches.inc();
-                            metrics.receipt_batch_size.observe(receipts.len() as f64);
-                            for (p, r) in pending.into_iter().zip(signed) {
-                                let _ = p.reply.send(Ok(r));
-                            }
-                            if gossip.receiver_count() > 0 {
-                                let _ = gossip.send(Arc::new(SignedBatch { batch, receipts }));
-                            }
-                        }
-                        Err(e) => {
-                            for p in pending {
-                                let _ = p.reply.send(Err(Error::Signing(e.to_string())));
-                            }
-                        }
-                    }
-                }
-            })
-            .expect("spawning the receipt signer thread");
-        Self { queue, batches }
+        Self { inner: Arc::new(Inner { operator, domain, metrics, queue: Mutex::default(), batches }) }
     }
 
-    /// The receipt of one answered job: its proof and the batch it was signed in. Waits for the batch's signature.
+    /// The receipt of one answered job: its proof and the batch it was signed in.
     pub async fn sign(&self, receipt: Receipt) -> Result<ReceiptMsg> {
-        let (reply, rx) = oneshot::channel();
-        let stopped = || Error::Signing("the receipt signer stopped".into());
-        self.queue.send(Pending { receipt, reply }).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut q = self.inner.queue();
+            q.pending.push(Pending { receipt, reply });
+            !std::mem::replace(&mut q.signing, true)
+        };
+        // Synchronous (no await): a cancelled caller cannot stop it half-way and strand the queue.
+        if lead && !self.inner.lead(ROUNDS_PER_LEADER) {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.lead(usize::MAX));
+        }
+        answer.await.map_err(|_| Error::Signing("the receipt signer stopped".into()))?
     }
 
     /// Signed batches as they are made (for gossip to validators). A slow receiver misses batches, never slows
     /// signing.
     pub fn batches(&self) -> broadcast::Receiver<Arc<SignedBatch>> {
-        self.batches.subscribe()
+        self.inner.batches.subscribe()
     }
 }
 
@@ -131,7 +175,7 @@ mod tests {
         let key = PrivateKeySigner::random();
         let domain = mlbridge_sdk::eip712::domain(31337, Address::repeat_byte(0xcc));
         let metrics = PaymentMetrics::register(&prometheus::Registry::new()).unwrap();
-        let signer = ReceiptSigner::start(FastSigner::new(&key), domain.clone(), metrics.clone());
+        let signer = ReceiptSigner::new(FastSigner::new(&key), domain.clone(), metrics.clone());
         let mut gossip = signer.batches();
         // A lone job: a batch of one, signed at once.
         let lone = signer.sign(receipt(0)).await.unwrap();
@@ -157,7 +201,7 @@ mod tests {
         assert_eq!(metrics.receipt_batches.get() as usize, roots.len() + 1);
         // The gossip side sees every batch with its receipts in leaf order.
         let first = gossip.recv().await.unwrap();
-        assert_eq!(first.receipts, vec![receipt(0)]);
+        assert_eq!(first.receipts, vec![(0, receipt(0))]);
         assert_eq!(first.batch, lone.batch);
     }
 }

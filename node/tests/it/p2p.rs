@@ -272,6 +272,7 @@ async fn bad_peers_are_refused_and_banned_while_others_are_served() {
         inputs: mlp_input(0.0),
         voucher: None,
         channel: None,
+        credit_key: None,
         queue_timeout_ms: None,
     });
     match good.send_to(peer(&node), req).await.unwrap() {
@@ -398,6 +399,7 @@ async fn request_rate_is_bounded_per_peer() {
             inputs: mlp_input(0.0),
             voucher: None,
             channel: None,
+            credit_key: None,
             queue_timeout_ms: None,
         })
     };
@@ -438,6 +440,7 @@ async fn an_unreachable_node_fails_in_the_connect_phase() {
         inputs: mlp_input(0.0),
         voucher: None,
         channel: None,
+        credit_key: None,
         queue_timeout_ms: None,
     });
     let err = c.send_to(PeerId::random(), req).await.unwrap_err();
@@ -514,6 +517,7 @@ async fn the_multiplexed_stream_pairs_answers_by_id_and_refuses_hostile_frames()
             inputs: mlp_input(seed),
             voucher: None,
             channel: None,
+            credit_key: None,
             queue_timeout_ms: None,
         }))
     };

@@ -247,6 +247,7 @@ fn request_on(voucher: Option<WireVoucher>, channel: Option<B256>) -> Request {
         inputs: input(0.5),
         voucher,
         channel,
+        credit_key: None,
         queue_timeout_ms: None,
     })
 }

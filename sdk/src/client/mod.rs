@@ -327,6 +327,7 @@ impl Client {
                 inputs: inputs.clone(),
                 voucher,
                 channel,
+                credit_key: None,
                 queue_timeout_ms: queue_ms,
             })
         })
@@ -345,6 +346,7 @@ impl Client {
                 texts: texts.clone(),
                 voucher,
                 channel,
+                credit_key: None,
             })
         })
         .await
@@ -365,12 +367,13 @@ impl Client {
                 .await?;
             let Some(picked) = picked else { break };
             let peer = picked.peer;
-            let started = Instant::now();
+            // Reported when the attempt ends, or when the caller gives up on it (a dropped future).
+            let mut done = DoneGuard { commands: self.commands.clone(), peer, started: Instant::now(), ok: false };
             let outcome = self.run_on(picked, random_id(), job, &make).await;
             // Only a real answer counts for the node: any error counts against it, or a node that refuses everything
             // at once would look like the fastest one and draw the traffic.
-            let done = Command::Done { peer, ok: outcome.is_ok(), ms: started.elapsed().as_secs_f64() * 1000.0 };
-            let _ = self.commands.send(done).await;
+            done.ok = outcome.is_ok();
+            drop(done);
             match outcome {
                 Ok((response, paid)) => return Ok(InferOutcome { node: peer, response, attempts: attempt, paid }),
                 Err(
@@ -429,7 +432,11 @@ impl Client {
                 Some(p) => (p.voucher.clone(), Some(p.channel_id)),
                 None => (None, None),
             };
-            let response = self.send_to(peer, make(job_id, voucher, channel)).await?;
+            let mut request = make(job_id, voucher, channel);
+            if let Some(payer) = payer.filter(|_| payment.is_some()) {
+                request.set_credit_key(payer.credit_key());
+            }
+            let response = self.send_to(peer, request).await?;
             return match response {
                 Response::Infer(r) => {
                     if let (Some(payer), Some(p)) = (payer, &payment) {
@@ -441,8 +448,9 @@ impl Client {
                     Ok((*r, payment))
                 }
                 Response::Error(e) => {
-                    // Every typed error is answered before the job is charged.
-                    held.outcome = Outcome::Refused;
+                    // Every typed error is answered before the job is charged, except the node's own failures
+                    // (a ledger that cannot be written after the charge): those may have cost the job.
+                    held.outcome = if e.kind == ErrorKind::Internal { Outcome::Lost } else { Outcome::Refused };
                     drop(held);
                     match e.payment {
                         // The node lacks credit this payer counted on (a voucher it never got, or credit an earlier
@@ -456,8 +464,10 @@ impl Client {
                             recoveries += 1;
                             if let (Some(payer), Some(p)) = (payer, &payment) {
                                 next = if p.voucher.is_none() { payer.resend(p) } else { None };
-                                if next.is_none() {
-                                    payer.forget_credit(p);
+                                // Believed once per channel; a node that keeps saying so is refused.
+                                if next.is_none() && !payer.forget_credit(p) {
+                                    let refusal = Box::new(e.payment.clone().expect("matched above"));
+                                    return Err(Error::PaymentRefused { peer: peer.to_string(), refusal });
                                 }
                             }
                             continue;
@@ -486,7 +496,7 @@ impl Client {
         // Inference and embeddings go over the node's long-lived multiplexed stream; audits, bids and nodes that do
         // not speak it use request-response.
         let muxed = matches!(request, Request::Infer(_) | Request::Embed(_));
-        if muxed && self.pipes.has(peer).await {
+        if muxed && self.pipes.has(peer) {
             return self.over_pipe(peer, request).await;
         }
         let connected = self.ask(|reply| Command::Connect { peer, reply });
@@ -600,11 +610,33 @@ impl Client {
                     inputs: inputs.clone(),
                     voucher,
                     channel,
+                    credit_key: None,
                     queue_timeout_ms: queue_ms,
                 })
             })
             .await?;
         Ok(OfferOutcome { bids, outcome: InferOutcome { node: peer, response, attempts: 1, paid } })
+    }
+}
+
+/// Tells the client task that a picked job ended (routing's outstanding count and measurements), also when the
+/// caller dropped the request.
+struct DoneGuard {
+    commands: mpsc::Sender<Command>,
+    peer: PeerId,
+    started: Instant,
+    ok: bool,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let done = Command::Done { peer: self.peer, ok: self.ok, ms: self.started.elapsed().as_secs_f64() * 1000.0 };
+        if let Err(mpsc::error::TrySendError::Full(done)) = self.commands.try_send(done)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let commands = self.commands.clone();
+            rt.spawn(async move { commands.send(done).await });
+        }
     }
 }
 

@@ -87,11 +87,38 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     limit: usize,
     budget: Option<&InboundBudget>,
 ) -> Result<Option<Frame>, ReadError> {
-    let mut len = [0u8; 4];
+    read_frame_within(r, limit, budget, None).await
+}
+
+/// [`read_frame`], with at most `deadline` from a frame's first byte to its last (a peer trickling a frame cannot
+/// hold the budget); waiting for a frame to start is not bounded.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    budget: Option<&InboundBudget>,
+    deadline: Option<std::time::Duration>,
+) -> Result<Option<Frame>, ReadError> {
+    let mut first = [0u8; 1];
     // A clean end only between frames: once a frame started, running out is an error.
-    if r.read(&mut len[..1]).await? == 0 {
+    if r.read(&mut first).await? == 0 {
         return Ok(None);
     }
+    let rest = read_rest(r, first[0], limit, budget);
+    match deadline {
+        None => rest.await,
+        Some(d) => tokio::time::timeout(d, rest)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "a frame took too long to arrive").into())),
+    }
+}
+
+async fn read_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    first: u8,
+    limit: usize,
+    budget: Option<&InboundBudget>,
+) -> Result<Option<Frame>, ReadError> {
+    let mut len = [first, 0, 0, 0];
     r.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len < ID_BYTES {
@@ -164,11 +191,18 @@ struct Pipe {
     queue: mpsc::Sender<Outgoing>,
 }
 
+/// One node's pipe, opened by one caller at a time (only callers to that node wait for it).
+type Slot = Arc<tokio::sync::Mutex<Option<Pipe>>>;
+
+/// How long a node that does not speak [`MUX_PROTOCOL`] is not asked again.
+const UNSUPPORTED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The client's pipes, one per node. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipes {
     control: libp2p_stream::Control,
-    pipes: Arc<tokio::sync::Mutex<HashMap<PeerId, Pipe>>>,
+    slots: Arc<Mutex<HashMap<PeerId, Slot>>>,
+    unsupported: Arc<Mutex<HashMap<PeerId, std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Pipes {
@@ -177,10 +211,14 @@ impl std::fmt::Debug for Pipes {
     }
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Pipes {
     /// Pipes opened through `control` (the swarm's libp2p-stream behaviour).
     pub fn new(control: libp2p_stream::Control) -> Self {
-        Self { control, pipes: Arc::default() }
+        Self { control, slots: Arc::default(), unsupported: Arc::default() }
     }
 
     /// Send `request` to `peer` and wait for its answer (the caller bounds the wait).
@@ -198,38 +236,50 @@ impl Pipes {
                         Err(_) => Err(PipeError::Failed("the stream to the node closed".into())),
                     };
                 }
-                // The pipe died before taking it: drop it and open a new one once.
-                Err(mpsc::error::SendError(back)) => {
-                    out = back;
-                    let mut pipes = self.pipes.lock().await;
-                    if pipes.get(&peer).is_some_and(|p| p.queue.same_channel(&pipe.queue)) {
-                        pipes.remove(&peer);
-                    }
-                }
+                // The pipe died before taking it: open a new one once.
+                Err(mpsc::error::SendError(back)) => out = back,
             }
         }
         Err(PipeError::Failed("the stream to the node keeps closing".into()))
     }
 
     /// Whether a live pipe to `peer` is open (a request can go without connecting first).
-    pub async fn has(&self, peer: PeerId) -> bool {
-        self.pipes.lock().await.get(&peer).is_some_and(|p| !p.queue.is_closed())
+    pub fn has(&self, peer: PeerId) -> bool {
+        let slot = locked(&self.slots).get(&peer).cloned();
+        slot.is_some_and(|s| s.try_lock().is_ok_and(|p| p.as_ref().is_some_and(|p| !p.queue.is_closed())))
     }
 
     async fn pipe(&self, peer: PeerId) -> Result<Pipe, PipeError> {
-        let mut pipes = self.pipes.lock().await;
-        if let Some(p) = pipes.get(&peer).filter(|p| !p.queue.is_closed()) {
+        if locked(&self.unsupported).get(&peer).is_some_and(|at| at.elapsed() < UNSUPPORTED_FOR) {
+            return Err(PipeError::Unsupported);
+        }
+        let slot = {
+            let mut slots = locked(&self.slots);
+            // A client that talked to many nodes over time: dead pipes' slots go.
+            if slots.len() > 256 {
+                slots.retain(|_, s| s.try_lock().map_or(true, |p| p.as_ref().is_some_and(|p| !p.queue.is_closed())));
+            }
+            slots.entry(peer).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(p) = slot.as_ref().filter(|p| !p.queue.is_closed()) {
             return Ok(p.clone());
         }
-        let stream =
-            self.control.clone().open_stream(peer, StreamProtocol::new(MUX_PROTOCOL)).await.map_err(|e| match e {
-                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => PipeError::Unsupported,
-                other => PipeError::Failed(other.to_string()),
-            })?;
+        let opened = self.control.clone().open_stream(peer, StreamProtocol::new(MUX_PROTOCOL)).await;
+        let stream = match opened {
+            Ok(s) => s,
+            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                let mut unsupported = locked(&self.unsupported);
+                unsupported.retain(|_, at| at.elapsed() < UNSUPPORTED_FOR);
+                unsupported.insert(peer, std::time::Instant::now());
+                return Err(PipeError::Unsupported);
+            }
+            Err(other) => return Err(PipeError::Failed(other.to_string())),
+        };
         let (queue, rx) = mpsc::channel(PIPE_QUEUE);
         tokio::spawn(run_pipe(stream, rx));
         let pipe = Pipe { queue };
-        pipes.insert(peer, pipe.clone());
+        *slot = Some(pipe.clone());
         Ok(pipe)
     }
 }

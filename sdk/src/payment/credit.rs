@@ -36,6 +36,8 @@ pub struct Credit {
     pub window: U256,
     /// Prices answered since the window last grew.
     grown: U256,
+    /// Credit was written off once on the node's word (see [`Credit::forget`]).
+    written_off: bool,
 }
 
 /// What a job needs before it is sent.
@@ -50,7 +52,14 @@ pub enum Need {
 impl Credit {
     /// A channel where `signed` was signed before (all of it counted as consumed).
     pub fn resume(signed: U256) -> Self {
-        Self { signed, consumed: signed, in_flight: U256::ZERO, window: U256::ZERO, grown: U256::ZERO }
+        Self {
+            signed,
+            consumed: signed,
+            in_flight: U256::ZERO,
+            window: U256::ZERO,
+            grown: U256::ZERO,
+            written_off: false,
+        }
     }
 
     /// Credit signed and not held by any job.
@@ -99,10 +108,18 @@ impl Credit {
         self.consumed += price;
     }
 
-    /// The node has no credit left that this payer counted on: count everything signed as consumed (jobs in flight
-    /// keep their holds), so the next job signs a new voucher.
-    pub fn forget(&mut self) {
+    /// The node says it has no credit left that this payer counted on (even after its last voucher was sent
+    /// again). The payer cannot check that, so it believes it once per channel: everything signed counts as
+    /// consumed (jobs in flight keep their holds) and the window starts again at one job, so the next job signs a
+    /// new voucher. Returns `false` when it was believed before: a node that keeps saying so gets nothing more.
+    pub fn forget(&mut self) -> bool {
+        if std::mem::replace(&mut self.written_off, true) {
+            return false;
+        }
         self.consumed = self.signed.saturating_sub(self.in_flight);
+        self.window = U256::ZERO;
+        self.grown = U256::ZERO;
+        true
     }
 
     /// The node refused the job before any work: nothing was charged.
@@ -178,5 +195,10 @@ mod tests {
         }
         assert_eq!(c.need(price), Need::Covered);
         assert_eq!(c.signed, before);
+        // A node claiming the credit is gone is believed once: the window starts over at one job...
+        assert!(c.forget());
+        assert_eq!(c.need(price), Need::Sign(c.consumed + price));
+        // ...and never again, so a lying node cannot make the payer sign window after window.
+        assert!(!c.forget());
     }
 }

@@ -148,6 +148,7 @@ pub struct Payer {
     config: PayerConfig,
     funding: Mutex<U256>,
     lines: std::sync::Mutex<std::collections::HashMap<B256, Line>>,
+    credit_key: B256,
 }
 
 fn now_secs() -> u64 {
@@ -181,6 +182,7 @@ impl Payer {
             config,
             funding: Mutex::new(U256::ZERO),
             lines: std::sync::Mutex::new(std::collections::HashMap::new()),
+            credit_key: PrivateKeySigner::random().to_bytes(),
         })
     }
 
@@ -446,11 +448,18 @@ impl Payer {
         }
     }
 
-    /// The node had less credit on `payment`'s channel than this payer counted on: the next job signs anew.
-    pub fn forget_credit(&self, payment: &Payment) {
-        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
-            line.credit.forget();
-        }
+    /// The node says it has less credit on `payment`'s channel than this payer counted on: believed once per
+    /// channel (the next job signs a new voucher, the window starts again at one job); `false` if it was believed
+    /// before (the payment is refused instead: see [`Credit::forget`]).
+    pub fn forget_credit(&self, payment: &Payment) -> bool {
+        self.lines().get_mut(&payment.channel_id).is_some_and(|line| line.credit.forget())
+    }
+
+    /// The secret credit key this payer's requests carry: the node lets only requests with it spend the credit its
+    /// vouchers paid ahead (random per process; a restarted payer moves the credit to its new key with its first
+    /// voucher).
+    pub fn credit_key(&self) -> B256 {
+        self.credit_key
     }
 
     /// A channel's credit as this process sees it.

@@ -46,6 +46,9 @@ pub(super) async fn gossip_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Goss
 /// its leaves build its root (one signature check per message), or why not (a metric label).
 fn unpack(shared: &Shared, data: &[u8]) -> Result<Vec<ReceiptMsg>, &'static str> {
     let g = decode::<ReceiptBatchGossip>(data, MAX_GOSSIP_BYTES).map_err(|_| "malformed")?;
+    if g.receipts.is_empty() {
+        return Err("malformed");
+    }
     // Leaves that do not build the signed root, or a receipt that is not its leaf: not what the node signed.
     let receipts = g.receipts().map_err(|e| if matches!(e, "root" | "leaf") { "signature" } else { "malformed" })?;
     if !g.batch.batch().verify(&g.batch.signature, &shared.chain.deployment().domain()) {
