@@ -213,3 +213,68 @@ resubmit_after_secs = 2
         logs.len()
     );
 }
+
+/// The `mlbridge` CLI built beside this test (the workspace's binaries share one target folder).
+fn cli_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let cli = dir.join("mlbridge");
+    assert!(cli.is_file(), "{} is missing: build the workspace's binaries (cargo build --workspace)", cli.display());
+    cli
+}
+
+/// Paid embeddings from the `mlbridge` CLI, as a separate process with its own voucher store.
+fn spawn_client(chain: &Chain, node: &libp2p::Multiaddr, store: &Path, repeat: u32) -> Child {
+    Command::new(cli_binary())
+        .args(["infer", "--model", "minilm-l6", "--version", "2", "--text", "pay as you go", "--wait", "1"])
+        .args(["--repeat", &repeat.to_string(), "--bootstrap", &node.to_string()])
+        .args(["--key", &chain.key_hex(3), "--rpc-url", &chain.url(), "--max-spend", "1", "--auto-deposit", "0.1"])
+        .arg("--deployment")
+        .arg(&chain.deployment_file)
+        .arg("--store")
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_client_costs_it_at_most_one_credit_window() {
+    use mlbridge_sdk::payment::{PaymentPolicy, VoucherStore};
+    let chain = Chain::start().await;
+    let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = crate::support::start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    let addr = crate::support::addrs(&node).await.remove(0);
+    let paid = || node.payments.as_ref().unwrap().metrics().paid_jobs.get();
+    // The client pays as it goes; it is killed (SIGKILL) once the node has answered 120 of its jobs, with jobs
+    // in flight and credit paid ahead.
+    let mut client = spawn_client(&chain, &addr, store.path(), 10_000);
+    crate::support::wait_until(Duration::from_secs(120), || paid() >= 120).await;
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let before = paid();
+    // A restarted client (same store, new process) goes on: it never signs an amount at or below one it signed
+    // before (the node would refuse it), so its 20 jobs all pass.
+    let status = spawn_client(&chain, &addr, store.path(), 20).wait().unwrap();
+    assert!(status.success(), "the restarted client's jobs are paid and answered");
+    assert_eq!(paid(), before + 20);
+    let report = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
+    assert_eq!(report.transactions.len(), 1);
+    let store = VoucherStore::open(store.path()).unwrap();
+    let channel = store.list().pop().expect("one channel");
+    let pc = PaymentChannels::new(chain.deployment.payment_channels, chain.provider());
+    let redeemed = U256::from(pc.getChannel(channel.channel_id).call().await.unwrap().redeemed);
+    let price = U256::from(node.engine.config("minilm-l6", Some(2)).unwrap().price_wei);
+    let charged = price * U256::from(paid());
+    // The node redeemed exactly the highest amount the client signed (nothing it did not sign)...
+    assert_eq!(redeemed, channel.signed, "the highest voucher signed, redeemed");
+    // ...which covers every answered job, plus what was paid ahead and not used: the window the killed client had
+    // signed ahead (lost with its memory) and the restarted client's current one, each at most the policy's cap.
+    let policy = PaymentPolicy::default();
+    let window = policy.max_credit_wei.min(price * U256::from(policy.max_credit_jobs));
+    assert!(redeemed >= charged, "every answered job is paid: {redeemed} < {charged}");
+    let unearned = redeemed - charged;
+    assert!(unearned <= window * U256::from(2u64), "the client lost {unearned} wei, more than two windows of {window}");
+    println!("client killed after {before} jobs: {unearned} wei paid ahead unused (window {window} wei)");
+}
