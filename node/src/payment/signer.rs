@@ -1,7 +1,7 @@
 //! The receipt signer (DESIGN.md §3, batched receipts): one operator signature per batch of answered jobs.
 //!
-//! Answered jobs queue their receipts. The first job to find nobody signing signs, on its own task and at once,
-//! everything queued (up to [`MAX_BATCH_LEAVES`] per batch: a Merkle tree, one signature over its root), and goes on
+//! Answered jobs queue their receipts. The first job to find nobody signing yields once (so the jobs that finished
+//! with it queue theirs too), then signs on its own task everything queued (up to [`MAX_BATCH_LEAVES`] per batch: a Merkle tree, one signature over its root), and goes on
 //! while more arrived meanwhile. So a lone job is signed without waiting or a thread hop, and under load a batch holds
 //! the jobs answered while the previous signature was being made. Each job gets its receipt with its proof and the
 //! signed batch; the batch itself goes to the gossip side (receipts for validators travel by batch, not by job).
@@ -120,6 +120,18 @@ impl Inner {
     }
 }
 
+/// Signs what is queued if the leader is dropped during its yield (the queue must never be left without one).
+struct LeadOnDrop<'a>(&'a Arc<Inner>);
+
+impl Drop for LeadOnDrop<'_> {
+    fn drop(&mut self) {
+        let inner = self.0.clone();
+        if !inner.lead(ROUNDS_PER_LEADER) {
+            tokio::task::spawn_blocking(move || inner.lead(usize::MAX));
+        }
+    }
+}
+
 impl ReceiptSigner {
     /// A signer for `operator` in `domain`.
     pub fn new(operator: FastSigner, domain: Eip712Domain, metrics: PaymentMetrics) -> Self {
@@ -135,6 +147,14 @@ impl ReceiptSigner {
             q.pending.push(Pending { receipt, reply });
             !std::mem::replace(&mut q.signing, true)
         };
+        if lead {
+            // Let the jobs that finished with this one (an engine batch wakes them together) queue theirs first: one
+            // signature for all of them. Alone, the yield returns at once. Cancelled here, the job is gone but the
+            // queue still has a leader: the guard signs what is queued.
+            let guard = LeadOnDrop(&self.inner);
+            tokio::task::yield_now().await;
+            std::mem::forget(guard);
+        }
         // Synchronous (no await): a cancelled caller cannot stop it half-way and strand the queue.
         if lead && !self.inner.lead(ROUNDS_PER_LEADER) {
             let inner = self.inner.clone();

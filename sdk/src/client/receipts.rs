@@ -2,7 +2,7 @@
 //! be signed by the advertised operator. A batch signature is recovered once and remembered ([`BatchCache`]): a
 //! node signs one batch for many answers, so a client checks one signature per batch and one proof per answer.
 
-use alloy::primitives::{Address, B256, U256, keccak256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::sol_types::Eip712Domain;
 
 use crate::payment::Payment;
@@ -14,28 +14,57 @@ use crate::protocol::{BatchMsg, InferResponse};
 /// audit window (unchallengeable); a receipt dated ahead only extends the node's own exposure, but is refused too.
 pub const MAX_RECEIPT_SKEW_SECS: u64 = 300;
 
-/// Batch signatures already verified (bounded; the key covers the batch's digest and the signature bytes).
+/// A verified batch: every field it was signed over and the signature (any change is another key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Verified {
+    root: B256,
+    node: Address,
+    count: u64,
+    issued_at: u64,
+    signature: [u8; 65],
+    domain: B256,
+}
+
+/// Batch signatures already verified (bounded).
 #[derive(Debug)]
-pub(crate) struct BatchCache(moka::sync::Cache<B256, ()>);
+pub(crate) struct BatchCache(moka::sync::Cache<Verified, ()>);
 
 impl BatchCache {
     pub(crate) fn new(capacity: u64) -> Self {
         Self(moka::sync::Cache::new(capacity))
     }
 
-    /// Whether `batch` is signed by the node it names (recovered once per distinct batch and signature).
+    /// Whether `batch` is signed by the node it names in `domain` (recovered once per distinct batch).
     pub(crate) fn verify(&self, batch: &BatchMsg, domain: &Eip712Domain) -> bool {
-        let b = batch.batch();
-        let key = keccak256([b.digest(domain).as_slice(), &batch.signature].concat());
+        let key = Verified {
+            root: batch.root,
+            node: batch.node,
+            count: batch.count,
+            issued_at: batch.issued_at,
+            signature: batch.signature,
+            domain: domain_key(domain),
+        };
         if self.0.contains_key(&key) {
             return true;
         }
-        let ok = b.verify(&batch.signature, domain);
+        let ok = batch.batch().verify(&batch.signature, domain);
         if ok {
             self.0.insert(key, ());
         }
         ok
     }
+}
+
+/// What tells domains apart (chain and contract; name and version are fixed), without hashing the domain.
+fn domain_key(domain: &Eip712Domain) -> B256 {
+    let mut k = [0u8; 32];
+    if let Some(c) = domain.verifying_contract {
+        k[..20].copy_from_slice(c.as_slice());
+    }
+    if let Some(id) = domain.chain_id {
+        k[24..].copy_from_slice(&id.saturating_to::<u64>().to_be_bytes());
+    }
+    k.into()
 }
 
 fn unix_now() -> u64 {
