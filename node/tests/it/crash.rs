@@ -253,12 +253,15 @@ async fn kill_9_of_the_client_costs_it_at_most_one_credit_window() {
     crate::support::wait_until(Duration::from_secs(120), || paid() >= 120).await;
     client.kill().unwrap();
     client.wait().unwrap();
+    // The job the client had in flight is still answered (and charged: it was paid for) into a closed stream.
+    crate::support::wait_metric(&node, "mlbridge_p2p_inflight", Duration::from_secs(20), |n| n == 0.0).await;
     let before = paid();
     // A restarted client (same store, new process) goes on: it never signs an amount at or below one it signed
     // before (the node would refuse it), so its 20 jobs all pass.
     let status = spawn_client(&chain, &addr, store.path(), 20).wait().unwrap();
     assert!(status.success(), "the restarted client's jobs are paid and answered");
-    assert_eq!(paid(), before + 20);
+    // (A request of the killed client still in the node's socket buffer may yet be read and charged: one more.)
+    assert!((before + 20..=before + 21).contains(&paid()), "{} jobs charged after {before}", paid());
     let report = node.payments.as_ref().unwrap().settler().settle_now().await.unwrap();
     assert_eq!(report.transactions.len(), 1);
     let store = VoucherStore::open(store.path()).unwrap();
