@@ -13,15 +13,17 @@
 //! - [`metrics`]: Prometheus metrics (requests, latency, queue depth, batch size, cache, load time, process).
 //! - [`config`] + [`cli`]: TOML config overridden by flags/env; `serve` and `models` commands; [`operator`]:
 //!   `register`, `status`, `redeem --now`.
-//! - [`p2p`]: the libp2p swarm actor: serves inference/embedding requests from peers through the engine, publishes
-//!   signed adverts, bids on gossiped job offers, bans misbehaving peers.
+//! - [`p2p`]: the libp2p swarm actor and the multiplexed inference streams: serves inference/embedding requests from
+//!   peers through the engine, publishes signed adverts and receipt batches, bids on gossiped job offers, bans
+//!   misbehaving peers.
 //! - [`server`]: starts the engine, the listeners and the swarm; ctrl-c/SIGTERM drain queues and stop gracefully.
 //!
 //! Tasks: the tokio runtime runs the HTTP servers and the swarm task (one owner of the `Swarm`, driven by a
 //! `select!` loop, talked to through a cloneable handle); each model's ONNX Runtime session lives on its own OS
 //! thread.
-//! - [`payment`]: voucher checks before any work, the durable `sled` ledger, signed receipts, audit records for
-//!   validators, the chain watcher and batched settlement (`redeemMany`) tracked to N confirmations.
+//! - [`payment`]: voucher and credit checks before any work, the durable `sled` ledger, receipts signed per batch,
+//!   audit records for validators, the chain watcher and batched settlement (`redeemMany`) tracked to N
+//!   confirmations.
 
 pub mod api;
 pub mod cli;

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 /// Where the operator's node, key and chain are (the node's config file, with flags on top).
 #[derive(Debug, Clone, Default, Args)]
 pub struct OperatorArgs {
-    /// The node's TOML config file (operator key, [payment] rpc_url/deployment/ledger, metrics address).
+    /// The node's TOML config file (operator key, `[payment]` rpc_url/deployment/ledger, metrics address).
     #[arg(long, env = "MLBRIDGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Operator private key (hex).

@@ -16,11 +16,13 @@
 //!
 //! - [`protocol`]: versioned protocol and topic names and the CBOR messages (inference, embeddings, bids, adverts,
 //!   job offers, receipts) with size limits checked before decoding.
-//! - [`net`]: the libp2p behaviour and swarm builder every peer uses.
+//! - [`net`]: the libp2p behaviour and swarm builder every peer uses, and the multiplexed inference stream
+//!   ([`net::mux`]: one long-lived stream per client and node, requests framed with ids).
 //! - [`client`]: the network client: node discovery from signed adverts, routing strategies, failover, the open
-//!   market (gossiped job offers and bids), paying every job and verifying its receipt when given a payer.
-//! - [`payment`]: the payer: channels (open, top up, close, withdraw), the durable voucher store, per-job vouchers
-//!   and automatic funding within a spending limit.
+//!   market (gossiped job offers and bids), paying every job (from credit paid ahead, or with a voucher) and
+//!   verifying its receipt (each batch signature once) when given a payer.
+//! - [`payment`]: the payer: channels (open, top up, close, withdraw), the durable voucher store, vouchers paying
+//!   ahead for a credit window (payment intervals) and automatic funding within a spending limit.
 
 pub mod chain;
 pub mod client;

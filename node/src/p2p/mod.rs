@@ -1,11 +1,14 @@
 //! The node's libp2p side: one task owns the `Swarm` and runs a `select!` loop over swarm events, commands from
 //! [`P2pHandle`]s, answers of finished inferences, the advert timer and the reconnect timer.
 //!
-//! - Inbound `Infer`/`Embed` requests run on the [`Engine`] in spawned tasks (the batcher does the compute on its own
-//!   thread); answers come back to the loop over a bounded channel, because only the swarm's owner may answer.
-//!   Errors are typed responses (unknown model, bad input, overloaded, unsupported version), never dropped streams.
-//!   A peer may have `max_inbound_per_peer` requests in flight and send `max_requests_per_sec_per_peer` (a token
-//!   bucket); beyond either it is answered "overloaded" at once.
+//! - Inference and embeddings come mostly over the multiplexed stream (`mux`: one long-lived stream per client,
+//!   served by its own tasks, outside this loop); on `/mlbridge/infer/1` (audits, bids, older clients) inbound
+//!   `Infer`/`Embed` requests run on the [`Engine`] in spawned tasks (the batcher does the compute on its own
+//!   thread) and their answers come back to the loop over a bounded channel, because only the swarm's owner may
+//!   answer. Errors are typed responses (unknown model, bad input, overloaded, unsupported version), never dropped
+//!   streams. On both, a peer may have `max_inbound_per_peer` requests in flight and send
+//!   `max_requests_per_sec_per_peer` (a token bucket, `peers`); beyond either it is answered "overloaded" at once.
+//! - Signed receipt batches of paid jobs (both front ends) are gossiped by batch while validators listen.
 //! - Every `advert_interval` the node publishes a signed [`Advert`] (operator key + PeerId, models, prices, queue).
 //! - It subscribes to the job topic of every model it serves and answers acceptable [`JobOffer`]s with a [`Bid`]
 //!   sent to the offering peer.

@@ -11,7 +11,7 @@
 //! advertised price: from the credit paid ahead on a channel to the node, or with a voucher paying ahead for the
 //! channel's credit window (DESIGN.md §3, payment intervals). Every answer must carry the node's receipt for exactly
 //! this job (job id, model, input and output hashes, price, channel) proving into a batch the advertised operator
-//! signed (each batch signature is checked once, see [`receipts`]); otherwise the answer is refused. Each outcome is
+//! signed (each batch signature is checked once and cached); otherwise the answer is refused. Each outcome is
 //! reported to the payer, so its window follows what the node earned; an unconfirmed channel is retried on the same
 //! node for a while, and a node that lost the last voucher gets it again.
 

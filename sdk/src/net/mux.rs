@@ -4,7 +4,7 @@
 //!
 //! A frame is a 4-byte big-endian length `n`, then `n` bytes: an 8-byte big-endian request id and the CBOR body (a
 //! [`Request`] from the client, a [`Response`] from the node). Answers may come in any order; the id pairs them.
-//! The length is checked against the message's limit ([`MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`]) before anything
+//! The length is checked against the message's limit ([`crate::protocol::MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`]) before anything
 //! is buffered, and the node reads request bytes against its inbound budget as they arrive. The version is in the
 //! protocol name and in every message, as on `/mlbridge/infer/1`, which stays for audits, bids and older peers.
 //!

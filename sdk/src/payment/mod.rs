@@ -137,7 +137,7 @@ struct Line {
 #[derive(Debug)]
 pub struct Payer {
     signer: PrivateKeySigner,
-    /// The same key, for the per-job voucher signatures.
+    /// The same key, for voucher signatures (libsecp256k1).
     fast: FastSigner,
     provider: DynProvider,
     sender: TxSender<DynProvider>,
