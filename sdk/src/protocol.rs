@@ -1348,21 +1348,10 @@ mod tests {
 
     #[test]
     fn a_batch_of_receipts_is_gossiped_within_the_size_limit_and_checked_against_its_root() {
-        use crate::receipt::{MAX_BATCH_LEAVES, Receipt};
+        use crate::receipt::{MAX_BATCH_LEAVES, Receipt, example_receipt};
         let node = alloy::signers::local::PrivateKeySigner::random();
         let domain = crate::eip712::domain(1, Address::repeat_byte(0xcc));
-        let receipts: Vec<Receipt> = (0..MAX_BATCH_LEAVES as u64)
-            .map(|i| Receipt {
-                jobId: B256::from(U256::from(i)),
-                modelId: B256::repeat_byte(1),
-                inputHash: B256::repeat_byte(2),
-                outputHash: B256::repeat_byte(3),
-                units: U256::from(1u64),
-                price: U256::from(10u64),
-                channelId: B256::repeat_byte(4),
-                issuedAt: 1_700_000_000,
-            })
-            .collect();
+        let receipts: Vec<Receipt> = (0..MAX_BATCH_LEAVES as u64).map(example_receipt).collect();
         let (batch, signed) = ReceiptMsg::sign_batch(&receipts, node.address(), 1, &node, &domain).unwrap();
         let leaves: Vec<B256> = receipts.iter().map(Receipt::leaf).collect();
         let indexed: Vec<(usize, Receipt)> = receipts.iter().cloned().enumerate().collect();

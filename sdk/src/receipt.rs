@@ -163,6 +163,21 @@ impl ReceiptBatch {
     }
 }
 
+/// A receipt whose job id is `i` and every other field fixed: for tests (here, in the node and the validator).
+#[doc(hidden)]
+pub fn example_receipt(i: u64) -> Receipt {
+    Receipt {
+        jobId: B256::from(alloy::primitives::U256::from(i)),
+        modelId: B256::repeat_byte(2),
+        inputHash: B256::repeat_byte(3),
+        outputHash: B256::repeat_byte(4),
+        units: alloy::primitives::U256::from(1u64),
+        price: alloy::primitives::U256::from(10u64),
+        channelId: B256::repeat_byte(5),
+        issuedAt: 1_700_000_000,
+    }
+}
+
 /// keccak256 of the sorted pair (OpenZeppelin `Hashes.commutativeKeccak256`).
 pub fn hash_pair(a: B256, b: B256) -> B256 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -236,16 +251,7 @@ mod tests {
     use crate::eip712::domain;
 
     fn receipt(i: u8) -> Receipt {
-        Receipt {
-            jobId: B256::repeat_byte(i),
-            modelId: B256::repeat_byte(2),
-            inputHash: B256::repeat_byte(3),
-            outputHash: B256::repeat_byte(4),
-            units: U256::from(1u64),
-            price: U256::from(10u64),
-            channelId: B256::repeat_byte(5),
-            issuedAt: 1_700_000_000,
-        }
+        example_receipt(u64::from(i))
     }
 
     #[test]

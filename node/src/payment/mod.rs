@@ -260,15 +260,7 @@ impl PaymentService {
     /// answer); the others' charges are group-committed without waiting. Answer only once this returned `Ok`; if it
     /// fails or is dropped before it finishes, the job is not charged.
     pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
-        struct Hold<'a>(Option<(&'a Gate, &'a Authorization)>);
-        impl Drop for Hold<'_> {
-            fn drop(&mut self) {
-                if let Some((gate, auth)) = self.0.take() {
-                    gate.release(auth);
-                }
-            }
-        }
-        let mut hold = Hold(Some((&self.gate, auth)));
+        let mut hold = Release(Some((&self.gate, auth)));
         let (input_hash, inputs, texts) = match done.input {
             JobInput::Tensors(t) => (tensors_hash(&t), t, Vec::new()),
             JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t),
@@ -354,6 +346,17 @@ impl PaymentService {
     }
 }
 
+/// A job's held price, released when dropped unless disarmed (`.0 = None`) once the job is charged.
+struct Release<'a>(Option<(&'a Gate, &'a Authorization)>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Some((gate, auth)) = self.0.take() {
+            gate.release(auth);
+        }
+    }
+}
+
 /// The spender a payer's secret credit key stands for (what the gate compares; the same over libp2p and HTTP).
 pub fn credit_spender(key: &[u8]) -> B256 {
     alloy::primitives::keccak256([b"mlbridge-credit-key:".as_slice(), key].concat())
@@ -366,15 +369,7 @@ pub async fn guarded<T>(
     auth: Option<&Authorization>,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    struct Release<'a>(Option<(&'a PaymentService, &'a Authorization)>);
-    impl Drop for Release<'_> {
-        fn drop(&mut self) {
-            if let Some((p, a)) = self.0.take() {
-                p.release(a);
-            }
-        }
-    }
-    let mut release = Release(payments.zip(auth));
+    let mut release = Release(payments.map(|p| &*p.gate).zip(auth));
     let out = work.await;
     if out.is_ok() {
         // Answered: the caller completes (charges) it.

@@ -172,23 +172,12 @@ impl ReceiptSigner {
 
 #[cfg(test)]
 mod tests {
-    use alloy::primitives::{Address, B256, U256};
+    use alloy::primitives::Address;
     use alloy::signers::local::PrivateKeySigner;
 
     use super::*;
 
-    fn receipt(i: u64) -> Receipt {
-        Receipt {
-            jobId: B256::from(U256::from(i)),
-            modelId: B256::repeat_byte(1),
-            inputHash: B256::repeat_byte(2),
-            outputHash: B256::repeat_byte(3),
-            units: U256::from(1u64),
-            price: U256::from(10u64),
-            channelId: B256::repeat_byte(4),
-            issuedAt: 1_700_000_000 + i,
-        }
-    }
+    use mlbridge_sdk::receipt::example_receipt as receipt;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_jobs_share_signatures_and_every_receipt_verifies() {

@@ -114,20 +114,7 @@ mod tests {
     use alloy::signers::local::PrivateKeySigner;
 
     use super::*;
-    use crate::receipt::Receipt;
-
-    fn receipt(i: u8) -> Receipt {
-        Receipt {
-            jobId: B256::repeat_byte(i),
-            modelId: B256::repeat_byte(2),
-            inputHash: B256::repeat_byte(3),
-            outputHash: B256::repeat_byte(4),
-            units: U256::from(1u64),
-            price: U256::from(10u64),
-            channelId: B256::repeat_byte(5),
-            issuedAt: 1_700_000_000,
-        }
-    }
+    use crate::receipt::{Receipt, example_receipt as receipt};
 
     #[test]
     fn a_batch_is_checked_once_and_every_tampering_is_caught() {

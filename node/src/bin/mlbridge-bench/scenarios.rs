@@ -401,6 +401,11 @@ pub(crate) async fn client_for(n: &RunningNode) -> Result<Client> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         addrs = p2p.listen_addrs().await?;
     }
+    client_bootstrapped(addrs).await
+}
+
+/// A client bootstrapped to `addrs`, once it has seen a node's advert for mlp-tiny.
+pub(crate) async fn client_bootstrapped(addrs: Vec<libp2p::Multiaddr>) -> Result<Client> {
     let net = NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap: addrs,
@@ -409,7 +414,7 @@ pub(crate) async fn client_for(n: &RunningNode) -> Result<Client> {
         ..NetConfig::default()
     };
     let client = Client::start(ClientConfig { net, strategy: Strategy::RoundRobin, ..ClientConfig::default() })?;
-    if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(20)).await?.is_empty() {
+    if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(30)).await?.is_empty() {
         bail!("the client did not see the node's advert");
     }
     Ok(client)

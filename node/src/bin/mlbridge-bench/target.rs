@@ -5,13 +5,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use mlbridge_node::server::RunningNode;
-use mlbridge_sdk::client::{Client, ClientConfig, Strategy};
-use mlbridge_sdk::net::NetConfig;
+use mlbridge_sdk::client::Client;
 
 /// What a paid node needs.
 pub(crate) struct PaidSetup {
@@ -119,22 +117,10 @@ max_requests_per_sec_per_peer = 1e12
 
     /// A client bootstrapped to the node, once it has seen the node's advert.
     pub(crate) async fn client(&self) -> Result<Client> {
-        let p2p = match self {
-            Self::Local(n) => return crate::scenarios::client_for(n).await,
-            Self::Pinned { p2p, .. } => p2p.clone(),
-        };
-        let net = NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            bootstrap: vec![p2p],
-            mdns: false,
-            heartbeat: Duration::from_millis(200),
-            ..NetConfig::default()
-        };
-        let client = Client::start(ClientConfig { net, strategy: Strategy::RoundRobin, ..ClientConfig::default() })?;
-        if client.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(30)).await?.is_empty() {
-            bail!("the client did not see the node's advert");
+        match self {
+            Self::Local(n) => crate::scenarios::client_for(n).await,
+            Self::Pinned { p2p, .. } => crate::scenarios::client_bootstrapped(vec![p2p.clone()]).await,
         }
-        Ok(client)
     }
 
     /// The node's HTTP API.
