@@ -94,30 +94,28 @@ type Answers = mpsc::Sender<Outgoing>;
 async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Stream) {
     let (mut r, w) = stream.split();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
-    // Writes end when the reader and every request it started are done (all senders dropped), or when a burst cannot
-    // be written within the deadline (the peer stopped reading): answers still queued are dropped, releasing theirs.
+    // Writes end when the reader and every request it started are done (all senders dropped), or when one write
+    // makes no progress within the deadline (the peer stopped reading): answers still queued are dropped, releasing
+    // theirs, and the reader stops taking work.
     let writer = tokio::spawn(async move {
         let mut w = futures::io::BufWriter::with_capacity(64 << 10, w);
+        let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer does not read its answers");
         while let Some(first) = rx.recv().await {
-            let burst = async {
-                let mut next = Some(first);
-                while let Some((id, body, admitted)) = next.take() {
-                    write_frame(&mut w, id, &body).await?;
-                    drop(admitted);
-                    next = rx.try_recv().ok();
-                }
-                w.flush().await
-            };
-            tokio::time::timeout(FRAME_DEADLINE, burst).await.map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer does not read its answers")
-            })??;
+            let mut next = Some(first);
+            while let Some((id, body, admitted)) = next.take() {
+                tokio::time::timeout(FRAME_DEADLINE, write_frame(&mut w, id, &body)).await.map_err(|_| stalled())??;
+                drop(admitted);
+                next = rx.try_recv().ok();
+            }
+            tokio::time::timeout(FRAME_DEADLINE, w.flush()).await.map_err(|_| stalled())??;
         }
         w.close().await
     });
     // Credit paid ahead is spent only by whoever paid it: the payer's credit key when the request carries one, else
     // the peer (the connection's handshake proved its id).
     let spender = Some(keccak256(peer.to_bytes()));
-    loop {
+    // The writer gone (a peer that stopped reading), no more work is taken.
+    while !tx.is_closed() {
         match read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)).await {
             Ok(Some(frame)) => on_frame(server, peer, spender, frame, &tx).await,
             Ok(None) | Err(ReadError::Io(_)) => break,

@@ -74,12 +74,18 @@ impl PeerLoad {
     pub(super) fn admit(&self, peer: PeerId) -> Result<(), String> {
         let mut peers = self.lock();
         let load = self.entry(&mut peers, peer);
-        if !load.bucket.take() {
-            return Err(format!("more than {} requests per second from one peer", self.rate));
+        let refused = if !load.bucket.take() {
+            Some(format!("more than {} requests per second from one peer", self.rate))
+        } else if load.inflight >= self.max_inflight {
+            Some(format!("more than {} requests in flight from one peer", self.max_inflight))
+        } else {
+            None
+        };
+        if let Some(msg) = refused {
+            self.prune(&mut peers, peer);
+            return Err(msg);
         }
-        if load.inflight >= self.max_inflight {
-            return Err(format!("more than {} requests in flight from one peer", self.max_inflight));
-        }
+        let load = self.entry(&mut peers, peer);
         load.inflight += 1;
         self.metrics.p2p_inflight.inc();
         self.metrics.p2p_tracked_peers.set(peers.len() as i64);

@@ -207,7 +207,11 @@ impl Gate {
         if let Some(v) = voucher.filter(|_| new_voucher) {
             slot.entry.best_amount = v.cumulative_amount;
             slot.entry.best_signature = v.signature.to_vec();
-            slot.entry.spender = spender;
+            // A voucher brought without a spender (HTTP with no credit key) pays only for its own job; the credit
+            // stays with whoever held it (the same payer signed both).
+            if spender.is_some() {
+                slot.entry.spender = spender;
+            }
         }
         slot.entry.deadline = deadline;
         Ok(Authorization { channel_id: channel, price, units: 1, amount: slot.entry.best_amount, new_voucher })
@@ -224,9 +228,9 @@ impl Gate {
     }
 
     /// The job was answered: its price moves from in flight to the channel's charges, and the job record and the
-    /// channel entry are written. Returns whether the entry carries a best voucher no flush has covered yet: the
-    /// caller then flushes before answering (otherwise a group commit will do).
-    pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<bool> {
+    /// channel entry are written. Returns the best voucher amount when no flush has covered it yet: the
+    /// caller then flushes before answering and calls [`Gate::mark_durable`] (otherwise a group commit will do).
+    pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<Option<U256>> {
         self.ledger.put_job(job)?;
         let mut slots = self.slots();
         let slot = slots.get_mut(&auth.channel_id).expect("an authorized channel has a slot");
@@ -239,9 +243,15 @@ impl Gate {
         slot.entry = entry;
         debug_assert!(slot.in_flight >= auth.price, "a job recorded that was not held (released twice?)");
         slot.in_flight = slot.in_flight.saturating_sub(auth.price);
-        let new_best = slot.entry.best_amount > slot.durable_best;
-        slot.durable_best = slot.entry.best_amount;
-        Ok(new_best)
+        Ok((slot.entry.best_amount > slot.durable_best).then_some(slot.entry.best_amount))
+    }
+
+    /// A flush covered `channel`'s entry with best voucher `amount` (after [`Gate::record`] asked for one): later
+    /// jobs need not wait for a flush until a higher voucher comes.
+    pub fn mark_durable(&self, channel: &B256, amount: U256) {
+        if let Some(slot) = self.slots().get_mut(channel) {
+            slot.durable_best = slot.durable_best.max(amount);
+        }
     }
 
     /// The job failed after authorization: its price is no longer held.
@@ -462,6 +472,35 @@ mod tests {
         s.gate.authorize(None, ch, stranger, price).unwrap();
         let refusal = s.gate.authorize(None, ch, Some(ME), price).unwrap_err();
         assert!(matches!(*refusal, PaymentRefusal::NoCredit { .. }), "{refusal}");
+        // A voucher brought without a spender (HTTP, no credit key) pays its own job; the credit stays with its holder.
+        s.gate.authorize(Some(&voucher(&s, 8 * PRICE)), None, None, price).unwrap();
+        s.gate.authorize(None, ch, stranger, price).unwrap();
+    }
+
+    #[test]
+    fn every_job_flushes_until_a_flush_covered_the_best_voucher() {
+        let s = setup();
+        let price = U256::from(PRICE);
+        let job = |id: u8, auth: &Authorization| JobRecord {
+            job_id: B256::repeat_byte(id),
+            channel_id: s.channel,
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price: auth.price,
+            voucher_amount: auth.amount,
+            at_ms: 1,
+        };
+        // A brings a voucher for 4 jobs, B runs on its credit and finishes first: both must flush before answering
+        // (B's flush may not have landed when A is recorded).
+        let a = s.gate.authorize(Some(&voucher(&s, 4 * PRICE)), None, Some(ME), price).unwrap();
+        let b = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
+        assert_eq!(s.gate.record(&b, &job(2, &b)).unwrap(), Some(U256::from(4 * PRICE)));
+        assert_eq!(s.gate.record(&a, &job(1, &a)).unwrap(), Some(U256::from(4 * PRICE)));
+        // Once a flush covered it, later jobs on the same voucher are group-committed.
+        s.gate.mark_durable(&s.channel, U256::from(4 * PRICE));
+        let c = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
+        assert_eq!(s.gate.record(&c, &job(3, &c)).unwrap(), None);
     }
 
     #[test]

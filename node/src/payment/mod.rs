@@ -289,7 +289,7 @@ impl PaymentService {
         let signed = self.signer.sign(receipt).await?;
         // From here on synchronous up to the flush: a caller cancelled during the flush leaves a charged,
         // recorded job whose answer was lost.
-        let new_best = self.gate.record(auth, &job)?;
+        let unflushed = self.gate.record(auth, &job)?;
         hold.0 = None;
         self.metrics.paid_jobs.inc();
         self.metrics.charged_wei.inc_by(f64::from(auth.price));
@@ -304,9 +304,11 @@ impl PaymentService {
         if auth.new_voucher {
             self.metrics.vouchers_accepted.inc();
         }
-        // A best voucher not yet on disk (this job's, or one whose own job failed) is flushed before the answer.
-        if new_best {
+        // A best voucher not yet on disk (this job's, or one whose own job failed or is still flushing) is flushed
+        // before the answer; only then do later jobs stop waiting for flushes.
+        if let Some(best) = unflushed {
             self.gate.ledger().flush().await?;
+            self.gate.mark_durable(&auth.channel_id, best);
         } else {
             self.gate.ledger().commit_later();
         }

@@ -433,8 +433,8 @@ impl Client {
                 None => (None, None),
             };
             let mut request = make(job_id, voucher, channel);
-            if let Some(payer) = payer.filter(|_| payment.is_some()) {
-                request.set_credit_key(payer.credit_key());
+            if let (Some(payer), Some(p)) = (payer, &payment) {
+                request.set_credit_key(payer.credit_key(&p.channel_id));
             }
             let response = self.send_to(peer, request).await?;
             return match response {

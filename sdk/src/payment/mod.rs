@@ -455,11 +455,12 @@ impl Payer {
         self.lines().get_mut(&payment.channel_id).is_some_and(|line| line.credit.forget())
     }
 
-    /// The secret credit key this payer's requests carry: the node lets only requests with it spend the credit its
-    /// vouchers paid ahead (random per process; a restarted payer moves the credit to its new key with its first
-    /// voucher).
-    pub fn credit_key(&self) -> B256 {
-        self.credit_key
+    /// The secret credit key this payer's requests on `channel` carry: the node lets only requests with it spend the
+    /// credit its vouchers paid ahead. One per channel (derived from a secret random per process), so a node that
+    /// learns the key of its own channel cannot spend the payer's credit at another node; a restarted payer moves
+    /// the credit to its new key with its first voucher.
+    pub fn credit_key(&self, channel: &B256) -> B256 {
+        alloy::primitives::keccak256([self.credit_key.as_slice(), channel.as_slice()].concat())
     }
 
     /// A channel's credit as this process sees it.

@@ -58,7 +58,7 @@ fn unpack(shared: &Shared, data: &[u8]) -> Result<Vec<ReceiptMsg>, &'static str>
 }
 
 /// Why a receipt (proved into a signed batch) is refused before sampling (a metric label), or `Ok` with the node's
-/// registered PeerId (whoever relayed it: a client may forward the receipts it got; the audit goes to the node).
+/// registered PeerId (whoever relayed its batch message; the audit goes to the node).
 async fn admit(shared: &Shared, r: &ReceiptMsg) -> Result<PeerId, &'static str> {
     if !r.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS) {
         return Err("stale");
