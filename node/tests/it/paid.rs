@@ -622,7 +622,10 @@ async fn a_channel_its_payer_closes_is_redeemed_before_the_close_window_ends() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(redeemed(&chain, channel).await, U256::from(10 * PRICE), "redeemed once the close started");
+    // The highest voucher: the 10 answered jobs and what the payer signed ahead of them.
+    let signed = payer.store().get(&channel).unwrap().signed;
+    assert!(signed >= U256::from(10 * PRICE));
+    assert_eq!(redeemed(&chain, channel).await, signed, "redeemed once the close started");
 }
 
 /// A voucher the contract refuses (here a `v` of 0 that an older node accepted) must not stop settlement: the bad
