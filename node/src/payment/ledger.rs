@@ -6,10 +6,16 @@
 //! Flushes are group commits: one thread runs sled's (blocking) flush for every caller waiting at that moment, so
 //! concurrent jobs share one fsync. (sled 0.34's own `flush_async` can deadlock when called concurrently, see
 //! spacejam/sled#1308, so it is not used.)
+//!
+//! Channel entries and job records are staged in memory and written to sled by that same thread just before each
+//! flush: a channel charged by a thousand jobs between two commits is written once, and the jobs of one commit are
+//! one record of the job log (keyed by their newest time, so pruning drops whole commits). Reads see staged writes.
+//! Nothing is lost by staging that the unflushed sled writes would have kept: both reach the disk at the next flush.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use alloy::primitives::{Address, B256, U256};
 use serde::de::DeserializeOwned;
@@ -119,10 +125,14 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(db: sled::Db, interval: std::time::Duration) -> Self {
+    fn start(
+        db: sled::Db,
+        staged: Arc<Staged>,
+        dirty: Arc<std::sync::atomic::AtomicBool>,
+        interval: std::time::Duration,
+    ) -> Self {
         use std::sync::mpsc::RecvTimeoutError;
         let tickets = Arc::new(AtomicU64::new(0));
-        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let (done, flushed) = tokio::sync::watch::channel((0u64, None));
         let (issued, pending) = (tickets.clone(), dirty.clone());
@@ -139,12 +149,13 @@ impl Flusher {
                     }
                     pending.store(false, Ordering::SeqCst);
                     let upto = issued.load(Ordering::SeqCst);
-                    let outcome = db.flush().err().map(|e| e.to_string());
+                    // Everything staged before `upto` was issued is written before the flush.
+                    let outcome = staged.write().and_then(|()| db.flush().map(|_| ())).err().map(|e| e.to_string());
                     let _ = done.send((upto, outcome));
                 }
                 // Whatever was written last is made durable on a clean stop.
                 if pending.load(Ordering::SeqCst) {
-                    let _ = db.flush();
+                    let _ = staged.write().and_then(|()| db.flush().map(|_| ()));
                 }
             })
             .expect("spawning the ledger flush thread");
@@ -180,15 +191,72 @@ impl Drop for Flusher {
     }
 }
 
+/// Writes waiting for the next commit: the newest entry of each channel changed since, and the jobs recorded since.
+#[derive(Debug, Default)]
+struct StagedWrites {
+    channels: HashMap<B256, ChannelEntry>,
+    jobs: Vec<JobRecord>,
+}
+
+/// The staged writes and the trees they go to. The lock is held while they are written, so a newer entry staged
+/// meanwhile is never overwritten by an older one.
+#[derive(Debug)]
+struct Staged {
+    writes: Mutex<StagedWrites>,
+    db: sled::Db,
+    channels: sled::Tree,
+    job_log: sled::Tree,
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Staged {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StagedWrites> {
+        self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Write what is staged into the trees (not flushed).
+    fn write(&self) -> sled::Result<()> {
+        let mut staged = self.lock();
+        if !staged.channels.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (id, entry) in &staged.channels {
+                batch.insert(id.as_slice(), cbor(entry));
+            }
+            self.channels.apply_batch(batch)?;
+            staged.channels.clear();
+        }
+        if !staged.jobs.is_empty() {
+            let newest = staged.jobs.iter().map(|j| j.at_ms).max().unwrap_or_default();
+            let count = u32::try_from(staged.jobs.len()).unwrap_or(u32::MAX);
+            self.job_log.insert(job_log_key(newest, self.db.generate_id()?, count), cbor(&staged.jobs))?;
+            staged.jobs.clear();
+        }
+        Ok(())
+    }
+}
+
+/// A job-log record's key: its newest job's time, a unique sequence number and its number of jobs (all big-endian,
+/// so keys sort by time and pruning needs no decoding).
+fn job_log_key(newest_ms: u64, seq: u64, count: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..8].copy_from_slice(&newest_ms.to_be_bytes());
+    key[8..16].copy_from_slice(&seq.to_be_bytes());
+    key[16..].copy_from_slice(&count.to_be_bytes());
+    key
+}
+
 /// The sled database and its trees.
 #[derive(Clone, Debug)]
 pub struct Ledger {
     db: sled::Db,
     flusher: Arc<Flusher>,
+    staged: Arc<Staged>,
     path: PathBuf,
     channels: sled::Tree,
+    /// Jobs recorded by earlier versions, one record each (read and pruned, no longer written).
     jobs: sled::Tree,
     jobs_by_time: sled::Tree,
+    job_log: sled::Tree,
     settlements: sled::Tree,
     meta: sled::Tree,
 }
@@ -212,11 +280,23 @@ impl Ledger {
         };
         let db = sled::open(path).map_err(fail)?;
         let tree = |name: &str| db.open_tree(name).map_err(fail);
+        let (channels, job_log) = (tree("channels")?, tree("job_log")?);
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let staged = Arc::new(Staged {
+            writes: Mutex::default(),
+            db: db.clone(),
+            channels: channels.clone(),
+            job_log: job_log.clone(),
+            dirty: dirty.clone(),
+        });
+        let interval = commit_interval.max(std::time::Duration::from_millis(1));
         Ok(Self {
-            flusher: Arc::new(Flusher::start(db.clone(), commit_interval.max(std::time::Duration::from_millis(1)))),
-            channels: tree("channels")?,
+            flusher: Arc::new(Flusher::start(db.clone(), staged.clone(), dirty, interval)),
+            staged,
+            channels,
             jobs: tree("jobs")?,
             jobs_by_time: tree("jobs_by_time")?,
+            job_log,
             settlements: tree("settlements")?,
             meta: tree("meta")?,
             path: path.to_owned(),
@@ -242,8 +322,11 @@ impl Ledger {
         self.flusher.dirty.store(true, Ordering::SeqCst);
     }
 
-    /// One channel's entry.
+    /// One channel's entry (a staged one first).
     pub fn channel(&self, id: &B256) -> Result<Option<ChannelEntry>> {
+        if let Some(entry) = self.staged.lock().channels.get(id) {
+            return Ok(Some(entry.clone()));
+        }
         match self.channels.get(id.as_slice()).map_err(|e| self.err(e))? {
             Some(v) => Ok(Some(self.decode(&v)?)),
             None => Ok(None),
@@ -252,9 +335,14 @@ impl Ledger {
 
     /// Every channel entry.
     pub fn channels(&self) -> Result<Vec<ChannelEntry>> {
+        let mut staged = self.staged.lock().channels.clone();
         let mut out = Vec::new();
         for kv in self.channels.iter() {
             let (key, value) = kv.map_err(|e| self.err(e))?;
+            if let Some(entry) = staged.remove(key.as_ref()) {
+                out.push(entry);
+                continue;
+            }
             // One unreadable record must not stop settlement of every other channel (the gate refuses that one).
             match self.decode(&value) {
                 Ok(entry) => out.push(entry),
@@ -262,42 +350,60 @@ impl Ledger {
                     "skipping an unreadable channel record"),
             }
         }
+        out.extend(staged.into_values());
         Ok(out)
     }
 
     /// Write raw bytes as a channel's record (tests of unreadable records).
     #[cfg(test)]
     pub(crate) fn put_raw_channel(&self, id: &B256, bytes: &[u8]) {
+        self.staged.lock().channels.remove(id);
         self.channels.insert(id.as_slice(), bytes).unwrap();
     }
 
-    /// Write a channel entry (not flushed).
+    /// Write a channel entry (staged; not flushed).
     pub fn put_channel(&self, entry: &ChannelEntry) -> Result<()> {
-        self.channels.insert(entry.channel_id.as_slice(), cbor(entry)).map(|_| ()).map_err(|e| self.err(e))
+        self.staged.lock().channels.insert(entry.channel_id, entry.clone());
+        self.staged.dirty.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Write a job record (not flushed).
+    /// Write a job record (staged; not flushed).
     pub fn put_job(&self, job: &JobRecord) -> Result<()> {
-        self.jobs.insert(job.job_id.as_slice(), cbor(job)).map_err(|e| self.err(e))?;
-        let mut key = job.at_ms.to_be_bytes().to_vec();
-        key.extend_from_slice(job.job_id.as_slice());
-        self.jobs_by_time.insert(key, &[]).map(|_| ()).map_err(|e| self.err(e))
+        self.staged.lock().jobs.push(job.clone());
+        self.staged.dirty.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// One job record.
+    /// One job record (a scan of the job log: for tests and inspection, not for serving).
     pub fn job(&self, id: &B256) -> Result<Option<JobRecord>> {
-        match self.jobs.get(id.as_slice()).map_err(|e| self.err(e))? {
-            Some(v) => Ok(Some(self.decode(&v)?)),
-            None => Ok(None),
+        if let Some(job) = self.staged.lock().jobs.iter().find(|j| j.job_id == *id) {
+            return Ok(Some(job.clone()));
         }
+        if let Some(v) = self.jobs.get(id.as_slice()).map_err(|e| self.err(e))? {
+            return Ok(Some(self.decode(&v)?));
+        }
+        for kv in self.job_log.iter().rev() {
+            let jobs: Vec<JobRecord> = self.decode(&kv.map_err(|e| self.err(e))?.1)?;
+            if let Some(job) = jobs.into_iter().find(|j| j.job_id == *id) {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
     }
 
     /// Number of job records held.
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        let logged: usize = self
+            .job_log
+            .iter()
+            .keys()
+            .filter_map(|k| Some(u32::from_be_bytes(k.ok()?.get(16..20)?.try_into().ok()?) as usize))
+            .sum();
+        self.jobs.len() + logged + self.staged.lock().jobs.len()
     }
 
-    /// Forget job records older than `before_ms`; returns how many.
+    /// Forget job records older than `before_ms` (whole commits whose newest job is older); returns how many.
     pub fn prune_jobs(&self, before_ms: u64) -> Result<usize> {
         let mut n = 0;
         for kv in self.jobs_by_time.range(..before_ms.to_be_bytes().to_vec()) {
@@ -305,6 +411,11 @@ impl Ledger {
             self.jobs.remove(&key[8..]).map_err(|e| self.err(e))?;
             self.jobs_by_time.remove(&key).map_err(|e| self.err(e))?;
             n += 1;
+        }
+        for key in self.job_log.range(..before_ms.to_be_bytes().to_vec()).keys() {
+            let key = key.map_err(|e| self.err(e))?;
+            self.job_log.remove(&key).map_err(|e| self.err(e))?;
+            n += key.get(16..20).and_then(|c| c.try_into().ok()).map_or(0, |c| u32::from_be_bytes(c) as usize);
         }
         Ok(n)
     }
@@ -404,15 +515,47 @@ mod tests {
             let l = Ledger::open(dir.path()).unwrap();
             l.put_channel(&entry).unwrap();
             l.put_job(&job(1, 1_000)).unwrap();
-            l.put_job(&job(2, 5_000)).unwrap();
+            assert_eq!(l.channel(&entry.channel_id).unwrap(), Some(entry.clone()), "staged writes are read");
+            assert_eq!(l.job(&B256::repeat_byte(1)).unwrap(), Some(job(1, 1_000)));
             l.flush().await.unwrap();
+            // Jobs of one commit are one record of the log, pruned together once the newest is old enough.
+            l.put_job(&job(2, 5_000)).unwrap();
+            l.put_job(&job(3, 1_500)).unwrap();
+            l.flush().await.unwrap();
+            assert_eq!(l.job_count(), 3);
         }
         let l = Ledger::open(dir.path()).unwrap();
         assert_eq!(l.channel(&entry.channel_id).unwrap(), Some(entry.clone()));
         assert_eq!(l.channel(&entry.channel_id).unwrap().unwrap().unredeemed(), U256::from(30u64));
+        assert_eq!(l.channels().unwrap(), vec![entry.clone()]);
+        assert_eq!(l.job_count(), 3);
         assert_eq!(l.prune_jobs(2_000).unwrap(), 1);
         assert!(l.job(&B256::repeat_byte(1)).unwrap().is_none());
-        assert!(l.job(&B256::repeat_byte(2)).unwrap().is_some());
+        assert_eq!(l.job(&B256::repeat_byte(3)).unwrap(), Some(job(3, 1_500)), "kept with its commit's newest");
+        assert_eq!(l.prune_jobs(6_000).unwrap(), 2);
+        assert_eq!(l.job_count(), 0);
+    }
+
+    #[test]
+    fn jobs_of_the_previous_version_are_read_counted_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let job = JobRecord {
+            job_id: B256::repeat_byte(9),
+            channel_id: B256::repeat_byte(1),
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price: U256::from(10u64),
+            voucher_amount: U256::from(10u64),
+            at_ms: 1_000,
+        };
+        // One record per job, indexed by time: how versions before the job log wrote them.
+        l.jobs.insert(job.job_id.as_slice(), cbor(&job)).unwrap();
+        l.jobs_by_time.insert([job.at_ms.to_be_bytes().as_slice(), job.job_id.as_slice()].concat(), &[]).unwrap();
+        assert_eq!((l.job(&job.job_id).unwrap(), l.job_count()), (Some(job.clone()), 1));
+        assert_eq!(l.prune_jobs(2_000).unwrap(), 1);
+        assert_eq!((l.job(&job.job_id).unwrap(), l.job_count()), (None, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
