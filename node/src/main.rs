@@ -3,6 +3,10 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: requests make many small allocations on several threads, where glibc's allocator contends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = mlbridge_node::cli::Cli::parse();
     // The daemon logs its life at info; one-shot commands only warnings (RUST_LOG overrides both).

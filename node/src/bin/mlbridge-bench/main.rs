@@ -11,6 +11,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// mimalloc: requests make many small allocations on several threads, where glibc's allocator contends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks of the node's inference paths.
 #[derive(Debug, Parser)]
 #[command(name = "mlbridge-bench", version, about)]
@@ -40,6 +44,9 @@ struct Cli {
     /// pinned to another core (scripts/bench does).
     #[arg(long)]
     split: bool,
+    /// Paid benchmark: only these concurrencies (default 1, 16 and 64).
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
     /// The anvil binary, for the paid benchmark.
     #[arg(long, default_value = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")]
     anvil: PathBuf,
@@ -73,6 +80,7 @@ fn main() {
             repeats: cli.repeats.max(1),
             limits,
             split: cli.split.then_some(cli.node_bin.as_path()),
+            concurrency: if cli.concurrency.is_empty() { vec![1, 16, 64] } else { cli.concurrency.clone() },
         })),
     };
     if let Err(err) = result {

@@ -37,6 +37,8 @@ pub(crate) struct PaidBench<'a> {
     pub(crate) limits: Limits,
     /// The node binary, when the nodes run pinned to core 0 (`--split`).
     pub(crate) split: Option<&'a Path>,
+    /// Concurrencies to measure.
+    pub(crate) concurrency: Vec<usize>,
 }
 
 async fn measure(
@@ -142,7 +144,7 @@ pub(crate) async fn paid(b: PaidBench<'_>) -> Result<()> {
         let inputs = request_for(repository.config(name, Some(version))?, name, 0)?;
         let url = format!("http://{}/v2/models/{name}/versions/{version}/infer", free.http());
         let with_http = name == "mlp-tiny";
-        for c in [1usize, 16, 64] {
+        for &c in &b.concurrency {
             // Alternate free, paid (and HTTP) runs so that drift in this machine's speed hits all alike.
             let (mut frees, mut paids, mut https) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..b.repeats {
