@@ -13,7 +13,8 @@
 //! channel: it is charged against the best voucher held, under the same lock, and refused with
 //! [`PaymentRefusal::NoCredit`] when that does not cover it. A job that brought a new best voucher is marked
 //! ([`Authorization::new_voucher`]): its caller flushes the ledger before answering, so a voucher the client was
-//! answered on is never lost. Charges of the other jobs are group-committed (the ledger's periodic flush), so a crash
+//! answered on is never lost; so does a job that only the voucher not yet on disk pays for. (Payers top up before
+//! their credit runs out, so the jobs sent while a new voucher is flushed are still paid by the one on disk.) Charges of the other jobs are group-committed (the ledger's periodic flush), so a crash
 //! can forget the charges of at most the jobs answered since the last flush — all paid for by vouchers the node
 //! holds, so the node can lose at most the work of one credit window, never money it was given.
 //!
@@ -228,8 +229,9 @@ impl Gate {
     }
 
     /// The job was answered: its price moves from in flight to the channel's charges, and the job record and the
-    /// channel entry are written. Returns the best voucher amount when no flush has covered it yet: the
-    /// caller then flushes before answering and calls [`Gate::mark_durable`] (otherwise a group commit will do).
+    /// channel entry are written. Returns the best voucher amount when the job must not be answered before it is
+    /// on disk (the job brought it, or the vouchers on disk do not cover the job): the caller then flushes before
+    /// answering and calls [`Gate::mark_durable`] (otherwise a group commit will do).
     pub fn record(&self, auth: &Authorization, job: &JobRecord) -> Result<Option<U256>> {
         self.ledger.put_job(job)?;
         let mut slots = self.slots();
@@ -243,7 +245,11 @@ impl Gate {
         slot.entry = entry;
         debug_assert!(slot.in_flight >= auth.price, "a job recorded that was not held (released twice?)");
         slot.in_flight = slot.in_flight.saturating_sub(auth.price);
-        Ok((slot.entry.best_amount > slot.durable_best).then_some(slot.entry.best_amount))
+        // The job that brought the best voucher waits for it to be on disk, and so does any job the vouchers on
+        // disk do not pay for. A job within the durable voucher's amount is paid whatever a crash loses.
+        let unflushed = slot.entry.best_amount > slot.durable_best;
+        let waits = unflushed && (auth.new_voucher || slot.entry.charged > slot.durable_best);
+        Ok(waits.then_some(slot.entry.best_amount))
     }
 
     /// A flush covered `channel`'s entry with best voucher `amount` (after [`Gate::record`] asked for one): later
@@ -478,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn every_job_flushes_until_a_flush_covered_the_best_voucher() {
+    fn jobs_wait_for_a_flush_when_they_brought_the_voucher_or_only_it_pays_them() {
         let s = setup();
         let price = U256::from(PRICE);
         let job = |id: u8, auth: &Authorization| JobRecord {
@@ -491,16 +497,28 @@ mod tests {
             voucher_amount: auth.amount,
             at_ms: 1,
         };
+        let wei = |jobs: u64| U256::from(jobs * PRICE);
         // A brings a voucher for 4 jobs, B runs on its credit and finishes first: both must flush before answering
-        // (B's flush may not have landed when A is recorded).
+        // (nothing on disk pays B).
         let a = s.gate.authorize(Some(&voucher(&s, 4 * PRICE)), None, Some(ME), price).unwrap();
         let b = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
-        assert_eq!(s.gate.record(&b, &job(2, &b)).unwrap(), Some(U256::from(4 * PRICE)));
-        assert_eq!(s.gate.record(&a, &job(1, &a)).unwrap(), Some(U256::from(4 * PRICE)));
+        assert_eq!(s.gate.record(&b, &job(2, &b)).unwrap(), Some(wei(4)));
+        assert_eq!(s.gate.record(&a, &job(1, &a)).unwrap(), Some(wei(4)));
         // Once a flush covered it, later jobs on the same voucher are group-committed.
-        s.gate.mark_durable(&s.channel, U256::from(4 * PRICE));
+        s.gate.mark_durable(&s.channel, wei(4));
         let c = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
         assert_eq!(s.gate.record(&c, &job(3, &c)).unwrap(), None);
+        // A top-up (8 jobs) arrives while 1 job of credit on disk is left. E, sent meanwhile and answered first, is
+        // paid by the voucher on disk: no wait. D brought the new voucher: waits. F is beyond what is on disk: waits.
+        let d = s.gate.authorize(Some(&voucher(&s, 8 * PRICE)), None, Some(ME), price).unwrap();
+        let e = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
+        assert_eq!(s.gate.record(&e, &job(5, &e)).unwrap(), None);
+        assert_eq!(s.gate.record(&d, &job(4, &d)).unwrap(), Some(wei(8)));
+        let f = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
+        assert_eq!(s.gate.record(&f, &job(6, &f)).unwrap(), Some(wei(8)));
+        s.gate.mark_durable(&s.channel, wei(8));
+        let g = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
+        assert_eq!(s.gate.record(&g, &job(7, &g)).unwrap(), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Per channel the payer knows what it signed (`signed`, the highest voucher), what answered jobs used
 //! (`consumed`) and what jobs in flight hold (`in_flight`). A job goes without a voucher while `signed − consumed −
-//! in_flight` covers its price; otherwise the payer signs up to `consumed + max(in_flight + price, window)`. The
+//! in_flight` covers its price with half a window to spare; otherwise the payer signs up to `consumed +
+//! max(in_flight + price, window)`. The
 //! window starts at one job's price and doubles each time the node has answered a whole window's worth of jobs, up
 //! to the [`CreditLimits`] (wei and jobs). So at any moment the payer's unearned exposure — signed but not yet
 //! answered — is at most `max(window, jobs in flight + the next job)`: a node that stops answering keeps at most
@@ -68,15 +69,21 @@ impl Credit {
     }
 
     /// What a job of `price` needs (`window` starts at the first job's price).
+    ///
+    /// The payer tops up early: once less than half the window would be left after this job, the job carries a
+    /// voucher though the credit still covers it. That voucher reaches the node (and the node's disk) while the
+    /// credit already there pays for the jobs sent meanwhile, so they need not wait for it. The amount signed is
+    /// the same as when the credit runs out, so the exposure bound does not change.
     pub fn need(&mut self, price: U256) -> Need {
         if self.window.is_zero() {
             self.window = price;
         }
-        if self.available() >= price {
-            return Need::Covered;
+        let available = self.available();
+        let target = self.consumed + (self.in_flight + price).max(self.window);
+        if available < price || (available - price < self.window / U256::from(2u64) && target > self.signed) {
+            return Need::Sign(target);
         }
-        let ahead = (self.in_flight + price).max(self.window);
-        Need::Sign(self.consumed + ahead)
+        Need::Covered
     }
 
     /// A job of `price` was sent (after [`Credit::need`], with `signed` raised to a voucher signed for it).
@@ -162,12 +169,13 @@ mod tests {
     #[test]
     fn the_window_starts_at_one_job_and_doubles_up_to_the_caps() {
         let mut c = Credit::resume(U256::ZERO);
-        // Vouchers for jobs 1, 2, 4, 8, 16 (window 1, 2, 4, 8, 16 jobs), then one per 16 jobs (the job cap).
+        // The window goes 1, 2, 4, 8, 16 jobs (the job cap); a voucher tops the credit up to a whole window each time
+        // less than half of one would be left, so once the window is at its cap: one voucher per 8 jobs.
         assert_eq!(serial(&mut c, wei(10), 1), 1);
         assert_eq!(c.window, wei(20));
-        assert_eq!(serial(&mut c, wei(10), 30), 4, "jobs 2-3, 4-7, 8-15, 16-31");
+        assert_eq!(serial(&mut c, wei(10), 30), 8, "jobs 2, 3, 4, 6, 8, 12, 16, 24");
         assert_eq!(c.window, wei(160), "capped at 16 jobs");
-        assert_eq!(serial(&mut c, wei(10), 160), 10);
+        assert_eq!(serial(&mut c, wei(10), 160), 20);
         // The wei cap binds for a dearer job: 1,000 wei.
         let mut d = Credit::resume(U256::ZERO);
         serial(&mut d, wei(100), 64);
