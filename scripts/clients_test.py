@@ -126,6 +126,10 @@ def openai_checks(base: str) -> None:
     check(resp.usage.prompt_tokens > 0 and resp.usage.total_tokens == resp.usage.prompt_tokens, "openai: usage")
     floats = client.embeddings.create(model="minilm-l6", input=texts, encoding_format="float")
     check(floats.data[0].embedding == a, "openai: float and base64 answers are the same vectors")
+    # Token ids of the first text in the model's vocabulary ([CLS] a man is eating food . [SEP]).
+    by_ids = client.embeddings.create(model="minilm-l6", input=[[101, 1037, 2158, 2003, 5983, 2833, 1012, 102]])
+    alone = client.embeddings.create(model="minilm-l6", input=texts[0])
+    check(by_ids.data[0].embedding == alone.data[0].embedding, "openai: token ids embed as their text does")
     try:
         client.embeddings.create(model="minilm-l6", input="x", dimensions=128)
         check(False, "openai: dimensions the model cannot give are refused")

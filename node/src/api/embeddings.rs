@@ -13,13 +13,13 @@ use super::error::{ApiError, ApiJson};
 use super::pay::{self, PeerAddr};
 use crate::payment::{Completed, JobInput, guarded};
 
-/// Request body: `{"model": "minilm-l6", "input": "text" | ["texts"]}`.
+/// Request body: `{"model": "minilm-l6", "input": "text" | ["texts"] | [token ids] | [[token ids]]}`.
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingsRequest {
     /// Model name, optionally `name:version` (e.g. `minilm-l6:1`).
     pub model: String,
-    /// One text or several.
-    pub input: TextInput,
+    /// One text or several, or token ids (one sequence or several) from the model's own vocabulary.
+    pub input: EmbeddingInput,
     /// `float` (default) or `base64` (each vector as the base64 of its little-endian f32 bytes, as OpenAI returns
     /// it and as the official `openai` client asks by default).
     #[serde(default)]
@@ -46,14 +46,28 @@ fn base64_vector(v: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// One text or a list of texts.
+/// What OpenAI's `input` may hold.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum TextInput {
+pub enum EmbeddingInput {
     /// A single text.
     One(String),
     /// Several texts.
     Many(Vec<String>),
+    /// One sequence of token ids: the model's own vocabulary, special tokens included (`[CLS] ... [SEP]` for the
+    /// BERT-style encoders), as its tokenizer gives them.
+    Ids(Vec<u32>),
+    /// Several sequences of token ids.
+    ManyIds(Vec<Vec<u32>>),
+}
+
+/// The vectors of a job and what its receipt records as its input and output.
+struct Embedded {
+    model: String,
+    vectors: Vec<Vec<f32>>,
+    tokens: usize,
+    input: JobInput,
+    outputs: Vec<Tensor>,
 }
 
 pub(crate) async fn embeddings(
@@ -78,13 +92,6 @@ pub(crate) async fn embeddings(
         ),
         None => (req.model.as_str(), None),
     };
-    let texts = match req.input {
-        TextInput::One(t) => vec![t],
-        TextInput::Many(ts) => ts,
-    };
-    if texts.is_empty() || texts.iter().any(String::is_empty) {
-        return Err(ApiError::bad_request("input must hold at least one non-empty text"));
-    }
     let config = state.engine.config(name, version)?.clone();
     // Checked for embedding models with a fixed size (any other model is refused below for what it is).
     let fixed = config.outputs.first().filter(|o| o.dims.iter().all(|&d| d > 0));
@@ -97,23 +104,64 @@ pub(crate) async fn embeddings(
             )));
         }
     }
-    // Checked before payment: the price is per text, and a request over the limits must cost nothing.
-    state.engine.check_texts(&texts)?;
-    let paid = pay::authorize(&state, &headers, peer.0, &config, texts.len() as u64)?;
+    let (texts, ids) = match req.input {
+        EmbeddingInput::One(t) => (vec![t], None),
+        EmbeddingInput::Many(ts) => (ts, None),
+        EmbeddingInput::Ids(seq) => (Vec::new(), Some(vec![seq])),
+        EmbeddingInput::ManyIds(seqs) => (Vec::new(), Some(seqs)),
+    };
+    // Checked before payment: the price is per text (or sequence), and a request over the limits must cost nothing.
+    let ids = match ids {
+        None if texts.is_empty() || texts.iter().any(String::is_empty) => {
+            return Err(ApiError::bad_request("input must hold at least one non-empty text"));
+        }
+        None => {
+            state.engine.check_texts(&texts)?;
+            None
+        }
+        Some(seqs) => Some(state.engine.encode_ids(name, Some(config.version), &seqs).await?),
+    };
+    let units = ids.as_ref().map_or(texts.len(), |(inputs, _)| inputs[0].shape()[0] as usize) as u64;
+    let paid = pay::authorize(&state, &headers, peer.0, &config, units)?;
     // Everything that can fail runs inside `guarded`, so a failure releases the job's price.
     let work = async {
-        let out = state.engine.embed(name, Some(config.version), &texts).await?;
-        let dim = out.vectors.first().map_or(0, Vec::len);
-        let flat: Vec<f32> = out.vectors.iter().flatten().copied().collect();
-        let tensor = Tensor::new("embedding", vec![texts.len() as i64, dim as i64], TensorData::Fp32(flat))
-            .map_err(crate::Error::Sdk)?;
-        Ok((out, tensor))
+        match ids {
+            // Token ids run as one inference of the model: the record is its inputs and outputs (what a validator
+            // re-executes), the vectors its first output's rows.
+            Some((inputs, tokens)) => {
+                let out = state.engine.infer(name, Some(config.version), inputs.clone()).await?;
+                let first = out.outputs.first().ok_or_else(|| crate::Error::BadOutput {
+                    model: out.model.clone(),
+                    output: "(none)".into(),
+                    expected: mlbridge_sdk::DataType::Fp32,
+                })?;
+                let TensorData::Fp32(data) = first.data() else {
+                    return Err(crate::Error::BadOutput {
+                        model: out.model.clone(),
+                        output: first.name().into(),
+                        expected: mlbridge_sdk::DataType::Fp32,
+                    });
+                };
+                let dim = first.shape().get(1).copied().unwrap_or(0).max(1) as usize;
+                let vectors = data.chunks(dim).map(<[f32]>::to_vec).collect();
+                let outputs = out.outputs.as_ref().clone();
+                Ok(Embedded { model: out.model, vectors, tokens, input: JobInput::Tensors(inputs), outputs })
+            }
+            None => {
+                let out = state.engine.embed(name, Some(config.version), &texts).await?;
+                let dim = out.vectors.first().map_or(0, Vec::len);
+                let flat: Vec<f32> = out.vectors.iter().flatten().copied().collect();
+                let tensor = Tensor::new("embedding", vec![texts.len() as i64, dim as i64], TensorData::Fp32(flat))
+                    .map_err(crate::Error::Sdk)?;
+                let (model, vectors, tokens) = (out.model, out.vectors, out.tokens);
+                Ok(Embedded { model, vectors, tokens, input: JobInput::Texts(texts.clone()), outputs: vec![tensor] })
+            }
+        }
     };
-    let (out, tensor) = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
+    let out = guarded(paid.as_ref().map(|p| p.service), paid.as_ref().map(|p| &p.auth), work).await?;
     let receipt = match paid {
         Some(p) => {
-            let outputs = [tensor];
-            let done = Completed { config: &config, input: JobInput::Texts(texts.clone()), outputs: &outputs };
+            let done = Completed { config: &config, input: out.input, outputs: &out.outputs };
             Some(p.service.complete(&p.auth, done).await?)
         }
         None => None,

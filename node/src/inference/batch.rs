@@ -125,6 +125,7 @@ mod tests {
             max_queue_delay_us: 0,
             price_wei: 0,
             intra_op_threads: 1,
+            intra_op_spinning: true,
             load: Default::default(),
             ragged_padding: true,
             inputs: vec![TensorSpec {

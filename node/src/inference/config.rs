@@ -128,6 +128,11 @@ pub struct ModelConfig {
     pub price_wei: u64,
     /// ONNX Runtime intra-op threads per session.
     pub intra_op_threads: usize,
+    /// Let those threads spin waiting for work between parallel sections (ONNX Runtime's default, on). Turning it
+    /// off gives the node's network and payment work more of the cores, at a large cost in latency: MiniLM INT8 at
+    /// concurrency 1 on 2 cores went from 4.5 to 9.9 ms (`scripts/bench paid`).
+    #[serde(default = "spinning_default")]
+    pub intra_op_spinning: bool,
     /// Create the session at start or on first use.
     #[serde(default)]
     pub load: LoadPolicy,
@@ -144,6 +149,10 @@ pub struct ModelConfig {
     pub tokenizer: Option<TokenizerConfig>,
     /// Re-execution tolerance for validators.
     pub validation: ValidationConfig,
+}
+
+fn spinning_default() -> bool {
+    true
 }
 
 impl ModelConfig {

@@ -349,6 +349,27 @@ impl Engine {
         Ok(Embeddings { model, vectors, tokens })
     }
 
+    /// The model inputs of token-id sequences for a text-embedding model (see [`TextEncoder::encode_ids`]), at most
+    /// one batch of the model (the job runs, and is re-executed by validators, as one inference); and the token
+    /// count. Nothing runs yet: the caller can price the job first.
+    pub async fn encode_ids(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        seqs: &[Vec<u32>],
+    ) -> Result<(Vec<Tensor>, usize)> {
+        let slot = self.slot(name, version)?;
+        let (key, max) = (slot.config.key(), slot.config.max_batch_size);
+        if seqs.len() > max {
+            return Err(Error::TooLarge {
+                what: format!("{} token-id sequences in one request", seqs.len()),
+                limit: format!("{max} (the batch size of model {key}); send texts, or several requests"),
+            });
+        }
+        let encoder = self.encoder(name, version).await?;
+        encoder.encode_ids(seqs, &key)
+    }
+
     /// Wait until every model's queue is empty or `timeout` passes (for shutdown).
     pub async fn drain(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;

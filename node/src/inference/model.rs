@@ -38,6 +38,8 @@ impl LoadedModel {
             .map_err(|e| fail(e.into()))?
             .with_intra_threads(config.intra_op_threads)
             .map_err(|e| fail(e.into()))?
+            .with_intra_op_spinning(config.intra_op_spinning)
+            .map_err(|e| fail(e.into()))?
             .with_inter_threads(1)
             .map_err(|e| fail(e.into()))?
             .with_memory_pattern(true)

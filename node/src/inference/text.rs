@@ -13,9 +13,11 @@ use tokenizers::{Tokenizer, TruncationParams};
 use super::config::TokenizerConfig;
 use crate::{Error, Result};
 
-/// Turns texts into `input_ids` / `attention_mask` tensors.
+/// Turns texts (or token ids a client tokenized itself) into `input_ids` / `attention_mask` tensors.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// Longest sequence, special tokens included (texts are truncated to it; token ids beyond it are refused).
+    max_length: usize,
 }
 
 impl std::fmt::Debug for TextEncoder {
@@ -54,7 +56,7 @@ impl TextEncoder {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: config.max_length, ..Default::default() }))
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Self { tokenizer })
+        Ok(Self { tokenizer, max_length: config.max_length })
     }
 
     /// Token ids of one text (with `[CLS]`/`[SEP]`, truncated).
@@ -68,15 +70,47 @@ impl TextEncoder {
 
     /// `input_ids` and `attention_mask` for a batch of texts, padded with 0 to the longest; and the token count.
     pub fn encode_batch(&self, texts: &[String]) -> Result<(Vec<Tensor>, usize)> {
-        if texts.is_empty() {
+        let all: Vec<Vec<u32>> = texts.iter().map(|t| self.ids(t)).collect::<Result<_>>()?;
+        Self::pad(&all)
+    }
+
+    /// `input_ids` and `attention_mask` for token-id sequences a client tokenized with this model's vocabulary
+    /// (special tokens included, as [`Self::ids`] gives them), after checking each against the vocabulary and the
+    /// longest sequence the model takes; and the token count. `key` names the model in errors.
+    pub fn encode_ids(&self, seqs: &[Vec<u32>], key: &str) -> Result<(Vec<Tensor>, usize)> {
+        let vocab = self.tokenizer.get_vocab_size(true);
+        for seq in seqs {
+            if seq.is_empty() {
+                return Err(Error::EmptyInput);
+            }
+            if seq.len() > self.max_length {
+                return Err(Error::TooLarge {
+                    what: format!("a sequence of {} tokens", seq.len()),
+                    limit: format!("{} tokens for model {key}", self.max_length),
+                });
+            }
+            if let Some(&id) = seq.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::ValueOutOfRange {
+                    model: key.to_owned(),
+                    input: "input (token ids)".into(),
+                    value: i64::from(id),
+                    min: 0,
+                    max: vocab as i64 - 1,
+                });
+            }
+        }
+        Self::pad(seqs)
+    }
+
+    fn pad(all: &[Vec<u32>]) -> Result<(Vec<Tensor>, usize)> {
+        if all.is_empty() {
             return Err(Error::EmptyInput);
         }
-        let all: Vec<Vec<u32>> = texts.iter().map(|t| self.ids(t)).collect::<Result<_>>()?;
         let longest = all.iter().map(Vec::len).max().unwrap_or(0);
         let tokens = all.iter().map(Vec::len).sum();
         let mut ids = Vec::with_capacity(all.len() * longest);
         let mut mask = Vec::with_capacity(all.len() * longest);
-        for seq in &all {
+        for seq in all {
             ids.extend(seq.iter().map(|&i| i64::from(i)));
             ids.extend(std::iter::repeat_n(0, longest - seq.len()));
             mask.extend(std::iter::repeat_n(1i64, seq.len()));

@@ -383,6 +383,35 @@ async fn standard_clients_content_types_base64_embeddings_and_model_listing() {
     let (s, _) = post(&node, "/v1/embeddings", &ask(json!({ "encoding_format": "int8" }))).await;
     assert_eq!(s, 400);
 
+    // Token ids (the model's vocabulary, as its tokenizer gives them) embed to what their text does; one sequence
+    // or several; ids beyond the vocabulary, empty or over-long sequences are 400s.
+    let repo = mlbridge_node::inference::ModelRepository::open(&models_root()).unwrap();
+    let config = repo.config("minilm-l6", None).unwrap();
+    let encoder = mlbridge_node::inference::text::TextEncoder::load(
+        &repo.version_dir(config),
+        config.tokenizer.as_ref().unwrap(),
+        "minilm-l6",
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = ["A man is eating food.", "Bread."].iter().map(|t| encoder.ids(t).unwrap()).collect();
+    let (s, by_ids) = post(&node, "/v1/embeddings", &json!({ "model": "minilm-l6", "input": ids })).await;
+    assert_eq!(s, 200, "{by_ids}");
+    assert_eq!(by_ids["data"], floats["data"], "the same vectors as the texts'");
+    assert_eq!(by_ids["usage"], floats["usage"]);
+    let (s, one) = post(&node, "/v1/embeddings", &json!({ "model": "minilm-l6", "input": ids[1] })).await;
+    let (_, text) = post(&node, "/v1/embeddings", &json!({ "model": "minilm-l6", "input": "Bread." })).await;
+    assert_eq!((s, &one["data"]), (200, &text["data"]), "{one}");
+    for (bad, why) in [
+        (json!([101, 999_999, 102]), "outside"),
+        (json!([[101, 102], []]), "no input"),
+        (json!(vec![101; 10_000]), "tokens"),
+        (json!([101, "x"]), "not a valid request"),
+    ] {
+        let (s, e) = post(&node, "/v1/embeddings", &json!({ "model": "minilm-l6", "input": bad })).await;
+        assert_eq!(s, 400, "{e}");
+        assert!(e["error"].as_str().unwrap().contains(why), "{why}: {e}");
+    }
+
     // Models in OpenAI's shape, by name (latest) and by name:version.
     let (s, list) = get(&node, "/v1/models").await;
     assert_eq!((s, list["object"].as_str()), (200, Some("list")));

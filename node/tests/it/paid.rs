@@ -527,8 +527,26 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
 
     // Pay ahead over HTTP: a voucher for 4 more jobs, brought with a secret credit key; then requests with no
     // voucher naming the channel and the key draw on the credit, and nothing else does.
-    use mlbridge_node::api::pay::{CHANNEL_HEADER, CREDIT_KEY_HEADER};
+    // Token ids cost one price per sequence; the receipt and the audit record name the model's input tensors.
     let paid_so_far = paid_so_far + 40_000_000_000_000;
+    let ids = voucher(&payer, &chain, channel, paid_so_far + 20_000_000_000_000);
+    let body = serde_json::json!({ "model": "minilm-l6:2", "input": [[101, 2028, 3793, 102]] });
+    let resp = post("/v1/embeddings", Some(ids), body).await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["receipt"]["units"], "1");
+    let job: alloy::primitives::B256 = body["receipt"]["job_id"].as_str().unwrap().parse().unwrap();
+    let record = node.payments.as_ref().unwrap().audit(&job).expect("kept for audits");
+    let names: Vec<&str> = record.inputs.iter().map(|t| t.name()).collect();
+    assert_eq!((names, record.texts.len()), (vec!["input_ids", "attention_mask"], 0));
+    assert_eq!(
+        mlbridge_sdk::protocol::tensors_hash(&record.inputs).to_string(),
+        body["receipt"]["input_hash"].as_str().unwrap()
+    );
+
+    use mlbridge_node::api::pay::{CHANNEL_HEADER, CREDIT_KEY_HEADER};
+    let paid_so_far = paid_so_far + 20_000_000_000_000;
     let key = hex::encode([0x5a; 32]);
     let credit = |key: Option<&str>| {
         let mut req = http
@@ -562,7 +580,7 @@ async fn http_clients_pay_with_a_voucher_header_and_operators_can_be_free() {
     let resp = credit(Some(&key)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 402, "the credit is used up after 4 jobs");
     assert!(resp.text().await.unwrap().contains("attach a voucher"));
-    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 8);
+    assert_eq!(node.payments.as_ref().unwrap().gate().ledger().job_count(), 9);
 
     // The operator's own use: a node configured free for localhost serves without a voucher.
     let free = start_node(|c| {
