@@ -117,7 +117,13 @@ pub struct ServeArgs {
     /// libp2p identity file (created if missing).
     #[arg(long, env = "MLBRIDGE_IDENTITY_FILE", help_heading = "P2P")]
     pub identity_file: Option<PathBuf>,
-    /// Operator private key (hex): signs adverts and receipts.
+    /// Operator key in an encrypted keystore file (`mlbridge key new`): signs adverts and receipts; channels pay it.
+    #[arg(long, env = "MLBRIDGE_OPERATOR_KEYSTORE", value_name = "FILE", help_heading = "P2P")]
+    pub operator_keystore: Option<PathBuf>,
+    /// The keystore's password file (first line); else $MLBRIDGE_KEYSTORE_PASSWORD, else a prompt.
+    #[arg(long, env = "MLBRIDGE_OPERATOR_PASSWORD_FILE", value_name = "FILE", help_heading = "P2P")]
+    pub operator_password_file: Option<PathBuf>,
+    /// Operator private key (hex), for devnets only (anvil's well-known keys); use --operator-keystore.
     #[arg(long, env = "MLBRIDGE_OPERATOR_KEY", hide_env_values = true, help_heading = "P2P")]
     pub operator_key: Option<String>,
 }
@@ -182,6 +188,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.operator_key {
             c.operator_key = Some(v);
+        }
+        if let Some(v) = self.operator_keystore {
+            c.operator_keystore = Some(v);
+        }
+        if let Some(v) = self.operator_password_file {
+            c.operator_password_file = Some(v);
         }
         Ok(c)
     }

@@ -26,8 +26,13 @@ pub struct NodeConfig {
     pub cache: CacheConfig,
     /// Peer-to-peer network.
     pub p2p: P2pConfig,
-    /// Operator key (hex secp256k1): signs adverts and receipts. An ephemeral key is used when none is set.
+    /// Operator key (hex secp256k1), for devnets only: signs adverts and receipts. An ephemeral key is used when
+    /// neither this nor `operator_keystore` is set.
     pub operator_key: Option<String>,
+    /// The operator key in an encrypted Ethereum keystore file (`mlbridge key new`): how real nodes hold it.
+    pub operator_keystore: Option<PathBuf>,
+    /// The keystore's password file (first line); else `$MLBRIDGE_KEYSTORE_PASSWORD`, else a prompt.
+    pub operator_password_file: Option<PathBuf>,
     /// Payments: vouchers, ledger, settlement (off = every job is free).
     pub payment: PaymentConfig,
 }
@@ -231,7 +236,27 @@ impl Default for NodeConfig {
             cache: CacheConfig::default(),
             p2p: P2pConfig::default(),
             operator_key: None,
+            operator_keystore: None,
+            operator_password_file: None,
             payment: PaymentConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The operator key: from `operator_keystore` (its password from `operator_password_file`, the environment or a
+    /// prompt), else `operator_key` (devnets); `None` when neither is set.
+    pub fn operator_signer(&self) -> Result<Option<alloy::signers::local::PrivateKeySigner>> {
+        let fail = |reason: String| Error::Config { path: "operator_key".into(), reason };
+        match (&self.operator_keystore, &self.operator_key) {
+            (Some(path), _) => {
+                let source = mlbridge_sdk::keys::PasswordSource::from_file(self.operator_password_file.as_deref());
+                mlbridge_sdk::keys::load(path, &source).map(Some).map_err(|e| fail(e.to_string()))
+            }
+            (None, Some(hex)) => {
+                hex.trim().parse().map(Some).map_err(|e| fail(format!("not a secp256k1 private key in hex: {e}")))
+            }
+            (None, None) => Ok(None),
         }
     }
 }
@@ -283,6 +308,26 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operator_key_comes_from_a_keystore_or_a_devnet_hex_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keystore, pw) = (dir.path().join("operator.json"), dir.path().join("pw"));
+        std::fs::write(&pw, "pw\n").unwrap();
+        let made = mlbridge_sdk::keys::create(&keystore, "pw").unwrap();
+        let toml = format!("operator_keystore = {keystore:?}\noperator_password_file = {pw:?}\n");
+        std::fs::write(dir.path().join("node.toml"), toml).unwrap();
+        let c = NodeConfig::load(&dir.path().join("node.toml")).unwrap();
+        assert_eq!(c.operator_signer().unwrap().map(|s| s.address()), Some(made.address()));
+        let dev = NodeConfig {
+            operator_key: Some("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".into()),
+            ..NodeConfig::default()
+        };
+        assert!(dev.operator_signer().unwrap().is_some());
+        assert!(NodeConfig::default().operator_signer().unwrap().is_none());
+        std::fs::write(&pw, "wrong\n").unwrap();
+        assert!(c.operator_signer().unwrap_err().to_string().contains("wrong password"));
+    }
 
     #[test]
     fn empty_file_is_all_defaults_and_unknown_keys_fail() {

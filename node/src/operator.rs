@@ -25,7 +25,13 @@ pub struct OperatorArgs {
     /// The node's TOML config file (operator key, `[payment]` rpc_url/deployment/ledger, metrics address).
     #[arg(long, env = "MLBRIDGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Operator private key (hex).
+    /// Operator key in an encrypted keystore file (`mlbridge key new`).
+    #[arg(long, env = "MLBRIDGE_OPERATOR_KEYSTORE", value_name = "FILE")]
+    pub operator_keystore: Option<PathBuf>,
+    /// The keystore's password file (first line); else $MLBRIDGE_KEYSTORE_PASSWORD, else a prompt.
+    #[arg(long, env = "MLBRIDGE_OPERATOR_PASSWORD_FILE", value_name = "FILE")]
+    pub operator_password_file: Option<PathBuf>,
+    /// Operator private key (hex), for devnets only (anvil's well-known keys); use --operator-keystore.
     #[arg(long, env = "MLBRIDGE_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
     /// Chain RPC URL.
@@ -48,6 +54,12 @@ impl OperatorArgs {
         if let Some(k) = &self.operator_key {
             c.operator_key = Some(k.clone());
         }
+        if let Some(k) = &self.operator_keystore {
+            c.operator_keystore = Some(k.clone());
+        }
+        if let Some(p) = &self.operator_password_file {
+            c.operator_password_file = Some(p.clone());
+        }
         if let Some(u) = &self.rpc_url {
             c.payment.rpc_url = u.clone();
         }
@@ -67,8 +79,7 @@ fn config_error(what: &str, reason: impl std::fmt::Display) -> Error {
 }
 
 fn chain_parts(c: &NodeConfig) -> Result<(DynProvider, Deployment, alloy::signers::local::PrivateKeySigner)> {
-    let key = c.operator_key.as_deref().ok_or_else(|| config_error("operator_key", "give --operator-key"))?;
-    let signer = crate::p2p::operator_signer(Some(key))?;
+    let signer = c.operator_signer()?.ok_or_else(|| config_error("operator_key", "give --operator-keystore"))?;
     let path = c.payment.deployment.as_deref().ok_or_else(|| config_error("deployment", "give --deployment"))?;
     let deployment = Deployment::load(path)?;
     let url = c.payment.rpc_url.parse().map_err(|e| config_error("rpc_url", e))?;

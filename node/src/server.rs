@@ -70,13 +70,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(|e| Error::Listen { addr: config.metrics.listen, reason: e.to_string() })?;
-    let operator = crate::p2p::operator_signer(config.operator_key.as_deref())?;
+    let operator = crate::p2p::operator_signer(&config)?;
     let mut tasks = Vec::new();
     let payments = if config.payment.enabled {
-        if config.operator_key.is_none() {
+        if config.operator_key.is_none() && config.operator_keystore.is_none() {
             return Err(Error::Config {
                 path: "operator_key".into(),
-                reason: "paid mode needs the operator key that channels pay (--operator-key)".into(),
+                reason: "paid mode needs the operator key that channels pay (--operator-keystore)".into(),
             });
         }
         let (service, payment_tasks) =

@@ -123,6 +123,9 @@ pub enum Error {
     /// A signature could not be created or checked.
     #[error("signature error: {0}")]
     Signature(String),
+    /// A key file could not be made, read or opened.
+    #[error("key: {0}")]
+    Key(String),
     /// The confirmation tracker has stopped (its task ended).
     #[error("the confirmation tracker has stopped")]
     TrackerStopped,

@@ -21,18 +21,8 @@ pub fn load(config: &ValidatorConfig) -> Result<PrivateKeySigner> {
 }
 
 fn from_keystore(path: &Path, password_file: Option<&Path>) -> Result<PrivateKeySigner> {
-    let password = match password_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| Error::Key(format!("cannot read the password file {}: {e}", p.display())))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        None => std::env::var("MLBRIDGE_KEYSTORE_PASSWORD")
-            .map_err(|_| Error::Key("the keystore needs --password-file or $MLBRIDGE_KEYSTORE_PASSWORD".into()))?,
-    };
-    PrivateKeySigner::decrypt_keystore(path, password)
-        .map_err(|e| Error::Key(format!("cannot open the keystore {}: {e}", path.display())))
+    let source = mlbridge_sdk::keys::PasswordSource::from_file(password_file);
+    mlbridge_sdk::keys::load(path, &source).map_err(|e| Error::Key(e.to_string()))
 }
 
 #[cfg(test)]

@@ -129,13 +129,10 @@ pub fn load_identity(path: Option<&Path>) -> Result<Keypair> {
     Ok(key)
 }
 
-/// Parse the operator key (hex), or make an ephemeral one.
-pub fn operator_signer(key: Option<&str>) -> Result<PrivateKeySigner> {
-    match key {
-        Some(hex) => hex.trim().parse().map_err(|e| Error::Config {
-            path: "operator_key".into(),
-            reason: format!("not a secp256k1 private key in hex: {e}"),
-        }),
+/// The configured operator key, or an ephemeral one (a free node needs no stable key).
+pub fn operator_signer(config: &crate::config::NodeConfig) -> Result<PrivateKeySigner> {
+    match config.operator_signer()? {
+        Some(signer) => Ok(signer),
         None => {
             tracing::warn!(target: "node::p2p", "no operator key configured; adverts are signed with an ephemeral key");
             Ok(PrivateKeySigner::random())

@@ -35,12 +35,66 @@ enum Command {
     /// Payment channels: open, top up, close, withdraw, list.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Keys in encrypted Ethereum keystore files: make one, import one, print its address.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print the model id (sha256 of the ONNX bytes) of model files, as receipts and prices name them.
     ModelId {
         /// ONNX model files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make a new random key in an encrypted keystore file (never overwritten) and print its address.
+    New(KeyFile),
+    /// Encrypt an existing private key into a keystore file. The key is read from standard input (or typed at a
+    /// hidden prompt), never from the command line.
+    Import(KeyFile),
+    /// Print the address of a keystore (the password is asked unless the file states its address).
+    Address(KeyFile),
+}
+
+#[derive(Debug, Args)]
+struct KeyFile {
+    /// The keystore file.
+    keystore: PathBuf,
+    /// A file whose first line is the password; else $MLBRIDGE_KEYSTORE_PASSWORD, else a prompt.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+fn key(cmd: KeyCommand) -> anyhow::Result<()> {
+    use mlbridge_sdk::keys::{self, PasswordSource};
+    let source = |f: &KeyFile| PasswordSource::from_file(f.password_file.as_deref());
+    match cmd {
+        KeyCommand::New(f) => {
+            let password = source(&f).read(&f.keystore.display().to_string(), true)?;
+            let signer = keys::create(&f.keystore, &password)?;
+            println!("{}", signer.address());
+            eprintln!("key written to {} (keep the file and its password; both are needed)", f.keystore.display());
+        }
+        KeyCommand::Import(f) => {
+            use std::io::IsTerminal;
+            let hex = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("Private key (hex): ").context("reading the key")?
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the key from standard input")?;
+                line
+            };
+            let password = source(&f).read(&f.keystore.display().to_string(), true)?;
+            let signer = keys::import(&f.keystore, &hex, &password)?;
+            println!("{}", signer.address());
+        }
+        KeyCommand::Address(f) => match keys::stated_address(&f.keystore)? {
+            Some(address) => println!("{address}"),
+            None => println!("{}", keys::load(&f.keystore, &source(&f))?.address()),
+        },
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +161,13 @@ enum ChannelCommand {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Payment")]
 struct PayArgs {
-    /// Payer private key (hex).
+    /// Payer key in an encrypted keystore file (`mlbridge key new`).
+    #[arg(long, env = "MLBRIDGE_KEYSTORE", value_name = "FILE")]
+    keystore: Option<PathBuf>,
+    /// The keystore's password file (first line); else $MLBRIDGE_KEYSTORE_PASSWORD, else a prompt.
+    #[arg(long, env = "MLBRIDGE_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Payer private key (hex), for devnets only (anvil's well-known keys); use --keystore.
     #[arg(long = "key", env = "MLBRIDGE_KEY", hide_env_values = true)]
     key: Option<String>,
     /// Chain RPC URL.
@@ -129,8 +189,14 @@ struct PayArgs {
 
 impl PayArgs {
     async fn payer(&self) -> anyhow::Result<Payer> {
-        let key = self.key.as_deref().context("give the payer key with --key or MLBRIDGE_KEY")?;
-        let signer: PrivateKeySigner = key.trim().parse().context("--key is not a hex private key")?;
+        let signer: PrivateKeySigner = match (&self.keystore, &self.key) {
+            (Some(path), _) => mlbridge_sdk::keys::load(
+                path,
+                &mlbridge_sdk::keys::PasswordSource::from_file(self.password_file.as_deref()),
+            )?,
+            (None, Some(key)) => key.trim().parse().context("--key is not a hex private key")?,
+            (None, None) => bail!("give the payer key with --keystore FILE (or --key on a devnet)"),
+        };
         let config = PayerConfig {
             rpc_url: self.rpc_url.clone(),
             deployment: Deployment::load(&self.deployment)?,
@@ -330,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Channel(cmd) => channel(cmd).await?,
+        Command::Key(cmd) => key(cmd)?,
         Command::Nodes(net) => {
             let c = client(&net, Strategy::ModelAware)?;
             tokio::time::sleep(Duration::from_secs_f64(net.wait)).await;

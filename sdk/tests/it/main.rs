@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod chain;
+mod cli_keys;
 mod support;

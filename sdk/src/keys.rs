@@ -1,0 +1,162 @@
+//! Keys at rest: encrypted Ethereum keystore files (the v3 JSON of geth, `cast wallet` and alloy; scrypt + AES-128-CTR),
+//! and where their passwords come from. Operator, validator and payer keys live in these files; a private key is
+//! never taken on the command line and never logged (devnets alone pass anvil's well-known keys, and say so).
+//!
+//! A password comes from, in order: a file (its first line), `$MLBRIDGE_KEYSTORE_PASSWORD`, or a prompt on the
+//! terminal (not echoed).
+
+use std::path::{Path, PathBuf};
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+
+use crate::{Error, Result};
+
+/// The environment variable a keystore password may come from.
+pub const PASSWORD_ENV: &str = "MLBRIDGE_KEYSTORE_PASSWORD";
+
+/// Where a keystore's password comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The first line of this file.
+    File(PathBuf),
+    /// `$MLBRIDGE_KEYSTORE_PASSWORD`, else a prompt on the terminal.
+    #[default]
+    EnvOrPrompt,
+}
+
+impl PasswordSource {
+    /// A file when one is given, else the environment or a prompt.
+    pub fn from_file(file: Option<&Path>) -> Self {
+        file.map_or(Self::EnvOrPrompt, |f| Self::File(f.to_owned()))
+    }
+
+    /// Read the password. `new` asks twice at a prompt (a new keystore's password must not be mistyped) and refuses
+    /// an empty one.
+    pub fn read(&self, what: &str, new: bool) -> Result<String> {
+        let password = match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| key_error(format!("cannot read the password file {}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            Self::EnvOrPrompt => match std::env::var(PASSWORD_ENV) {
+                Ok(p) => p,
+                Err(_) => prompt(what, new)?,
+            },
+        };
+        if new && password.is_empty() {
+            return Err(key_error("the password is empty; a keystore needs one".into()));
+        }
+        Ok(password)
+    }
+}
+
+fn key_error(reason: String) -> Error {
+    Error::Key(reason)
+}
+
+fn prompt(what: &str, twice: bool) -> Result<String> {
+    use std::io::IsTerminal;
+    let no_tty = |e: std::io::Error| {
+        key_error(format!("cannot prompt for the password of {what} ({e}); give a password file or ${PASSWORD_ENV}"))
+    };
+    // Only someone at a terminal is asked (a service or a pipe gets the error, not a hang).
+    if !std::io::stdin().is_terminal() {
+        return Err(no_tty(std::io::Error::other("standard input is not a terminal")));
+    }
+    let first = rpassword::prompt_password(format!("Password for {what}: ")).map_err(no_tty)?;
+    if twice && rpassword::prompt_password("Repeat it: ").map_err(no_tty)? != first {
+        return Err(key_error("the two passwords differ".into()));
+    }
+    Ok(first)
+}
+
+/// Split a keystore path into the folder alloy writes to and the file name, refusing to overwrite a file.
+fn target(path: &Path) -> Result<(PathBuf, String)> {
+    if path.exists() {
+        return Err(key_error(format!("{} exists; a keystore is never overwritten", path.display())));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| key_error(format!("{} is not a file path", path.display())))?
+        .to_owned();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    std::fs::create_dir_all(&dir).map_err(|e| key_error(format!("cannot create {}: {e}", dir.display())))?;
+    Ok((dir, name))
+}
+
+/// Make a new random key and write it encrypted to `path` (which must not exist).
+pub fn create(path: &Path, password: &str) -> Result<PrivateKeySigner> {
+    let (dir, name) = target(path)?;
+    let (signer, _) = PrivateKeySigner::new_keystore(&dir, &mut rand::thread_rng(), password, Some(&name))
+        .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+    Ok(signer)
+}
+
+/// Write an existing key (hex, with or without `0x`) encrypted to `path` (which must not exist).
+pub fn import(path: &Path, key_hex: &str, password: &str) -> Result<PrivateKeySigner> {
+    let signer: PrivateKeySigner =
+        key_hex.trim().parse().map_err(|_| key_error("that is not a secp256k1 private key in hex".into()))?;
+    let (dir, name) = target(path)?;
+    PrivateKeySigner::encrypt_keystore(&dir, &mut rand::thread_rng(), signer.to_bytes(), password, Some(&name))
+        .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+    Ok(signer)
+}
+
+/// Open the keystore at `path` with `password`.
+pub fn open(path: &Path, password: &str) -> Result<PrivateKeySigner> {
+    PrivateKeySigner::decrypt_keystore(path, password)
+        .map_err(|e| key_error(format!("cannot open the keystore {}: {e} (wrong password?)", path.display())))
+}
+
+/// Open the keystore at `path`, reading its password from `source`.
+pub fn load(path: &Path, source: &PasswordSource) -> Result<PrivateKeySigner> {
+    let password = source.read(&path.display().to_string(), false)?;
+    open(path, &password)
+}
+
+/// The address a keystore file names, when it names one (geth and `cast` write it; alloy does not), read without
+/// the password.
+pub fn stated_address(path: &Path) -> Result<Option<Address>> {
+    let text = std::fs::read_to_string(path).map_err(|e| key_error(format!("cannot read {}: {e}", path.display())))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| key_error(format!("{} is not a keystore: {e}", path.display())))?;
+    Ok(json.get("address").and_then(|a| a.as_str()).and_then(|a| a.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_keystores_and_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/operator.json");
+        let made = create(&path, "secret").unwrap();
+        assert_eq!(open(&path, "secret").unwrap().address(), made.address());
+        assert!(open(&path, "wrong").unwrap_err().to_string().contains("wrong password"));
+        assert!(create(&path, "secret").unwrap_err().to_string().contains("never overwritten"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("scrypt") && !text.contains(&alloy::hex::encode(made.to_bytes())), "encrypted");
+
+        // anvil's first dev key, imported.
+        let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        let imported = dir.path().join("dev.json");
+        let signer = import(&imported, key, "pw").unwrap();
+        let anvil0: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap();
+        assert_eq!((signer.address(), open(&imported, "pw").unwrap().address()), (anvil0, anvil0));
+        assert!(import(&dir.path().join("x.json"), "not a key", "pw").is_err());
+
+        let file = dir.path().join("password");
+        std::fs::write(&file, "pw\nignored").unwrap();
+        assert_eq!(load(&imported, &PasswordSource::File(file)).unwrap().address(), anvil0);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        assert!(PasswordSource::File(empty).read("k", true).is_err(), "a new keystore needs a password");
+        std::fs::write(&path, r#"{"address":"f39fd6e51aad88f6f4ce6ab8827279cfffb92266"}"#).unwrap();
+        assert_eq!(stated_address(&path).unwrap(), Some(anvil0));
+    }
+}
