@@ -24,6 +24,7 @@
 //! - [`payment`]: voucher and credit checks before any work, the durable `sled` ledger, receipts signed per batch,
 //!   audit records for validators, the chain watcher and batched settlement (`redeemMany`) tracked to N
 //!   confirmations.
+//! - [`system`]: CPU per core, memory and network metrics beside the node's own.
 
 pub mod api;
 pub mod cli;
@@ -35,5 +36,6 @@ pub mod operator;
 pub mod p2p;
 pub mod payment;
 pub mod server;
+pub mod system;
 
 pub use error::{Error, Result};

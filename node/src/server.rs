@@ -72,6 +72,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map_err(|e| Error::Listen { addr: config.metrics.listen, reason: e.to_string() })?;
     let operator = crate::p2p::operator_signer(&config)?;
     let mut tasks = Vec::new();
+    let system = crate::system::SystemMetrics::register(metrics.registry()).map_err(Error::Metrics)?;
+    tasks.push(system.spawn(Duration::from_secs(5), shutdown.clone()));
     let payments = if config.payment.enabled {
         if config.operator_key.is_none() && config.operator_keystore.is_none() {
             return Err(Error::Config {

@@ -43,7 +43,13 @@ async fn honest_network_validators_sample_attest_and_earn_pro_rata() {
         c.payment.settle_interval_secs = 1.0;
         c.payment.settle_gas_multiple = 0;
     };
-    let a = paid_node(&chain, 1, dirs[0].path(), vec![], fast_settle).await;
+    // Node a also serves localhost free, with its cache on: the dashboard check below needs a cache hit.
+    let a = paid_node(&chain, 1, dirs[0].path(), vec![], |c| {
+        fast_settle(c);
+        c.cache.enabled = true;
+        c.payment.free_localhost = true;
+    })
+    .await;
     let b = paid_node(&chain, 2, dirs[1].path(), addrs(&a).await, fast_settle).await;
     chain.register_node(1, &a).await;
     chain.register_node(2, &b).await;
@@ -127,8 +133,44 @@ async fn honest_network_validators_sample_attest_and_earn_pro_rata() {
     assert!(metric(&v4, "mlbridge_validator_attestations_total") >= 2.0);
     assert!(metric(&v4, "mlbridge_validator_earned_wei") > 0.0 || !earned4.is_zero());
     println!("fees {} wei: validator 2 ETH earned {earned4}, validator 6 ETH earned {earned5}", t.received);
+
+    // Every metric the Grafana dashboard and the alert rules use is one a node or a validator exports (after a
+    // cache hit and a refused payment, so that every family has a sample).
+    let http = reqwest::Client::new();
+    let infer = format!("http://{}/v2/models/mlp-tiny/versions/2/infer", a.http_addr);
+    let body = serde_json::json!({ "inputs": [{ "name": "input", "shape": [1, 256], "datatype": "FP32",
+        "data": vec![0.25f32; 256] }] });
+    for _ in 0..2 {
+        assert_eq!(http.post(&infer).json(&body).send().await.unwrap().status().as_u16(), 200, "free for localhost");
+    }
+    let forwarded = http.post(&infer).header("x-forwarded-for", "203.0.113.9").json(&body).send().await.unwrap();
+    assert_eq!(forwarded.status().as_u16(), 402);
+    let node_metrics = http.get(format!("http://{}/metrics", a.metrics_addr)).send().await.unwrap();
+    let exported = format!("{}\n{}", node_metrics.text().await.unwrap(), v4.metrics.render());
+    let used = deployed_metric_names();
+    assert!(used.len() > 30, "{used:?}");
+    let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(&format!("# TYPE {m} "))).collect();
+    assert!(missing.is_empty(), "used by deploy/ but not exported: {missing:?}");
     v4.stop().await;
     v5.stop().await;
+}
+
+/// The metric families `deploy/grafana/*.json` and `deploy/prometheus/*.yml` name (histogram series by family).
+fn deployed_metric_names() -> std::collections::BTreeSet<String> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for dir in ["grafana", "prometheus"] {
+        for file in std::fs::read_dir(deploy.join(dir)).unwrap() {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("mlbridge_") || word.starts_with("process_") {
+                    let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s));
+                    names.insert(family.unwrap_or(word).to_owned());
+                }
+            }
+        }
+    }
+    names
 }
 
 /// A dispute's id once `challenger` opened one (from the contract).
