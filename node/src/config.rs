@@ -253,9 +253,11 @@ impl NodeConfig {
                 let source = mlbridge_sdk::keys::PasswordSource::from_file(self.operator_password_file.as_deref());
                 mlbridge_sdk::keys::load(path, &source).map(Some).map_err(|e| fail(e.to_string()))
             }
-            (None, Some(hex)) => {
-                hex.trim().parse().map(Some).map_err(|e| fail(format!("not a secp256k1 private key in hex: {e}")))
-            }
+            (None, Some(hex)) => hex
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| fail("not a secp256k1 private key in hex (64 hex digits)".into())),
             (None, None) => Ok(None),
         }
     }

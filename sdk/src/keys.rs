@@ -62,9 +62,10 @@ fn prompt(what: &str, twice: bool) -> Result<String> {
     let no_tty = |e: std::io::Error| {
         key_error(format!("cannot prompt for the password of {what} ({e}); give a password file or ${PASSWORD_ENV}"))
     };
-    // Only someone at a terminal is asked (a service or a pipe gets the error, not a hang).
-    if !std::io::stdin().is_terminal() {
-        return Err(no_tty(std::io::Error::other("standard input is not a terminal")));
+    // Only someone at a terminal is asked (a service without one gets the error, not a hang); the prompt reads the
+    // terminal itself, so a key piped into standard input can still be given a typed password.
+    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
+        return Err(no_tty(std::io::Error::other("no terminal")));
     }
     let first = rpassword::prompt_password(format!("Password for {what}: ")).map_err(no_tty)?;
     if twice && rpassword::prompt_password("Repeat it: ").map_err(no_tty)? != first {
@@ -73,36 +74,71 @@ fn prompt(what: &str, twice: bool) -> Result<String> {
     Ok(first)
 }
 
-/// Split a keystore path into the folder alloy writes to and the file name, refusing to overwrite a file.
-fn target(path: &Path) -> Result<(PathBuf, String)> {
-    if path.exists() {
-        return Err(key_error(format!("{} exists; a keystore is never overwritten", path.display())));
+/// Where a new keystore is written first: a fresh temporary name beside `path` (created by this process alone),
+/// in a folder made private if this call creates it.
+fn staging(path: &Path) -> Result<(PathBuf, String)> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| key_error(format!("cannot create {}: {e}", dir.display())))?;
+        private(&dir, 0o700);
     }
-    let name = path
+    let base = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| key_error(format!("{} is not a file path", path.display())))?
-        .to_owned();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    std::fs::create_dir_all(&dir).map_err(|e| key_error(format!("cannot create {}: {e}", dir.display())))?;
-    Ok((dir, name))
+        .ok_or_else(|| key_error(format!("{} is not a file path", path.display())))?;
+    Ok((dir, format!(".{base}.{}.new", std::process::id())))
+}
+
+#[cfg(unix)]
+fn private(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+#[cfg(not(unix))]
+fn private(_: &Path, _: u32) {}
+
+/// Move the keystore written at `dir/name` to `path`, readable by its owner only, failing (atomically) if `path`
+/// exists: a keystore is never overwritten.
+fn publish(dir: &Path, name: &str, path: &Path) -> Result<()> {
+    let written = dir.join(name);
+    private(&written, 0o600);
+    let linked = std::fs::hard_link(&written, path);
+    let _ = std::fs::remove_file(&written);
+    linked.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            key_error(format!("{} exists; a keystore is never overwritten", path.display()))
+        }
+        _ => key_error(format!("cannot write {}: {e}", path.display())),
+    })
 }
 
 /// Make a new random key and write it encrypted to `path` (which must not exist).
 pub fn create(path: &Path, password: &str) -> Result<PrivateKeySigner> {
-    let (dir, name) = target(path)?;
+    if path.exists() {
+        return Err(key_error(format!("{} exists; a keystore is never overwritten", path.display())));
+    }
+    let (dir, name) = staging(path)?;
     let (signer, _) = PrivateKeySigner::new_keystore(&dir, &mut rand::thread_rng(), password, Some(&name))
         .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+    publish(&dir, &name, path)?;
     Ok(signer)
 }
 
 /// Write an existing key (hex, with or without `0x`) encrypted to `path` (which must not exist).
 pub fn import(path: &Path, key_hex: &str, password: &str) -> Result<PrivateKeySigner> {
-    let signer: PrivateKeySigner =
-        key_hex.trim().parse().map_err(|_| key_error("that is not a secp256k1 private key in hex".into()))?;
-    let (dir, name) = target(path)?;
+    // The parser's message could quote part of the key: never pass it on.
+    let signer: PrivateKeySigner = key_hex
+        .trim()
+        .parse()
+        .map_err(|_| key_error("that is not a secp256k1 private key in hex (64 hex digits)".into()))?;
+    if path.exists() {
+        return Err(key_error(format!("{} exists; a keystore is never overwritten", path.display())));
+    }
+    let (dir, name) = staging(path)?;
     PrivateKeySigner::encrypt_keystore(&dir, &mut rand::thread_rng(), signer.to_bytes(), password, Some(&name))
         .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+    publish(&dir, &name, path)?;
     Ok(signer)
 }
 
@@ -141,6 +177,13 @@ mod tests {
         assert!(create(&path, "secret").unwrap_err().to_string().contains("never overwritten"));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("scrypt") && !text.contains(&alloy::hex::encode(made.to_bytes())), "encrypted");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!((mode(&path), mode(path.parent().unwrap())), (0o600, 0o700), "owner only");
+        }
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
 
         // anvil's first dev key, imported.
         let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";

@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub fn load(config: &ValidatorConfig) -> Result<PrivateKeySigner> {
     match (&config.keystore, &config.key) {
         (Some(path), _) => from_keystore(path, config.password_file.as_deref()),
-        (None, Some(hex)) => hex.trim().parse().map_err(|e| Error::Key(format!("not a secp256k1 key in hex: {e}"))),
+        (None, Some(hex)) => hex.trim().parse().map_err(|_| Error::Key("not a secp256k1 key in hex (64 hex digits)".into())),
         (None, None) => Err(Error::Key(
             "no key configured: give --keystore FILE (with --password-file) or `keystore` in the config; --key only on devnets"
                 .into(),

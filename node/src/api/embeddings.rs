@@ -47,8 +47,7 @@ fn base64_vector(v: &[f32]) -> String {
 }
 
 /// What OpenAI's `input` may hold.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum EmbeddingInput {
     /// A single text.
     One(String),
@@ -59,6 +58,64 @@ pub enum EmbeddingInput {
     Ids(Vec<u32>),
     /// Several sequences of token ids.
     ManyIds(Vec<Vec<u32>>),
+}
+
+/// Most entries `input` may list (the node's own per-request limits are far lower; this bounds what parsing a
+/// hostile body can allocate before they are checked).
+const MAX_INPUT_ENTRIES: usize = 65_536;
+
+/// Read as it streams: the first entry decides the kind, the rest must be of that kind (serde's untagged enums
+/// would first copy the whole body into a tree of values).
+impl<'de> Deserialize<'de> for EmbeddingInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum First {
+            Text(String),
+            Id(u32),
+            Ids(Vec<u32>),
+        }
+
+        fn rest<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(first: T, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut all = vec![first];
+            while let Some(next) = seq.next_element()? {
+                if all.len() == MAX_INPUT_ENTRIES {
+                    return Err(A::Error::custom(format!("input lists more than {MAX_INPUT_ENTRIES} entries")));
+                }
+                all.push(next);
+            }
+            Ok(all)
+        }
+
+        struct Input;
+        impl<'de> Visitor<'de> for Input {
+            type Value = EmbeddingInput;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a text, a list of texts, a list of token ids or a list of lists of token ids")
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EmbeddingInput::One(v.to_owned()))
+            }
+
+            fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(EmbeddingInput::One(v))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                Ok(match seq.next_element::<First>()? {
+                    None => EmbeddingInput::Many(Vec::new()),
+                    Some(First::Text(t)) => EmbeddingInput::Many(rest(t, seq)?),
+                    Some(First::Id(i)) => EmbeddingInput::Ids(rest(i, seq)?),
+                    Some(First::Ids(ids)) => EmbeddingInput::ManyIds(rest(ids, seq)?),
+                })
+            }
+        }
+        d.deserialize_any(Input)
+    }
 }
 
 /// The vectors of a job and what its receipt records as its input and output.
@@ -119,16 +176,21 @@ pub(crate) async fn embeddings(
             state.engine.check_texts(&texts)?;
             None
         }
-        Some(seqs) => Some(state.engine.encode_ids(name, Some(config.version), &seqs).await?),
+        Some(seqs) => {
+            let (inputs, tokens) = state.engine.encode_ids(name, Some(config.version), &seqs).await?;
+            // The model's own checks (its token-id range, its longest input), still before payment.
+            config.validate_inputs(&inputs)?;
+            Some((inputs, tokens, seqs.len()))
+        }
     };
-    let units = ids.as_ref().map_or(texts.len(), |(inputs, _)| inputs[0].shape()[0] as usize) as u64;
+    let units = ids.as_ref().map_or(texts.len(), |(_, _, n)| *n) as u64;
     let paid = pay::authorize(&state, &headers, peer.0, &config, units)?;
     // Everything that can fail runs inside `guarded`, so a failure releases the job's price.
     let work = async {
         match ids {
             // Token ids run as one inference of the model: the record is its inputs and outputs (what a validator
             // re-executes), the vectors its first output's rows.
-            Some((inputs, tokens)) => {
+            Some((inputs, tokens, _)) => {
                 let out = state.engine.infer(name, Some(config.version), inputs.clone()).await?;
                 let first = out.outputs.first().ok_or_else(|| crate::Error::BadOutput {
                     model: out.model.clone(),

@@ -79,6 +79,8 @@ impl AuditStore {
     pub fn insert(&self, record: AuditRecord) {
         let (now, w) = (Instant::now(), weight(&record));
         if w > self.max_bytes {
+            tracing::warn!(target: "node::payment", job = %record.receipt.job_id, bytes = w, max = self.max_bytes,
+                "a job's record is larger than the audit store; it is not kept (raise payment.audit_retention_mib)");
             return;
         }
         let record = Arc::new(record);
@@ -150,10 +152,10 @@ mod tests {
         assert!(store.get(&record(9, 10_000).receipt.job_id).is_none());
         assert!(store.get(&ids[4]).is_some());
 
-        let short = AuditStore::new(Duration::from_millis(30), u64::MAX);
+        let short = AuditStore::new(Duration::from_millis(300), u64::MAX);
         short.insert(record(1, 10));
         assert!(short.get(&ids[1]).is_some());
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(short.get(&ids[1]).is_none(), "past the retention");
         short.insert(record(2, 10));
         assert_eq!(short.window().order.len(), 1, "the expired record left when the next came");

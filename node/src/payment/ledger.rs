@@ -151,11 +151,18 @@ impl Flusher {
                     let upto = issued.load(Ordering::SeqCst);
                     // Everything staged before `upto` was issued is written before the flush.
                     let outcome = staged.write().and_then(|()| db.flush().map(|_| ())).err().map(|e| e.to_string());
+                    if let Some(err) = &outcome {
+                        // Tried again at the next tick (what was staged stays staged until it is written).
+                        pending.store(true, Ordering::SeqCst);
+                        tracing::error!(target: "node::payment", %err, "the ledger commit failed; retrying");
+                    }
                     let _ = done.send((upto, outcome));
                 }
                 // Whatever was written last is made durable on a clean stop.
-                if pending.load(Ordering::SeqCst) {
-                    let _ = staged.write().and_then(|()| db.flush().map(|_| ()));
+                if (pending.load(Ordering::SeqCst) || !staged.is_empty())
+                    && let Err(err) = staged.write().and_then(|()| db.flush().map(|_| ()))
+                {
+                    tracing::error!(target: "node::payment", %err, "the ledger's last commit failed");
                 }
             })
             .expect("spawning the ledger flush thread");
@@ -212,6 +219,11 @@ struct Staged {
 impl Staged {
     fn lock(&self) -> std::sync::MutexGuard<'_, StagedWrites> {
         self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        let staged = self.lock();
+        staged.channels.is_empty() && staged.jobs.is_empty()
     }
 
     /// Write what is staged into the trees (not flushed).
@@ -420,8 +432,10 @@ impl Ledger {
         Ok(n)
     }
 
-    /// Record a confirmed settlement (not flushed).
+    /// Record a confirmed settlement (not flushed). What is staged is written first, so the settlement never
+    /// reaches the disk ahead of the channel entries it follows.
     pub fn put_settlement(&self, s: &SettlementRecord) -> Result<()> {
+        self.staged.write().map_err(|e| self.err(e))?;
         let seq = self.db.generate_id().map_err(|e| self.err(e))?;
         self.settlements.insert(seq.to_be_bytes(), cbor(s)).map(|_| ()).map_err(|e| self.err(e))
     }
@@ -528,6 +542,11 @@ mod tests {
         assert_eq!(l.channel(&entry.channel_id).unwrap(), Some(entry.clone()));
         assert_eq!(l.channel(&entry.channel_id).unwrap().unwrap().unredeemed(), U256::from(30u64));
         assert_eq!(l.channels().unwrap(), vec![entry.clone()]);
+        // A staged entry replaces the one on disk (once, not beside it).
+        let newer = ChannelEntry { charged: U256::from(40u64), jobs: 4, ..entry.clone() };
+        l.put_channel(&newer).unwrap();
+        assert_eq!(l.channels().unwrap(), vec![newer.clone()]);
+        assert_eq!(l.channel(&entry.channel_id).unwrap(), Some(newer));
         assert_eq!(l.job_count(), 3);
         assert_eq!(l.prune_jobs(2_000).unwrap(), 1);
         assert!(l.job(&B256::repeat_byte(1)).unwrap().is_none());

@@ -589,6 +589,8 @@ fn random_bodies_never_cause_a_5xx() {
     let reached_minilm = std::sync::atomic::AtomicUsize::new(0);
     proptest!(ProptestConfig::with_cases(300), |(body in random_body(), p in 0usize..4)| {
         let minilm_shaped = body.windows(9).any(|w| w == b"input_ids");
+        // Half the MiniLM-shaped bodies go to MiniLM (enough of them reach it whatever the seed); the rest elsewhere.
+        let p = if minilm_shaped && p >= 2 { 3 } else { p };
         let status = rt.block_on(async {
             let req = Request::post(paths[p]).header("content-type", "application/json").body(Body::from(body)).unwrap();
             let resp = app.clone().oneshot(req).await.unwrap();

@@ -194,7 +194,8 @@ impl PayArgs {
                 path,
                 &mlbridge_sdk::keys::PasswordSource::from_file(self.password_file.as_deref()),
             )?,
-            (None, Some(key)) => key.trim().parse().context("--key is not a hex private key")?,
+            // The parser's message could quote part of the key: not passed on.
+            (None, Some(key)) => key.trim().parse().map_err(|_| anyhow::anyhow!("--key is not a hex private key"))?,
             (None, None) => bail!("give the payer key with --keystore FILE (or --key on a devnet)"),
         };
         let config = PayerConfig {

@@ -399,6 +399,11 @@ impl Payer {
         let deposit = self.store.get(&id).map_or(channel.deposit, |c| c.deposit);
         let amount = amount.min(deposit);
         if amount < credit.consumed + credit.in_flight + price || amount <= credit.signed {
+            // An early top-up the deposit cannot make: the credit signed still pays for this job.
+            if credit.available() >= price {
+                credit.send(price);
+                return Ok(Some(payment(None)));
+            }
             return Ok(None);
         }
         self.store.sign_to(&id, amount)?;

@@ -546,3 +546,36 @@ async fn a_challenge_of_a_leaf_from_a_64_receipt_batch_opens_a_dispute_on_anvil(
     );
     assert!(Staking::new(d.staking, node_p).isActiveNode(node.address()).call().await.unwrap());
 }
+
+/// The last of a deposit is spent on jobs, never stranded: once the deposit is all signed, the credit still pays for
+/// the jobs it covers (an early top-up that the deposit cannot make is skipped), and only then does the payer stop.
+#[tokio::test]
+async fn the_whole_deposit_pays_for_jobs_without_an_early_top_up_past_it() {
+    use mlbridge_sdk::payment::{Payer, PayerConfig, PaymentPolicy};
+    let anvil = spawn_anvil(None);
+    let deployment = deploy_all(&anvil).await;
+    let store = tempfile::tempdir().unwrap();
+    let price = U256::from(1_000u64);
+    let config = PayerConfig {
+        rpc_url: anvil.endpoint(),
+        deployment,
+        store: store.path().to_owned(),
+        policy: PaymentPolicy { max_spend: U256::ZERO, ..PaymentPolicy::default() },
+        confirmations: 1,
+        poll_interval: std::time::Duration::from_millis(50),
+    };
+    let payer = Payer::connect(key(&anvil, 3), config).await.unwrap();
+    let payee = key(&anvil, 1).address();
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_400;
+    payer.open_channel(payee, price * U256::from(10u64), expiry, &mut |_| {}).await.unwrap();
+    let mut vouchers = Vec::new();
+    for job in 0..10 {
+        let payment = payer.pay(payee, price).await.unwrap_or_else(|e| panic!("job {job} of a 10-job deposit: {e}"));
+        vouchers.extend(payment.voucher.as_ref().map(|v| v.cumulative_amount));
+        payer.answered(&payment);
+    }
+    assert_eq!(vouchers.last(), Some(&(price * U256::from(10u64))), "the whole deposit signed, nothing more");
+    assert!(vouchers.windows(2).all(|w| w[0] < w[1]));
+    let over = payer.pay(payee, price).await.unwrap_err();
+    assert!(over.to_string().contains("spend"), "the 11th job needs more deposit: {over}");
+}

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn mlbridge(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlbridge"))
+    // In a new session (setsid): no controlling terminal, so nothing can prompt on the terminal running the tests.
+    let mut child = Command::new("setsid")
+        .arg(env!("CARGO_BIN_EXE_mlbridge"))
         .args(args)
         .env_remove("MLBRIDGE_KEYSTORE_PASSWORD")
         .stdin(Stdio::piped())
@@ -46,7 +48,8 @@ fn keys_are_made_imported_and_read_back_from_encrypted_files() {
     assert_eq!(address, "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
     assert!(!std::fs::read_to_string(imported).unwrap().contains(&key[2..66]), "the key is stored encrypted");
 
-    // A wrong password, or none (no terminal to ask at), is an error that says what to do.
+    // A wrong password, or none (no terminal to ask at), is an error that says what to do; a bad key is refused
+    // without being echoed.
     std::fs::write(dir.path().join("wrong"), "nope\n").unwrap();
     let wrong =
         mlbridge(&["key", "address", imported, "--password-file", dir.path().join("wrong").to_str().unwrap()], "");
@@ -54,4 +57,9 @@ fn keys_are_made_imported_and_read_back_from_encrypted_files() {
     let none = mlbridge(&["key", "address", imported], "");
     assert!(!none.status.success(), "{}", String::from_utf8_lossy(&none.stdout));
     assert!(String::from_utf8_lossy(&none.stderr).contains("MLBRIDGE_KEYSTORE_PASSWORD"));
+    let bad = dir.path().join("bad.json");
+    let out = mlbridge(&["key", "import", bad.to_str().unwrap(), "--password-file", pw], "zzzz1234secretish\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a secp256k1 private key") && !err.contains("zzzz"), "{err}");
+    assert!(!bad.exists());
 }
