@@ -40,6 +40,19 @@ pub enum Command {
     },
     /// Stake, channels, unredeemed value and the last settlements with their confirmations.
     Status(crate::operator::OperatorArgs),
+    /// Read a node's metrics (live, or a saved snapshot) and name each problem's likely cause and fix, with the
+    /// numbers behind it. Exits non-zero when it finds any.
+    Doctor {
+        /// The node's metrics endpoint (read twice, `--interval` apart).
+        #[arg(long, default_value = "http://127.0.0.1:9100/metrics")]
+        metrics_url: String,
+        /// A saved copy of a node's /metrics instead (e.g. `curl -s host:9100/metrics > snapshot.prom`).
+        #[arg(long, value_name = "FILE")]
+        snapshot: Option<PathBuf>,
+        /// Seconds between the two reads of a live node.
+        #[arg(long, default_value_t = 5.0)]
+        interval: f64,
+    },
     /// Redeem vouchers on chain.
     Redeem {
         /// Node, key and chain.
@@ -211,6 +224,25 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(operator) => crate::operator::status(&operator).await,
         Command::Redeem { operator, .. } => crate::operator::redeem_now(&operator).await,
+        Command::Doctor { metrics_url, snapshot, interval } => {
+            let (findings, checked) = match snapshot {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| crate::Error::Config { path: path.clone(), reason: e.to_string() })?;
+                    let snapshot = crate::doctor::Snapshot::parse(&text);
+                    (crate::doctor::diagnose(&snapshot, None), path.display().to_string())
+                }
+                None => {
+                    let every = std::time::Duration::from_secs_f64(interval.clamp(0.5, 600.0));
+                    (crate::doctor::diagnose_live(&metrics_url, every).await?, metrics_url)
+                }
+            };
+            print!("{}", crate::doctor::render(&findings, &checked));
+            match findings.len() {
+                0 => Ok(()),
+                n => Err(crate::Error::ProblemsFound(n)),
+            }
+        }
     }
 }
 

@@ -221,6 +221,9 @@ pub enum Error {
         /// The limit.
         limit: String,
     },
+    /// `doctor` found problems (its report says which).
+    #[error("{0} problem(s) found; see the report above")]
+    ProblemsFound(usize),
     /// An empty request (no texts, no samples).
     #[error("the request has no input; send at least one text or sample")]
     EmptyInput,

@@ -25,10 +25,12 @@
 //!   audit records for validators, the chain watcher and batched settlement (`redeemMany`) tracked to N
 //!   confirmations.
 //! - [`system`]: CPU per core, memory and network metrics beside the node's own.
+//! - [`doctor`]: reads a node's metrics and names each symptom's likely cause and fix.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod inference;
 pub mod metrics;

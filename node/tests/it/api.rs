@@ -766,3 +766,35 @@ async fn ids_and_mask_of_different_lengths_are_refused() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("attention_mask"), "{body}");
 }
+
+/// `mlbridge-node doctor` on a running node finds nothing wrong; on a snapshot showing problems it names them and
+/// exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reads_a_live_node_and_a_snapshot() {
+    let node = start_node(|_| {}).await;
+    for i in 0..20 {
+        assert_eq!(post(&node, "/v2/models/mlp-tiny/infer", &mlp_request(1, i as f32)).await.0, 200);
+    }
+    let url = format!("http://{}/metrics", node.metrics_addr);
+    let doctor = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mlbridge-node")).args(args).output().unwrap()
+        })
+    };
+    let live =
+        doctor(vec!["doctor".into(), "--metrics-url".into(), url, "--interval".into(), "0.5".into()]).await.unwrap();
+    let report = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        live.status.success() && report.contains("No problems found"),
+        "{report}{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+
+    let snapshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doctor/settlement.prom");
+    let saved = doctor(vec!["doctor".into(), "--snapshot".into(), snapshot.display().to_string()]).await.unwrap();
+    let report = String::from_utf8_lossy(&saved.stdout);
+    assert!(!saved.status.success(), "problems found: non-zero exit");
+    for symptom in ["[payments_refused]", "[settlement_stuck]", "[no_peers]", "likely cause:", "fix:"] {
+        assert!(report.contains(symptom), "{symptom} in {report}");
+    }
+}
