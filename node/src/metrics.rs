@@ -49,6 +49,8 @@ pub struct NodeMetrics {
     pub p2p_inflight: IntGauge,
     /// Peers subscribed to the receipts topic (validators, or anyone relaying receipts to them).
     pub p2p_receipt_listeners: IntGauge,
+    /// Bytes of our libp2p protocols, by protocol and direction (`mlbridge_p2p_bytes_total`).
+    pub p2p_bytes: mlbridge_sdk::net::traffic::Traffic,
 }
 
 impl NodeMetrics {
@@ -112,6 +114,7 @@ impl NodeMetrics {
                 "Peers subscribed to the receipts topic (validators or relays)",
             )?,
             p2p_inflight: IntGauge::new("mlbridge_p2p_inflight", "Inbound p2p inference requests not yet answered")?,
+            p2p_bytes: mlbridge_sdk::net::traffic::Traffic::register(&registry)?,
             registry,
         };
         let r = &m.registry;

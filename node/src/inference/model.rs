@@ -32,14 +32,17 @@ impl LoadedModel {
         let started = Instant::now();
         let key = config.key();
         let fail = |e: ort::Error| Error::SessionCreate { model: key.clone(), reason: e.to_string() };
-        let session = Session::builder(runtime.env())
+        let mut builder = Session::builder(runtime.env())
             .map_err(fail)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| fail(e.into()))?
             .with_intra_threads(config.intra_op_threads)
-            .map_err(|e| fail(e.into()))?
-            .with_intra_op_spinning(config.intra_op_spinning)
-            .map_err(|e| fail(e.into()))?
+            .map_err(|e| fail(e.into()))?;
+        // Only turned off when asked: otherwise ONNX Runtime's own default stays untouched.
+        if !config.intra_op_spinning {
+            builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.into()))?;
+        }
+        let session = builder
             .with_inter_threads(1)
             .map_err(|e| fail(e.into()))?
             .with_memory_pattern(true)

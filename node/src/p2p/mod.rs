@@ -27,8 +27,9 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
+use mlbridge_sdk::net::traffic::Proto;
 use mlbridge_sdk::net::{
-    Behaviour, BehaviourEvent, InboundBudget, NetConfig, build_swarm_with, learn_addresses, peer_of,
+    Behaviour, BehaviourEvent, Codec, InboundBudget, NetConfig, build_swarm_with, learn_addresses, peer_of,
 };
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
@@ -177,7 +178,8 @@ pub fn spawn(
             .collect::<Result<_>>()?,
     ));
     let budget = InboundBudget::new(net.inbound_budget_bytes);
-    let swarm = build_swarm_with(keypair, &net, budget.clone()).map_err(|e| Error::Network(e.to_string()))?;
+    let codec = Codec::new(budget.clone()).with_traffic(metrics.p2p_bytes.clone());
+    let swarm = build_swarm_with(keypair, &net, codec).map_err(|e| Error::Network(e.to_string()))?;
     let (commands, rx) = mpsc::channel(64);
     let (answers_tx, answers) = mpsc::channel(1024);
     let load = Arc::new(PeerLoad::new(
@@ -428,6 +430,7 @@ impl Actor {
                 message,
             })) => {
                 self.metrics.p2p_gossip.with_label_values(&["in"]).inc();
+                self.metrics.p2p_bytes.add(Proto::Gossip, true, message.data.len());
                 let acceptance = self.on_gossip(&message);
                 if acceptance == MessageAcceptance::Reject {
                     self.metrics.p2p_gossip.with_label_values(&["rejected"]).inc();
@@ -617,7 +620,10 @@ impl Actor {
         }
         for msg in ReceiptBatchGossip::split(&b.batch, &b.leaves, &b.receipts) {
             let n = msg.receipts.len() as u64;
-            if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), encode(&msg)).is_ok() {
+            let bytes = encode(&msg);
+            let len = bytes.len();
+            if self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(RECEIPTS_TOPIC), bytes).is_ok() {
+                self.metrics.p2p_bytes.add(Proto::Gossip, false, len);
                 p.metrics().receipts_published.inc_by(n);
             }
         }
@@ -698,8 +704,13 @@ impl Actor {
             signature: Vec::new(),
         };
         let Ok(signed) = advert.sign(&self.operator) else { return };
-        match self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(ADVERTS_TOPIC), encode(&signed)) {
-            Ok(_) => self.metrics.p2p_gossip.with_label_values(&["out"]).inc(),
+        let bytes = encode(&signed);
+        let len = bytes.len();
+        match self.swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(ADVERTS_TOPIC), bytes) {
+            Ok(_) => {
+                self.metrics.p2p_gossip.with_label_values(&["out"]).inc();
+                self.metrics.p2p_bytes.add(Proto::Gossip, false, len);
+            }
             // No subscribed peers yet: the next advert will go out.
             Err(err) => tracing::trace!(target: "node::p2p", %err, "advert not published"),
         }

@@ -16,6 +16,10 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use mlbridge_sdk::net::InboundBudget;
 use mlbridge_sdk::net::mux::{Frame, MUX_PROTOCOL, ReadError, read_frame_within, write_frame};
+use mlbridge_sdk::net::traffic::Proto;
+
+/// A frame's header: its length (u32) and request id (u64).
+const FRAME_HEADER: usize = 12;
 use mlbridge_sdk::protocol::{ErrorKind, MAX_REQUEST_BYTES, Request, Response, WIRE_VERSION, decode, encode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -97,6 +101,7 @@ async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Str
     // Writes end when the reader and every request it started are done (all senders dropped), or when one write
     // makes no progress within the deadline (the peer stopped reading): answers still queued are dropped, releasing
     // theirs, and the reader stops taking work.
+    let traffic = server.metrics.p2p_bytes.clone();
     let writer = tokio::spawn(async move {
         let mut w = futures::io::BufWriter::with_capacity(64 << 10, w);
         let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer does not read its answers");
@@ -104,6 +109,7 @@ async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Str
             let mut next = Some(first);
             while let Some((id, body, admitted)) = next.take() {
                 tokio::time::timeout(FRAME_DEADLINE, write_frame(&mut w, id, &body)).await.map_err(|_| stalled())??;
+                traffic.add(Proto::Mux, false, FRAME_HEADER + body.len());
                 drop(admitted);
                 next = rx.try_recv().ok();
             }
@@ -117,7 +123,10 @@ async fn serve_stream(server: &Arc<MuxServer>, peer: PeerId, stream: libp2p::Str
     // The writer gone (a peer that stopped reading), no more work is taken.
     while !tx.is_closed() {
         match read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)).await {
-            Ok(Some(frame)) => on_frame(server, peer, spender, frame, &tx).await,
+            Ok(Some(frame)) => {
+                server.metrics.p2p_bytes.add(Proto::Mux, true, FRAME_HEADER + frame.body.len());
+                on_frame(server, peer, spender, frame, &tx).await
+            }
             Ok(None) | Err(ReadError::Io(_)) => break,
             Err(ReadError::Busy { id }) => {
                 let msg = "the node is reading too many requests at once; retry shortly";

@@ -98,6 +98,19 @@ async fn discovery_adverts_and_inference_over_p2p() {
     let text = metrics_text(&nodes[0]).await;
     assert!(metric(&text, "mlbridge_p2p_peers") >= 2.0, "A sees B, C and the client");
     assert!(metric(&text, "mlbridge_p2p_gossip_messages_total{direction=\"out\"}") > 0.0);
+    // Bandwidth per protocol: adverts went out as gossip; the jobs came in over the multiplexed stream (to
+    // whichever nodes the client picked), request and answer counted both ways.
+    let bytes = |t: &str, dir: &str, proto: &str| {
+        metric(t, &format!("mlbridge_p2p_bytes_total{{direction=\"{dir}\",protocol=\"{proto}\"}}"))
+    };
+    assert!(bytes(&text, "out", "gossipsub") > 0.0, "{text}");
+    let mut mux = (0.0, 0.0);
+    for n in &nodes {
+        let t = metrics_text(n).await;
+        mux.0 += bytes(&t, "in", "/mlbridge/infer-mux/1");
+        mux.1 += bytes(&t, "out", "/mlbridge/infer-mux/1");
+    }
+    assert!(mux.0 > 1_000.0 && mux.1 > 1_000.0, "mux bytes in/out: {mux:?}");
 }
 
 async fn spread(c: &Client, n: usize, concurrency: usize) -> HashMap<PeerId, usize> {

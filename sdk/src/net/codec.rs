@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
+use super::traffic::{Proto, Traffic};
 use crate::protocol::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request, Response, decode, encode};
 
 /// Bytes of inbound requests being read, across every connection, and the most there may be.
@@ -45,6 +46,7 @@ impl InboundBudget {
 #[derive(Clone, Debug)]
 pub struct Codec {
     budget: Arc<InboundBudget>,
+    traffic: Traffic,
 }
 
 impl Default for Codec {
@@ -56,7 +58,12 @@ impl Default for Codec {
 impl Codec {
     /// A codec whose inbound requests draw on `budget`.
     pub fn new(budget: Arc<InboundBudget>) -> Self {
-        Self { budget }
+        Self { budget, traffic: Traffic::default() }
+    }
+
+    /// Count the bytes read and written in `traffic`.
+    pub fn with_traffic(self, traffic: Traffic) -> Self {
+        Self { traffic, ..self }
     }
 }
 
@@ -138,6 +145,7 @@ impl libp2p::request_response::Codec for Codec {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Request::Malformed(e.to_string())),
             Err(e) => return Err(e),
         };
+        self.traffic.add(Proto::Infer, true, bytes.len());
         Ok(decode(&bytes, MAX_REQUEST_BYTES).unwrap_or_else(|e| Request::Malformed(e.to_string())))
     }
 
@@ -147,6 +155,7 @@ impl libp2p::request_response::Codec for Codec {
         io: &mut T,
     ) -> io::Result<Response> {
         let bytes = read_limited(io, MAX_RESPONSE_BYTES).await?;
+        self.traffic.add(Proto::Infer, true, bytes.len());
         decode(&bytes, MAX_RESPONSE_BYTES).map_err(invalid)
     }
 
@@ -159,7 +168,9 @@ impl libp2p::request_response::Codec for Codec {
         if let Request::Malformed(_) | Request::Busy = req {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "Malformed and Busy are local and never sent"));
         }
-        io.write_all(&encode(&req)).await?;
+        let bytes = encode(&req);
+        self.traffic.add(Proto::Infer, false, bytes.len());
+        io.write_all(&bytes).await?;
         io.close().await
     }
 
@@ -169,7 +180,9 @@ impl libp2p::request_response::Codec for Codec {
         io: &mut T,
         res: Response,
     ) -> io::Result<()> {
-        io.write_all(&encode(&res)).await?;
+        let bytes = encode(&res);
+        self.traffic.add(Proto::Infer, false, bytes.len());
+        io.write_all(&bytes).await?;
         io.close().await
     }
 }

@@ -9,9 +9,9 @@
 mod codec;
 pub mod ipban;
 pub mod mux;
+pub mod traffic;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::allow_block_list;
@@ -153,12 +153,12 @@ fn score_params() -> (PeerScoreParams, PeerScoreThresholds) {
 
 /// Build a swarm with the ML Bridge behaviour for `keypair` and start listening on `config.listen`.
 pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>> {
-    build_swarm_with(keypair, config, InboundBudget::new(config.inbound_budget_bytes))
+    build_swarm_with(keypair, config, Codec::new(InboundBudget::new(config.inbound_budget_bytes)))
 }
 
 /// [`build_swarm`] whose request-response requests draw on `budget` (a node shares it with its multiplexed
 /// streams, so the bytes being read stay within one budget).
-pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, budget: Arc<InboundBudget>) -> Result<Swarm<Behaviour>> {
+pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, codec: Codec) -> Result<Swarm<Behaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -177,7 +177,7 @@ pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, budget: Arc<Inboun
             let (params, thresholds) = score_params();
             gossipsub.with_peer_score(params, thresholds)?;
             let rpc = request_response::Behaviour::with_codec(
-                Codec::new(budget),
+                codec,
                 [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(config.request_timeout)
