@@ -227,13 +227,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Doctor { metrics_url, snapshot, interval } => {
             let (findings, checked) = match snapshot {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| crate::Error::Config { path: path.clone(), reason: e.to_string() })?;
+                    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::Config {
+                        path: path.clone(),
+                        reason: format!("cannot read the metrics snapshot: {e}"),
+                    })?;
                     let snapshot = crate::doctor::Snapshot::parse(&text);
                     (crate::doctor::diagnose(&snapshot, None), path.display().to_string())
                 }
                 None => {
-                    let every = std::time::Duration::from_secs_f64(interval.clamp(0.5, 600.0));
+                    let secs = if interval.is_finite() { interval.clamp(0.5, 600.0) } else { 5.0 };
+                    let every = std::time::Duration::from_secs_f64(secs);
                     (crate::doctor::diagnose_live(&metrics_url, every).await?, metrics_url)
                 }
             };

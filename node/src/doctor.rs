@@ -22,11 +22,18 @@ impl Snapshot {
     pub fn parse(text: &str) -> Self {
         let mut samples: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let (series, value) = match line.rsplit_once(' ') {
-                Some((s, v)) => (s.trim(), v),
-                None => continue,
+            // `series value [timestamp] [# exemplar]`: the series ends after its labels' closing brace (label values
+            // may hold spaces), the value is the next word.
+            let end = match (line.find('{'), line.find(char::is_whitespace)) {
+                (Some(brace), Some(space)) if brace < space => match labels_end(line, brace) {
+                    Some(close) => close + 1,
+                    None => continue,
+                },
+                (_, Some(space)) => space,
+                (_, None) => continue,
             };
-            let Ok(value) = value.parse::<f64>() else { continue };
+            let (series, rest) = line.split_at(end);
+            let Some(Ok(value)) = rest.split_whitespace().next().map(str::parse::<f64>) else { continue };
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, BTreeMap::new()),
@@ -102,6 +109,21 @@ impl Snapshot {
     }
 }
 
+/// Where the label set opened at `open` closes: the first `}` outside a quoted value.
+fn labels_end(line: &str, open: usize) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(open + i),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn parse_labels(s: &str) -> Labels {
     let mut labels = BTreeMap::new();
     let mut rest = s;
@@ -142,7 +164,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// Thresholds of the checks (the alert rules in `deploy/prometheus/alerts.yml` use the same).
+/// The latency threshold (the alert rule `MLBridgeHighLatencyP99` uses the same).
 const P99_LIMIT_SECS: f64 = 0.5;
 
 /// Everything the snapshot shows to be wrong (empty when the node looks healthy). `rates` is a second snapshot
@@ -157,7 +179,10 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
         }
         let share =
             |outcome: &str| now.sum("mlbridge_requests_total", &[("model", model), ("outcome", outcome)]) / requests;
-        if let Some(p99) = now.quantile("mlbridge_request_seconds", model, 0.99).filter(|p| *p > P99_LIMIT_SECS) {
+        // (At least 200 answers, so that the p99 is not simply the slowest one, e.g. a lazily loaded model's first.)
+        let answered = now.sum("mlbridge_request_seconds_count", &[("model", model)]);
+        let p99 = now.quantile("mlbridge_request_seconds", model, 0.99).filter(|p| *p > P99_LIMIT_SECS);
+        if let Some(p99) = p99.filter(|_| answered >= 200.0) {
             let wait = now.mean("mlbridge_queue_wait_seconds", model).unwrap_or(0.0);
             let compute = now.mean("mlbridge_compute_seconds", model).unwrap_or(0.0);
             let batch = now.mean("mlbridge_batch_size", model).unwrap_or(1.0);
@@ -194,7 +219,7 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
             });
         }
         let errors = share("error");
-        if errors > 0.001 {
+        if errors > 0.001 && errors * requests >= 10.0 {
             out.push(Finding {
                 symptom: "errors",
                 evidence: format!(
@@ -210,7 +235,9 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
         let executions = now.sum("mlbridge_executions_total", &[("model", model)]);
         let waited = now.mean("mlbridge_queue_wait_seconds", model).unwrap_or(0.0);
         let compute = now.mean("mlbridge_compute_seconds", model).unwrap_or(0.0);
-        if executions >= 100.0 && inferences / executions < 1.2 && waited > compute {
+        // Only while requests are queued: a lone request also waits for batch-mates and runs alone, rightly.
+        let queued_here = now.sum("mlbridge_queue_depth", &[("model", model)]);
+        if executions >= 100.0 && inferences / executions < 1.2 && waited > compute && queued_here > 0.0 {
             out.push(Finding {
                 symptom: "batching_not_forming",
                 evidence: format!(
@@ -312,14 +339,28 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
             fix: "check the RPC the node reads (payment.rpc_url) and the clients' SDK versions; refusals cost the node nothing".into(),
         });
     }
-    let sent = now.sum("mlbridge_chain_tx_sent_total", &[]);
-    let confirmed = now.sum("mlbridge_chain_tx_confirmed_total", &[]);
+    // Sends count resubmissions too: pending = sent - resubmitted - confirmed - dropped (approximately: a fee bump is
+    // a new transaction whose predecessor is dropped). Stuck = still pending after several resubmissions, or (live)
+    // nothing confirmed between the two reads while resubmissions went on.
+    let chain = |s: &Snapshot, name: &str| s.sum(name, &[]);
+    let (sent, confirmed) =
+        (chain(now, "mlbridge_chain_tx_sent_total"), chain(now, "mlbridge_chain_tx_confirmed_total"));
+    let resubmitted = chain(now, "mlbridge_chain_tx_resubmitted_total");
+    let pending = sent - resubmitted - confirmed - chain(now, "mlbridge_chain_tx_dropped_total");
     let unredeemed = now.sum("mlbridge_unredeemed_wei", &[]);
-    if sent - confirmed >= 3.0 && unredeemed > 0.0 {
+    let stuck = match earlier {
+        Some(e) => {
+            resubmitted > chain(e, "mlbridge_chain_tx_resubmitted_total")
+                && confirmed == chain(e, "mlbridge_chain_tx_confirmed_total")
+        }
+        None => resubmitted >= 3.0,
+    };
+    if pending >= 1.0 && stuck && unredeemed > 0.0 {
         out.push(Finding {
             symptom: "settlement_stuck",
             evidence: format!(
-                "{sent:.0} transactions sent, {confirmed:.0} confirmed; {:.6} ETH accepted and not redeemed",
+                "{sent:.0} transactions sent ({resubmitted:.0} of them resubmissions), {confirmed:.0} confirmed, \
+                 {pending:.0} pending; {:.6} ETH accepted and not redeemed",
                 unredeemed / 1e18
             ),
             cause: "redemptions are not mined: the fee cap is below the chain's base fee, the operator lacks ETH for gas, or the RPC drops them".into(),
@@ -334,8 +375,8 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
             fix: "check payment.rpc_url, or use a provider with higher limits".into(),
         });
     }
-    // (Only for a node on the p2p network: one that has gossiped. An HTTP-only node has no peers by design.)
-    if now.has("mlbridge_p2p_gossip_messages_total") && now.sum("mlbridge_p2p_peers", &[]) == 0.0 {
+    // (Only for a node on the p2p network: an HTTP-only node has no peers by design.)
+    if now.sum("mlbridge_p2p_enabled", &[]) > 0.0 && now.sum("mlbridge_p2p_peers", &[]) == 0.0 {
         out.push(Finding {
             symptom: "no_peers",
             evidence: "0 libp2p peers connected".into(),
@@ -364,7 +405,8 @@ pub fn render(findings: &[Finding], checked: &str) -> String {
 pub async fn diagnose_live(url: &str, interval: std::time::Duration) -> crate::Result<Vec<Finding>> {
     let fetch = || async {
         let fail = |e: reqwest::Error| crate::Error::Network(format!("cannot read {url}: {e}; is the node running?"));
-        let resp = reqwest::get(url).await.map_err(fail)?.error_for_status().map_err(fail)?;
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().map_err(fail)?;
+        let resp = client.get(url).send().await.map_err(fail)?.error_for_status().map_err(fail)?;
         Ok::<_, crate::Error>(Snapshot::parse(&resp.text().await.map_err(fail)?))
     };
     let earlier = fetch().await?;
@@ -409,9 +451,32 @@ mod tests {
             ["payments_refused", "settlement_stuck", "no_peers"]
         );
         assert!(money[0].evidence.contains("unconfirmed 40"), "{:?}", money[0]);
-        assert!(money[1].evidence.contains("6 transactions sent, 1 confirmed"), "{:?}", money[1]);
+        assert!(
+            money[1].evidence.contains("6 transactions sent (4 of them resubmissions), 1 confirmed, 1 pending"),
+            "{:?}",
+            money[1]
+        );
         let report = render(&money, "a snapshot");
         assert!(report.starts_with("3 problem(s) found") && report.contains("likely cause:"), "{report}");
+    }
+
+    #[test]
+    fn the_parser_takes_timestamps_exemplars_and_odd_label_values() {
+        let s = Snapshot::parse(concat!(
+            "a_total{l=\"x y\",m=\"q\\\"}\"} 3 1700000000000\n",
+            "b_total 4 # {trace_id=\"1\"} 1\n",
+            "e_total{k=\"v\"} 6 # {trace_id=\"2\"} 1\n",
+            "c{l=\"}\"} NaN\n",
+            "d +Inf\n",
+            "broken{l=\"x\" 5\n",
+        ));
+        assert_eq!(s.sum("a_total", &[("l", "x y")]), 3.0);
+        assert_eq!(s.label_values("a_total", "m"), ["q\"}"]);
+        assert_eq!(s.sum("b_total", &[]), 4.0);
+        assert_eq!(s.sum("e_total", &[("k", "v")]), 6.0);
+        assert!(s.sum("c", &[]).is_nan());
+        assert_eq!(s.sum("d", &[]), f64::INFINITY);
+        assert!(!s.has("broken"));
     }
 
     #[test]

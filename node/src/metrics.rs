@@ -35,6 +35,8 @@ pub struct NodeMetrics {
     pub model_load_seconds: GaugeVec,
     /// Peers connected over libp2p.
     pub p2p_peers: IntGauge,
+    /// 1 while the node runs on the p2p network (0: HTTP only), so that "no peers" means something.
+    pub p2p_enabled: IntGauge,
     /// Gossip messages by direction (`in`, `out`, `rejected`).
     pub p2p_gossip: IntCounterVec,
     /// Inbound p2p requests by outcome (`ok`, `client_error`, `overloaded`, `error`, `unsupported_version`).
@@ -95,6 +97,7 @@ impl NodeMetrics {
                 &["model"],
             )?,
             p2p_peers: IntGauge::new("mlbridge_p2p_peers", "Peers connected over libp2p")?,
+            p2p_enabled: IntGauge::new("mlbridge_p2p_enabled", "1 while the node runs on the p2p network")?,
             p2p_gossip: IntCounterVec::new(
                 Opts::new("mlbridge_p2p_gossip_messages_total", "Gossip messages by direction"),
                 &["direction"],
@@ -131,6 +134,7 @@ impl NodeMetrics {
         r.register(Box::new(m.cache_misses.clone()))?;
         r.register(Box::new(m.model_load_seconds.clone()))?;
         r.register(Box::new(m.p2p_peers.clone()))?;
+        r.register(Box::new(m.p2p_enabled.clone()))?;
         r.register(Box::new(m.p2p_gossip.clone()))?;
         r.register(Box::new(m.p2p_requests.clone()))?;
         r.register(Box::new(m.p2p_request_seconds.clone()))?;

@@ -62,10 +62,10 @@ fn prompt(what: &str, twice: bool) -> Result<String> {
     let no_tty = |e: std::io::Error| {
         key_error(format!("cannot prompt for the password of {what} ({e}); give a password file or ${PASSWORD_ENV}"))
     };
-    // Only someone at a terminal is asked (a service without one gets the error, not a hang); the prompt reads the
-    // terminal itself, so a key piped into standard input can still be given a typed password.
-    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
-        return Err(no_tty(std::io::Error::other("no terminal")));
+    // Only someone typing at a terminal is asked: a service, a pipe or a background job gets the error, never a
+    // prompt that could hang (a key piped in needs a password file or the environment variable).
+    if !std::io::stdin().is_terminal() {
+        return Err(no_tty(std::io::Error::other("standard input is not a terminal")));
     }
     let first = rpassword::prompt_password(format!("Password for {what}: ")).map_err(no_tty)?;
     if twice && rpassword::prompt_password("Repeat it: ").map_err(no_tty)? != first {
@@ -74,43 +74,54 @@ fn prompt(what: &str, twice: bool) -> Result<String> {
     Ok(first)
 }
 
-/// Where a new keystore is written first: a fresh temporary name beside `path` (created by this process alone),
-/// in a folder made private if this call creates it.
+/// Where a new keystore is written first: a fresh private folder beside `path` (made by this call, owner-only, so
+/// nobody else can plant or read the file alloy writes there), and the file's name in it.
 fn staging(path: &Path) -> Result<(PathBuf, String)> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
     if !dir.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| key_error(format!("cannot create {}: {e}", dir.display())))?;
-        private(&dir, 0o700);
+        private(&dir, 0o700)?;
     }
     let base = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| key_error(format!("{} is not a file path", path.display())))?;
-    Ok((dir, format!(".{base}.{}.new", std::process::id())))
+    let nonce: u64 = rand::random();
+    let staging = dir.join(format!(".{base}.{nonce:016x}.new"));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    // `create`, not `create_all`: fails if anything is already there.
+    builder.create(&staging).map_err(|e| key_error(format!("cannot create {}: {e}", staging.display())))?;
+    Ok((staging, base.to_owned()))
 }
 
 #[cfg(unix)]
-fn private(path: &Path, mode: u32) {
+fn private(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| key_error(format!("cannot restrict {} to its owner: {e}", path.display())))
 }
 
 #[cfg(not(unix))]
-fn private(_: &Path, _: u32) {}
+fn private(_: &Path, _: u32) -> Result<()> {
+    Ok(())
+}
 
-/// Move the keystore written at `dir/name` to `path`, readable by its owner only, failing (atomically) if `path`
-/// exists: a keystore is never overwritten.
-fn publish(dir: &Path, name: &str, path: &Path) -> Result<()> {
-    let written = dir.join(name);
-    private(&written, 0o600);
-    let linked = std::fs::hard_link(&written, path);
-    let _ = std::fs::remove_file(&written);
-    linked.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => {
-            key_error(format!("{} exists; a keystore is never overwritten", path.display()))
-        }
-        _ => key_error(format!("cannot write {}: {e}", path.display())),
-    })
+/// Move the keystore written at `staging/name` to `path`, readable by its owner only, failing (atomically) if
+/// `path` exists: a keystore is never overwritten. The staging folder is removed either way.
+fn publish(staging: &Path, name: &str, path: &Path) -> Result<()> {
+    let written = staging.join(name);
+    let linked = private(&written, 0o600).and_then(|()| {
+        std::fs::hard_link(&written, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                key_error(format!("{} exists; a keystore is never overwritten", path.display()))
+            }
+            _ => key_error(format!("cannot write {}: {e}", path.display())),
+        })
+    });
+    let _ = std::fs::remove_dir_all(staging);
+    linked
 }
 
 /// Make a new random key and write it encrypted to `path` (which must not exist).
@@ -119,8 +130,11 @@ pub fn create(path: &Path, password: &str) -> Result<PrivateKeySigner> {
         return Err(key_error(format!("{} exists; a keystore is never overwritten", path.display())));
     }
     let (dir, name) = staging(path)?;
-    let (signer, _) = PrivateKeySigner::new_keystore(&dir, &mut rand::thread_rng(), password, Some(&name))
-        .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+    let made = PrivateKeySigner::new_keystore(&dir, &mut rand::thread_rng(), password, Some(&name));
+    let (signer, _) = made.map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        key_error(format!("cannot write {}: {e}", path.display()))
+    })?;
     publish(&dir, &name, path)?;
     Ok(signer)
 }
@@ -137,7 +151,10 @@ pub fn import(path: &Path, key_hex: &str, password: &str) -> Result<PrivateKeySi
     }
     let (dir, name) = staging(path)?;
     PrivateKeySigner::encrypt_keystore(&dir, &mut rand::thread_rng(), signer.to_bytes(), password, Some(&name))
-        .map_err(|e| key_error(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            key_error(format!("cannot write {}: {e}", path.display()))
+        })?;
     publish(&dir, &name, path)?;
     Ok(signer)
 }
@@ -184,6 +201,12 @@ mod tests {
             assert_eq!((mode(&path), mode(path.parent().unwrap())), (0o600, 0o700), "owner only");
         }
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        // A file that appears between the check and the move is not overwritten either (the move is a hard link).
+        let (staged, name) = staging(&path).unwrap();
+        std::fs::write(staged.join(&name), "{}").unwrap();
+        assert!(publish(&staged, &name, &path).unwrap_err().to_string().contains("never overwritten"));
+        assert_eq!(open(&path, "secret").unwrap().address(), made.address(), "the first keystore is intact");
+        assert!(!staged.exists());
 
         // anvil's first dev key, imported.
         let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";

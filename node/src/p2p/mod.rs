@@ -180,6 +180,7 @@ pub fn spawn(
     let budget = InboundBudget::new(net.inbound_budget_bytes);
     let codec = Codec::new(budget.clone()).with_traffic(metrics.p2p_bytes.clone());
     let swarm = build_swarm_with(keypair, &net, codec).map_err(|e| Error::Network(e.to_string()))?;
+    metrics.p2p_enabled.set(1);
     let (commands, rx) = mpsc::channel(64);
     let (answers_tx, answers) = mpsc::channel(1024);
     let load = Arc::new(PeerLoad::new(

@@ -48,7 +48,12 @@ impl Traffic {
     /// Count `bytes` of `proto` received (`inbound`) or sent.
     pub fn add(&self, proto: Proto, inbound: bool, bytes: usize) {
         if let Some(c) = &self.0 {
-            c[proto as usize][usize::from(!inbound)].inc_by(bytes as u64);
+            let row = match proto {
+                Proto::Infer => 0,
+                Proto::Mux => 1,
+                Proto::Gossip => 2,
+            };
+            c[row][usize::from(!inbound)].inc_by(bytes as u64);
         }
     }
 }
