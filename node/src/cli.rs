@@ -52,6 +52,9 @@ pub enum Command {
         /// Seconds between the two reads of a live node.
         #[arg(long, default_value_t = 5.0)]
         interval: f64,
+        /// The node's config file: the fixes then name the settings and their current values.
+        #[arg(long, env = "MLBRIDGE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Redeem vouchers on chain.
     Redeem {
@@ -224,7 +227,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(operator) => crate::operator::status(&operator).await,
         Command::Redeem { operator, .. } => crate::operator::redeem_now(&operator).await,
-        Command::Doctor { metrics_url, snapshot, interval } => {
+        Command::Doctor { metrics_url, snapshot, interval, config } => {
+            let context = config.as_deref().map(crate::doctor::Context::load).transpose()?;
             let (findings, checked) = match snapshot {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::Config {
@@ -232,12 +236,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                         reason: format!("cannot read the metrics snapshot: {e}"),
                     })?;
                     let snapshot = crate::doctor::Snapshot::parse(&text);
-                    (crate::doctor::diagnose(&snapshot, None), path.display().to_string())
+                    (crate::doctor::diagnose(&snapshot, None, context.as_ref()), path.display().to_string())
                 }
                 None => {
                     let secs = if interval.is_finite() { interval.clamp(0.5, 600.0) } else { 5.0 };
                     let every = std::time::Duration::from_secs_f64(secs);
-                    (crate::doctor::diagnose_live(&metrics_url, every).await?, metrics_url)
+                    (crate::doctor::diagnose_live(&metrics_url, every, context.as_ref()).await?, metrics_url)
                 }
             };
             print!("{}", crate::doctor::render(&findings, &checked));

@@ -164,12 +164,47 @@ pub struct Finding {
     pub fix: String,
 }
 
+/// What the node's config says, when the doctor is given it (`--config`): the fixes then name the settings and
+/// their current values.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The node's config.
+    pub node: crate::config::NodeConfig,
+    /// The models it serves (`model_repository`), by `name/version`.
+    pub models: Vec<crate::inference::ModelConfig>,
+}
+
+impl Context {
+    /// Read the node's config file and its model repository.
+    pub fn load(config: &std::path::Path) -> crate::Result<Self> {
+        let node = crate::config::NodeConfig::load(config)?;
+        let repo = crate::inference::ModelRepository::open(&node.model_repository)?;
+        Ok(Self { models: repo.configs().cloned().collect(), node })
+    }
+
+    fn model(&self, key: &str) -> Option<&crate::inference::ModelConfig> {
+        self.models.iter().find(|m| m.key() == key)
+    }
+}
+
+/// What `context` adds to a fix about `model` (empty without a config).
+fn model_settings(context: Option<&Context>, model: &str) -> String {
+    let Some(m) = context.and_then(|c| c.model(model)) else { return String::new() };
+    let threads = context.and_then(|c| c.node.inference.threads).unwrap_or(m.intra_op_threads);
+    format!(
+        " (now: max_batch_size {}, preferred_batch_size {}, max_queue_delay_us {}, intra_op_threads {threads})",
+        m.max_batch_size,
+        m.preferred_batch_size.map_or_else(|| "unset".to_owned(), |p| p.to_string()),
+        m.max_queue_delay_us,
+    )
+}
+
 /// The latency threshold (the alert rule `MLBridgeHighLatencyP99` uses the same).
 const P99_LIMIT_SECS: f64 = 0.5;
 
-/// Everything the snapshot shows to be wrong (empty when the node looks healthy). `rates` is a second snapshot
-/// taken later, when there is one (a live node).
-pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
+/// Everything the snapshot shows to be wrong (empty when the node looks healthy). `earlier` is a snapshot taken
+/// before `now`, when there is one (a live node); `context` the node's config, when given.
+pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>, context: Option<&Context>) -> Vec<Finding> {
     let mut out = Vec::new();
     let models = now.label_values("mlbridge_requests_total", "model");
     for model in &models {
@@ -198,8 +233,14 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
                 )
             } else {
                 (
-                    format!("one execution takes {:.0} ms on average with {batch:.1} samples per batch: batches are large for this hardware", compute * 1e3),
-                    "lower max_batch_size or preferred_batch_size in the model's config.toml, or use a smaller / INT8 model version".to_owned(),
+                    format!(
+                        "one execution takes {:.0} ms on average with {batch:.1} samples per batch: batches are large for this hardware",
+                        compute * 1e3
+                    ),
+                    format!(
+                        "lower max_batch_size or preferred_batch_size in the model's config.toml, or use a smaller / INT8 model version{}",
+                        model_settings(context, model)
+                    ),
                 )
             };
             out.push(Finding {
@@ -245,7 +286,7 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
                     inferences / executions, waited * 1e3, compute * 1e3
                 ),
                 cause: "requests queue up but each runs alone: the batcher does not wait for batch-mates, or max_batch_size is 1".into(),
-                fix: "raise max_queue_delay_us a little (e.g. 500-2000) and make sure max_batch_size and preferred_batch_size are above 1".into(),
+                fix: format!("raise max_queue_delay_us a little (e.g. 500-2000) and make sure max_batch_size and preferred_batch_size are above 1{}", model_settings(context, model)),
             });
         }
         let hits = now.sum("mlbridge_cache_hits_total", &[("model", model)]);
@@ -255,7 +296,13 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
                 symptom: "cache_not_hitting",
                 evidence: format!("{model}: {hits:.0} hits for {misses:.0} misses ({:.2}%)", 100.0 * hits / (hits + misses)),
                 cause: "inputs rarely repeat (or differ in ways that change the key: another batch size, another float)".into(),
-                fix: "the cache only costs memory here: [cache] enabled = false, or a shorter ttl_secs / smaller capacity_mib".into(),
+                fix: format!(
+                    "the cache only costs memory here: [cache] enabled = false, or a shorter ttl_secs / smaller capacity_mib{}",
+                    context.map_or(String::new(), |c| format!(
+                        " (now: capacity_mib {}, ttl_secs {})",
+                        c.node.cache.capacity_mib, c.node.cache.ttl_secs
+                    ))
+                ),
             });
         }
     }
@@ -274,7 +321,16 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
                 used * 100.0, rss / 1048576.0, of_limit * 100.0, limit / 1048576.0
             ),
             cause: "the result cache, eagerly loaded models and inbound request buffers share the memory".into(),
-            fix: "lower [cache] capacity_mib, load rarely used models lazily (load = \"lazy\"), lower [p2p] inbound_budget_mib, or give the node more memory".into(),
+            fix: format!(
+                "lower [cache] capacity_mib, load rarely used models lazily (load = \"lazy\"), lower [p2p] inbound_budget_mib, or give the node more memory{}",
+                context.map_or(String::new(), |c| format!(
+                    " (now: capacity_mib {}, {} of {} models loaded eagerly, inbound_budget_mib {})",
+                    c.node.cache.capacity_mib,
+                    c.models.iter().filter(|m| m.load == crate::inference::LoadPolicy::Eager).count(),
+                    c.models.len(),
+                    c.node.p2p.inbound_budget_mib
+                ))
+            ),
         });
     }
     let cpus: Vec<f64> = now.series("mlbridge_system_cpu_usage_ratio", &[]).map(|(_, v)| v).collect();
@@ -285,7 +341,18 @@ pub fn diagnose(now: &Snapshot, earlier: Option<&Snapshot>) -> Vec<Finding> {
             symptom: "low_utilisation",
             evidence: format!("{queued:.0} requests queued while the CPUs are {:.0}% busy", cpu * 100.0),
             cause: "work waits while cores idle: a model runs on too few threads, or batches do not form".into(),
-            fix: "raise the model's intra_op_threads (up to the cores), and see batching_not_forming".into(),
+            fix: format!(
+                "raise the models' intra_op_threads (up to the {} cores), and see batching_not_forming{}",
+                cpus.len(),
+                context.map_or(String::new(), |c| {
+                    let threads: Vec<String> = c
+                        .models
+                        .iter()
+                        .map(|m| format!("{} {}", m.key(), c.node.inference.threads.unwrap_or(m.intra_op_threads)))
+                        .collect();
+                    format!(" (now: intra_op_threads {})", threads.join(", "))
+                })
+            ),
         });
     }
     // Rates, when there are two snapshots: throughput below what was queued.
@@ -402,7 +469,11 @@ pub fn render(findings: &[Finding], checked: &str) -> String {
 }
 
 /// Read the metrics at `url` (twice, `interval` apart, for the rates) and diagnose them.
-pub async fn diagnose_live(url: &str, interval: std::time::Duration) -> crate::Result<Vec<Finding>> {
+pub async fn diagnose_live(
+    url: &str,
+    interval: std::time::Duration,
+    context: Option<&Context>,
+) -> crate::Result<Vec<Finding>> {
     let fetch = || async {
         let fail = |e: reqwest::Error| crate::Error::Network(format!("cannot read {url}: {e}; is the node running?"));
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().map_err(fail)?;
@@ -412,7 +483,7 @@ pub async fn diagnose_live(url: &str, interval: std::time::Duration) -> crate::R
     let earlier = fetch().await?;
     tokio::time::sleep(interval).await;
     let now = fetch().await?;
-    Ok(diagnose(&now, Some(&earlier)))
+    Ok(diagnose(&now, Some(&earlier), context))
 }
 
 #[cfg(test)]
@@ -425,7 +496,7 @@ mod tests {
     }
 
     fn symptoms(name: &str) -> Vec<&'static str> {
-        diagnose(&snapshot(name), None).iter().map(|f| f.symptom).collect()
+        diagnose(&snapshot(name), None, None).iter().map(|f| f.symptom).collect()
     }
 
     #[test]
@@ -435,7 +506,7 @@ mod tests {
 
     #[test]
     fn each_symptom_is_named_with_its_numbers() {
-        let slow = diagnose(&snapshot("slow_queueing.prom"), None);
+        let slow = diagnose(&snapshot("slow_queueing.prom"), None, None);
         assert_eq!(
             slow.iter().map(|f| f.symptom).collect::<Vec<_>>(),
             ["high_latency", "queue_saturated", "low_utilisation"]
@@ -445,7 +516,7 @@ mod tests {
         assert_eq!(symptoms("no_batching.prom"), ["batching_not_forming"]);
         assert_eq!(symptoms("cache_cold.prom"), ["cache_not_hitting"]);
         assert_eq!(symptoms("memory.prom"), ["memory"]);
-        let money = diagnose(&snapshot("settlement.prom"), None);
+        let money = diagnose(&snapshot("settlement.prom"), None, None);
         assert_eq!(
             money.iter().map(|f| f.symptom).collect::<Vec<_>>(),
             ["payments_refused", "settlement_stuck", "no_peers"]
@@ -458,6 +529,23 @@ mod tests {
         );
         let report = render(&money, "a snapshot");
         assert!(report.starts_with("3 problem(s) found") && report.contains("likely cause:"), "{report}");
+    }
+
+    #[test]
+    fn with_the_config_the_fixes_name_the_current_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, format!("model_repository = {models:?}\n[cache]\ncapacity_mib = 48\n")).unwrap();
+        let context = Context::load(&config).unwrap();
+        let batching = diagnose(&snapshot("no_batching.prom"), None, Some(&context));
+        assert!(
+            batching[0].fix.contains("(now: max_batch_size 64, preferred_batch_size 64, max_queue_delay_us 0"),
+            "{:?}",
+            batching[0]
+        );
+        let cache = diagnose(&snapshot("cache_cold.prom"), None, Some(&context));
+        assert!(cache[0].fix.contains("capacity_mib 48"), "{:?}", cache[0]);
     }
 
     #[test]
