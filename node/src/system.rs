@@ -58,14 +58,20 @@ impl SystemMetrics {
     /// Sample every `every` until `shutdown`.
     pub fn spawn(self, every: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let kinds = RefreshKind::nothing()
-                .with_cpu(CpuRefreshKind::nothing().with_cpu_usage())
-                .with_memory(MemoryRefreshKind::nothing().with_ram());
-            let mut state = Some((System::new_with_specifics(kinds), Networks::new_with_refreshed_list()));
+            let mut state: Option<(System, Networks)> = None;
             loop {
-                let Some((mut system, mut networks)) = state.take() else { return };
                 let metrics = self.clone();
+                let previous = state.take();
                 let sampled = tokio::task::spawn_blocking(move || {
+                    let (mut system, mut networks) = previous.unwrap_or_else(|| {
+                        // CPU use is measured between two reads: the first needs a short gap before it means anything.
+                        let kinds = RefreshKind::nothing()
+                            .with_cpu(CpuRefreshKind::nothing().with_cpu_usage())
+                            .with_memory(MemoryRefreshKind::nothing().with_ram());
+                        let system = System::new_with_specifics(kinds);
+                        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+                        (system, Networks::new_with_refreshed_list())
+                    });
                     metrics.sample(&mut system, &mut networks);
                     (system, networks)
                 })

@@ -192,20 +192,7 @@ pub(crate) async fn embeddings(
             // re-executes), the vectors its first output's rows.
             Some((inputs, tokens, _)) => {
                 let out = state.engine.infer(name, Some(config.version), inputs.clone()).await?;
-                let first = out.outputs.first().ok_or_else(|| crate::Error::BadOutput {
-                    model: out.model.clone(),
-                    output: "(none)".into(),
-                    expected: mlbridge_sdk::DataType::Fp32,
-                })?;
-                let TensorData::Fp32(data) = first.data() else {
-                    return Err(crate::Error::BadOutput {
-                        model: out.model.clone(),
-                        output: first.name().into(),
-                        expected: mlbridge_sdk::DataType::Fp32,
-                    });
-                };
-                let dim = first.shape().get(1).copied().unwrap_or(0).max(1) as usize;
-                let vectors = data.chunks(dim).map(<[f32]>::to_vec).collect();
+                let vectors = out.rows()?;
                 let outputs = out.outputs.as_ref().clone();
                 Ok(Embedded { model: out.model, vectors, tokens, input: JobInput::Tensors(inputs), outputs })
             }

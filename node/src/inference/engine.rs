@@ -69,6 +69,21 @@ pub struct Inference {
     pub timing: Timing,
 }
 
+impl Inference {
+    /// The first output's rows as vectors (an embedding model's one per sample).
+    pub fn rows(&self) -> Result<Vec<Vec<f32>>> {
+        let bad = |output: &str| Error::BadOutput {
+            model: self.model.clone(),
+            output: output.into(),
+            expected: mlbridge_sdk::DataType::Fp32,
+        };
+        let out = self.outputs.first().ok_or_else(|| bad("(none)"))?;
+        let TensorData::Fp32(data) = out.data() else { return Err(bad(out.name())) };
+        let dim = out.shape().get(1).copied().unwrap_or(0).max(1) as usize;
+        Ok(data.chunks(dim).map(<[f32]>::to_vec).collect())
+    }
+}
+
 /// Sentence embeddings of a batch of texts.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
@@ -334,17 +349,8 @@ impl Engine {
                 .map_err(|e| Error::Tokenizer { model: String::new(), reason: e.to_string() })??;
             tokens += n;
             let inference = self.infer(&config_name, Some(config_version), inputs).await?;
-            model = inference.model.clone();
-            let out = &inference.outputs[0];
-            let TensorData::Fp32(data) = out.data() else {
-                return Err(Error::BadOutput {
-                    model,
-                    output: out.name().into(),
-                    expected: mlbridge_sdk::DataType::Fp32,
-                });
-            };
-            let dim = out.shape().get(1).copied().unwrap_or(0).max(1) as usize;
-            vectors.extend(data.chunks(dim).map(<[f32]>::to_vec));
+            vectors.extend(inference.rows()?);
+            model = inference.model;
         }
         Ok(Embeddings { model, vectors, tokens })
     }

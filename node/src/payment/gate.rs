@@ -389,6 +389,20 @@ mod tests {
         WireVoucher { channel_id: v.channel_id, cumulative_amount: v.cumulative_amount, signature: v.signature }
     }
 
+    /// The record of job `id`, authorized as `auth`.
+    fn job(id: u8, auth: &Authorization) -> JobRecord {
+        JobRecord {
+            job_id: B256::repeat_byte(id),
+            channel_id: auth.channel_id,
+            model_id: B256::ZERO,
+            input_hash: B256::ZERO,
+            output_hash: B256::ZERO,
+            price: auth.price,
+            voucher_amount: auth.amount,
+            at_ms: 1,
+        }
+    }
+
     #[test]
     fn concurrent_requests_never_take_the_same_increment() {
         let s = setup();
@@ -419,16 +433,6 @@ mod tests {
         s.gate.release(&first);
         let again = s.gate.authorize(Some(&voucher(&s, PRICE)), None, Some(ME), price).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let job = |id: u8, auth: &Authorization| JobRecord {
-            job_id: B256::repeat_byte(id),
-            channel_id: s.channel,
-            model_id: B256::ZERO,
-            input_hash: B256::ZERO,
-            output_hash: B256::ZERO,
-            price: auth.price,
-            voucher_amount: auth.amount,
-            at_ms: 1,
-        };
         for (id, auth) in [(2, &second), (3, &again)] {
             s.gate.record(auth, &job(id, auth)).unwrap();
             rt.block_on(s.gate.ledger().flush()).unwrap();
@@ -487,16 +491,6 @@ mod tests {
     fn jobs_wait_for_a_flush_when_they_brought_the_voucher_or_only_it_pays_them() {
         let s = setup();
         let price = U256::from(PRICE);
-        let job = |id: u8, auth: &Authorization| JobRecord {
-            job_id: B256::repeat_byte(id),
-            channel_id: s.channel,
-            model_id: B256::ZERO,
-            input_hash: B256::ZERO,
-            output_hash: B256::ZERO,
-            price: auth.price,
-            voucher_amount: auth.amount,
-            at_ms: 1,
-        };
         let wei = |jobs: u64| U256::from(jobs * PRICE);
         // A brings a voucher for 4 jobs, B runs on its credit and finishes first: both must flush before answering
         // (nothing on disk pays B).
@@ -588,17 +582,7 @@ mod tests {
         let _b = s.gate.authorize(Some(&voucher(&s, 2 * PRICE)), None, Some(ME), price).unwrap();
         let _c = s.gate.authorize(Some(&voucher(&s, 3 * PRICE)), None, Some(ME), price).unwrap();
         assert_eq!(s.gate.in_flight(&s.channel), U256::from(3 * PRICE));
-        let job = JobRecord {
-            job_id: B256::repeat_byte(9),
-            channel_id: s.channel,
-            model_id: B256::ZERO,
-            input_hash: B256::ZERO,
-            output_hash: B256::ZERO,
-            price,
-            voucher_amount: a.amount,
-            at_ms: 1,
-        };
-        s.gate.record(&a, &job).unwrap();
+        s.gate.record(&a, &job(9, &a)).unwrap();
         let stored = s.gate.ledger().channel(&s.channel).unwrap().unwrap();
         assert_eq!((stored.charged, stored.jobs), (price, 1), "only the answered job is charged");
         assert_eq!(stored.best_amount, U256::from(3 * PRICE), "the best voucher is kept");

@@ -112,12 +112,11 @@ pub struct SettlementRecord {
     pub at_ms: u64,
 }
 
-/// Group commit: callers take a ticket and wait until a flush that started after their ticket has finished; writes
-/// nobody waits for ([`Ledger::commit_later`]) are flushed within the commit interval.
+/// Group commit: callers take a ticket and wait until a flush that started after their ticket has finished; staged
+/// writes nobody waits for are flushed within the commit interval.
 #[derive(Debug)]
 struct Flusher {
     tickets: Arc<AtomicU64>,
-    dirty: Arc<std::sync::atomic::AtomicBool>,
     wake: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Highest ticket made durable, and the error of the last flush if it failed.
@@ -125,17 +124,12 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(
-        db: sled::Db,
-        staged: Arc<Staged>,
-        dirty: Arc<std::sync::atomic::AtomicBool>,
-        interval: std::time::Duration,
-    ) -> Self {
+    fn start(db: sled::Db, staged: Arc<Staged>, interval: std::time::Duration) -> Self {
         use std::sync::mpsc::RecvTimeoutError;
         let tickets = Arc::new(AtomicU64::new(0));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let (done, flushed) = tokio::sync::watch::channel((0u64, None));
-        let (issued, pending) = (tickets.clone(), dirty.clone());
+        let (issued, pending) = (tickets.clone(), staged.dirty.clone());
         let thread = std::thread::Builder::new()
             .name("ledger-flush".into())
             .spawn(move || {
@@ -166,7 +160,7 @@ impl Flusher {
                 }
             })
             .expect("spawning the ledger flush thread");
-        Self { tickets, dirty, wake: Some(wake), thread: Some(thread), flushed }
+        Self { tickets, wake: Some(wake), thread: Some(thread), flushed }
     }
 
     async fn flush(&self) -> std::result::Result<(), String> {
@@ -293,17 +287,16 @@ impl Ledger {
         let db = sled::open(path).map_err(fail)?;
         let tree = |name: &str| db.open_tree(name).map_err(fail);
         let (channels, job_log) = (tree("channels")?, tree("job_log")?);
-        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let staged = Arc::new(Staged {
             writes: Mutex::default(),
             db: db.clone(),
             channels: channels.clone(),
             job_log: job_log.clone(),
-            dirty: dirty.clone(),
+            dirty: Arc::default(),
         });
         let interval = commit_interval.max(std::time::Duration::from_millis(1));
         Ok(Self {
-            flusher: Arc::new(Flusher::start(db.clone(), staged.clone(), dirty, interval)),
+            flusher: Arc::new(Flusher::start(db.clone(), staged.clone(), interval)),
             staged,
             channels,
             jobs: tree("jobs")?,
@@ -327,11 +320,6 @@ impl Ledger {
     /// Make everything inserted so far durable (a group commit shared with concurrent callers).
     pub async fn flush(&self) -> Result<()> {
         self.flusher.flush().await.map_err(|e| self.err(e))
-    }
-
-    /// Make what was inserted durable within the commit interval, without waiting for it.
-    pub fn commit_later(&self) {
-        self.flusher.dirty.store(true, Ordering::SeqCst);
     }
 
     /// One channel's entry (a staged one first).

@@ -304,13 +304,11 @@ impl PaymentService {
         if auth.new_voucher {
             self.metrics.vouchers_accepted.inc();
         }
-        // A best voucher not yet on disk (this job's, or one whose own job failed or is still flushing) is flushed
-        // before the answer; only then do later jobs stop waiting for flushes.
+        // A best voucher not yet on disk that this job needs (see `Gate::record`) is flushed before the answer; only
+        // then do later jobs stop waiting for flushes. Otherwise the staged charge is committed within the interval.
         if let Some(best) = unflushed {
             self.gate.ledger().flush().await?;
             self.gate.mark_durable(&auth.channel_id, best);
-        } else {
-            self.gate.ledger().commit_later();
         }
         Ok(signed)
     }
