@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 
 use crate::{Error, Result};
@@ -171,17 +170,10 @@ pub fn load(path: &Path, source: &PasswordSource) -> Result<PrivateKeySigner> {
     open(path, &password)
 }
 
-/// The address a keystore file names, when it names one (geth and `cast` write it; alloy does not), read without
-/// the password.
-pub fn stated_address(path: &Path) -> Result<Option<Address>> {
-    let text = std::fs::read_to_string(path).map_err(|e| key_error(format!("cannot read {}: {e}", path.display())))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| key_error(format!("{} is not a keystore: {e}", path.display())))?;
-    Ok(json.get("address").and_then(|a| a.as_str()).and_then(|a| a.parse().ok()))
-}
-
 #[cfg(test)]
 mod tests {
+    use alloy::primitives::Address;
+
     use super::*;
 
     #[test]
@@ -222,7 +214,5 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "").unwrap();
         assert!(PasswordSource::File(empty).read("k", true).is_err(), "a new keystore needs a password");
-        std::fs::write(&path, r#"{"address":"f39fd6e51aad88f6f4ce6ab8827279cfffb92266"}"#).unwrap();
-        assert_eq!(stated_address(&path).unwrap(), Some(anvil0));
     }
 }

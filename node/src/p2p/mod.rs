@@ -33,8 +33,8 @@ use mlbridge_sdk::net::{
 };
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
-    JobOffer, MAX_GOSSIP_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC, ReceiptBatchGossip, Request,
-    Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
+    JobOffer, MAX_GOSSIP_BYTES, MAX_RESPONSE_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC,
+    ReceiptBatchGossip, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 use std::sync::Arc;
@@ -801,6 +801,17 @@ async fn finish(
     config: &ModelConfig,
     input: JobInput,
 ) -> Served {
+    // An answer the client could not read (over its size limit) is refused before it is charged: on the
+    // multiplexed stream an oversize frame would also cost every other answer in flight on it.
+    if !fits_response(&answer) {
+        if let (Some(p), Some(auth)) = (payments, auth.as_ref()) {
+            p.release(auth);
+        }
+        let message = format!(
+            "the answer would exceed the {MAX_RESPONSE_BYTES}-byte response limit; send fewer samples per request"
+        );
+        return Served::error((protocol_error(ErrorKind::BadInput, message), "client_error"));
+    }
     let receipt = match (payments, auth) {
         (Some(p), Some(auth)) => {
             p.corrupt(&mut answer.outputs);
@@ -813,6 +824,16 @@ async fn finish(
     };
     answer.receipt = receipt;
     Served { response: Response::Infer(Box::new(answer)), outcome: "ok" }
+}
+
+/// Room kept in a response for its receipt (leaf, proof, signed batch) and framing.
+const RECEIPT_ALLOWANCE: usize = 64 << 10;
+
+/// Whether `answer`, with its receipt, fits the client's response limit. Cheap for ordinary answers (a bound from
+/// the element count: a CBOR number is at most 9 bytes); large ones are encoded to know.
+fn fits_response(answer: &InferResponse) -> bool {
+    let bound: usize = answer.outputs.iter().map(|t| t.data().len() * 9 + t.name().len() + 64).sum();
+    bound + RECEIPT_ALLOWANCE <= MAX_RESPONSE_BYTES || encode(answer).len() + RECEIPT_ALLOWANCE <= MAX_RESPONSE_BYTES
 }
 
 pub(super) async fn serve_infer(
@@ -898,5 +919,32 @@ pub(super) async fn serve_embed(
             finish(payments, auth, answer, &config, JobInput::Texts(r.texts)).await
         }
         Err(e) => Served::error(engine_error(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlbridge_sdk::{Tensor, TensorData};
+
+    use super::*;
+
+    fn answer(floats: usize) -> InferResponse {
+        let data = TensorData::Fp32(vec![0.123_456_79; floats]);
+        InferResponse {
+            version: WIRE_VERSION,
+            job_id: B256::ZERO,
+            model_id: mlbridge_sdk::ModelId::of_bytes(b"model"),
+            outputs: vec![Tensor::new("y", vec![1, floats as i64], data).unwrap()],
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_refused_only_when_it_would_not_fit_the_clients_limit() {
+        assert!(fits_response(&answer(1_000)));
+        // Between the cheap bound and the limit: encoded to know (f32 in CBOR is 5 bytes each).
+        let near = (MAX_RESPONSE_BYTES - RECEIPT_ALLOWANCE) / 5 - 1_000;
+        assert!(fits_response(&answer(near)), "{} bytes", encode(&answer(near)).len());
+        assert!(!fits_response(&answer(MAX_RESPONSE_BYTES / 4)));
     }
 }

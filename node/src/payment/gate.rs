@@ -179,8 +179,15 @@ impl Gate {
         if let Some(reason) = &slot.entry.failed {
             return Err(PaymentRefusal::Unsettleable { channel, reason: reason.clone() });
         }
-        let best = slot.entry.best_amount;
-        let needed = slot.entry.charged + slot.in_flight + price;
+        // What the chain already paid out is the floor: a ledger behind the chain (a voucher redeemed from memory
+        // whose job then failed, a lost or wiped ledger, another node with this key) must not take a voucher seen
+        // on chain as new money, nor count work it paid as still owed to the client.
+        let (best, charged) = if view.redeemed > slot.entry.best_amount {
+            (view.redeemed, slot.entry.charged.max(view.redeemed))
+        } else {
+            (slot.entry.best_amount, slot.entry.charged)
+        };
+        let needed = charged + slot.in_flight + price;
         let offered = voucher.map_or(U256::ZERO, |v| v.cumulative_amount);
         let new_voucher = offered > best;
         // Credit already held is drawn on only by the spender of the voucher that paid it.
@@ -204,6 +211,8 @@ impl Gate {
                 PaymentRefusal::Underpaid { channel, amount, needed, price }
             });
         }
+        // Work the chain paid for counts as charged from now on (a no-op unless the ledger was behind the chain).
+        slot.entry.charged = charged;
         slot.in_flight += price;
         if let Some(v) = voucher.filter(|_| new_voucher) {
             slot.entry.best_amount = v.cumulative_amount;
@@ -362,12 +371,23 @@ mod tests {
 
     /// A gate over `ledger` whose chain view holds `channel` from `payer` to 0xee..ee (1,000 wei deposited).
     fn gate_over(ledger: Ledger, payer: &PrivateKeySigner, channel: B256, domain: &Eip712Domain) -> Gate {
+        gate_redeemed(ledger, payer, channel, domain, U256::ZERO)
+    }
+
+    /// [`gate_over`] with `redeemed` already paid out on chain.
+    fn gate_redeemed(
+        ledger: Ledger,
+        payer: &PrivateKeySigner,
+        channel: B256,
+        domain: &Eip712Domain,
+        redeemed: U256,
+    ) -> Gate {
         let payee = Address::repeat_byte(0xee);
         let view = ChannelView {
             payer: payer.address(),
             payee,
             deposit: U256::from(1_000u64),
-            redeemed: U256::ZERO,
+            redeemed,
             expiry: u64::MAX / 2,
             closes_at: 0,
             withdrawn: false,
@@ -513,6 +533,27 @@ mod tests {
         s.gate.mark_durable(&s.channel, wei(8));
         let g = s.gate.authorize(None, Some(s.channel), Some(ME), price).unwrap();
         assert_eq!(s.gate.record(&g, &job(7, &g)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_voucher_already_redeemed_on_chain_buys_nothing_even_when_the_ledger_forgot_it() {
+        // The chain paid out 5 prices; this node's ledger knows nothing (wiped, or the redeemed voucher's own job
+        // failed before it was written).
+        let s = setup();
+        let gate = gate_redeemed(s.gate.ledger().clone(), &s.payer, s.channel, &s.domain, U256::from(5 * PRICE));
+        let price = U256::from(PRICE);
+        let stranger = Some(B256::repeat_byte(0x88));
+        let refusal = gate.authorize(Some(&voucher(&s, 5 * PRICE)), None, stranger, price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::Replayed { .. }), "the redeemed voucher, replayed: {refusal}");
+        let refusal = gate.authorize(Some(&voucher(&s, 3 * PRICE)), None, stranger, price).unwrap_err();
+        assert!(matches!(*refusal, PaymentRefusal::BelowAccepted { .. }), "{refusal}");
+        // New money from the payer buys exactly what it adds beyond what was redeemed: one job, not six.
+        gate.authorize(Some(&voucher(&s, 6 * PRICE)), None, Some(ME), price).unwrap();
+        let refusal = gate.authorize(None, Some(s.channel), Some(ME), price).unwrap_err();
+        assert!(
+            matches!(*refusal, PaymentRefusal::NoCredit { needed, .. } if needed == U256::from(7 * PRICE)),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -241,6 +241,9 @@ impl Staged {
     }
 }
 
+/// Most job records waiting for a commit (at 50 ms commits, tens of thousands are normal only while commits fail).
+pub const MAX_STAGED_JOBS: usize = 200_000;
+
 /// A job-log record's key: its newest job's time, a unique sequence number and its number of jobs (all big-endian,
 /// so keys sort by time and pruning needs no decoding).
 fn job_log_key(newest_ms: u64, seq: u64, count: u32) -> [u8; 20] {
@@ -368,9 +371,17 @@ impl Ledger {
         Ok(())
     }
 
-    /// Write a job record (staged; not flushed).
+    /// Write a job record (staged; not flushed). Refused once commits have failed long enough for
+    /// [`MAX_STAGED_JOBS`] to wait in memory: paid work then stops instead of piling up unsaved.
     pub fn put_job(&self, job: &JobRecord) -> Result<()> {
-        self.staged.lock().jobs.push(job.clone());
+        let mut staged = self.staged.lock();
+        if staged.jobs.len() >= MAX_STAGED_JOBS {
+            return Err(
+                self.err("the ledger's commits keep failing (is the disk full?); no more paid work until they pass")
+            );
+        }
+        staged.jobs.push(job.clone());
+        drop(staged);
         self.staged.dirty.store(true, Ordering::SeqCst);
         Ok(())
     }

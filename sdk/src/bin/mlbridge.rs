@@ -53,7 +53,7 @@ enum KeyCommand {
     /// Encrypt an existing private key into a keystore file. The key is read from standard input (or typed at a
     /// hidden prompt), never from the command line.
     Import(KeyFile),
-    /// Print the address of a keystore (the password is asked unless the file states its address).
+    /// Print the address of a keystore's key (decrypting it: the password is needed).
     Address(KeyFile),
 }
 
@@ -89,10 +89,8 @@ fn key(cmd: KeyCommand) -> anyhow::Result<()> {
             let signer = keys::import(&f.keystore, &hex, &password)?;
             println!("{}", signer.address());
         }
-        KeyCommand::Address(f) => match keys::stated_address(&f.keystore)? {
-            Some(address) => println!("{address}"),
-            None => println!("{}", keys::load(&f.keystore, &source(&f))?.address()),
-        },
+        // Decrypted, never the address the file merely states (an edited file could name another).
+        KeyCommand::Address(f) => println!("{}", keys::load(&f.keystore, &source(&f))?.address()),
     }
     Ok(())
 }
