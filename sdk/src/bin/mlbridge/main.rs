@@ -18,6 +18,8 @@ use mlbridge_sdk::net::NetConfig;
 use mlbridge_sdk::payment::{Payer, PayerConfig, PaymentPolicy, TxProgress};
 use mlbridge_sdk::{ModelId, Tensor, TensorData};
 
+mod load;
+
 /// ML Bridge client: pay for and run inference on the ML Bridge network.
 #[derive(Debug, Parser)]
 #[command(name = "mlbridge", version, about)]
@@ -32,6 +34,8 @@ enum Command {
     Nodes(NetArgs),
     /// Run an inference over the network: texts for embedding models, or a JSON file of tensors.
     Infer(InferArgs),
+    /// Run a paid workload for a set time (a mix of models, some inputs repeated), with live progress and a report.
+    Load(load::LoadArgs),
     /// Payment channels: open, top up, close, withdraw, list.
     #[command(subcommand)]
     Channel(ChannelCommand),
@@ -349,6 +353,17 @@ enum StrategyArg {
     ModelAware,
 }
 
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::RoundRobin => Strategy::RoundRobin,
+            StrategyArg::LeastOutstanding => Strategy::LeastOutstanding,
+            StrategyArg::Weighted => Strategy::Weighted,
+            StrategyArg::ModelAware => Strategy::ModelAware,
+        }
+    }
+}
+
 fn client(net: &NetArgs, strategy: Strategy) -> anyhow::Result<Client> {
     if net.bootstrap.is_empty() && !net.mdns {
         bail!("give --bootstrap <multiaddr of a node> (printed by `mlbridge-node serve`) or --mdns");
@@ -396,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Channel(cmd) => channel(cmd).await?,
         Command::Key(cmd) => key(cmd)?,
+        Command::Load(args) => load::run(args).await?,
         Command::Nodes(net) => {
             let c = client(&net, Strategy::ModelAware)?;
             tokio::time::sleep(Duration::from_secs_f64(net.wait)).await;
@@ -422,13 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Infer(args) => {
-            let strategy = match args.strategy {
-                StrategyArg::RoundRobin => Strategy::RoundRobin,
-                StrategyArg::LeastOutstanding => Strategy::LeastOutstanding,
-                StrategyArg::Weighted => Strategy::Weighted,
-                StrategyArg::ModelAware => Strategy::ModelAware,
-            };
-            let mut c = client(&args.net, strategy)?;
+            let mut c = client(&args.net, args.strategy.into())?;
             // With a payer key every job is paid (channels opened within --max-spend); without one only free nodes
             // answer.
             if args.pay.key.is_some() {
