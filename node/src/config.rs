@@ -312,6 +312,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kubernetes_config_is_one_this_node_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base/node.toml");
+        let c = NodeConfig::load(&path).unwrap();
+        // Every pod pays and is paid, shares the result cache, keeps its ledger on its volume, listens where the
+        // manifests expose it, and has a keystore password (the key itself comes from --operator-keystore).
+        assert!(c.payment.enabled && c.cache.redis_url.is_some());
+        assert!(c.payment.ledger.starts_with("/var/lib/mlbridge/data"));
+        assert_eq!((c.http.listen.port(), c.metrics.listen.port()), (8000, 9100));
+        assert_eq!(c.p2p.listen, vec!["/ip4/0.0.0.0/tcp/4001".to_string()]);
+        assert!(c.operator_key.is_none() && c.operator_password_file.is_some());
+    }
+
+    #[test]
     fn the_operator_key_comes_from_a_keystore_or_a_devnet_hex_key() {
         let dir = tempfile::tempdir().unwrap();
         let (keystore, pw) = (dir.path().join("operator.json"), dir.path().join("pw"));

@@ -197,6 +197,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kubernetes_config_is_one_this_validator_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base/validator.toml");
+        let c = ValidatorConfig::load(&path).unwrap();
+        assert!(c.key.is_none() && c.keystore.is_some() && c.password_file.is_some());
+        assert!(c.data_dir.starts_with("/var/lib/mlbridge/data"));
+        assert_eq!(c.metrics.listen.map(|a| a.port()), Some(9100));
+    }
+
+    #[test]
     fn a_file_overrides_defaults_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.toml");
