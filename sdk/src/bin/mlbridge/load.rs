@@ -25,6 +25,10 @@ use crate::{NetArgs, PayArgs, StrategyArg, client, read_inputs};
 const HOT_INPUTS: usize = 4;
 /// Latencies kept per model (beyond it, the percentiles are of the first ones).
 const MAX_SAMPLES: usize = 1_000_000;
+/// Distinct error messages kept (the rest are counted as "other errors").
+const MAX_MESSAGES: usize = 32;
+/// Longest run (`--duration`), seconds.
+const MAX_DURATION: f64 = 7.0 * 24.0 * 3600.0;
 
 #[derive(Debug, Args)]
 pub(crate) struct LoadArgs {
@@ -155,6 +159,7 @@ struct Stats {
     models: BTreeMap<String, ModelStats>,
     nodes: BTreeMap<String, NodeStats>,
     errors: BTreeMap<String, u64>,
+    failovers: u64,
 }
 
 impl Stats {
@@ -184,6 +189,7 @@ async fn worker(
     repeat_share: f64,
     mut rng: StdRng,
 ) -> anyhow::Result<()> {
+    let mut backoff = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         let source = &sources[rng.gen_range(0..sources.len())];
         let repeat = rng.gen_bool(repeat_share);
@@ -195,26 +201,47 @@ async fn worker(
             Input::Tensors(tensors) => c.infer(&source.model, None, tensors).await,
         };
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        let mut s = lock(&stats);
-        match outcome {
-            Ok(out) => {
-                let m = s.models.entry(source.model.clone()).or_default();
-                m.ok += 1;
-                m.repeats += u64::from(repeat);
-                if m.latencies_ms.len() < MAX_SAMPLES {
-                    m.latencies_ms.push(ms);
+        let failed = {
+            let mut s = lock(&stats);
+            match outcome {
+                Ok(out) => {
+                    let m = s.models.entry(source.model.clone()).or_default();
+                    m.ok += 1;
+                    m.repeats += u64::from(repeat);
+                    if m.latencies_ms.len() < MAX_SAMPLES {
+                        m.latencies_ms.push(ms);
+                    }
+                    let n = s.nodes.entry(out.node.to_string()).or_default();
+                    n.jobs += 1;
+                    if let Some(p) = &out.paid {
+                        n.charged += p.price;
+                        n.vouchers += u64::from(p.voucher.is_some());
+                    }
+                    // The nodes tried before the one that answered are not named by the client; counted in total.
+                    s.failovers += (out.attempts.max(1) - 1) as u64;
+                    false
                 }
-                let n = s.nodes.entry(out.node.to_string()).or_default();
-                n.jobs += 1;
-                if let Some(p) = &out.paid {
-                    n.charged += p.price;
-                    n.vouchers += u64::from(p.voucher.is_some());
+                Err(e) => {
+                    s.models.entry(source.model.clone()).or_default().errors += 1;
+                    let message = e.to_string();
+                    let key = if s.errors.len() < MAX_MESSAGES || s.errors.contains_key(&message) {
+                        message
+                    } else {
+                        "other errors".to_string()
+                    };
+                    *s.errors.entry(key).or_default() += 1;
+                    true
                 }
             }
-            Err(e) => {
-                s.models.entry(source.model.clone()).or_default().errors += 1;
-                *s.errors.entry(e.to_string()).or_default() += 1;
-            }
+        };
+        // A failing network is not hammered: a growing pause after each error, up to 1 s.
+        backoff = if failed {
+            (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        } else {
+            Duration::ZERO
+        };
+        if !backoff.is_zero() {
+            tokio::time::sleep(backoff).await;
         }
     }
     Ok(())
@@ -273,8 +300,25 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.repeat_share) {
         bail!("--repeat-share is a share between 0 and 1");
     }
-    if !(args.duration > 0.0 && args.duration.is_finite()) {
-        bail!("--duration is a positive number of seconds");
+    if !(args.duration > 0.0 && args.duration <= MAX_DURATION) {
+        bail!("--duration is a positive number of seconds, at most {MAX_DURATION}");
+    }
+    // Ctrl-C from the start: the first ends the run (jobs in flight finish, the report is written), a second one
+    // exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(tokio::sync::Notify::new());
+    {
+        let (stop, interrupted) = (stop.clone(), interrupted.clone());
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing the jobs in flight (Ctrl-C again to quit now)");
+                stop.store(true, Ordering::Relaxed);
+                interrupted.notify_one();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let sources = Arc::new(sources(&args, &mut rng)?);
@@ -286,11 +330,14 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let wait_until = Instant::now() + Duration::from_secs(30);
     let nodes = loop {
         let nodes = c.nodes().await?;
-        if nodes.len() >= args.nodes || Instant::now() >= wait_until {
+        if nodes.len() >= args.nodes || Instant::now() >= wait_until || stop.load(Ordering::Relaxed) {
             break nodes;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted before the workload started");
+    }
     if nodes.len() < args.nodes {
         bail!("{} of {} nodes seen in 30 s; check --bootstrap", nodes.len(), args.nodes);
     }
@@ -307,7 +354,6 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     );
 
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|i| {
@@ -319,7 +365,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let ticker = tokio::spawn(progress(stats.clone(), stop.clone(), duration));
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
-        _ = tokio::signal::ctrl_c() => eprintln!("interrupted: finishing the jobs in flight"),
+        _ = interrupted.notified() => {}
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -387,7 +433,7 @@ fn report(
         .collect();
     json!({
         "duration_s": elapsed, "concurrency": args.concurrency, "repeat_share": args.repeat_share,
-        "requests": ok, "errors": errors, "rps": ok as f64 / elapsed,
+        "requests": ok, "errors": errors, "failovers": stats.failovers, "rps": ok as f64 / elapsed,
         "models": models, "nodes": nodes, "channels": channels, "error_messages": stats.errors,
     })
 }
