@@ -69,7 +69,7 @@ const generated = [...kustomization.matchAll(/- name: (mlbridge-[a-z-]+)\n\s+fil
 const configMaps = new Set([...byKind("ConfigMap").map((c) => c.metadata.name), ...generated]);
 // kustomize names generated ConfigMaps with a hash suffix.
 const knownConfigMap = (name) => configMaps.has(name) || configMaps.has(name.replace(/-[a-z0-9]{10}$/, ""));
-const secrets = new Set(["mlbridge-node-keys", "mlbridge-validator-key"]);
+const secrets = new Set(["mlbridge-node-keys", "mlbridge-validator-key", "mlbridge-redis"]);
 const routes = readFileSync(join(root, "node/src/api/mod.rs"), "utf8");
 
 for (const w of workloads) {
@@ -82,7 +82,11 @@ for (const w of workloads) {
     if (v.configMap && !knownConfigMap(v.configMap.name)) fail(where, `unknown ConfigMap ${v.configMap.name}`);
     if (v.secret && !secrets.has(v.secret.secretName)) fail(where, `unknown Secret ${v.secret.secretName}`);
   }
-  for (const c of pod.spec.containers) {
+  for (const c of [...(pod.spec.initContainers || []), ...pod.spec.containers]) {
+    for (const e of c.env || []) {
+      const ref = e.valueFrom?.secretKeyRef?.name;
+      if (ref && !secrets.has(ref)) fail(where, `env ${e.name} from unknown Secret ${ref}`);
+    }
     const ports = new Set((c.ports || []).map((p) => p.name));
     for (const m of c.volumeMounts || []) {
       if (!volumes.has(m.name) && !claims.has(m.name)) fail(where, `mount of unknown volume ${m.name}`);
@@ -90,7 +94,8 @@ for (const w of workloads) {
     for (const kind of ["startupProbe", "readinessProbe", "livenessProbe"]) {
       const probe = c[kind]?.httpGet;
       if (!probe) continue;
-      if (!ports.has(probe.port)) fail(where, `${kind} on unknown port ${probe.port}`);
+      const numbered = (c.ports || []).some((p) => p.containerPort === probe.port);
+      if (!ports.has(probe.port) && !numbered) fail(where, `${kind} on unknown port ${probe.port}`);
       if (w.metadata.name === "mlbridge-node" && !routes.includes(`.route("${probe.path}"`)) {
         fail(where, `${kind} path ${probe.path} is not a route of the node's API`);
       }
@@ -105,6 +110,41 @@ for (const s of byKind("Service")) {
   for (const p of s.spec.ports) {
     const named = targets.every((w) => w.spec.template.spec.containers.some((c) => (c.ports || []).some((q) => q.name === p.targetPort)));
     if (typeof p.targetPort === "string" && !named) fail(where, `targetPort ${p.targetPort} is not a container port`);
+  }
+}
+
+for (const p of [...byKind("PodDisruptionBudget"), ...byKind("NetworkPolicy")]) {
+  const sel = p.kind === "NetworkPolicy" ? p.spec.podSelector.matchLabels : p.spec.selector.matchLabels;
+  if (!workloads.some((w) => labelsMatch(sel, w.spec.template.metadata.labels))) fail(`${p.kind}/${p.metadata.name}`, "selects no pods");
+}
+
+// Every absolute path a config names lies on a volume of its container (or in the image's model repository), the
+// config is mounted where the container reads it, and the Redis URL names the Redis Service.
+const services = byKind("Service");
+for (const [name, toml] of [["mlbridge-node", "node.toml"], ["mlbridge-validator", "validator.toml"]]) {
+  const w = workloads.find((x) => x.metadata.name === name);
+  if (!w) continue;
+  const c = w.spec.template.spec.containers[0];
+  const mounts = (c.volumeMounts || []).map((m) => m.mountPath);
+  const text = readFileSync(join(base, toml), "utf8");
+  for (const [, key, path] of text.matchAll(/^(\w+) = "(\/[^"]*)"/gm)) {
+    const onVolume = mounts.some((m) => path === m || path.startsWith(m.endsWith("/") ? m : m + "/"));
+    if (!onVolume && !path.startsWith("/opt/mlbridge/models")) fail(name, `${toml}: ${key} = ${path} is on no volume`);
+  }
+  if (!mounts.includes(`/etc/mlbridge/${toml}`) || !(c.args || []).includes(`/etc/mlbridge/${toml}`)) {
+    fail(name, `${toml} is not mounted where the container reads it`);
+  }
+  const redis = (c.env || []).find((e) => e.name === "MLBRIDGE_REDIS_URL")?.value;
+  if (redis) {
+    const [, host, port] = redis.match(/@([\w-]+):(\d+)$/) || [];
+    if (!services.some((x) => x.metadata.name === host && x.spec.ports.some((p) => p.port === Number(port)))) {
+      fail(name, `MLBRIDGE_REDIS_URL names no Service: ${redis}`);
+    }
+  }
+  if (name === "mlbridge-node") {
+    const init = (w.spec.template.spec.initContainers || []).map((i) => (i.args || []).join(" ")).join(" ");
+    const keystore = text.match(/^operator_keystore = "([^"]*)"/m)?.[1] || "";
+    if (!keystore || !init.includes(`/keys/${keystore.split("/").pop()}`)) fail(name, "the init container does not write the keystore node.toml reads");
   }
 }
 

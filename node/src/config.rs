@@ -315,13 +315,16 @@ mod tests {
     fn the_kubernetes_config_is_one_this_node_reads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base/node.toml");
         let c = NodeConfig::load(&path).unwrap();
-        // Every pod pays and is paid, shares the result cache, keeps its ledger on its volume, listens where the
-        // manifests expose it, and has a keystore password (the key itself comes from --operator-keystore).
-        assert!(c.payment.enabled && c.cache.redis_url.is_some());
+        // Every pod pays and is paid, keeps its ledger on its volume, listens where the manifests expose it, signs
+        // with the keystore its init container copied (never a hex key), and runs as many ONNX Runtime threads as
+        // it requests cores. (The Redis URL, with its password, comes from the environment.)
+        assert!(c.payment.enabled && c.cache.enabled && c.cache.redis_url.is_none());
         assert!(c.payment.ledger.starts_with("/var/lib/mlbridge/data"));
         assert_eq!((c.http.listen.port(), c.metrics.listen.port()), (8000, 9100));
         assert_eq!(c.p2p.listen, vec!["/ip4/0.0.0.0/tcp/4001".to_string()]);
-        assert!(c.operator_key.is_none() && c.operator_password_file.is_some());
+        assert!(c.p2p.bootstrap.iter().all(|a| a.parse::<libp2p::Multiaddr>().is_ok()) && !c.p2p.bootstrap.is_empty());
+        assert!(c.operator_key.is_none() && c.operator_keystore.is_some() && c.operator_password_file.is_some());
+        assert_eq!(c.inference.threads, Some(2));
     }
 
     #[test]

@@ -582,3 +582,28 @@ async fn the_multiplexed_stream_pairs_answers_by_id_and_refuses_hostile_frames()
     assert_eq!(metric(&text, "mlbridge_p2p_requests_total{outcome=\"malformed\"}"), 2.0);
     assert_eq!(metric(&text, "mlbridge_p2p_requests_total{outcome=\"ok\"}"), 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_before_its_bootstrap_node_finds_it_by_dns_name() {
+    // The cluster case: a validator's client starts before the node pods and knows them only by a stable DNS name
+    // (no /p2p/ id). It keeps dialling while it has no peer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![format!("/dns4/localhost/tcp/{port}").parse().unwrap()],
+        mdns: false,
+        heartbeat: Duration::from_millis(200),
+        ..NetConfig::default()
+    };
+    let c = Client::start(ClientConfig { net, ..ClientConfig::default() }).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.nodes().await.unwrap().is_empty());
+    let node = start_node(|cfg| {
+        p2p_fast(cfg);
+        cfg.p2p.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    })
+    .await;
+    let found = c.wait_for_nodes("mlp-tiny", 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(found.first().map(|n| n.peer_id), Some(peer(&node)), "the client never reached the node");
+    c.infer("mlp-tiny", Some(1), mlp_input(0.5)).await.unwrap();
+}

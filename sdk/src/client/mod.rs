@@ -251,6 +251,7 @@ impl Client {
             advert_ttl: config.advert_ttl,
             topics,
             gossip: config.gossip.clone(),
+            bootstrap: config.net.bootstrap.clone(),
         };
         tokio::spawn(actor.run());
         Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)), pipes })
@@ -712,6 +713,8 @@ struct Actor {
     /// Extra topics joined, by hash.
     topics: HashMap<gossipsub::TopicHash, String>,
     gossip: Option<mpsc::Sender<GossipMessage>>,
+    /// Dialled again while no peer is connected (a bootstrap peer that was not up yet, or went away).
+    bootstrap: Vec<Multiaddr>,
 }
 
 /// Where a request's answer (or why it failed) goes.
@@ -719,6 +722,8 @@ type ReplyTx = oneshot::Sender<std::result::Result<Response, String>>;
 
 /// Nodes the client keeps track of at most (a flood of adverts from fresh keys cannot grow it further).
 const MAX_NODES: usize = 4096;
+/// How often a client with no peer dials its bootstrap peers again.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
 /// Advert addresses considered per node.
 const MAX_ADVERT_ADDRS: usize = 8;
 
@@ -745,6 +750,9 @@ impl Actor {
     }
 
     async fn run(mut self) {
+        let mut reconnect = tokio::time::interval(RECONNECT_INTERVAL);
+        reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        reconnect.tick().await;
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -752,8 +760,24 @@ impl Actor {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = reconnect.tick() => self.reconnect(),
             }
         }
+    }
+
+    /// With no peer connected, dial the bootstrap peers again: one that started after us (a validator started
+    /// before the nodes) or restarted is found without restarting this client.
+    fn reconnect(&mut self) {
+        if self.swarm.connected_peers().next().is_some() || self.bootstrap.is_empty() {
+            return;
+        }
+        tracing::debug!(target: "sdk::client", "no peers; dialling the bootstrap peers again");
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(target: "sdk::client", %addr, err = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     fn on_command(&mut self, cmd: Command) {

@@ -165,6 +165,9 @@ pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, codec: Codec) -> R
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| net_err("TCP transport", e))?
         .with_quic()
+        // `/dns4/...` addresses (stable names in a cluster, e.g. a StatefulSet's pods), with the system resolver.
+        .with_dns()
+        .map_err(|e| net_err("DNS resolver", e))?
         .with_behaviour(|key| {
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(config.heartbeat)
