@@ -113,9 +113,15 @@ for (const s of byKind("Service")) {
   }
 }
 
+const selectsPods = (sel) => workloads.some((w) => labelsMatch(sel?.matchLabels, w.spec.template.metadata.labels));
 for (const p of [...byKind("PodDisruptionBudget"), ...byKind("NetworkPolicy")]) {
-  const sel = p.kind === "NetworkPolicy" ? p.spec.podSelector.matchLabels : p.spec.selector.matchLabels;
-  if (!workloads.some((w) => labelsMatch(sel, w.spec.template.metadata.labels))) fail(`${p.kind}/${p.metadata.name}`, "selects no pods");
+  const where = `${p.kind}/${p.metadata.name}`;
+  if (!selectsPods(p.kind === "NetworkPolicy" ? p.spec.podSelector : p.spec.selector)) fail(where, "selects no pods");
+  for (const rule of p.spec.ingress || []) {
+    for (const from of rule.from || []) {
+      if (from.podSelector && !selectsPods(from.podSelector)) fail(where, "an ingress rule admits no pods of ours");
+    }
+  }
 }
 
 // Every absolute path a config names lies on a volume of its container (or in the image's model repository), the

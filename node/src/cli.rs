@@ -116,7 +116,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MLBRIDGE_CACHE_TTL_SECS", help_heading = "Cache")]
     pub cache_ttl_secs: Option<u64>,
     /// Share the cache through Redis at this URL (e.g. redis://127.0.0.1:6379).
-    #[arg(long, env = "MLBRIDGE_REDIS_URL", help_heading = "Cache")]
+    #[arg(long, env = "MLBRIDGE_REDIS_URL", hide_env_values = true, help_heading = "Cache")]
     pub redis_url: Option<String>,
     /// p2p listen multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
     #[arg(long = "p2p-listen", env = "MLBRIDGE_P2P_LISTEN", value_delimiter = ',', help_heading = "P2P")]

@@ -70,7 +70,9 @@ impl ResultCache {
 
     /// A Redis cache at `url` (e.g. `redis://127.0.0.1:6379/0`).
     pub async fn redis(url: &str, ttl: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| Error::Cache(format!("bad Redis URL {url}: {e}")))?;
+        // Messages name the server, never the password the URL may carry.
+        let shown = redact_password(url);
+        let client = redis::Client::open(url).map_err(|e| Error::Cache(format!("bad Redis URL {shown}: {e}")))?;
         // Short timeouts and one retry: a slow or dead Redis must turn into a quick miss, never a stuck request.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(BACKEND_TIMEOUT)
@@ -78,7 +80,7 @@ impl ResultCache {
             .set_number_of_retries(1)
             .set_max_delay(100);
         let conn = client.get_connection_manager_with_config(config).await.map_err(|e| {
-            Error::Cache(format!("cannot connect to Redis at {url}: {e}; start redis-server or drop --redis-url"))
+            Error::Cache(format!("cannot connect to Redis at {shown}: {e}; start redis-server or drop --redis-url"))
         })?;
         Ok(Self::Redis { conn, ttl })
     }
@@ -132,11 +134,28 @@ fn redis_key(key: &CacheKey) -> String {
     format!("mlbridge:result:{}", hex::encode(key))
 }
 
+/// `redis://user:secret@host:6379/0` as `redis://user:***@host:6379/0` (the URL as given when it has no password).
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}{path}")
+}
+
 #[cfg(test)]
 mod tests {
     use mlbridge_sdk::TensorData;
 
     use super::*;
+
+    #[test]
+    fn redis_urls_are_shown_without_their_password() {
+        assert_eq!(super::redact_password("redis://:s3cret@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(super::redact_password("redis://u:p@ss@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(super::redact_password("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+    }
 
     #[test]
     fn key_ignores_input_order_but_not_content_or_model() {

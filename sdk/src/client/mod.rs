@@ -727,12 +727,14 @@ const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
 /// Advert addresses considered per node.
 const MAX_ADVERT_ADDRS: usize = 8;
 
-/// Whether an advertised address is one to dial: an IP that is not unspecified, multicast or broadcast.
+/// Whether an advertised address is one to dial: an IP that is not unspecified, multicast or broadcast. Names
+/// (`/dns4/...`) are dialled only from our own bootstrap list: a name a peer hands us could point at an address we
+/// banned, and the ban sees only the name of an outbound connection.
 fn dialable(addr: &Multiaddr) -> bool {
     match crate::net::ipban::ip_of(addr) {
         Some(std::net::IpAddr::V4(ip)) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
         Some(std::net::IpAddr::V6(ip)) => !(ip.is_unspecified() || ip.is_multicast()),
-        None => true, // DNS and other names: resolved by the transport
+        None => false,
     }
 }
 

@@ -238,7 +238,9 @@ pub fn learn_addresses(swarm: &mut Swarm<Behaviour>, event: &libp2p::swarm::Swar
     use libp2p::swarm::SwarmEvent;
     match event {
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-            for addr in &info.listen_addrs {
+            // IP addresses only: a name a peer announces could point at an address we banned (names are dialled
+            // only from our own bootstrap list).
+            for addr in info.listen_addrs.iter().filter(|a| ipban::ip_of(a).is_some()) {
                 swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
             }
             true
