@@ -246,7 +246,7 @@ pub fn learn_addresses(swarm: &mut Swarm<Behaviour>, event: &libp2p::swarm::Swar
             true
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-            for (peer, addr) in found {
+            for (peer, addr) in found.iter().filter(|(_, a)| ipban::ip_of(a).is_some()) {
                 swarm.behaviour_mut().kad.add_address(peer, addr.clone());
                 let _ = swarm.dial(addr.clone());
             }
