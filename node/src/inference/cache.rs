@@ -134,14 +134,18 @@ fn redis_key(key: &CacheKey) -> String {
     format!("mlbridge:result:{}", hex::encode(key))
 }
 
-/// `redis://user:secret@host:6379/0` as `redis://user:***@host:6379/0` (the URL as given when it has no password).
+/// `redis://user:secret@host:6379/0` as `redis://user:***@host:6379/0`: the user info up to the last `@` (a password
+/// may hold `/` or `@`) loses its password, and a query (`?pass=...` is a password too) is dropped.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
-    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
-    format!("{scheme}://{user}:***@{host}{path}")
+    let url = url.split_once('?').map_or(url, |(u, _)| u);
+    let Some((scheme, rest)) = url.split_once("://") else { return "(a Redis URL)".to_owned() };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => format!("{scheme}://{rest}"),
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +159,13 @@ mod tests {
         assert_eq!(super::redact_password("redis://:s3cret@cache:6379"), "redis://:***@cache:6379");
         assert_eq!(super::redact_password("redis://u:p@ss@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(super::redact_password("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        // base64 passwords hold '/', '+' and '='; unix sockets take the password in the query.
+        assert_eq!(
+            super::redact_password("redis://:abc+/def=@mlbridge-redis:6379"),
+            "redis://:***@mlbridge-redis:6379"
+        );
+        assert_eq!(super::redact_password("redis+unix:///run/redis.sock?pass=s3cret"), "redis+unix:///run/redis.sock");
+        assert_eq!(super::redact_password("s3cret"), "(a Redis URL)");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use mlbridge_sdk::net::traffic::Proto;
 use mlbridge_sdk::net::{
-    Behaviour, BehaviourEvent, Codec, InboundBudget, NetConfig, build_swarm_with, learn_addresses, peer_of,
+    Behaviour, BehaviourEvent, Codec, InboundBudget, NetConfig, build_swarm_with, learn_addresses,
 };
 use mlbridge_sdk::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
@@ -206,7 +206,7 @@ pub fn spawn(
         swarm,
         engine,
         config: config.clone(),
-        net,
+        bootstrap: mlbridge_sdk::net::Bootstrap::new(net.bootstrap.clone()),
         operator,
         metrics,
         payments,
@@ -245,7 +245,8 @@ struct Actor {
     swarm: Swarm<Behaviour>,
     engine: Engine,
     config: P2pConfig,
-    net: NetConfig,
+    /// Bootstrap peers (names resolved off the swarm).
+    bootstrap: mlbridge_sdk::net::Bootstrap,
     operator: PrivateKeySigner,
     metrics: NodeMetrics,
     payments: Option<Arc<PaymentService>>,
@@ -309,17 +310,7 @@ impl Actor {
     }
 
     fn dial_bootstrap(&mut self) {
-        for addr in self.net.bootstrap.clone() {
-            if let Some(peer) = peer_of(&addr) {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            }
-            if let Err(err) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(target: "node::p2p", %addr, %err, "cannot dial bootstrap peer");
-            }
-        }
-        if !self.net.bootstrap.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-        }
+        self.bootstrap.dial(&mut self.swarm);
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
@@ -336,6 +327,7 @@ impl Actor {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_event(event),
+                Some(addr) = self.bootstrap.resolved() => self.bootstrap.dial_resolved(&mut self.swarm, addr),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
                 Some(peer) = self.strikes.recv() => self.strike(peer),
@@ -348,7 +340,7 @@ impl Actor {
                 },
                 _ = adverts.tick() => self.publish_advert(),
                 _ = reconnect.tick() => {
-                    if self.swarm.connected_peers().next().is_none() && !self.net.bootstrap.is_empty() {
+                    if self.swarm.connected_peers().next().is_none() && !self.bootstrap.is_empty() {
                         tracing::info!(target: "node::p2p", "no peers; dialling the bootstrap peers again");
                         self.dial_bootstrap();
                     }

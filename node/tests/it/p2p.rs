@@ -598,7 +598,8 @@ async fn a_client_started_before_its_bootstrap_node_finds_it_by_dns_name() {
         ..NetConfig::default()
     };
     let c = Client::start(ClientConfig { net, ..ClientConfig::default() }).unwrap();
-    // Its first dial fails (nothing listens); it must dial again later by itself.
+    // Its first dial goes to a listener that never answers the handshake and fails when it closes; the client must
+    // resolve the name and dial again by itself. (The resolver here is the system's, through `localhost`.)
     tokio::time::sleep(Duration::from_secs(1)).await;
     drop(holder);
     let node = start_node(|cfg| {

@@ -38,7 +38,7 @@ pub use routing::Strategy;
 use routing::{Candidate, Measured, Router};
 
 use crate::net::mux::{PipeError, Pipes};
-use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses, peer_of};
+use crate::net::{Behaviour, BehaviourEvent, NetConfig, build_swarm, learn_addresses};
 use crate::payment::{Payer, Payment};
 use crate::protocol::{
     ADVERTS_TOPIC, Advert, AdvertModel, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse, JobOffer,
@@ -226,15 +226,8 @@ impl Client {
             swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| Error::Network(e.to_string()))?;
             topics.insert(topic.hash(), t.clone());
         }
-        for addr in &config.net.bootstrap {
-            if let Some(peer) = peer_of(addr) {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            }
-            swarm.dial(addr.clone()).map_err(|e| Error::Network(format!("dialling {addr}: {e}")))?;
-        }
-        if !config.net.bootstrap.is_empty() {
-            let _ = swarm.behaviour_mut().kad.bootstrap();
-        }
+        let bootstrap = crate::net::Bootstrap::new(config.net.bootstrap.clone());
+        bootstrap.dial(&mut swarm);
         let pipes = Pipes::new(swarm.behaviour().stream.new_control());
         let (commands, rx) = mpsc::channel(256);
         let actor = Actor {
@@ -251,7 +244,7 @@ impl Client {
             advert_ttl: config.advert_ttl,
             topics,
             gossip: config.gossip.clone(),
-            bootstrap: config.net.bootstrap.clone(),
+            bootstrap,
         };
         tokio::spawn(actor.run());
         Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)), pipes })
@@ -714,7 +707,7 @@ struct Actor {
     topics: HashMap<gossipsub::TopicHash, String>,
     gossip: Option<mpsc::Sender<GossipMessage>>,
     /// Dialled again while no peer is connected (a bootstrap peer that was not up yet, or went away).
-    bootstrap: Vec<Multiaddr>,
+    bootstrap: crate::net::Bootstrap,
 }
 
 /// Where a request's answer (or why it failed) goes.
@@ -762,6 +755,7 @@ impl Actor {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                Some(addr) = self.bootstrap.resolved() => self.bootstrap.dial_resolved(&mut self.swarm, addr),
                 _ = reconnect.tick() => self.reconnect(),
             }
         }
@@ -774,12 +768,7 @@ impl Actor {
             return;
         }
         tracing::debug!(target: "sdk::client", "no peers; dialling the bootstrap peers again");
-        for addr in self.bootstrap.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::debug!(target: "sdk::client", %addr, err = %e, "cannot dial bootstrap peer");
-            }
-        }
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        self.bootstrap.dial(&mut self.swarm);
     }
 
     fn on_command(&mut self, cmd: Command) {

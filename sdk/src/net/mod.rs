@@ -165,9 +165,6 @@ pub fn build_swarm_with(keypair: Keypair, config: &NetConfig, codec: Codec) -> R
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| net_err("TCP transport", e))?
         .with_quic()
-        // `/dns4/...` addresses (stable names in a cluster, e.g. a StatefulSet's pods), with the system resolver.
-        .with_dns()
-        .map_err(|e| net_err("DNS resolver", e))?
         .with_behaviour(|key| {
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(config.heartbeat)
@@ -232,6 +229,101 @@ pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     })
 }
 
+/// The bootstrap peers: IP addresses are dialled as they are; names (`/dns4/host/tcp/port`, a StatefulSet pod's stable
+/// name) are resolved by the system resolver on a blocking thread and their addresses come back through
+/// [`Bootstrap::resolved`]. The swarm itself has no DNS transport, so a name a peer hands us (identify, Kademlia,
+/// adverts) is never dialled, and the IP ban always sees the address of a connection.
+#[derive(Debug)]
+pub struct Bootstrap {
+    addrs: Vec<Multiaddr>,
+    tx: tokio::sync::mpsc::Sender<Multiaddr>,
+    rx: tokio::sync::mpsc::Receiver<Multiaddr>,
+}
+
+impl Bootstrap {
+    /// The configured bootstrap addresses.
+    pub fn new(addrs: Vec<Multiaddr>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        Self { addrs, tx, rx }
+    }
+
+    /// No bootstrap peer configured.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// Dial every bootstrap peer (names: once resolved); needs a tokio runtime.
+    pub fn dial(&self, swarm: &mut Swarm<Behaviour>) {
+        for addr in &self.addrs {
+            if ipban::ip_of(addr).is_some() {
+                dial_known(swarm, addr.clone());
+            } else {
+                let (addr, tx) = (addr.clone(), self.tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    for resolved in resolve(&addr) {
+                        let _ = tx.blocking_send(resolved);
+                    }
+                });
+            }
+        }
+        if !self.addrs.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// The next address a bootstrap name resolved to (dial it with [`Bootstrap::dial_resolved`]).
+    pub async fn resolved(&mut self) -> Option<Multiaddr> {
+        self.rx.recv().await
+    }
+
+    /// Dial an address [`Bootstrap::resolved`] gave.
+    pub fn dial_resolved(&self, swarm: &mut Swarm<Behaviour>, addr: Multiaddr) {
+        dial_known(swarm, addr);
+    }
+}
+
+fn dial_known(swarm: &mut Swarm<Behaviour>, addr: Multiaddr) {
+    if let Some(peer) = peer_of(&addr) {
+        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+    }
+    if let Err(err) = swarm.dial(addr.clone()) {
+        tracing::debug!(target: "sdk::net", %addr, %err, "cannot dial bootstrap peer");
+    }
+}
+
+/// `/dns4/host/tcp/port/...` as the `/ip4/a.b.c.d/tcp/port/...` addresses the system resolver gives for `host`
+/// (`/dns6`: IPv6 only, `/dns`: both); empty when it does not resolve or is not a name.
+pub fn resolve(addr: &Multiaddr) -> Vec<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    use std::net::{IpAddr, ToSocketAddrs};
+    let mut parts = addr.iter();
+    let (host, v4, v6) = match parts.next() {
+        Some(Protocol::Dns(h)) => (h, true, true),
+        Some(Protocol::Dns4(h)) => (h, true, false),
+        Some(Protocol::Dns6(h)) => (h, false, true),
+        _ => return Vec::new(),
+    };
+    let rest: Vec<Protocol<'_>> = parts.collect();
+    let port = rest.iter().find_map(|p| match p {
+        Protocol::Tcp(p) | Protocol::Udp(p) => Some(*p),
+        _ => None,
+    });
+    let Ok(found) = (host.as_ref(), port.unwrap_or(0)).to_socket_addrs() else { return Vec::new() };
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for ip in found.map(|s| s.ip()) {
+        let first = match ip {
+            IpAddr::V4(ip) if v4 => Protocol::Ip4(ip),
+            IpAddr::V6(ip) if v6 => Protocol::Ip6(ip),
+            _ => continue,
+        };
+        let resolved: Multiaddr = std::iter::once(first).chain(rest.iter().cloned()).collect();
+        if !out.contains(&resolved) {
+            out.push(resolved);
+        }
+    }
+    out
+}
+
 /// Learn peer addresses from identify and mDNS events (into Kademlia; mDNS finds are dialled). Returns whether the
 /// event was one of those, so swarm loops can hand every event here first.
 pub fn learn_addresses(swarm: &mut Swarm<Behaviour>, event: &libp2p::swarm::SwarmEvent<BehaviourEvent>) -> bool {
@@ -253,5 +345,23 @@ pub fn learn_addresses(swarm: &mut Swarm<Behaviour>, event: &libp2p::swarm::Swar
             true
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_names_resolve_to_addresses_and_keep_the_rest() {
+        let id = libp2p::PeerId::random();
+        let named: Multiaddr = format!("/dns4/localhost/tcp/4001/p2p/{id}").parse().unwrap();
+        let found = resolve(&named);
+        let want: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}").parse().unwrap();
+        assert!(found.contains(&want), "{found:?}");
+        assert!(found.iter().all(|a| ipban::ip_of(a).is_some_and(|ip| ip.is_ipv4())), "dns4 gives IPv4 only");
+        // Addresses are not names; a name that does not resolve gives nothing.
+        assert!(resolve(&"/ip4/10.0.0.1/tcp/1".parse().unwrap()).is_empty());
+        assert!(resolve(&"/dns4/no-such-host.invalid/tcp/1".parse().unwrap()).is_empty());
     }
 }

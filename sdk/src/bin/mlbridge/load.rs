@@ -223,7 +223,9 @@ async fn worker(
                 }
                 Err(e) => {
                     s.models.entry(source.model.clone()).or_default().errors += 1;
-                    let message = e.to_string();
+                    // A node writes part of these messages: bounded and without control characters.
+                    let message: String =
+                        e.to_string().chars().take(200).map(|c| if c.is_control() { ' ' } else { c }).collect();
                     let key = if s.errors.len() < MAX_MESSAGES || s.errors.contains_key(&message) {
                         message
                     } else {
