@@ -441,7 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c = client(&args.net, args.strategy.into())?;
             // With a payer key every job is paid (channels opened within --max-spend); without one only free nodes
             // answer.
-            if args.pay.key.is_some() {
+            if args.pay.key.is_some() || args.pay.keystore.is_some() {
                 c = c.with_payer(Arc::new(args.pay.payer().await?));
             }
             let found = c.wait_for_nodes(&args.model, 1, Duration::from_secs_f64(args.net.wait.max(1.0) * 3.0)).await?;
