@@ -227,6 +227,17 @@ pub enum Error {
     /// An empty request (no texts, no samples).
     #[error("the request has no input; send at least one text or sample")]
     EmptyInput,
+    /// A generation request the node cannot serve as asked (bad parameters, a prompt too long for the context).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A text-generation model's sequences and KV memory are taken, and its admission queue is full.
+    #[error("model {model} is generating at capacity ({waiting} requests waiting for KV memory); retry shortly")]
+    GenerationFull {
+        /// `name/version`.
+        model: String,
+        /// Requests already waiting.
+        waiting: usize,
+    },
     /// The tokenizer failed.
     #[error("model {model}: tokenizer error: {reason}")]
     Tokenizer {

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod generate;
 pub mod inference;
 pub mod metrics;
 pub mod operator;

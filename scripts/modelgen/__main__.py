@@ -25,6 +25,8 @@ def main() -> int:
     bench = sub.add_parser("bench", help="fp32 vs INT8 throughput and quality for every model")
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement")
+    llm = sub.add_parser("llm-quality", help="SmolLM2: greedy agreement with the numpy reference, fp32 vs INT8 perplexity")
+    llm.add_argument("--tokens", type=int, default=12)
     args = parser.parse_args()
 
     if args.cmd == "build":
@@ -35,6 +37,10 @@ def main() -> int:
             print(f"error: {problems} file(s) do not match their recorded sha256", file=sys.stderr)
             return 1
         return 0
+    if args.cmd == "llm-quality":
+        from .llm_quality import run as quality  # noqa: PLC0415
+
+        return quality(args.tokens)
     from .bench import run  # noqa: PLC0415
 
     return run(threads=args.threads, seconds=args.seconds)

@@ -11,6 +11,8 @@ the same fp32 graph gives the same bytes on every machine.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -32,8 +34,9 @@ def quantize_weight_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def per_token_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of `model` with every constant-weight MatMul quantized per token x per channel."""
+def per_token_int8(model: onnx.ModelProto, keep_fp32: Callable[[str], bool] = lambda _: False) -> onnx.ModelProto:
+    """Return a copy of `model` with every constant-weight MatMul quantized per token x per channel (except those whose
+    weight name `keep_fp32` selects)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -48,7 +51,7 @@ def per_token_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         return name
 
     for node in graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits:
+        if node.op_type != "MatMul" or node.input[1] not in inits or keep_fp32(node.input[1]):
             new_nodes.append(node)
             continue
         if not consts_added:

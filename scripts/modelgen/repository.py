@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Callable
 
-from . import minilm, mlp, orientation, quantize
+from . import minilm, mlp, orientation, quantize, smollm
 
 MLP_SEED = 7
 
@@ -41,6 +41,12 @@ def _mlp(int8: bool) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+@cache
+def _smollm(int8: bool) -> bytes:
+    model = smollm.build_int8() if int8 else smollm.build()
+    return model.SerializeToString(deterministic=True)
+
+
 def _vocab() -> bytes:
     return (minilm.package_dir() / "vocab.txt").read_bytes()
 
@@ -52,8 +58,11 @@ class Entry:
     name: str
     version: int
     build: Callable[[], bytes]
-    # Extra files next to model.onnx: file name -> (producer, config key holding its sha256 under [tokenizer]).
+    # Extra files next to model.onnx: file name -> producer. Its sha256 is `vocab_sha256` under [tokenizer] (a
+    # tokenizer's vocabulary, or a whole tokenizer.json).
     extra: dict[str, Callable[[], bytes]] = field(default_factory=dict)
+    # The chat template config.toml must state under [generation] (copied from the weights' own metadata).
+    chat_template: Callable[[], str] | None = None
 
     def dir(self, root: Path) -> Path:
         return root / self.name / str(self.version)
@@ -65,6 +74,8 @@ ENTRIES: list[Entry] = [
     Entry("orientation", 1, orientation.model_bytes),
     Entry("mlp-tiny", 1, lambda: _mlp(False)),
     Entry("mlp-tiny", 2, lambda: _mlp(True)),
+    Entry("smollm2-135m", 1, lambda: _smollm(False), {"tokenizer.json": smollm.tokenizer_json}, smollm.chat_template),
+    Entry("smollm2-135m", 2, lambda: _smollm(True), {"tokenizer.json": smollm.tokenizer_json}, smollm.chat_template),
 ]
 
 
@@ -90,7 +101,7 @@ def recorded(entry: Entry, root: Path) -> dict[str, str]:
     data = tomllib.loads(config.read_text())
     out = {"model.onnx": data.get("sha256", "")}
     for name in entry.extra:
-        out[name] = data.get("tokenizer", {}).get("vocab_sha256", "") if name == "vocab.txt" else ""
+        out[name] = data.get("tokenizer", {}).get("vocab_sha256", "")
     return out
 
 
@@ -121,6 +132,12 @@ def build(root: Path, *, check: bool = False, record: bool = False, force: bool 
     problems = 0
     for entry in ENTRIES:
         want = recorded(entry, root)
+        if entry.chat_template is not None:
+            config = entry.dir(root) / "config.toml"
+            stated = tomllib.loads(config.read_text()).get("generation", {}).get("chat_template")
+            if stated != entry.chat_template():
+                problems += 1
+                print(f"  {entry.name}/{entry.version}: [generation].chat_template in {config} differs from the model's own")
         producers = {"model.onnx": entry.build, **entry.extra}
         for file_name, produce in producers.items():
             path = entry.dir(root) / file_name

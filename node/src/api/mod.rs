@@ -1,10 +1,12 @@
-//! HTTP API: the KServe v2 REST protocol, OpenAI-compatible embeddings, and `/metrics` on its own router.
+//! HTTP API: the KServe v2 REST protocol, OpenAI-compatible embeddings and text generation (completions and chat,
+//! streamed or not), and `/metrics` on its own router.
 //!
 //! [`router`] builds the app from an [`AppState`] (tests drive it with `tower::ServiceExt::oneshot`); serving it on
 //! a socket is the caller's business (see `crate::server`).
 
 pub mod admin;
 pub mod binary;
+pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod jsondata;
@@ -74,6 +76,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(kserve::model_version_ready))
         .route("/v2/models/{name}/versions/{version}/infer", post(kserve::infer_version))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v2 for the KServe v2 API") })

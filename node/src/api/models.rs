@@ -27,21 +27,19 @@ fn model_object(id: String, config: &ModelConfig) -> Value {
     })
 }
 
-/// `GET /v1/models`: every model by name (its latest version) and by `name:version`.
+/// `GET /v1/models`: every model (tensor, embedding and text-generation) by name (its latest version) and by
+/// `name:version`.
 pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
     let mut data = Vec::new();
-    let mut names: Vec<&str> = state.engine.configs().map(|c| c.name.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
-        if let Ok(latest) = state.engine.config(name, None) {
-            data.push(model_object(name.to_owned(), latest));
+    let all: Vec<&ModelConfig> = state.engine.configs().chain(state.engine.generation_configs()).collect();
+    for (i, config) in all.iter().enumerate() {
+        // Configs come by name then version: the last of a name is its latest.
+        if all.get(i + 1).is_none_or(|next| next.name != config.name) {
+            data.push(model_object(config.name.clone(), config));
         }
-        for version in state.engine.versions(name) {
-            if let Ok(config) = state.engine.config(name, Some(version)) {
-                data.push(model_object(format!("{name}:{version}"), config));
-            }
-        }
+    }
+    for config in &all {
+        data.push(model_object(format!("{}:{}", config.name, config.version), config));
     }
     Json(json!({ "object": "list", "data": data }))
 }
@@ -55,6 +53,14 @@ pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -
         ),
         None => (id.as_str(), None),
     };
-    let config = state.engine.config(name, version)?;
+    let config = match state.engine.config(name, version) {
+        Ok(c) => c,
+        Err(_) => state
+            .engine
+            .generation_configs()
+            .filter(|c| c.name == name && version.is_none_or(|v| v == c.version))
+            .last()
+            .ok_or_else(|| ApiError::from(crate::Error::UnknownModel { name: name.to_owned(), version }))?,
+    };
     Ok(Json(model_object(id.clone(), config)))
 }

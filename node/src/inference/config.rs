@@ -18,6 +18,8 @@ pub enum Task {
     TextEmbedding,
     /// Image in, class probabilities out.
     ImageClassification,
+    /// A decoder-only language model with a KV cache: tokens in, tokens out (`[generation]` says how).
+    TextGeneration,
     /// Anything else: plain tensors in and out.
     Generic,
 }
@@ -90,6 +92,27 @@ pub struct TokenizerConfig {
     pub max_length: usize,
 }
 
+/// Text generation settings of a decoder (`task = "text-generation"`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// KV memory bound: tokens (prompt + output, every sequence together) held at once. A sequence reserves its
+    /// prompt plus its `max_tokens` when it is admitted; requests wait for room.
+    pub kv_budget_tokens: usize,
+    /// Longest sequence (prompt + output) one request may reach.
+    pub max_context: usize,
+    /// Output tokens when a request names no `max_tokens`.
+    pub default_max_tokens: usize,
+    /// Tokens that end a generation (end of text, end of turn).
+    pub stop_token_ids: Vec<u32>,
+    /// Price of one prompt token, wei.
+    pub price_wei_per_input_token: u64,
+    /// Price of one generated token, wei.
+    pub price_wei_per_output_token: u64,
+    /// Jinja chat template applied to `/v1/chat/completions` messages (the model's own, from its weights' metadata).
+    pub chat_template: String,
+}
+
 /// How validators compare a re-execution with the node's answer.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +170,9 @@ pub struct ModelConfig {
     /// Tokenizer, for text models.
     #[serde(default)]
     pub tokenizer: Option<TokenizerConfig>,
+    /// Text generation settings (decoders only).
+    #[serde(default)]
+    pub generation: Option<GenerationConfig>,
     /// Re-execution tolerance for validators.
     pub validation: ValidationConfig,
 }
@@ -326,7 +352,26 @@ impl ModelConfig {
         if self.intra_op_threads == 0 {
             return Err("intra_op_threads must be at least 1".into());
         }
-        if self.inputs.is_empty() || self.outputs.is_empty() {
+        if self.task == Task::TextGeneration {
+            let Some(g) = &self.generation else {
+                return Err("a text-generation model needs a [generation] section".into());
+            };
+            if self.tokenizer.as_ref().is_none_or(|t| t.kind != "bpe-json") {
+                return Err("a text-generation model needs [tokenizer] kind = \"bpe-json\" (a tokenizer.json)".into());
+            }
+            if g.max_context < 2 || g.default_max_tokens == 0 || g.kv_budget_tokens < g.max_context {
+                return Err("[generation] needs max_context >= 2, default_max_tokens >= 1 and kv_budget_tokens >= \
+                            max_context (one longest sequence must fit)"
+                    .into());
+            }
+            if !self.inputs.is_empty() || !self.outputs.is_empty() {
+                return Err(
+                    "a text-generation model's tensors are fixed by its graph: leave inputs and outputs empty".into()
+                );
+            }
+        } else if self.generation.is_some() {
+            return Err("[generation] is only for task = \"text-generation\"".into());
+        } else if self.inputs.is_empty() || self.outputs.is_empty() {
             return Err("a model needs at least one [[inputs]] and one [[outputs]]".into());
         }
         for spec in self.inputs.iter().chain(&self.outputs) {

@@ -18,6 +18,7 @@ use super::config::{LoadPolicy, ModelConfig, Task};
 use super::repository::ModelRepository;
 use super::runtime::OnnxRuntime;
 use super::text::TextEncoder;
+use crate::generate::{ChatTokenizer, Decoder, Generator};
 use crate::metrics::NodeMetrics;
 use crate::{Error, Result};
 
@@ -101,10 +102,17 @@ struct Slot {
     encoder: OnceCell<Arc<TextEncoder>>,
 }
 
+struct GenSlot {
+    config: ModelConfig,
+    generator: OnceCell<Arc<Generator>>,
+}
+
 struct Inner {
     runtime: Arc<OnnxRuntime>,
     repo: ModelRepository,
     slots: BTreeMap<(String, u64), Slot>,
+    /// Text-generation models (served by their own schedulers, not by batchers).
+    generators: BTreeMap<(String, u64), GenSlot>,
     cache: Option<ResultCache>,
     metrics: NodeMetrics,
     options: EngineOptions,
@@ -152,17 +160,26 @@ impl Engine {
         metrics: NodeMetrics,
         options: EngineOptions,
     ) -> Result<Self> {
-        let slots = repo
-            .configs()
-            .map(|c| {
-                let mut config = c.clone();
-                if let Some(t) = options.threads {
-                    config.intra_op_threads = t;
-                }
-                ((c.name.clone(), c.version), Slot { config, batcher: OnceCell::new(), encoder: OnceCell::new() })
-            })
+        let configs = repo.configs().map(|c| {
+            let mut config = c.clone();
+            if let Some(t) = options.threads {
+                config.intra_op_threads = t;
+            }
+            ((c.name.clone(), c.version), config)
+        });
+        let (generate, tensors): (Vec<_>, Vec<_>) = configs.partition(|(_, c)| c.task == Task::TextGeneration);
+        let slots = tensors
+            .into_iter()
+            .map(|(k, config)| (k, Slot { config, batcher: OnceCell::new(), encoder: OnceCell::new() }))
             .collect();
-        let engine = Self { inner: Arc::new(Inner { runtime, repo, slots, cache, metrics, options }) };
+        let generators =
+            generate.into_iter().map(|(k, config)| (k, GenSlot { config, generator: OnceCell::new() })).collect();
+        let engine = Self { inner: Arc::new(Inner { runtime, repo, slots, generators, cache, metrics, options }) };
+        for ((name, version), slot) in &engine.inner.generators {
+            if slot.config.load == LoadPolicy::Eager {
+                engine.generator(name, Some(*version)).await?;
+            }
+        }
         for ((name, version), slot) in &engine.inner.slots {
             if slot.config.load == LoadPolicy::Eager {
                 engine.batcher(name, Some(*version)).await?;
@@ -179,9 +196,61 @@ impl Engine {
         &self.inner.metrics
     }
 
-    /// Every model version's config, by name then version.
+    /// Every tensor model version's config (text-generation models excepted), by name then version.
     pub fn configs(&self) -> impl Iterator<Item = &ModelConfig> {
         self.inner.slots.values().map(|s| &s.config)
+    }
+
+    /// Every text-generation model version's config, by name then version.
+    pub fn generation_configs(&self) -> impl Iterator<Item = &ModelConfig> {
+        self.inner.generators.values().map(|s| &s.config)
+    }
+
+    /// The generator of a text-generation model (the given version or the highest), loading it on first use.
+    pub async fn generator(&self, name: &str, version: Option<u64>) -> Result<Arc<Generator>> {
+        let found = match version {
+            Some(v) => self.inner.generators.get(&(name.to_owned(), v)),
+            None => self
+                .inner
+                .generators
+                .range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
+                .next_back()
+                .map(|(_, s)| s),
+        };
+        let Some(slot) = found else {
+            if self.slot(name, version).is_ok() {
+                return Err(Error::BadRequest(format!(
+                    "model {name} is not a text-generation model; use /v1/embeddings or the KServe v2 infer endpoint"
+                )));
+            }
+            return Err(Error::UnknownModel { name: name.to_owned(), version });
+        };
+        let generator = slot
+            .generator
+            .get_or_try_init(|| async {
+                let inner = self.inner.clone();
+                let config = slot.config.clone();
+                let key = config.key();
+                let started = Instant::now();
+                let generator = tokio::task::spawn_blocking(move || {
+                    let bytes = inner.repo.read_verified(&config)?;
+                    let decoder = Decoder::from_bytes(&inner.runtime, &config, &bytes)?;
+                    let dir = inner.repo.version_dir(&config);
+                    let (Some(tok), Some(generation)) = (&config.tokenizer, &config.generation) else {
+                        return Err(Error::NotTextModel { model: config.key() });
+                    };
+                    let tokenizer = ChatTokenizer::load(&dir, tok, &generation.chat_template, &config.key())?;
+                    let capacity = inner.options.queue_capacity;
+                    Generator::start(decoder, Arc::new(tokenizer), config, capacity, inner.metrics.clone())
+                })
+                .await
+                .map_err(|e| Error::LoadFailed { model: key.clone(), reason: e.to_string() })??;
+                self.inner.metrics.model_load_seconds.with_label_values(&[&key]).set(started.elapsed().as_secs_f64());
+                tracing::info!(target: "node::inference", model = %key, "text-generation model loaded");
+                Ok::<_, Error>(Arc::new(generator))
+            })
+            .await?;
+        Ok(generator.clone())
     }
 
     /// A model's config: the given version or the highest.
@@ -216,7 +285,14 @@ impl Engine {
                 self.inner.slots.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX)).next_back().map(|(_, s)| s)
             }
         };
-        found.ok_or_else(|| Error::UnknownModel { name: name.to_owned(), version })
+        found.ok_or_else(|| {
+            if self.inner.generators.keys().any(|(n, _)| n == name) {
+                return Error::BadRequest(format!(
+                    "model {name} is a text-generation model; use /v1/completions or /v1/chat/completions"
+                ));
+            }
+            Error::UnknownModel { name: name.to_owned(), version }
+        })
     }
 
     async fn batcher(&self, name: &str, version: Option<u64>) -> Result<Arc<Batcher>> {
@@ -402,6 +478,7 @@ pub fn is_client_error(e: &Error) -> bool {
             | Error::TooLarge { .. }
             | Error::ValueOutOfRange { .. }
             | Error::NotFinite { .. }
+            | Error::BadRequest(_)
             | Error::Sdk(_)
     )
 }

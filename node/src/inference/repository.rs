@@ -79,7 +79,13 @@ impl ModelRepository {
 
     /// Like [`Self::load`], with a config the caller may have adjusted (thread counts). Blocking.
     pub fn load_config(&self, runtime: &OnnxRuntime, config: ModelConfig) -> Result<LoadedModel> {
-        let path = self.version_dir(&config).join(MODEL_FILE);
+        let bytes = self.read_verified(&config)?;
+        LoadedModel::from_bytes(runtime, config.clone(), config.sha256, &bytes)
+    }
+
+    /// The bytes of a model version's file, checked against the sha256 its config records. Blocking.
+    pub fn read_verified(&self, config: &ModelConfig) -> Result<Vec<u8>> {
+        let path = self.version_dir(config).join(MODEL_FILE);
         let bytes = read_model_file(&config.key(), &path)?;
         let actual = ModelId::of_bytes(&bytes);
         if actual != config.sha256 {
@@ -90,7 +96,7 @@ impl ModelRepository {
                 actual: actual.to_string(),
             });
         }
-        LoadedModel::from_bytes(runtime, config, actual, &bytes)
+        Ok(bytes)
     }
 }
 

@@ -1,0 +1,414 @@
+//! OpenAI-compatible text generation: `POST /v1/completions` and `POST /v1/chat/completions`, whole answers or a
+//! server-sent event stream (`stream: true`; the last chunk carries `usage`, then `data: [DONE]`), for the
+//! text-generation models of the repository. The official `openai` clients work with only `base_url` set.
+//!
+//! Parameters: `max_tokens` (or `max_completion_tokens`), `temperature` (OpenAI's default 1; 0 is greedy), `top_p`,
+//! `top_k` (an extension), `seed` (the node picks one when it is absent and returns it, so every answer can be
+//! reproduced), `stop` (a string or up to 4), `stream`, `stream_options.include_usage`. `n > 1`, `echo`, `logprobs`
+//! and penalties other than 0 are refused with a 400 rather than ignored. A client that goes away (a closed stream,
+//! a dropped connection) cancels its sequence at the next decoding step.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::error::{ApiError, ApiJson};
+use super::pay::PeerAddr;
+use crate::generate::{Completion, Event, GenerateRequest, Generator, Message, Sampling};
+
+/// OpenAI allows at most this many stop strings.
+const MAX_STOPS: usize = 4;
+/// Longest stop string, bytes.
+const MAX_STOP_BYTES: usize = 256;
+
+/// A string or a list of strings (`stop`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `/v1/completions`'s `prompt`: a text, a list holding one text, or token ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// What both endpoints take besides the prompt or messages.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    echo: Option<bool>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    best_of: Option<u32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    prompt: Prompt,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// A chat message's content: a text, or a list of parts of which only text parts are taken.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// Which endpoint: it decides the object names and the shape of a choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Chat,
+}
+
+/// Text generation is free or refused: per-token charging is not built yet, so a node that charges for work serves
+/// generations only to its free list (its operator's own callers) and says so to everybody else.
+fn admit_caller(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
+    let Some(service) = state.payments.as_deref() else { return Ok(()) };
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    if peer.0.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
+        service.metrics().free_jobs.inc();
+        return Ok(());
+    }
+    Err(ApiError::with_status(
+        StatusCode::NOT_IMPLEMENTED,
+        "this node charges for its work, and paid text generation (per-token prices over a payment channel) is not \
+         available yet; use a node that serves generation free, or ask its operator to add you to its free list",
+    ))
+}
+
+fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {
+    match model.split_once(':') {
+        Some((n, v)) => {
+            let v =
+                v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("model version '{v}' is not a number")))?;
+            Ok((n, Some(v)))
+        }
+        None => Ok((model, None)),
+    }
+}
+
+/// Check what this node does not do, then the sampling parameters and stop strings.
+fn parameters(c: &Common) -> Result<(Sampling, Vec<String>, Option<usize>), ApiError> {
+    if c.n.is_some_and(|n| n != 1) || c.best_of.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("n and best_of must be 1: one choice per request"));
+    }
+    if c.echo == Some(true) {
+        return Err(ApiError::bad_request("echo is not supported"));
+    }
+    if c.logprobs.as_ref().is_some_and(|v| !v.is_null() && *v != Value::Bool(false)) {
+        return Err(ApiError::bad_request("logprobs are not supported"));
+    }
+    if c.presence_penalty.is_some_and(|p| p != 0.0) || c.frequency_penalty.is_some_and(|p| p != 0.0) {
+        return Err(ApiError::bad_request("presence_penalty and frequency_penalty must be 0 (not supported)"));
+    }
+    let stop = match &c.stop {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_BYTES} bytes"
+        )));
+    }
+    let sampling = Sampling {
+        temperature: c.temperature.unwrap_or(1.0),
+        top_k: c.top_k.unwrap_or(0),
+        top_p: c.top_p.unwrap_or(1.0),
+        seed: c.seed.unwrap_or_else(rand::random),
+    };
+    sampling.check()?;
+    let max = c.max_completion_tokens.or(c.max_tokens).map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+    Ok((sampling, stop, max))
+}
+
+pub(crate) async fn completions(
+    State(state): State<AppState>,
+    peer: PeerAddr,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    admit_caller(&state, &headers, peer)?;
+    let (name, version) = model_name(&req.common.model)?;
+    let generator = state.engine.generator(name, version).await?;
+    let prompt = match req.prompt {
+        Prompt::Text(t) => generator.tokenizer().encode(&t)?,
+        Prompt::Texts(mut v) if v.len() == 1 => generator.tokenizer().encode(&v.remove(0))?,
+        Prompt::Texts(_) => return Err(ApiError::bad_request("prompt must be one text (one choice per request)")),
+        Prompt::Ids(ids) => ids,
+    };
+    run(generator, prompt, &req.common, Kind::Text).await
+}
+
+pub(crate) async fn chat_completions(
+    State(state): State<AppState>,
+    peer: PeerAddr,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    admit_caller(&state, &headers, peer)?;
+    let (name, version) = model_name(&req.common.model)?;
+    let generator = state.engine.generator(name, version).await?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request("messages must hold at least one message"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
+            return Err(ApiError::bad_request(format!(
+                "message role '{}' is not supported (system, developer, user, assistant)",
+                m.role
+            )));
+        }
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(ApiError::bad_request(format!(
+                                "content parts of type '{kind}' are not supported"
+                            )));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        let role = if m.role == "developer" { "system".to_owned() } else { m.role };
+        messages.push(Message { role, content });
+    }
+    let text = generator.tokenizer().chat_prompt(&messages)?;
+    let prompt = generator.tokenizer().encode(&text)?;
+    run(generator, prompt, &req.common, Kind::Chat).await
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn usage(c: &Completion) -> Value {
+    json!({
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.output.len(),
+        "total_tokens": c.prompt_tokens + c.output.len(),
+    })
+}
+
+/// Everything a response's objects share.
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+    seed: u64,
+    fingerprint: String,
+}
+
+impl Head {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Text, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn base(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "seed": self.seed,
+            "choices": choices,
+        })
+    }
+
+    /// A streamed piece of text (or, for chat, the opening role delta when `text` is `None`).
+    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+        let choice = match self.kind {
+            Kind::Text => json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null }),
+            Kind::Chat => {
+                let delta = match (text, finish) {
+                    (None, None) => json!({ "role": "assistant", "content": "" }),
+                    (Some(t), _) => json!({ "content": t }),
+                    (None, Some(_)) => json!({}),
+                };
+                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null })
+            }
+        };
+        self.base(true, json!([choice]))
+    }
+}
+
+async fn run(
+    generator: std::sync::Arc<Generator>,
+    prompt: Vec<u32>,
+    c: &Common,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let (sampling, stop, max_tokens) = parameters(c)?;
+    let max_tokens = generator.check(&prompt, max_tokens, &sampling)?;
+    let rx = generator.submit(GenerateRequest { prompt, max_tokens, sampling, stop })?;
+    let config = generator.config();
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let head = Head {
+        id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+        created: now_unix(),
+        model: format!("{}:{}", config.name, config.version),
+        kind,
+        seed: sampling.seed,
+        fingerprint: format!("mlbridge-{}", &config.sha256.to_string()[..16]),
+    };
+    if c.stream {
+        let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(stream(head, rx, include_usage).into_response());
+    }
+    let (text, done) = collect(rx).await?;
+    let choice = match kind {
+        Kind::Text => json!({ "index": 0, "text": text, "finish_reason": done.finish.as_str(), "logprobs": null }),
+        Kind::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "finish_reason": done.finish.as_str(),
+            "logprobs": null,
+        }),
+    };
+    let mut body = head.base(false, json!([choice]));
+    body["usage"] = usage(&done);
+    Ok(Json(body).into_response())
+}
+
+/// The whole text and the completion.
+async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<(String, Completion), ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(c) => return Ok((text, c)),
+        }
+    }
+    Err(ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "the generation stopped; the node's log says why"))
+}
+
+fn sse(v: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(v.to_string()))
+}
+
+/// The SSE stream: for chat an opening role delta, then a chunk per piece of text, a last chunk with the finish
+/// reason (and `usage`, unless the client asked for the separate usage chunk of `include_usage`), `[DONE]`.
+fn stream(
+    head: Head,
+    rx: mpsc::Receiver<Event>,
+    include_usage: bool,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let opening = (head.kind == Kind::Chat).then(|| sse(&head.delta(None, None)));
+    let body = futures::stream::unfold(Some((head, rx)), move |state| async move {
+        let (head, mut rx) = state?;
+        match rx.recv().await {
+            Some(Event::Text(t)) => {
+                let ev = sse(&head.delta(Some(&t), None));
+                Some((vec![ev], Some((head, rx))))
+            }
+            Some(Event::Done(done)) => {
+                let mut last = head.delta(None, Some(done.finish.as_str()));
+                let mut out = Vec::new();
+                if include_usage {
+                    out.push(sse(&last));
+                    last = head.base(true, json!([]));
+                }
+                last["usage"] = usage(&done);
+                out.push(sse(&last));
+                out.push(Ok(SseEvent::default().data("[DONE]")));
+                Some((out, None))
+            }
+            None => {
+                let error = json!({ "error": { "message": "the generation stopped; the node's log says why" } });
+                Some((vec![sse(&error)], None))
+            }
+        }
+    })
+    .flat_map(futures::stream::iter);
+    Sse::new(futures::stream::iter(opening).chain(body)).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,229 @@
+//! The decoder graph (`scripts/modelgen/smollm.py` documents it) and the KV memory of its sequences.
+//!
+//! One [`Decoder::step`] runs any mix of sequences: each row brings its new tokens (a whole prompt, one sampled token,
+//! or a prompt plus claimed output for a validator) and its cache; the graph returns the logits asked for and the new
+//! tokens' keys and values, which are appended to each row's [`KvCache`]. Rows are right-padded to the longest new
+//! part and the longest past; the attention mask keeps padding out of every real token's view. Blocking: runs on the
+//! scheduler's thread.
+
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor as OrtTensor};
+
+use crate::inference::ModelConfig;
+use crate::inference::runtime::OnnxRuntime;
+use crate::{Error, Result};
+
+/// Sizes read from the graph's signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Transformer blocks (one KV cache pair each).
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (logits per position).
+    pub vocab: usize,
+}
+
+impl Shape {
+    /// Floats of one token in one layer's key (or value) cache.
+    fn per_token(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// The keys and values of one sequence, every layer, allocated once for its whole reserved length.
+#[derive(Debug)]
+pub struct KvCache {
+    /// Per layer: keys then values, each `[kv_heads][capacity][head_dim]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    capacity: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// Room for `capacity` tokens.
+    pub fn new(shape: Shape, capacity: usize) -> Self {
+        let n = shape.per_token() * capacity;
+        Self { layers: (0..shape.layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect(), capacity, len: 0 }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One row of a step.
+#[derive(Debug)]
+pub struct Row<'a> {
+    /// Tokens to run, following what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache (grows by `tokens.len()`).
+    pub cache: &'a mut KvCache,
+    /// Positions within `tokens` whose next-token logits to return.
+    pub logits_at: Vec<usize>,
+}
+
+/// A loaded decoder.
+#[derive(Debug)]
+pub struct Decoder {
+    session: Mutex<Session>,
+    shape: Shape,
+    key: String,
+}
+
+impl Decoder {
+    /// Create the session from verified model bytes and read its sizes from the signature.
+    pub fn from_bytes(runtime: &OnnxRuntime, config: &ModelConfig, bytes: &[u8]) -> Result<Self> {
+        let key = config.key();
+        let fail = |e: ort::Error| Error::SessionCreate { model: key.clone(), reason: e.to_string() };
+        let mut builder = Session::builder(runtime.env())
+            .map_err(fail)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| fail(e.into()))?
+            .with_intra_threads(config.intra_op_threads)
+            .map_err(|e| fail(e.into()))?;
+        if !config.intra_op_spinning {
+            builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.into()))?;
+        }
+        let session =
+            builder.with_inter_threads(1).map_err(|e| fail(e.into()))?.commit_from_memory(bytes).map_err(fail)?;
+        let shape = read_shape(&session).map_err(|reason| Error::SignatureMismatch { model: key.clone(), reason })?;
+        Ok(Self { session: Mutex::new(session), shape, key })
+    }
+
+    /// The graph's sizes.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Run one step over `rows`; returns, per row, the logits of each of its `logits_at` positions (concatenated,
+    /// `vocab` floats each). Every row's cache grows by its tokens. Blocks.
+    pub fn step(&self, rows: &mut [Row<'_>]) -> Result<Vec<Vec<f32>>> {
+        let fail = |reason: String| Error::Inference { model: self.key.clone(), reason };
+        let s = self.shape;
+        let b = rows.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(r) = rows.iter().find(|r| r.tokens.is_empty() || r.cache.len + r.tokens.len() > r.cache.capacity) {
+            return Err(fail(format!("a row of {} tokens does not fit its cache", r.tokens.len())));
+        }
+        let new = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
+        // At least one past slot (masked when unused): no zero-sized tensors.
+        let past = rows.iter().map(|r| r.cache.len).max().unwrap_or(0).max(1);
+        let k = rows.iter().map(|r| r.logits_at.len()).max().unwrap_or(1).max(1);
+        let mut ids = vec![0i64; b * new];
+        let mut pos = vec![0i64; b * new];
+        let mut mask = vec![0i64; b * (past + new)];
+        let mut at = vec![0i64; b * k];
+        for (i, r) in rows.iter().enumerate() {
+            for (j, &t) in r.tokens.iter().enumerate() {
+                ids[i * new + j] = i64::from(t);
+                pos[i * new + j] = (r.cache.len + j) as i64;
+                mask[i * (past + new) + past + j] = 1;
+            }
+            mask[i * (past + new)..][..r.cache.len].fill(1);
+            for (j, &p) in r.logits_at.iter().enumerate() {
+                if p >= r.tokens.len() {
+                    return Err(fail(format!("logits asked at {p} of {} tokens", r.tokens.len())));
+                }
+                at[i * k + j] = p as i64;
+            }
+        }
+        let dims = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let ort_fail = |e: ort::Error| fail(e.to_string());
+        let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(4 + 2 * s.layers);
+        inputs.push(("input_ids".into(), OrtTensor::from_array((dims(&[b, new]), ids)).map_err(ort_fail)?.into_dyn()));
+        inputs
+            .push(("position_ids".into(), OrtTensor::from_array((dims(&[b, new]), pos)).map_err(ort_fail)?.into_dyn()));
+        inputs.push((
+            "attention_mask".into(),
+            OrtTensor::from_array((dims(&[b, past + new]), mask)).map_err(ort_fail)?.into_dyn(),
+        ));
+        inputs.push(("logits_index".into(), OrtTensor::from_array((dims(&[b, k]), at)).map_err(ort_fail)?.into_dyn()));
+        let hd = s.head_dim;
+        for layer in 0..s.layers {
+            for (kind, pick) in [("key", 0usize), ("value", 1)] {
+                let mut buf = vec![0f32; b * s.kv_heads * past * hd];
+                for (i, r) in rows.iter().enumerate() {
+                    let (keys, values) = &r.cache.layers[layer];
+                    let src = if pick == 0 { keys } else { values };
+                    for h in 0..s.kv_heads {
+                        let from = &src[h * r.cache.capacity * hd..][..r.cache.len * hd];
+                        buf[((i * s.kv_heads + h) * past) * hd..][..from.len()].copy_from_slice(from);
+                    }
+                }
+                let t = OrtTensor::from_array((dims(&[b, s.kv_heads, past, hd]), buf)).map_err(ort_fail)?;
+                inputs.push((format!("past_{kind}.{layer}"), t.into_dyn()));
+            }
+        }
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outputs = session.run(inputs).map_err(ort_fail)?;
+        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_fail)?;
+        let mut answers = Vec::with_capacity(b);
+        for (i, r) in rows.iter().enumerate() {
+            answers.push(logits[i * k * s.vocab..][..r.logits_at.len() * s.vocab].to_vec());
+        }
+        for layer in 0..s.layers {
+            for (kind, pick) in [("key", 0usize), ("value", 1)] {
+                let (_, data) =
+                    outputs[format!("{kind}.{layer}").as_str()].try_extract_tensor::<f32>().map_err(ort_fail)?;
+                for (i, r) in rows.iter_mut().enumerate() {
+                    let (cap, len, n) = (r.cache.capacity, r.cache.len, r.tokens.len());
+                    let (keys, values) = &mut r.cache.layers[layer];
+                    let dst = if pick == 0 { keys } else { values };
+                    for h in 0..s.kv_heads {
+                        let from = &data[((i * s.kv_heads + h) * new) * hd..][..n * hd];
+                        dst[(h * cap + len) * hd..][..n * hd].copy_from_slice(from);
+                    }
+                }
+            }
+        }
+        for r in rows.iter_mut() {
+            r.cache.len += r.tokens.len();
+        }
+        Ok(answers)
+    }
+}
+
+/// Layers, heads and sizes from the graph's inputs and outputs (and a check that it is our decoder's interface).
+fn read_shape(session: &Session) -> std::result::Result<Shape, String> {
+    let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    for want in ["input_ids", "position_ids", "attention_mask", "logits_index", "past_key.0", "past_value.0"] {
+        if !names.contains(&want) {
+            return Err(format!("the graph has no input '{want}'; it is not a KV-cache decoder (inputs: {names:?})"));
+        }
+    }
+    let layers = names.iter().filter(|n| n.starts_with("past_key.")).count();
+    let dims = |name: &str, outputs: bool| {
+        let list = if outputs { session.outputs() } else { session.inputs() };
+        list.iter().find(|o| o.name() == name).and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()))
+    };
+    let past = dims("past_key.0", false).ok_or("past_key.0 has no shape")?;
+    let logits = dims("logits", true).ok_or("the graph has no output 'logits'")?;
+    let (Some(&kv_heads), Some(&head_dim), Some(&vocab)) = (past.get(1), past.get(3), logits.get(2)) else {
+        return Err(format!("unexpected shapes: past_key.0 {past:?}, logits {logits:?}"));
+    };
+    if kv_heads < 1 || head_dim < 1 || vocab < 1 {
+        return Err(format!("the graph must fix KV heads, head size and vocabulary: {past:?}, {logits:?}"));
+    }
+    for l in 0..layers {
+        for n in [format!("past_value.{l}"), format!("past_key.{l}")] {
+            if !names.contains(&n.as_str()) {
+                return Err(format!("the graph has no input '{n}'"));
+            }
+        }
+    }
+    Ok(Shape { layers, kv_heads: kv_heads as usize, head_dim: head_dim as usize, vocab: vocab as usize })
+}

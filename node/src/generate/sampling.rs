@@ -1,0 +1,168 @@
+//! Picking the next token from logits: greedy, or temperature / top-k / top-p sampling driven by a seed.
+//!
+//! Sampling is reproducible: the random stream is ChaCha8 seeded with the request's seed (the node picks one when the
+//! client gives none, and reports it), one draw per token, and the candidate set is ordered by logit, then by token
+//! id. So the same model, prompt, parameters and seed give the same tokens, and a validator can replay the sampler over
+//! teacher-forced logits.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How to pick tokens. `temperature == 0` is greedy (the other fields are then ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0 = all).
+    pub top_k: u32,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
+    pub top_p: f32,
+    /// Seed of the random stream.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Greedy decoding.
+    pub const GREEDY: Self = Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+
+    /// Check the parameters (OpenAI's ranges: temperature 0-2, top_p in (0, 1]).
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return Err(Error::BadRequest(format!("temperature must be between 0 and 2, not {}", self.temperature)));
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::BadRequest(format!("top_p must be in (0, 1], not {}", self.top_p)));
+        }
+        Ok(())
+    }
+
+    /// Whether this is greedy decoding.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// The sampler of one sequence.
+#[derive(Debug)]
+pub struct Sampler {
+    params: Sampling,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler for `params`.
+    pub fn new(params: Sampling) -> Self {
+        Self { params, rng: ChaCha8Rng::seed_from_u64(params.seed) }
+    }
+
+    /// The next token.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
+        if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        let u: f64 = self.rng.r#gen();
+        sample(logits, &self.params, u)
+    }
+}
+
+/// Index of the largest logit (the lowest index among equals).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.
+pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let k = if params.top_k == 0 { order.len() } else { (params.top_k as usize).min(order.len()) };
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_logit);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(by_logit);
+    let t = f64::from(params.temperature);
+    let top = f64::from(logits[order[0] as usize]);
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - top) / t).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    // Nucleus: the shortest prefix reaching top_p.
+    let mut keep = probs.len();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if acc >= f64::from(params.top_p) {
+            keep = i + 1;
+            break;
+        }
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let target = u * mass;
+    let mut acc = 0.0;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        acc += p;
+        if target < acc {
+            return order[i];
+        }
+    }
+    order[keep - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_largest() {
+        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(Sampler::new(Sampling::GREEDY).pick(&[0.0, 0.5, 0.2]), 1);
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_choice() {
+        let logits = [1.0, 4.0, 3.0, 2.0];
+        let p = Sampling { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 0 };
+        for u in [0.0, 0.5, 0.999] {
+            assert_eq!(sample(&logits, &p, u), 1);
+        }
+        let p = Sampling { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 0 };
+        // P(token 1) = e^4 / (e^1 + e^4 + e^3 + e^2) = 0.64 >= 0.5: only token 1 is left.
+        assert_eq!(sample(&logits, &p, 0.99), 1);
+        let p = Sampling { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
+        assert_eq!(sample(&logits, &p, 0.0), 1);
+        assert_eq!(sample(&logits, &p, 0.99), 2);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_tokens_and_another_differs() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 300.0).collect();
+        let params = |seed| Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed };
+        let run = |seed| {
+            let mut s = Sampler::new(params(seed));
+            (0..32).map(|_| s.pick(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn parameters_out_of_range_are_refused() {
+        let bad = [
+            Sampling { temperature: -0.5, ..Sampling::GREEDY },
+            Sampling { temperature: f32::NAN, ..Sampling::GREEDY },
+            Sampling { top_p: 0.0, ..Sampling::GREEDY },
+            Sampling { top_p: 1.5, ..Sampling::GREEDY },
+        ];
+        for s in bad {
+            assert!(s.check().is_err(), "{s:?}");
+        }
+    }
+}

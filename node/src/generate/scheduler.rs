@@ -1,0 +1,433 @@
+//! The generation scheduler: continuous (iteration-level) batching on one thread per model.
+//!
+//! Requests wait in a bounded queue. Between decoding steps the scheduler admits the oldest waiting requests while a
+//! sequence slot is free and the KV budget holds their prompt plus `max_tokens` (reserved whole at admission, so a
+//! running sequence never runs out of memory), prefills the admitted prompts together, then runs one decoding step
+//! for every running sequence. Sequences leave as soon as they finish (a stop token, a stop string, `max_tokens`)
+//! or their client goes away (its event receiver dropped), and their memory goes to the next in line. A full queue is
+//! refused at once ([`Error::GenerationFull`], a 503 with Retry-After over HTTP).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::decoder::{Decoder, KvCache, Row};
+use super::sampling::{Sampler, Sampling};
+use super::tokenizer::{ChatTokenizer, Detokenizer, StopMatcher};
+use crate::inference::config::{GenerationConfig, ModelConfig};
+use crate::metrics::NodeMetrics;
+use crate::{Error, Result};
+
+/// Padded prompt tokens (rows x longest prompt) one prefill call may hold: bounds its activation memory.
+const PREFILL_TOKENS: usize = 4096;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Prompt token ids (chat template already applied).
+    pub prompt: Vec<u32>,
+    /// Most output tokens.
+    pub max_tokens: usize,
+    /// Decoding rule.
+    pub sampling: Sampling,
+    /// Strings that end the output (not included in it).
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Output token ids, the stop token included when one ended it.
+    pub output: Vec<u32>,
+    /// The sampling parameters, seed included.
+    pub sampling: Sampling,
+}
+
+/// What a generation sends as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A piece of output text (complete characters; text that may begin a stop string is held back).
+    Text(String),
+    /// The end.
+    Done(Completion),
+}
+
+struct Waiting {
+    req: GenerateRequest,
+    events: mpsc::Sender<Event>,
+    since: Instant,
+}
+
+struct Running {
+    req: GenerateRequest,
+    events: mpsc::Sender<Event>,
+    cache: KvCache,
+    output: Vec<u32>,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    reserved: usize,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A text-generation model being served.
+pub struct Generator {
+    shared: Arc<Shared>,
+    decoder: Arc<Decoder>,
+    tokenizer: Arc<ChatTokenizer>,
+    config: ModelConfig,
+    queue_capacity: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator").field("model", &self.config.key()).finish_non_exhaustive()
+    }
+}
+
+impl Generator {
+    /// Start the scheduler thread of `config`'s model.
+    pub fn start(
+        decoder: Decoder,
+        tokenizer: Arc<ChatTokenizer>,
+        config: ModelConfig,
+        queue_capacity: usize,
+        metrics: NodeMetrics,
+    ) -> Result<Self> {
+        let generation = config.generation.clone().ok_or_else(|| Error::NotTextModel { model: config.key() })?;
+        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new() });
+        let decoder = Arc::new(decoder);
+        let mut sched = Scheduler {
+            shared: shared.clone(),
+            decoder: decoder.clone(),
+            tokenizer: tokenizer.clone(),
+            generation,
+            max_sequences: config.max_batch_size,
+            key: config.key(),
+            metrics,
+            running: Vec::new(),
+            used: 0,
+        };
+        let thread =
+            std::thread::Builder::new().name(format!("generate-{}", config.name)).spawn(move || sched.run()).map_err(
+                |e| Error::LoadFailed { model: config.key(), reason: format!("cannot start its thread: {e}") },
+            )?;
+        Ok(Self { shared, decoder, tokenizer, config, queue_capacity, thread: Some(thread) })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Its `[generation]` settings.
+    pub fn generation(&self) -> &GenerationConfig {
+        self.config.generation.as_ref().expect("a generator's config has [generation]")
+    }
+
+    /// Its tokenizer and chat template.
+    pub fn tokenizer(&self) -> &ChatTokenizer {
+        &self.tokenizer
+    }
+
+    /// The decoder (for teacher-forced checks).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Check a request against the model's limits; the output budget is `max_tokens` or the default.
+    pub fn check(&self, prompt: &[u32], max_tokens: Option<usize>, sampling: &Sampling) -> Result<usize> {
+        let g = self.generation();
+        sampling.check()?;
+        if prompt.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let vocab = self.decoder.shape().vocab;
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        let max_tokens = max_tokens.unwrap_or(g.default_max_tokens.min(g.max_context.saturating_sub(prompt.len())));
+        if max_tokens == 0 {
+            return Err(Error::BadRequest("max_tokens must be at least 1".into()));
+        }
+        if prompt.len() + max_tokens > g.max_context {
+            return Err(Error::BadRequest(format!(
+                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {} tokens; \
+                 shorten the prompt or ask for fewer tokens",
+                prompt.len(),
+                g.max_context
+            )));
+        }
+        Ok(max_tokens)
+    }
+
+    /// Queue a generation; its events arrive on the returned receiver. Dropping the receiver cancels it.
+    pub fn submit(&self, req: GenerateRequest) -> Result<mpsc::Receiver<Event>> {
+        self.check(&req.prompt, Some(req.max_tokens), &req.sampling)?;
+        // Room for every event the sequence can send (a text piece per token at most, then the end): the scheduler
+        // never waits on a slow reader and the memory is bounded by max_tokens.
+        let (events, rx) = mpsc::channel(req.max_tokens + 2);
+        let mut q = self.shared.lock();
+        q.waiting.retain(|w| !w.events.is_closed());
+        if q.waiting.len() >= self.queue_capacity {
+            return Err(Error::GenerationFull { model: self.config.key(), waiting: q.waiting.len() });
+        }
+        q.waiting.push_back(Waiting { req, events, since: Instant::now() });
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Logits after each of `tokens[from..]`'s predecessors: row `i` predicts `tokens[from + i]` from everything
+    /// before it. One forward pass over the whole sequence (teacher forcing), outside the scheduler. Blocks.
+    pub fn teacher_forced(&self, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
+        if from == 0 || from > tokens.len() {
+            return Err(Error::BadRequest("teacher forcing needs a prompt of at least one token".into()));
+        }
+        let mut cache = KvCache::new(self.decoder.shape(), tokens.len());
+        let logits_at = (from - 1..tokens.len().saturating_sub(1)).collect();
+        let mut rows = [Row { tokens, cache: &mut cache, logits_at }];
+        Ok(self.decoder.step(&mut rows)?.pop().unwrap_or_default())
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    decoder: Arc<Decoder>,
+    tokenizer: Arc<ChatTokenizer>,
+    generation: GenerationConfig,
+    max_sequences: usize,
+    key: String,
+    metrics: NodeMetrics,
+    running: Vec<Running>,
+    /// KV tokens reserved by running sequences.
+    used: usize,
+}
+
+impl Scheduler {
+    fn run(&mut self) {
+        loop {
+            let Some(admitted) = self.admit() else { return };
+            if let Err(e) = self.prefill(admitted).and_then(|()| self.decode()) {
+                tracing::error!(target: "node::generate", model = %self.key, %e, "decoding step failed");
+                // The sequences of a failed step cannot go on: their caches are inconsistent.
+                for r in self.running.drain(..) {
+                    self.used -= r.reserved;
+                }
+            }
+            self.metrics.generation_sequences.with_label_values(&[&self.key]).set(self.running.len() as f64);
+        }
+    }
+
+    /// Wait for work and take the waiting requests that fit. `None` at shutdown.
+    fn admit(&mut self) -> Option<Vec<Waiting>> {
+        self.running.retain(|r| !r.events.is_closed());
+        self.used = self.running.iter().map(|r| r.reserved).sum();
+        let mut q = self.shared.lock();
+        loop {
+            if q.shutdown {
+                return None;
+            }
+            q.waiting.retain(|w| !w.events.is_closed());
+            let mut admitted = Vec::new();
+            while let Some(w) = q.waiting.front() {
+                let need = w.req.prompt.len() + w.req.max_tokens;
+                if self.running.len() + admitted.len() >= self.max_sequences
+                    || self.used + need > self.generation.kv_budget_tokens
+                {
+                    break;
+                }
+                self.used += need;
+                admitted.extend(q.waiting.pop_front());
+            }
+            if !admitted.is_empty() || !self.running.is_empty() {
+                return Some(admitted);
+            }
+            q = self.shared.wake.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn prefill(&mut self, admitted: Vec<Waiting>) -> Result<()> {
+        let shape = self.decoder.shape();
+        let mut fresh: Vec<Running> = admitted
+            .into_iter()
+            .map(|w| {
+                let wait = w.since.elapsed().as_secs_f64();
+                self.metrics.generation_queue_seconds.with_label_values(&[&self.key]).observe(wait);
+                let reserved = w.req.prompt.len() + w.req.max_tokens;
+                Running {
+                    cache: KvCache::new(shape, reserved),
+                    output: Vec::new(),
+                    sampler: Sampler::new(w.req.sampling),
+                    detok: Detokenizer::default(),
+                    stops: StopMatcher::new(w.req.stop.clone()),
+                    events: w.events,
+                    req: w.req,
+                    reserved,
+                    since: w.since,
+                }
+            })
+            .collect();
+        while !fresh.is_empty() {
+            // A group whose padded size fits PREFILL_TOKENS (at least one sequence).
+            let mut n = 0;
+            let mut longest = 0;
+            while n < fresh.len() {
+                let l = longest.max(fresh[n].req.prompt.len());
+                if n > 0 && l * (n + 1) > PREFILL_TOKENS {
+                    break;
+                }
+                longest = l;
+                n += 1;
+            }
+            let mut group: Vec<Running> = fresh.drain(..n).collect();
+            let logits = {
+                let mut rows: Vec<Row<'_>> = group
+                    .iter_mut()
+                    .map(|r| Row {
+                        tokens: &r.req.prompt,
+                        cache: &mut r.cache,
+                        logits_at: vec![r.req.prompt.len() - 1],
+                    })
+                    .collect();
+                self.decoder.step(&mut rows)?
+            };
+            for (mut r, l) in group.into_iter().zip(logits) {
+                let t = r.sampler.pick(&l);
+                if self.advance(&mut r, t) {
+                    self.used -= r.reserved;
+                } else {
+                    self.running.push(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One token for every running sequence (each feeds the token it sampled last).
+    fn decode(&mut self) -> Result<()> {
+        // Sequences just prefilled are in `running` with their first token: they take part at once.
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        let last: Vec<[u32; 1]> =
+            self.running.iter().map(|r| [*r.output.last().expect("a running sequence has output")]).collect();
+        let logits = {
+            let mut rows: Vec<Row<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&last)
+                .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
+                .collect();
+            self.decoder.step(&mut rows)?
+        };
+        let running = std::mem::take(&mut self.running);
+        let mut still = Vec::with_capacity(running.len());
+        for (mut r, l) in running.into_iter().zip(logits) {
+            let t = r.sampler.pick(&l);
+            if self.advance(&mut r, t) {
+                self.used -= r.reserved;
+            } else {
+                still.push(r);
+            }
+        }
+        self.running = still;
+        Ok(())
+    }
+
+    /// Take `token` as the sequence's next output; `true` when the sequence is done (finished or its client gone).
+    fn advance(&self, r: &mut Running, token: u32) -> bool {
+        r.output.push(token);
+        self.metrics.generated_tokens.with_label_values(&[&self.key]).inc();
+        if r.output.len() == 1 {
+            let ttft = r.since.elapsed().as_secs_f64();
+            self.metrics.time_to_first_token_seconds.with_label_values(&[&self.key]).observe(ttft);
+        }
+        let mut finish = None;
+        if self.generation.stop_token_ids.contains(&token) {
+            finish = Some(FinishReason::Stop);
+        } else {
+            let text = r.detok.push(&self.tokenizer, token);
+            let (emit, hit) = r.stops.feed(&text);
+            if !emit.is_empty() && r.events.try_send(Event::Text(emit)).is_err() {
+                return true;
+            }
+            if hit {
+                return self.finish(r, FinishReason::Stop);
+            }
+        }
+        if finish.is_none() && r.output.len() >= r.req.max_tokens {
+            finish = Some(FinishReason::Length);
+        }
+        let Some(finish) = finish else { return r.events.is_closed() };
+        // Text held back as a possible stop string's start was not one after all.
+        let rest = r.stops.finish();
+        if !rest.is_empty() {
+            let _ = r.events.try_send(Event::Text(rest));
+        }
+        self.finish(r, finish)
+    }
+
+    fn finish(&self, r: &mut Running, finish: FinishReason) -> bool {
+        let _ = r.events.try_send(Event::Done(Completion {
+            finish,
+            prompt_tokens: r.req.prompt.len(),
+            output: std::mem::take(&mut r.output),
+            sampling: r.req.sampling,
+        }));
+        true
+    }
+}
