@@ -266,6 +266,39 @@ fn models(args: &InferenceArgs) -> Result<()> {
     let mut failures = 0;
     for config in repo.configs() {
         let key = config.key();
+        if config.task == crate::inference::Task::TextGeneration {
+            // A decoder: load it and prefill a few tokens.
+            let started = Instant::now();
+            let outcome = repo.read_verified(config).and_then(|bytes| {
+                let decoder = crate::generate::Decoder::from_bytes(&runtime, config, &bytes)?;
+                let load = started.elapsed();
+                let mut cache = crate::generate::KvCache::new(decoder.shape(), 16);
+                let tokens: Vec<u32> = (1..=16).collect();
+                let started = Instant::now();
+                let logits = decoder.step(&mut [crate::generate::decoder::Row {
+                    tokens: &tokens,
+                    cache: &mut cache,
+                    logits_at: vec![15],
+                }])?;
+                Ok((load, started.elapsed(), logits.first().map_or(0, Vec::len)))
+            });
+            match outcome {
+                Ok((load, infer, vocab)) => println!(
+                    "{:<16} {:<9} {:<16} {:>8.1} {:>9.2} {:>15}  logits [1, {vocab}] after a 16-token prefill",
+                    key,
+                    config.precision,
+                    &config.sha256.to_string()[..16],
+                    load.as_secs_f64() * 1e3,
+                    infer.as_secs_f64() * 1e3,
+                    config.generation.as_ref().map_or(0, |g| g.price_wei_per_output_token),
+                ),
+                Err(err) => {
+                    failures += 1;
+                    println!("{key:<16} FAILED: {err}");
+                }
+            }
+            continue;
+        }
         let outcome = repo.load(&runtime, &config.name, Some(config.version)).and_then(|model| {
             let inputs = config.example_inputs(1, 16);
             let started = Instant::now();

@@ -5,6 +5,7 @@
 mod api;
 mod chain;
 mod crash;
+mod generate;
 mod p2p;
 mod paid;
 mod repository;

@@ -1,0 +1,257 @@
+//! Text generation on the real SmolLM2 INT8 decoder with the real ONNX Runtime: the scheduler against a plain
+//! recompute-everything loop, continuous batching, seeds, cancellation, KV-full admission, and the OpenAI endpoints'
+//! answers and SSE streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlbridge_node::generate::decoder::Row;
+use mlbridge_node::generate::{Completion, Event, FinishReason, GenerateRequest, Generator, KvCache, Sampling};
+use mlbridge_node::inference::{Engine, EngineOptions, ModelRepository, OnnxRuntime};
+use mlbridge_node::metrics::NodeMetrics;
+use serde_json::{Value, json};
+
+use crate::support::{repo_with, start_node, url};
+
+const MODEL: &str = "smollm2-135m";
+
+async fn generator(
+    edit: impl Fn(&str) -> String,
+    queue_capacity: usize,
+) -> (tempfile::TempDir, Engine, Arc<Generator>) {
+    let repo = repo_with(&[(MODEL, 2)], edit);
+    let runtime = OnnxRuntime::init(None).expect("ONNX Runtime (run scripts/setup)");
+    let options = EngineOptions { queue_capacity, ..EngineOptions::default() };
+    let engine =
+        Engine::start(runtime, ModelRepository::open(repo.path()).unwrap(), None, NodeMetrics::new().unwrap(), options)
+            .await
+            .unwrap();
+    let generator = engine.generator(MODEL, None).await.unwrap();
+    (repo, engine, generator)
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest { prompt, max_tokens, sampling: Sampling::GREEDY, stop: Vec::new() }
+}
+
+async fn finish(mut rx: tokio::sync::mpsc::Receiver<Event>) -> (String, Completion) {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(c) => return (text, c),
+        }
+    }
+    panic!("the generation ended without its completion");
+}
+
+/// The reference: greedy decoding that recomputes the whole sequence each step (no KV cache reuse, batch 1).
+fn plain_greedy(g: &Generator, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut cache = KvCache::new(g.decoder().shape(), seq.len());
+        let logits = g.decoder().step(&mut [Row { tokens: &seq, cache: &mut cache, logits_at: vec![seq.len() - 1] }]);
+        let t = mlbridge_node::generate::sampling::argmax(&logits.unwrap()[0]);
+        out.push(t);
+        seq.push(t);
+        if g.generation().stop_token_ids.contains(&t) {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_equals_a_plain_loop_and_names_paris() {
+    let (_repo, _engine, g) = generator(str::to_owned, 16).await;
+    let prompt = g.tokenizer().encode("The capital of France is").unwrap();
+    let (text, done) = finish(g.submit(greedy(prompt.clone(), 12)).unwrap()).await;
+    let g2 = g.clone();
+    let reference = tokio::task::spawn_blocking(move || plain_greedy(&g2, &prompt, 12)).await.unwrap();
+    assert_eq!(done.output, reference, "scheduler vs recompute-everything loop");
+    assert_eq!(done.finish, FinishReason::Length);
+    assert_eq!(done.prompt_tokens, 5);
+    assert!(text.starts_with(" Paris"), "{text:?}");
+    assert_eq!(text, g.tokenizer().decode(&done.output), "streamed pieces add up to the decoded output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_batching_gives_every_sequence_the_tokens_it_gets_alone() {
+    let (_repo, _engine, g) = generator(str::to_owned, 16).await;
+    let prompts =
+        ["Once upon a time", "The three primary colors are red, blue and", "def add(a, b):", "Paris is the capital of"];
+    let sampled = Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1234 };
+    let requests: Vec<GenerateRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| GenerateRequest {
+            prompt: g.tokenizer().encode(p).unwrap(),
+            max_tokens: 6 + 3 * i,
+            sampling: if i == 1 { sampled } else { Sampling::GREEDY },
+            stop: Vec::new(),
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for r in &requests {
+        alone.push(finish(g.submit(r.clone()).unwrap()).await.1.output);
+    }
+    // All at once: they share decoding steps, join at different lengths and leave at different times.
+    let receivers: Vec<_> = requests.iter().map(|r| g.submit(r.clone()).unwrap()).collect();
+    let mut together = Vec::new();
+    for rx in receivers {
+        together.push(finish(rx).await.1.output);
+    }
+    assert_eq!(together, alone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_reproduces_a_sampled_generation_and_stop_strings_end_it() {
+    let (_repo, _engine, g) = generator(str::to_owned, 16).await;
+    let prompt = g.tokenizer().encode("My favourite animal is").unwrap();
+    let req = |seed| GenerateRequest {
+        prompt: prompt.clone(),
+        max_tokens: 16,
+        sampling: Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed },
+        stop: Vec::new(),
+    };
+    let a = finish(g.submit(req(42)).unwrap()).await;
+    let b = finish(g.submit(req(42)).unwrap()).await;
+    let c = finish(g.submit(req(43)).unwrap()).await;
+    assert_eq!(a.1.output, b.1.output);
+    assert_eq!(a.0, b.0);
+    assert_ne!(a.1.output, c.1.output, "another seed, another text");
+    // A stop string taken from the greedy text ends the generation just before it.
+    let full = finish(g.submit(greedy(prompt.clone(), 16)).unwrap()).await.0;
+    let cut = full.char_indices().nth(full.chars().count() / 2).map_or(0, |(i, _)| i);
+    let stop: String = full[cut..].chars().take(3).collect();
+    let before = &full[..full.find(&stop).unwrap()];
+    let stopped = finish(g.submit(GenerateRequest { stop: vec![stop.clone()], ..greedy(prompt, 16) }).unwrap()).await;
+    assert_eq!(stopped.0, before, "text up to the stop string {stop:?}");
+    assert_eq!(stopped.1.finish, FinishReason::Stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sequence_frees_its_memory_for_the_next() {
+    // KV room for one sequence of 256 tokens at a time.
+    let budget = |c: &str| {
+        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
+            .replace("max_context = 2048", "max_context = 256")
+    };
+    let (_repo, _engine, g) = generator(budget, 16).await;
+    let prompt = g.tokenizer().encode("Tell me a long story about a dragon.").unwrap();
+    let mut first = g.submit(greedy(prompt.clone(), 240)).unwrap();
+    // The first is running once it sends text.
+    assert!(matches!(first.recv().await, Some(Event::Text(_))));
+    let second = g.submit(greedy(prompt.clone(), 8)).unwrap();
+    // It waits: the first holds the memory.
+    let waited = tokio::time::timeout(Duration::from_millis(500), finish(second)).await;
+    assert!(waited.is_err(), "the second ran while the first held all the KV memory");
+    drop(waited);
+    let second = g.submit(greedy(prompt, 8)).unwrap();
+    drop(first); // the client goes away
+    let (_, done) =
+        tokio::time::timeout(Duration::from_secs(60), finish(second)).await.expect("admitted after the cancel");
+    assert_eq!(done.output.len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_context_or_the_queue_are_refused() {
+    let small = |c: &str| {
+        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
+            .replace("max_context = 2048", "max_context = 256")
+    };
+    let (_repo, _engine, g) = generator(small, 1).await;
+    let prompt = g.tokenizer().encode("Hello there").unwrap();
+    let err = g.submit(greedy(prompt.clone(), 300)).unwrap_err().to_string();
+    assert!(err.contains("context of 256"), "{err}");
+    assert!(g.submit(greedy(vec![60_000], 4)).unwrap_err().to_string().contains("outside the vocabulary"));
+    let _running = g.submit(greedy(prompt.clone(), 240)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _waiting = g.submit(greedy(prompt.clone(), 200)).unwrap();
+    let full = g.submit(greedy(prompt, 200)).unwrap_err();
+    assert!(matches!(full, mlbridge_node::Error::GenerationFull { .. }), "{full}");
+}
+
+/// Parse a server-sent event stream: the JSON of every `data:` line, and whether it ended with `[DONE]`.
+fn parse_sse(body: &str) -> (Vec<Value>, bool) {
+    let mut events = Vec::new();
+    let mut done = false;
+    for block in body.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        assert!(!done, "an event after [DONE]: {block:?}");
+        let data: String = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        if block.lines().all(|l| l.starts_with(':')) {
+            continue; // keep-alive comment
+        }
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(&data).unwrap_or_else(|e| panic!("bad event {block:?}: {e}")));
+        }
+    }
+    (events, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_endpoints_answer_and_stream_the_same_text() {
+    let repo = repo_with(&[(MODEL, 2), ("mlp-tiny", 2)], str::to_owned);
+    let node = start_node(|c| c.model_repository = repo.path().to_owned()).await;
+    let http = reqwest::Client::new();
+    let chat = json!({
+        "model": MODEL, "temperature": 0, "max_tokens": 24,
+        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+    });
+    let whole: Value =
+        http.post(url(&node, "/v1/chat/completions")).json(&chat).send().await.unwrap().json().await.unwrap();
+    assert_eq!(whole["object"], "chat.completion");
+    let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    assert!(text.contains("Paris"), "{whole}");
+    let usage = &whole["usage"];
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let resp = http.post(url(&node, "/v1/chat/completions")).json(&streamed).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (events, done) = parse_sse(&resp.text().await.unwrap());
+    assert!(done, "the stream ends with [DONE]");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let id = events[0]["id"].clone();
+    assert!(events.iter().all(|e| e["id"] == id && e["object"] == "chat.completion.chunk"));
+    let joined: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(joined, text, "streamed pieces equal the whole answer");
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], whole["choices"][0]["finish_reason"]);
+    assert_eq!(last["usage"], whole["usage"]);
+
+    let completion = json!({ "model": format!("{MODEL}:2"), "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0 });
+    let (status, body) = crate::support::post(&node, "/v1/completions", &completion).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["choices"][0]["text"].as_str().unwrap().starts_with(" Paris"), "{body}");
+
+    // Refusals: another kind of model, unknown parameters' values, a prompt beyond the context.
+    let (status, body) =
+        crate::support::post(&node, "/v1/completions", &json!({ "model": "mlp-tiny", "prompt": "x" })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) =
+        crate::support::post(&node, "/v1/completions", &json!({ "model": MODEL, "prompt": "x", "n": 2 })).await;
+    assert_eq!(status, 400);
+    let (status, _) =
+        crate::support::post(&node, "/v1/completions", &json!({ "model": MODEL, "prompt": "x", "temperature": 3 }))
+            .await;
+    assert_eq!(status, 400);
+    let (status, _) =
+        crate::support::post(&node, "/v1/completions", &json!({ "model": MODEL, "prompt": "x", "max_tokens": 4096 }))
+            .await;
+    assert_eq!(status, 400);
+    let (status, _) = crate::support::post(&node, "/v2/models/smollm2-135m/infer", &json!({ "inputs": [] })).await;
+    assert_eq!(status, 400, "tensor inference on a decoder is refused with a pointer to the right endpoint");
+    let (_, models) = crate::support::get(&node, "/v1/models").await;
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == MODEL && m["task"] == "text-generation"));
+    node.shutdown.cancel();
+    node.join().await;
+}
