@@ -26,17 +26,20 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def quantize_weight_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 per output column of a [in, out] weight. Returns (int8 weight, fp32 scale[out])."""
+def quantize_weight_per_channel(w: np.ndarray, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 per output column of a [in, out] weight, values in [-qmax, qmax]. Returns (int8 weight, fp32
+    scale[out])."""
     amax = np.abs(w).max(axis=0).astype(np.float32)
-    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
     return q, scale
 
 
-def per_token_int8(model: onnx.ModelProto, keep_fp32: Callable[[str], bool] = lambda _: False) -> onnx.ModelProto:
+def per_token_int8(
+    model: onnx.ModelProto, keep_fp32: Callable[[str], bool] = lambda _: False, weight_qmax: int = 127
+) -> onnx.ModelProto:
     """Return a copy of `model` with every constant-weight MatMul quantized per token x per channel (except those whose
-    weight name `keep_fp32` selects)."""
+    weight name `keep_fp32` selects), weights in [-weight_qmax, weight_qmax]."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -76,7 +79,7 @@ def per_token_int8(model: onnx.ModelProto, keep_fp32: Callable[[str], bool] = la
             new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{base}.xscale", f"{base}.zp"], [f"{base}.xq"], axis=-1, block_size=width, name=f"{base}.quantize"))
             quantized_inputs[x] = (f"{base}.xq", f"{base}.xscale")
         xq, xscale = quantized_inputs[x]
-        wq, wscale = quantize_weight_per_channel(numpy_helper.to_array(inits[w_name]))
+        wq, wscale = quantize_weight_per_channel(numpy_helper.to_array(inits[w_name]), weight_qmax)
         wq_name = const(f"{w_name}.int8", wq)
         ws_name = const(f"{w_name}.scale", wscale)
         replaced_weights.add(w_name)

@@ -18,6 +18,8 @@
 //!    others' disputes after re-executing their evidence (or the node's own record); **resolve** after the deadline
 //!    and claim the winnings.
 //!
+//! Text generations are checked with one teacher-forced forward pass ([`generation`]).
+//!
 //! Every transaction is tracked to N confirmations ([`chain`]). Metrics are on `/metrics` ([`metrics`]); the
 //! command line is in [`cli`].
 
@@ -28,6 +30,7 @@ pub mod compare;
 pub mod config;
 pub mod daemon;
 mod error;
+pub mod generation;
 pub mod keys;
 pub mod metrics;
 pub mod reexec;

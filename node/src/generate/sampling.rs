@@ -49,13 +49,13 @@ impl Sampling {
 #[derive(Debug)]
 pub struct Sampler {
     params: Sampling,
-    rng: ChaCha8Rng,
+    draws: Draws,
 }
 
 impl Sampler {
     /// A sampler for `params`.
     pub fn new(params: Sampling) -> Self {
-        Self { params, rng: ChaCha8Rng::seed_from_u64(params.seed) }
+        Self { params, draws: Draws::new(params.seed) }
     }
 
     /// The next token.
@@ -63,8 +63,7 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax(logits);
         }
-        let u: f64 = self.rng.r#gen();
-        sample(logits, &self.params, u)
+        sample(logits, &self.params, self.draws.next_uniform())
     }
 }
 
@@ -79,8 +78,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.
-pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
+/// The tokens sampling may pick from `logits` under `params` (by logit, then id) and their probabilities, which sum
+/// to 1: temperature, then top-k, then the nucleus (the shortest prefix reaching top-p).
+pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     let k = if params.top_k == 0 { order.len() } else { (params.top_k as usize).min(order.len()) };
@@ -94,7 +94,6 @@ pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
     let mut probs: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - top) / t).exp()).collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
-    // Nucleus: the shortest prefix reaching top_p.
     let mut keep = probs.len();
     let mut acc = 0.0;
     for (i, p) in probs.iter().enumerate() {
@@ -104,16 +103,40 @@ pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
             break;
         }
     }
-    let mass: f64 = probs[..keep].iter().sum();
-    let target = u * mass;
+    order.truncate(keep);
+    probs.truncate(keep);
+    let mass: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= mass);
+    (order, probs)
+}
+
+/// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.
+pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
+    let (order, probs) = candidates(logits, params);
     let mut acc = 0.0;
-    for (i, p) in probs[..keep].iter().enumerate() {
+    for (t, p) in order.iter().zip(&probs) {
         acc += p;
-        if target < acc {
-            return order[i];
+        if u < acc {
+            return *t;
         }
     }
-    order[keep - 1]
+    *order.last().expect("at least one candidate")
+}
+
+/// The draws of a seeded sampler, one per sampled token (what a validator replays).
+#[derive(Debug)]
+pub struct Draws(ChaCha8Rng);
+
+impl Draws {
+    /// The draws of `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// The next uniform draw in [0, 1).
+    pub fn next_uniform(&mut self) -> f64 {
+        self.0.r#gen()
+    }
 }
 
 #[cfg(test)]

@@ -15,11 +15,25 @@ use crate::support::{repo_with, start_node, url};
 
 const MODEL: &str = "smollm2-135m";
 
+/// The fp32 decoder: its incremental decoding matches a whole-sequence pass to about 1e-5 in the logits. The INT8
+/// one (version 2) does not once sequences grow: fp32 attention sums that differ in the last bit flip some per-token
+/// INT8 roundings, and the flips cascade through the blocks (measured: logits apart by 1-5 after 7 steps), so tests
+/// that compare token sequences across batch shapes use version 1.
+const EXACT: u64 = 1;
+
 async fn generator(
     edit: impl Fn(&str) -> String,
     queue_capacity: usize,
 ) -> (tempfile::TempDir, Engine, Arc<Generator>) {
-    let repo = repo_with(&[(MODEL, 2)], edit);
+    generator_version(2, edit, queue_capacity).await
+}
+
+async fn generator_version(
+    version: u64,
+    edit: impl Fn(&str) -> String,
+    queue_capacity: usize,
+) -> (tempfile::TempDir, Engine, Arc<Generator>) {
+    let repo = repo_with(&[(MODEL, version)], edit);
     let runtime = OnnxRuntime::init(None).expect("ONNX Runtime (run scripts/setup)");
     let options = EngineOptions { queue_capacity, ..EngineOptions::default() };
     let engine =
@@ -64,7 +78,7 @@ fn plain_greedy(g: &Generator, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_generation_equals_a_plain_loop_and_names_paris() {
-    let (_repo, _engine, g) = generator(str::to_owned, 16).await;
+    let (_repo, _engine, g) = generator_version(EXACT, str::to_owned, 16).await;
     let prompt = g.tokenizer().encode("The capital of France is").unwrap();
     let (text, done) = finish(g.submit(greedy(prompt.clone(), 12)).unwrap()).await;
     let g2 = g.clone();
@@ -78,7 +92,7 @@ async fn greedy_generation_equals_a_plain_loop_and_names_paris() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_batching_gives_every_sequence_the_tokens_it_gets_alone() {
-    let (_repo, _engine, g) = generator(str::to_owned, 16).await;
+    let (_repo, _engine, g) = generator_version(EXACT, str::to_owned, 16).await;
     let prompts =
         ["Once upon a time", "The three primary colors are red, blue and", "def add(a, b):", "Paris is the capital of"];
     let sampled = Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1234 };

@@ -1,0 +1,113 @@
+//! Teacher-forced verification of generations on the real SmolLM2 decoders: honest generations pass, a changed
+//! token, a shortened answer and another model's text fail. The checked model is the fp32 version: the INT8 one's
+//! incremental decoding is not reproduced by a whole-sequence pass (see the note in node/tests/it/generate.rs).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mlbridge_node::generate::{Completion, Event, GenerateRequest, Generator, Sampling};
+use mlbridge_node::inference::{Engine, EngineOptions, ModelRepository, OnnxRuntime};
+use mlbridge_node::metrics::NodeMetrics;
+use mlbridge_validator::generation::{GenerationClaim, Verdict, verify_generation};
+
+/// An engine over a repository holding only the two SmolLM2 versions (links to the real files).
+async fn engine() -> (tempfile::TempDir, Engine) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m");
+    for version in ["1", "2"] {
+        let dst = tmp.path().join("smollm2-135m").join(version);
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(root.join(version)).unwrap() {
+            let path = entry.unwrap().path();
+            std::os::unix::fs::symlink(&path, dst.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let runtime = OnnxRuntime::init(None).expect("ONNX Runtime (run scripts/setup)");
+    let repo = ModelRepository::open(tmp.path()).unwrap();
+    let engine =
+        Engine::start(runtime, repo, None, NodeMetrics::new().unwrap(), EngineOptions::default()).await.unwrap();
+    (tmp, engine)
+}
+
+async fn generate(g: &Generator, req: GenerateRequest) -> Completion {
+    let mut rx = g.submit(req).unwrap();
+    while let Some(ev) = rx.recv().await {
+        if let Event::Done(c) = ev {
+            return c;
+        }
+    }
+    panic!("no completion");
+}
+
+fn tolerance(g: &Generator) -> f32 {
+    g.config().validation.max_abs_diff as f32
+}
+
+async fn check(
+    g: &Arc<Generator>,
+    prompt: &[u32],
+    output: &[u32],
+    sampling: Sampling,
+    max_tokens: usize,
+    stop: &[String],
+) -> Verdict {
+    let (g, prompt, output, stop) = (g.clone(), prompt.to_vec(), output.to_vec(), stop.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let claim = GenerationClaim { prompt: &prompt, output: &output, sampling, max_tokens, stop: &stop };
+        verify_generation(&g, &claim, tolerance(&g)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_generations_pass_and_altered_ones_fail() {
+    let (_tmp, engine) = engine().await;
+    let model = engine.generator("smollm2-135m", Some(1)).await.unwrap();
+    let prompt = model.tokenizer().encode("Once upon a time, there was a").unwrap();
+    let greedy = Sampling::GREEDY;
+    let sampled = Sampling { temperature: 0.9, top_k: 50, top_p: 0.9, seed: 77 };
+    let req = |sampling, max_tokens, stop: Vec<String>| GenerateRequest {
+        prompt: prompt.clone(),
+        max_tokens,
+        sampling,
+        stop,
+    };
+
+    let honest = generate(&model, req(greedy, 24, vec![])).await;
+    assert_eq!(check(&model, &prompt, &honest.output, greedy, 24, &[]).await, Verdict::Valid);
+    let honest_sampled = generate(&model, req(sampled, 24, vec![])).await;
+    assert_eq!(check(&model, &prompt, &honest_sampled.output, sampled, 24, &[]).await, Verdict::Valid);
+
+    // One token changed (to the one after it in the vocabulary), greedy and sampled.
+    for (output, sampling) in [(&honest.output, greedy), (&honest_sampled.output, sampled)] {
+        let mut changed = output.clone();
+        changed[5] = (changed[5] + 1) % 49_152;
+        let verdict = check(&model, &prompt, &changed, sampling, 24, &[]).await;
+        assert!(matches!(verdict, Verdict::Invalid { position: 5, .. }), "{verdict:?}");
+    }
+    // Shortened: no stop token, no stop string, fewer than max_tokens.
+    let short = &honest.output[..20];
+    let verdict = check(&model, &prompt, short, greedy, 24, &[]).await;
+    assert!(matches!(verdict, Verdict::Invalid { position: 20, .. }), "{verdict:?}");
+    // A sampled generation claimed with another seed.
+    let other_seed = Sampling { seed: 78, ..sampled };
+    assert!(matches!(
+        check(&model, &prompt, &honest_sampled.output, other_seed, 24, &[]).await,
+        Verdict::Invalid { .. }
+    ));
+
+    // A stop string ends it early, legitimately; the same output claimed without the stop string does not.
+    let text = model.tokenizer().decode(&honest.output);
+    let stop = vec![text.split_whitespace().nth(4).unwrap().to_owned()];
+    let stopped = generate(&model, req(greedy, 24, stop.clone())).await;
+    assert!(stopped.output.len() < 24, "{stopped:?}");
+    assert_eq!(check(&model, &prompt, &stopped.output, greedy, 24, &stop).await, Verdict::Valid);
+    assert!(matches!(check(&model, &prompt, &stopped.output, greedy, 24, &[]).await, Verdict::Invalid { .. }));
+
+    // Another model's text: the INT8 model's greedy answer fails the fp32 model's check.
+    let other = engine.generator("smollm2-135m", Some(2)).await.unwrap();
+    let theirs = generate(&other, req(greedy, 48, vec![])).await;
+    let verdict = check(&model, &prompt, &theirs.output, greedy, 48, &[]).await;
+    assert!(matches!(verdict, Verdict::Invalid { .. }), "INT8 text passed the fp32 check: {verdict:?}");
+}
