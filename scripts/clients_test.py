@@ -137,6 +137,37 @@ def openai_checks(base: str) -> None:
         check(True, "openai: dimensions the model cannot give are refused (400)")
 
 
+def openai_generation_checks(base: str) -> None:
+    client = openai.OpenAI(base_url=base + "/v1", api_key="not-needed")
+    ids = [m.id for m in client.models.list()]
+    check("smollm2-135m" in ids, "openai: models.list() lists the chat model")
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=24, temperature=0)
+    text = whole.choices[0].message.content
+    check("Paris" in text, f"openai: chat.completions.create() answers ({text!r})")
+    check(whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens, "openai: chat usage")
+    pieces, usage = [], None
+    stream = client.chat.completions.create(
+        model="smollm2-135m", messages=messages, max_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    check("".join(pieces) == text, "openai: the streamed chat answer is the whole one")
+    check(usage is not None and usage.completion_tokens == whole.usage.completion_tokens, "openai: streamed usage")
+    a = client.completions.create(model="smollm2-135m", prompt="Water boils at", max_tokens=8, temperature=0.8, seed=7)
+    b = client.completions.create(model="smollm2-135m", prompt="Water boils at", max_tokens=8, temperature=0.8, seed=7)
+    check(a.choices[0].text == b.choices[0].text, "openai: completions.create() with a seed is reproducible")
+    try:
+        client.completions.create(model="smollm2-135m", prompt="x", max_tokens=100_000)
+        check(False, "openai: a request beyond the context is refused")
+    except openai.BadRequestError:
+        check(True, "openai: a request beyond the context is refused (400)")
+
+
 def main() -> None:
     binary, models = sys.argv[1], sys.argv[2]
     proc, base, log = start_node(binary, models)
@@ -144,6 +175,7 @@ def main() -> None:
         print(f"  node at {base} (log {log})")
         triton_checks(base)
         openai_checks(base)
+        openai_generation_checks(base)
     finally:
         proc.terminate()
         try:
