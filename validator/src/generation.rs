@@ -15,11 +15,14 @@
 //! This holds for models whose incremental decoding matches a whole-sequence pass to float noise (the fp32 SmolLM2,
 //! about 1e-5); the per-token INT8 version drifts (see its config.toml) and cannot be checked this way.
 //!
-//! And the generation must end where the rule ends it: at a stop token (nothing after it), at a stop string (which
-//! the last token completes), or at `max_tokens`. A shortened answer, a changed token and text from another model
-//! all fail; a failure names the first position that is wrong.
+//! And the generation must end where the node's rule ends it (replayed with the node's own detokenizer and stop-string
+//! matcher): at a stop token, at the token that completes a stop string, or at `max_tokens`, and never after one of
+//! the first two. The claim's `max_tokens`, `stop` and `sampling` (seed included) must be the client's request, not
+//! the node's word: with them a validator can tell a shortened or lengthened answer. A shortened or lengthened
+//! answer, a changed token and text from another model all fail; a failure names the first position that is wrong.
 
 use mlbridge_node::generate::sampling::{Draws, candidates};
+use mlbridge_node::generate::tokenizer::{Detokenizer, StopMatcher};
 use mlbridge_node::generate::{Generator, Sampling};
 
 use crate::{Error, Result};
@@ -71,18 +74,21 @@ pub fn verify_generation(generator: &Generator, claim: &GenerationClaim<'_>, tol
     if let Err(e) = claim.sampling.check() {
         return invalid(0, format!("the claim's sampling parameters: {e}"));
     }
+    let vocab = generator.decoder().shape().vocab;
+    if let Some(i) = output.iter().position(|&t| t as usize >= vocab) {
+        return invalid(i, format!("token {} is outside the vocabulary", output[i]));
+    }
+    if prompt.iter().any(|&t| t as usize >= vocab) {
+        return invalid(0, "the prompt holds a token outside the vocabulary".into());
+    }
     let tokens: Vec<u32> = prompt.iter().chain(output).copied().collect();
     let logits = generator.teacher_forced(&tokens, prompt.len()).map_err(|e| Error::Node(Box::new(e)))?;
-    let vocab = generator.decoder().shape().vocab;
     if logits.len() != output.len() * vocab {
         let reason = format!("teacher forcing gave {} logits for {} tokens", logits.len(), output.len());
         return Err(Error::Node(Box::new(mlbridge_node::Error::BadRequest(reason))));
     }
     let mut draws = Draws::new(claim.sampling.seed);
     for (i, (&token, row)) in output.iter().zip(logits.chunks(vocab)).enumerate() {
-        if token as usize >= vocab {
-            return invalid(i, format!("token {token} is outside the vocabulary"));
-        }
         if i + 1 < output.len() && g.stop_token_ids.contains(&token) {
             return invalid(i + 1, format!("output goes on after the stop token {token}"));
         }
@@ -112,16 +118,18 @@ pub fn verify_generation(generator: &Generator, claim: &GenerationClaim<'_>, tol
             }
         }
     }
-    // Where it ends.
-    let last = *output.last().expect("checked non-empty");
-    if g.stop_token_ids.contains(&last) || output.len() == claim.max_tokens {
-        return Ok(Verdict::Valid);
-    }
+    // Where it ends: replay the node's own detokenizer and stop-string matcher, token by token.
     let tok = generator.tokenizer();
-    let stops: Vec<&String> = claim.stop.iter().filter(|s| !s.is_empty()).collect();
-    let text = tok.decode(output);
-    let before = tok.decode(&output[..output.len() - 1]);
-    if stops.iter().any(|s| text.contains(s.as_str())) && !stops.iter().any(|s| before.contains(s.as_str())) {
+    let mut detok = Detokenizer::default();
+    let mut stops = StopMatcher::new(claim.stop.to_vec());
+    for (i, &token) in output.iter().enumerate() {
+        let last = i + 1 == output.len();
+        let ended = if g.stop_token_ids.contains(&token) { true } else { stops.feed(&detok.push(tok, token)).1 };
+        if ended {
+            return if last { Ok(Verdict::Valid) } else { invalid(i + 1, "output goes on after a stop string".into()) };
+        }
+    }
+    if output.len() == claim.max_tokens {
         return Ok(Verdict::Valid);
     }
     invalid(output.len(), "the output ends early: no stop token, no stop string, fewer than max_tokens".into())

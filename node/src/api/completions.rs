@@ -208,8 +208,8 @@ pub(crate) async fn completions(
     let (name, version) = model_name(&req.common.model)?;
     let generator = state.engine.generator(name, version).await?;
     let prompt = match req.prompt {
-        Prompt::Text(t) => generator.tokenizer().encode(&t)?,
-        Prompt::Texts(mut v) if v.len() == 1 => generator.tokenizer().encode(&v.remove(0))?,
+        Prompt::Text(t) => encode(&generator, t).await?,
+        Prompt::Texts(mut v) if v.len() == 1 => encode(&generator, v.remove(0)).await?,
         Prompt::Texts(_) => return Err(ApiError::bad_request("prompt must be one text (one choice per request)")),
         Prompt::Ids(ids) => ids,
     };
@@ -257,9 +257,38 @@ pub(crate) async fn chat_completions(
         let role = if m.role == "developer" { "system".to_owned() } else { m.role };
         messages.push(Message { role, content });
     }
-    let text = generator.tokenizer().chat_prompt(&messages)?;
-    let prompt = generator.tokenizer().encode(&text)?;
+    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    check_prompt_bytes(&generator, bytes)?;
+    let g = generator.clone();
+    let text = tokio::task::spawn_blocking(move || g.tokenizer().chat_prompt(&messages)).await.map_err(internal)??;
+    let prompt = encode(&generator, text).await?;
     run(generator, prompt, &req.common, Kind::Chat).await
+}
+
+/// Bytes of prompt text per token of context accepted before tokenizing (a token is a few bytes; this only keeps a
+/// hostile body from costing a long tokenization before the context check refuses it).
+const BYTES_PER_CONTEXT_TOKEN: usize = 32;
+
+fn check_prompt_bytes(generator: &Generator, bytes: usize) -> Result<(), ApiError> {
+    let limit = generator.generation().max_context.saturating_mul(BYTES_PER_CONTEXT_TOKEN);
+    if bytes > limit {
+        return Err(ApiError::bad_request(format!(
+            "the prompt has {bytes} bytes, more than the model's context can hold ({limit} bytes at most)"
+        )));
+    }
+    Ok(())
+}
+
+/// Tokenize on a blocking thread (a long prompt takes milliseconds).
+async fn encode(generator: &std::sync::Arc<Generator>, text: String) -> Result<Vec<u32>, ApiError> {
+    check_prompt_bytes(generator, text.len())?;
+    let g = generator.clone();
+    Ok(tokio::task::spawn_blocking(move || g.tokenizer().encode(&text)).await.map_err(internal)??)
+}
+
+fn internal(e: tokio::task::JoinError) -> ApiError {
+    tracing::error!(target: "node::api", %e, "tokenizing a prompt failed");
+    ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the node's log has the details")
 }
 
 fn now_unix() -> u64 {

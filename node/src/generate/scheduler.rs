@@ -189,11 +189,20 @@ impl Generator {
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let max_tokens = max_tokens.unwrap_or(g.default_max_tokens.min(g.max_context.saturating_sub(prompt.len())));
+        let room = g.max_context.saturating_sub(prompt.len());
+        if room == 0 {
+            return Err(Error::BadRequest(format!(
+                "the prompt ({} tokens) fills the model's context of {} tokens; shorten it",
+                prompt.len(),
+                g.max_context
+            )));
+        }
+        let max_tokens = max_tokens.unwrap_or(g.default_max_tokens.min(room));
         if max_tokens == 0 {
             return Err(Error::BadRequest("max_tokens must be at least 1".into()));
         }
-        if prompt.len() + max_tokens > g.max_context {
+        // (Compared without adding: a max_tokens near usize::MAX must not wrap around.)
+        if max_tokens > room {
             return Err(Error::BadRequest(format!(
                 "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {} tokens; \
                  shorten the prompt or ask for fewer tokens",
@@ -413,8 +422,9 @@ impl Scheduler {
             finish = Some(FinishReason::Length);
         }
         let Some(finish) = finish else { return r.events.is_closed() };
-        // Text held back as a possible stop string's start was not one after all.
-        let rest = r.stops.finish();
+        // Text held back as a possible stop string's start was not one after all, and a last incomplete character.
+        let mut rest = r.stops.finish();
+        rest.push_str(&r.detok.finish(&self.tokenizer));
         if !rest.is_empty() {
             let _ = r.events.try_send(Event::Text(rest));
         }

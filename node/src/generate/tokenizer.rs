@@ -20,6 +20,7 @@ pub struct Message {
 
 /// Tokenizer and chat template of a text-generation model.
 pub struct ChatTokenizer {
+    key: String,
     tokenizer: Tokenizer,
     template: String,
     jinja: minijinja::Environment<'static>,
@@ -52,7 +53,7 @@ impl ChatTokenizer {
         let tokenizer = Tokenizer::from_file(&path).map_err(|e| fail(e.to_string()))?;
         let jinja = minijinja::Environment::new();
         jinja.template_from_str(chat_template).map_err(|e| fail(format!("the chat template does not compile: {e}")))?;
-        Ok(Self { tokenizer, template: chat_template.to_owned(), jinja })
+        Ok(Self { key: key.to_owned(), tokenizer, template: chat_template.to_owned(), jinja })
     }
 
     /// Token ids of `text` (special tokens written in it, such as `<|im_start|>`, are recognised; nothing is added).
@@ -60,7 +61,7 @@ impl ChatTokenizer {
         let enc = self
             .tokenizer
             .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer { model: String::new(), reason: e.to_string() })?;
+            .map_err(|e| Error::Tokenizer { model: self.key.clone(), reason: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -103,6 +104,18 @@ impl Detokenizer {
             now[before.len()..].to_owned()
         } else {
             String::new()
+        }
+    }
+
+    /// The text still held at the end (an incomplete character comes out as U+FFFD, as a whole decode gives it).
+    pub fn finish(&mut self, tok: &ChatTokenizer) -> String {
+        let before = tok.decode(&self.ids[self.prefix..self.read]);
+        let now = tok.decode(&self.ids[self.prefix..]);
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        match now.get(before.len()..) {
+            Some(rest) if now.starts_with(&before) => rest.to_owned(),
+            _ => String::new(),
         }
     }
 }

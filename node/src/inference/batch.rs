@@ -138,6 +138,7 @@ mod tests {
             }],
             outputs: vec![],
             tokenizer: None,
+            generation: None,
             validation: ValidationConfig { max_abs_diff: 0.0 },
         }
     }

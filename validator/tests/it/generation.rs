@@ -105,6 +105,16 @@ async fn honest_generations_pass_and_altered_ones_fail() {
     assert_eq!(check(&model, &prompt, &stopped.output, greedy, 24, &stop).await, Verdict::Valid);
     assert!(matches!(check(&model, &prompt, &stopped.output, greedy, 24, &[]).await, Verdict::Invalid { .. }));
 
+    // A stop string the output reaches before its end: the node should have stopped there (running on bills more).
+    let word = vec![text.split_whitespace().nth(2).unwrap().to_owned()];
+    let verdict = check(&model, &prompt, &honest.output, greedy, 24, &word).await;
+    assert!(matches!(verdict, Verdict::Invalid { .. }), "ran past its stop string: {verdict:?}");
+    // A token outside the vocabulary is refused before the model runs.
+    let mut bogus = honest.output.clone();
+    bogus[3] = 60_000;
+    let verdict = check(&model, &prompt, &bogus, greedy, 24, &[]).await;
+    assert!(matches!(verdict, Verdict::Invalid { position: 3, .. }), "{verdict:?}");
+
     // Another model's text: the INT8 model's greedy answer fails the fp32 model's check.
     let other = engine.generator("smollm2-135m", Some(2)).await.unwrap();
     let theirs = generate(&other, req(greedy, 48, vec![])).await;
