@@ -9,8 +9,11 @@
 //!   tokens closer than that could go either way. A dishonest node can only use the band to pick among tokens within
 //!   `tolerance` of the best one.
 //! - **Sampled**: the seeded draws are replayed (one uniform draw per token, ChaCha8 from the seed): the draw must
-//!   fall inside the claimed token's share of the distribution the parameters make of those logits, widened by the
-//!   same kind of margin (`1e-4` of probability) so that a draw on a boundary does not fail an honest node.
+//!   fall inside the claimed token's share of the distribution the parameters make of those logits (shares laid out
+//!   in token-id order, so near-equal logits cannot swap places), widened by a margin (`1e-4` of probability, divided
+//!   by the temperature below 1) so that a draw on a boundary does not fail an honest node. A token at the very edge
+//!   of the top-k / top-p set can still fall in or out with float noise: a rare false alarm, which a dispute's vote
+//!   (re-execution by other validators) is there to settle.
 //!
 //! This holds for models whose incremental decoding matches a whole-sequence pass to float noise (the fp32 SmolLM2,
 //! about 1e-5); the per-token INT8 version drifts (see its config.toml) and cannot be checked this way.
@@ -110,7 +113,9 @@ pub fn verify_generation(generator: &Generator, claim: &GenerationClaim<'_>, tol
             };
             let lo: f64 = probs[..at].iter().sum();
             let hi = lo + probs[at];
-            if u < lo - DRAW_MARGIN || u >= hi + DRAW_MARGIN {
+            // Noise in the logits moves probabilities by about noise / temperature.
+            let margin = DRAW_MARGIN * (1.0 / f64::from(claim.sampling.temperature)).max(1.0);
+            if u < lo - margin || u >= hi + margin {
                 return invalid(
                     i,
                     format!("the seeded draw {u:.6} falls outside token {token}'s share [{lo:.6}, {hi:.6})"),

@@ -78,8 +78,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The tokens sampling may pick from `logits` under `params` (by logit, then id) and their probabilities, which sum
-/// to 1: temperature, then top-k, then the nucleus (the shortest prefix reaching top-p).
+/// The tokens sampling may pick from `logits` under `params`, in id order, and their probabilities, which sum to 1:
+/// temperature, then top-k, then the nucleus (the shortest prefix, by logit, reaching top-p).
 pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
@@ -106,8 +106,12 @@ pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     order.truncate(keep);
     probs.truncate(keep);
     let mass: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= mass);
-    (order, probs)
+    // Walked in token-id order: two tokens whose logits differ by float noise (another batch shape, another CPU)
+    // would swap places in logit order and move each other's share by a whole token's probability; in id order
+    // noise moves the shares only by as much as it moves the probabilities.
+    let mut pairs: Vec<(u32, f64)> = order.into_iter().zip(probs.into_iter().map(|p| p / mass)).collect();
+    pairs.sort_unstable_by_key(|&(t, _)| t);
+    pairs.into_iter().unzip()
 }
 
 /// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.

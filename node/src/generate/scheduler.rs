@@ -270,12 +270,24 @@ impl Scheduler {
     fn run(&mut self) {
         loop {
             let Some(admitted) = self.admit() else { return };
-            if let Err(e) = self.prefill(admitted).and_then(|()| self.decode()) {
-                tracing::error!(target: "node::generate", model = %self.key, %e, "decoding step failed");
-                // The sequences of a failed step cannot go on: their caches are inconsistent.
-                for r in self.running.drain(..) {
-                    self.used -= r.reserved;
+            // A bug that panics inside a step must not leave the model's clients waiting forever on a dead thread:
+            // the step's sequences end (their clients see the stream stop) and the scheduler goes on.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let prefilled = self.prefill(admitted);
+                self.decode().and(prefilled)
+            }));
+            // A failed call's sequences have ended (`prefill` and `decode` keep the others); after a panic no cache
+            // can be trusted, so every running sequence ends. (`admit` recounts the KV reservations.)
+            let failure = match step {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => {
+                    self.running.clear();
+                    Some("a decoding step panicked".to_owned())
                 }
+            };
+            if let Some(e) = failure {
+                tracing::error!(target: "node::generate", model = %self.key, %e, "decoding step failed");
             }
             self.metrics.generation_sequences.with_label_values(&[&self.key]).set(self.running.len() as f64);
         }
@@ -330,6 +342,7 @@ impl Scheduler {
                 }
             })
             .collect();
+        let mut failed = None;
         while !fresh.is_empty() {
             // A group whose padded size fits PREFILL_TOKENS (at least one sequence).
             let mut n = 0;
@@ -352,7 +365,15 @@ impl Scheduler {
                         logits_at: vec![r.req.prompt.len() - 1],
                     })
                     .collect();
-                self.decoder.step(&mut rows)?
+                self.decoder.step(&mut rows)
+            };
+            // A failed group ends (its clients see the stream stop); the other groups go on.
+            let logits = match logits {
+                Ok(l) => l,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
             };
             for (mut r, l) in group.into_iter().zip(logits) {
                 let t = r.sampler.pick(&l);
@@ -363,34 +384,54 @@ impl Scheduler {
                 }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// One token for every running sequence (each feeds the token it sampled last).
     fn decode(&mut self) -> Result<()> {
-        // Sequences just prefilled are in `running` with their first token: they take part at once.
-        if self.running.is_empty() {
-            return Ok(());
-        }
-        let last: Vec<[u32; 1]> =
-            self.running.iter().map(|r| [*r.output.last().expect("a running sequence has output")]).collect();
-        let logits = {
-            let mut rows: Vec<Row<'_>> = self
-                .running
-                .iter_mut()
-                .zip(&last)
-                .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
-                .collect();
-            self.decoder.step(&mut rows)?
-        };
+        // Sequences just prefilled are in `running` with their first token: they take part at once. Rows are padded
+        // to the longest past of their call, so sequences go by length in calls of at most `kv_budget_tokens` padded
+        // tokens: one long sequence among many short ones cannot make a step copy many times the KV budget.
+        self.running.sort_by_key(|r| r.cache.len());
+        let cap = self.generation.kv_budget_tokens.max(self.generation.max_context);
         let running = std::mem::take(&mut self.running);
         let mut still = Vec::with_capacity(running.len());
-        for (mut r, l) in running.into_iter().zip(logits) {
-            let t = r.sampler.pick(&l);
-            if self.advance(&mut r, t) {
-                self.used -= r.reserved;
-            } else {
-                still.push(r);
+        let mut rest = running.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut group: Vec<Running> = Vec::new();
+            while let Some(next) = rest.peek() {
+                let padded = (group.len() + 1) * (next.cache.len() + 1);
+                if !group.is_empty() && padded > cap {
+                    break;
+                }
+                group.extend(rest.next());
+            }
+            let last: Vec<[u32; 1]> =
+                group.iter().map(|r| [*r.output.last().expect("a running sequence has output")]).collect();
+            let step = {
+                let mut rows: Vec<Row<'_>> = group
+                    .iter_mut()
+                    .zip(&last)
+                    .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
+                    .collect();
+                self.decoder.step(&mut rows)
+            };
+            let logits = match step {
+                Ok(l) => l,
+                Err(e) => {
+                    // Sequences not in the failed call go on.
+                    still.extend(rest);
+                    self.running = still;
+                    return Err(e);
+                }
+            };
+            for (mut r, l) in group.into_iter().zip(logits) {
+                let t = r.sampler.pick(&l);
+                if self.advance(&mut r, t) {
+                    self.used -= r.reserved;
+                } else {
+                    still.push(r);
+                }
             }
         }
         self.running = still;
