@@ -2,6 +2,7 @@
 //!
 //! Every load loop is bounded in time and in requests, and talks to 127.0.0.1 only.
 
+mod generate;
 mod load;
 mod paid;
 mod scenarios;
@@ -60,6 +61,8 @@ enum Suite {
     P2p,
     /// Paid vs free over libp2p, and settlement gas per inference.
     Paid,
+    /// Text generation over HTTP against a plain greedy loop: time to first token, decoding speed, streams.
+    Generate,
 }
 
 fn main() {
@@ -73,6 +76,7 @@ fn main() {
     let result = match cli.suite {
         Suite::Inference => rt.block_on(scenarios::inference(&cli.model_repository, &cli.node_bin, limits)),
         Suite::P2p => rt.block_on(scenarios::p2p(&cli.model_repository, limits)),
+        Suite::Generate => rt.block_on(generate::generate(&cli.model_repository)),
         Suite::Paid => rt.block_on(paid::paid(paid::PaidBench {
             repo: &cli.model_repository,
             anvil: &cli.anvil,

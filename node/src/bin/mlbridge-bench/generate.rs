@@ -1,0 +1,167 @@
+//! `scripts/bench generate`: text generation over the node's OpenAI HTTP API against a plain greedy loop over the
+//! same ONNX file (batch 1, no server), in one run: time to first token for prompts of 32 and 256 tokens, decoding
+//! speed of one stream, aggregate tokens per second at 8 and 32 concurrent streams, INT8 against fp32.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mlbridge_node::generate::decoder::Row;
+use mlbridge_node::generate::sampling::argmax;
+use mlbridge_node::generate::{Decoder, KvCache};
+use mlbridge_node::inference::{ModelRepository, OnnxRuntime};
+use serde_json::{Value, json};
+
+use crate::scenarios::node;
+
+const MODEL: &str = "smollm2-135m";
+/// Output tokens per stream in the decoding measurements.
+const DECODE_TOKENS: usize = 64;
+/// Requests per time-to-first-token row.
+const TTFT_REQUESTS: usize = 12;
+
+/// Token ids of a prompt of `n` tokens (ordinary words of the vocabulary; the same every run).
+fn prompt_ids(n: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| 300 + ((i * 7919 + salt * 104_729) % 20_000) as u32).collect()
+}
+
+/// Decode tokens per second of a plain greedy loop (prefill excluded) after a `prompt`-token prompt.
+fn reference(decoder: &Decoder, prompt: usize, tokens: usize) -> Result<f64> {
+    let ids = prompt_ids(prompt, 0);
+    let mut cache = KvCache::new(decoder.shape(), prompt + tokens + 1);
+    let logits = decoder.step(&mut [Row { tokens: &ids, cache: &mut cache, logits_at: vec![prompt - 1] }])?;
+    let mut next = argmax(&logits[0]);
+    let started = Instant::now();
+    for _ in 0..tokens {
+        let logits = decoder.step(&mut [Row { tokens: &[next], cache: &mut cache, logits_at: vec![0] }])?;
+        next = argmax(&logits[0]);
+    }
+    Ok(tokens as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What one streamed request saw.
+struct Streamed {
+    first: Duration,
+    last: Duration,
+    tokens: usize,
+}
+
+/// Stream one completion; times are from sending the request.
+async fn stream(http: &reqwest::Client, url: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Result<Streamed> {
+    let body = json!({
+        "model": format!("{MODEL}:2"), "prompt": prompt, "max_tokens": max_tokens, "stream": true,
+        "temperature": 0.8, "seed": seed, "stream_options": { "include_usage": true },
+    });
+    let started = Instant::now();
+    let mut resp = http.post(url).json(&body).send().await?;
+    if !resp.status().is_success() {
+        bail!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let (mut first, mut last, mut tokens) = (None, Duration::ZERO, 0);
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).context("an SSE event that is not JSON")?;
+            if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+                first.get_or_insert(started.elapsed());
+                last = started.elapsed();
+            }
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                tokens = n as usize;
+            }
+        }
+    }
+    let first = first.context("the stream sent no text")?;
+    Ok(Streamed { first, last, tokens })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub(crate) async fn generate(repo: &Path) -> Result<()> {
+    println!("## Text generation ({MODEL}, 2 cores, load generator in the same process)\n");
+    // The reference: a plain greedy loop over the same files, batch 1, no server.
+    let runtime = OnnxRuntime::init(None)?;
+    let repository = ModelRepository::open(repo)?;
+    let mut reference_tps = Vec::new();
+    for version in [2u64, 1] {
+        let config = repository.config(MODEL, Some(version))?.clone();
+        let bytes = repository.read_verified(&config)?;
+        let rt = runtime.clone();
+        let tps = tokio::task::spawn_blocking(move || {
+            let decoder = Decoder::from_bytes(&rt, &config, &bytes)?;
+            reference(&decoder, 32, 8)?; // warm-up
+            reference(&decoder, 32, DECODE_TOKENS)
+        })
+        .await??;
+        reference_tps.push((version, tps));
+    }
+    let (int8_ref, fp32_ref) = (reference_tps[0].1, reference_tps[1].1);
+    println!("| reference (plain greedy loop, batch 1) | tokens/s |");
+    println!("|---|---|");
+    println!("| INT8 (version 2), after a 32-token prompt | {int8_ref:.1} |");
+    println!("| fp32 (version 1), after a 32-token prompt | {fp32_ref:.1} |");
+    println!("| INT8 / fp32 | {:.2}x |\n", int8_ref / fp32_ref);
+
+    let running = node(repo, |c| {
+        c.inference.queue_capacity = 256;
+        c.p2p.enabled = false;
+    })
+    .await?;
+    let url = format!("http://{}/v1/completions", running.http_addr);
+    let http = reqwest::Client::new();
+    stream(&http, &url, prompt_ids(8, 9), 4, 0).await.context("warm-up (loads the model)")?;
+
+    println!("| HTTP, INT8 | p50 | p99 | |");
+    println!("|---|---|---|---|");
+    for prompt in [32, 256] {
+        let mut ttft = Vec::new();
+        for i in 0..TTFT_REQUESTS {
+            ttft.push(stream(&http, &url, prompt_ids(prompt, i + 1), 2, i as u64).await?.first.as_secs_f64() * 1e3);
+        }
+        let (p50, p99) = (percentile(&mut ttft, 0.5), percentile(&mut ttft, 0.99));
+        println!(
+            "| time to first token, {prompt}-token prompt (ms, {TTFT_REQUESTS} requests) | {p50:.1} | {p99:.1} | |"
+        );
+    }
+    let one = stream(&http, &url, prompt_ids(32, 0), DECODE_TOKENS, 1).await?;
+    let decode = (one.tokens.saturating_sub(1)) as f64 / (one.last - one.first).as_secs_f64().max(1e-9);
+    println!(
+        "| decoding, 1 stream (tokens/s after the first; {} tokens) | {decode:.1} | | {:.1}% of the reference |",
+        one.tokens,
+        100.0 * decode / int8_ref
+    );
+    for streams in [8usize, 32] {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..streams)
+            .map(|i| {
+                let (http, url) = (http.clone(), url.clone());
+                tokio::spawn(async move { stream(&http, &url, prompt_ids(32, 100 + i), DECODE_TOKENS, i as u64).await })
+            })
+            .collect();
+        let mut tokens = 0;
+        for t in tasks {
+            tokens += t.await??.tokens;
+        }
+        let tps = tokens as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "| aggregate, {streams} streams of {DECODE_TOKENS} tokens (tokens/s, prefill included) | {tps:.1} | | {:.1}x one stream |",
+            tps / decode
+        );
+    }
+    let metrics = running.engine.metrics().render();
+    let ttft_count =
+        metrics.lines().find(|l| l.starts_with("mlbridge_time_to_first_token_seconds_count")).unwrap_or("");
+    println!("\n(node metric: {ttft_count})");
+    running.shutdown.cancel();
+    running.join().await;
+    Ok(())
+}
