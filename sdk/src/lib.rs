@@ -28,6 +28,7 @@ pub mod chain;
 pub mod client;
 pub mod eip712;
 pub mod error;
+pub mod generate;
 pub mod keys;
 pub mod model;
 pub mod net;

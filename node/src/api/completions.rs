@@ -26,11 +26,6 @@ use super::error::{ApiError, ApiJson};
 use super::pay::PeerAddr;
 use crate::generate::{Completion, Event, GenerateRequest, Generator, Message, Sampling};
 
-/// OpenAI allows at most this many stop strings.
-const MAX_STOPS: usize = 4;
-/// Longest stop string, bytes.
-const MAX_STOP_BYTES: usize = 256;
-
 /// A string or a list of strings (`stop`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -182,11 +177,7 @@ fn parameters(c: &Common) -> Result<(Sampling, Vec<String>, Option<usize>), ApiE
         Some(OneOrMany::One(s)) => vec![s.clone()],
         Some(OneOrMany::Many(v)) => v.clone(),
     };
-    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-        return Err(ApiError::bad_request(format!(
-            "stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_BYTES} bytes"
-        )));
-    }
+    Generator::check_stops(&stop)?;
     let sampling = Sampling {
         temperature: c.temperature.unwrap_or(1.0),
         top_k: c.top_k.unwrap_or(0),
@@ -208,8 +199,10 @@ pub(crate) async fn completions(
     let (name, version) = model_name(&req.common.model)?;
     let generator = state.engine.generator(name, version).await?;
     let prompt = match req.prompt {
-        Prompt::Text(t) => encode(&generator, t).await?,
-        Prompt::Texts(mut v) if v.len() == 1 => encode(&generator, v.remove(0)).await?,
+        Prompt::Text(t) => generator.prompt_tokens(crate::generate::Prompt::Text(t)).await?,
+        Prompt::Texts(mut v) if v.len() == 1 => {
+            generator.prompt_tokens(crate::generate::Prompt::Text(v.remove(0))).await?
+        }
         Prompt::Texts(_) => return Err(ApiError::bad_request("prompt must be one text (one choice per request)")),
         Prompt::Ids(ids) => ids,
     };
@@ -257,38 +250,8 @@ pub(crate) async fn chat_completions(
         let role = if m.role == "developer" { "system".to_owned() } else { m.role };
         messages.push(Message { role, content });
     }
-    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
-    check_prompt_bytes(&generator, bytes)?;
-    let g = generator.clone();
-    let text = tokio::task::spawn_blocking(move || g.tokenizer().chat_prompt(&messages)).await.map_err(internal)??;
-    let prompt = encode(&generator, text).await?;
+    let prompt = generator.prompt_tokens(crate::generate::Prompt::Chat(messages)).await?;
     run(generator, prompt, &req.common, Kind::Chat).await
-}
-
-/// Bytes of prompt text per token of context accepted before tokenizing (a token is a few bytes; this only keeps a
-/// hostile body from costing a long tokenization before the context check refuses it).
-const BYTES_PER_CONTEXT_TOKEN: usize = 32;
-
-fn check_prompt_bytes(generator: &Generator, bytes: usize) -> Result<(), ApiError> {
-    let limit = generator.generation().max_context.saturating_mul(BYTES_PER_CONTEXT_TOKEN);
-    if bytes > limit {
-        return Err(ApiError::bad_request(format!(
-            "the prompt has {bytes} bytes, more than the model's context can hold ({limit} bytes at most)"
-        )));
-    }
-    Ok(())
-}
-
-/// Tokenize on a blocking thread (a long prompt takes milliseconds).
-async fn encode(generator: &std::sync::Arc<Generator>, text: String) -> Result<Vec<u32>, ApiError> {
-    check_prompt_bytes(generator, text.len())?;
-    let g = generator.clone();
-    Ok(tokio::task::spawn_blocking(move || g.tokenizer().encode(&text)).await.map_err(internal)??)
-}
-
-fn internal(e: tokio::task::JoinError) -> ApiError {
-    tracing::error!(target: "node::api", %e, "tokenizing a prompt failed");
-    ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the node's log has the details")
 }
 
 fn now_unix() -> u64 {

@@ -16,5 +16,5 @@ pub mod tokenizer;
 
 pub use decoder::{Decoder, KvCache, Shape};
 pub use sampling::{Sampler, Sampling};
-pub use scheduler::{Completion, Event, FinishReason, GenerateRequest, Generator};
+pub use scheduler::{Completion, Event, FinishReason, GenerateRequest, Generator, Prompt};
 pub use tokenizer::{ChatTokenizer, Message};

@@ -23,6 +23,26 @@ use crate::{Error, Result};
 /// Padded prompt tokens (rows x longest prompt) one prefill call may hold: bounds its activation memory.
 const PREFILL_TOKENS: usize = 4096;
 
+/// Bytes of prompt text per token of context accepted before tokenizing (a token is a few bytes; this only keeps a
+/// hostile request from costing a long tokenization before the context check refuses it).
+const BYTES_PER_CONTEXT_TOKEN: usize = 32;
+
+/// Most stop strings a request may give (OpenAI's limit), and their longest.
+pub const MAX_STOPS: usize = 4;
+/// Longest stop string, bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// A prompt as a front end receives it.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text, continued as written.
+    Text(String),
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<super::tokenizer::Message>),
+    /// Token ids.
+    Ids(Vec<u32>),
+}
+
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
@@ -213,9 +233,43 @@ impl Generator {
         Ok(max_tokens)
     }
 
+    /// The token ids of a prompt: the chat template applied, tokenized on a blocking thread, after a size check.
+    pub async fn prompt_tokens(self: &Arc<Self>, prompt: Prompt) -> Result<Vec<u32>> {
+        let limit = self.generation().max_context.saturating_mul(BYTES_PER_CONTEXT_TOKEN);
+        let bytes = match &prompt {
+            Prompt::Text(t) => t.len(),
+            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
+            Prompt::Ids(ids) => return Ok(ids.clone()),
+        };
+        if bytes > limit {
+            return Err(Error::BadRequest(format!(
+                "the prompt has {bytes} bytes, more than the model's context can hold ({limit} bytes at most)"
+            )));
+        }
+        let g = self.clone();
+        tokio::task::spawn_blocking(move || match prompt {
+            Prompt::Text(t) => g.tokenizer.encode(&t),
+            Prompt::Chat(messages) => g.tokenizer.encode(&g.tokenizer.chat_prompt(&messages)?),
+            Prompt::Ids(ids) => Ok(ids),
+        })
+        .await
+        .map_err(|e| Error::Inference { model: self.config.key(), reason: format!("tokenizing the prompt: {e}") })?
+    }
+
+    /// Check stop strings against the limits.
+    pub fn check_stops(stop: &[String]) -> Result<()> {
+        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(Error::BadRequest(format!(
+                "stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Queue a generation; its events arrive on the returned receiver. Dropping the receiver cancels it.
     pub fn submit(&self, req: GenerateRequest) -> Result<mpsc::Receiver<Event>> {
         self.check(&req.prompt, Some(req.max_tokens), &req.sampling)?;
+        Self::check_stops(&req.stop)?;
         // Room for every event the sequence can send (a text piece per token at most, then the end): the scheduler
         // never waits on a slow reader and the memory is bounded by max_tokens.
         let (events, rx) = mpsc::channel(req.max_tokens + 2);

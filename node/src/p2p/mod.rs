@@ -8,6 +8,9 @@
 //!   answer. Errors are typed responses (unknown model, bad input, overloaded, unsupported version), never dropped
 //!   streams. On both, a peer may have `max_inbound_per_peer` requests in flight and send
 //!   `max_requests_per_sec_per_peer` (a token bucket, `peers`); beyond either it is answered "overloaded" at once.
+//! - Text generation streams over `/mlbridge/generate/1` (`generate`: one substream per generation, events written
+//!   as the scheduler makes them; closing the stream cancels); text-generation models are advertised priced per
+//!   output token.
 //! - Signed receipt batches of paid jobs (both front ends) are gossiped by batch while validators listen.
 //! - Every `advert_interval` the node publishes a signed [`Advert`] (operator key + PeerId, models, prices, queue).
 //! - It subscribes to the job topic of every model it serves and answers acceptable [`JobOffer`]s with a [`Bid`]
@@ -50,6 +53,7 @@ use crate::inference::engine::is_client_error;
 use crate::metrics::NodeMetrics;
 use crate::payment::{Authorization, Completed, JobInput, PaymentService, SignedBatch, credit_spender, guarded};
 
+mod generate;
 mod mux;
 mod peers;
 
@@ -201,6 +205,8 @@ pub fn spawn(
         stopping: stopping_flag.clone(),
         latency: Duration::from_millis(config.simulated_latency_ms),
     });
+    // Generation streams end with the node: their accept loop stops at shutdown (not joined, like the streams).
+    generate::spawn(swarm.behaviour().stream.new_control(), mux.clone(), shutdown.clone())?;
     let mux_task = mux::spawn(swarm.behaviour().stream.new_control(), mux, shutdown.clone())?;
     let mut actor = Actor {
         swarm,
@@ -679,6 +685,14 @@ impl Actor {
                 price_wei: U256::from(c.price_wei),
                 queue_depth: self.engine.queue_depth(&c.name, Some(c.version)) as u32,
             })
+            // Text-generation models, priced per output token, for `generate` streams.
+            .chain(self.engine.generation_configs().map(|c| AdvertModel {
+                model_id: c.sha256,
+                name: c.name.clone(),
+                version: c.version,
+                price_wei: U256::from(c.generation.as_ref().map_or(0, |g| g.price_wei_per_output_token)),
+                queue_depth: 0,
+            }))
             .collect();
         let advert = Advert {
             version: WIRE_VERSION,

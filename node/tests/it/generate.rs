@@ -279,3 +279,63 @@ async fn openai_endpoints_answer_and_stream_the_same_text() {
     node.shutdown.cancel();
     node.join().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
+    use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest as Wire, collect};
+    use mlbridge_sdk::protocol::{ModelRef, WIRE_VERSION};
+    // KV room for 256 tokens: the dragon story (about 210 reserved) and the second request (61) cannot run together.
+    let small = |c: &str| {
+        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
+            .replace("max_context = 2048", "max_context = 256")
+    };
+    let repo = repo_with(&[(MODEL, 2)], small);
+    let node = start_node(|c| c.model_repository = repo.path().to_owned()).await;
+    let client = crate::support::client_with_timeout(
+        &node,
+        mlbridge_sdk::client::Strategy::LeastOutstanding,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(client.wait_for_nodes(MODEL, 1, Duration::from_secs(20)).await.unwrap().len(), 1, "advertised");
+    let wire = |prompt: &str, max_tokens: u32| Wire {
+        version: WIRE_VERSION,
+        model: ModelRef { name: MODEL.into(), version: None, id: None },
+        prompt: GeneratePrompt::Text(prompt.into()),
+        max_tokens: Some(max_tokens),
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: None,
+        stop: Vec::new(),
+    };
+    let (peer, events) = client.generate(wire("The capital of France is", 8)).await.unwrap();
+    let (text, done) = collect(peer, events).await.unwrap();
+    let http = json!({ "model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0 });
+    let (_, body) = crate::support::post(&node, "/v1/completions", &http).await;
+    assert_eq!(text, body["choices"][0]["text"], "the same greedy text over p2p and HTTP");
+    assert_eq!(done.output.len(), 8);
+    assert_eq!(done.finish, "length");
+
+    // A refusal arrives as a typed error.
+    let mut bad = wire("x", 8);
+    bad.temperature = 5.0;
+    let (peer, events) = client.generate(bad).await.unwrap();
+    let err = collect(peer, events).await.unwrap_err().to_string();
+    assert!(err.contains("temperature"), "{err}");
+
+    // Closing the stream (dropping the receiver) stops the generation.
+    let (_, mut events) = client.generate(wire("Tell me a long story about a dragon.", 200)).await.unwrap();
+    assert!(matches!(events.recv().await, Some(GenerateEvent::Text(_))));
+    drop(events);
+    // This one waits for the story's memory: without the cancel it would start only after all 200 tokens.
+    let (peer, events) = client.generate(wire("Hello", 60)).await.unwrap();
+    let (_, done) = collect(peer, events).await.unwrap();
+    let generated = node.engine.metrics().generated_tokens.with_label_values(&["smollm2-135m/2"]).get();
+    assert!(
+        generated < 8 + 200 + done.output.len() as u64,
+        "{generated} tokens: the closed stream's generation ran on"
+    );
+    node.shutdown.cancel();
+    node.join().await;
+}

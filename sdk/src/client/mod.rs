@@ -203,6 +203,8 @@ pub struct Client {
     payer: Option<Arc<Payer>>,
     batches: Arc<BatchCache>,
     pipes: Pipes,
+    /// Opens generation streams.
+    streams: crate::generate::Streams,
 }
 
 impl Client {
@@ -229,6 +231,7 @@ impl Client {
         let bootstrap = crate::net::Bootstrap::new(config.net.bootstrap.clone());
         bootstrap.dial(&mut swarm);
         let pipes = Pipes::new(swarm.behaviour().stream.new_control());
+        let streams = crate::generate::Streams(swarm.behaviour().stream.new_control());
         let (commands, rx) = mpsc::channel(256);
         let actor = Actor {
             swarm,
@@ -247,7 +250,7 @@ impl Client {
             bootstrap,
         };
         tokio::spawn(actor.run());
-        Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)), pipes })
+        Ok(Self { commands, peer_id, config, payer: None, batches: Arc::new(BatchCache::new(4096)), pipes, streams })
     }
 
     /// Pay for every job with `payer` (vouchers on its channels; receipts verified).
@@ -326,6 +329,65 @@ impl Client {
             })
         })
         .await
+    }
+
+    /// Generate text with the model `request.model` names on a node that advertises it, least loaded first, trying
+    /// the next when one cannot be reached or refuses at once. Returns the node and its events as they come (see
+    /// [`crate::generate`]); dropping the receiver cancels the generation. Free nodes only for now: paid nodes
+    /// refuse generation until per-token charging exists.
+    pub async fn generate(
+        &self,
+        request: crate::generate::GenerateRequest,
+    ) -> Result<(PeerId, mpsc::Receiver<crate::generate::GenerateEvent>)> {
+        use crate::generate::GenerateEvent;
+        let model = &request.model;
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.models.iter().any(|m| m.name == model.name && model.version.is_none_or(|v| v == m.version)))
+            .collect();
+        nodes.sort_by_key(|n| n.outstanding);
+        let mut last = Error::NoNodes { model: model.name.clone() };
+        for node in nodes {
+            let opened = tokio::time::timeout(
+                self.config.request_timeout,
+                crate::generate::open(&mut self.streams.clone().0, node.peer_id, &request),
+            )
+            .await;
+            let mut events = match opened {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                Err(_) => {
+                    last = Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
+                    continue;
+                }
+            };
+            // A refusal comes first and alone: try the next node on one (but not on a bad request).
+            match events.recv().await {
+                Some(GenerateEvent::Error(e)) if e.kind != crate::protocol::ErrorKind::BadInput => {
+                    last = Error::Remote { peer: node.peer_id.to_string(), kind: e.kind, message: e.message };
+                }
+                Some(first) => {
+                    let (tx, rx) = mpsc::channel(256);
+                    tokio::spawn(async move {
+                        let mut next = Some(first);
+                        while let Some(event) = next {
+                            if tx.send(event).await.is_err() {
+                                return; // the caller went away: dropping `events` closes the stream
+                            }
+                            next = events.recv().await;
+                        }
+                    });
+                    return Ok((node.peer_id, rx));
+                }
+                None => last = Error::Network(format!("node {} closed the generation stream", node.peer_id)),
+            }
+        }
+        Err(last)
     }
 
     /// Embed `texts` with a text-embedding model on a node serving it.

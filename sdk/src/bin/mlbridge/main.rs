@@ -34,6 +34,8 @@ enum Command {
     Nodes(NetArgs),
     /// Run an inference over the network: texts for embedding models, or a JSON file of tensors.
     Infer(InferArgs),
+    /// Chat with a text-generation model over the network; the answer prints as it is generated.
+    Chat(ChatArgs),
     /// Run a paid workload for a set time (a mix of models, some inputs repeated), with live progress and a report.
     Load(load::LoadArgs),
     /// Payment channels: open, top up, close, withdraw, list.
@@ -48,6 +50,85 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+struct ChatArgs {
+    /// The message.
+    message: String,
+    /// The model.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Model version (default: the node's latest).
+    #[arg(long)]
+    version: Option<u64>,
+    /// A system message before it.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens of the answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Sampling seed (default: the node picks one and it is printed at the end).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    use mlbridge_sdk::generate::{ChatTurn, GenerateEvent, GeneratePrompt, GenerateRequest};
+    let c = client(&args.net, Strategy::LeastOutstanding)?;
+    let found = c.wait_for_nodes(&args.model, 1, Duration::from_secs_f64(args.net.wait.max(1.0) * 3.0)).await?;
+    if found.is_empty() {
+        bail!("no node serving '{}' was seen; check --bootstrap and the model name", args.model);
+    }
+    let mut turns = Vec::new();
+    if let Some(system) = args.system {
+        turns.push(ChatTurn { role: "system".into(), content: system });
+    }
+    turns.push(ChatTurn { role: "user".into(), content: args.message });
+    let request = GenerateRequest {
+        version: mlbridge_sdk::protocol::WIRE_VERSION,
+        model: mlbridge_sdk::protocol::ModelRef { name: args.model, version: args.version, id: None },
+        prompt: GeneratePrompt::Chat(turns),
+        max_tokens: Some(args.max_tokens),
+        temperature: args.temperature,
+        top_k: 0,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: Vec::new(),
+    };
+    let (node, mut events) = c.generate(request).await?;
+    let mut out = std::io::stdout();
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerateEvent::Text(t) => {
+                print!("{t}");
+                out.flush()?;
+            }
+            GenerateEvent::Done(d) => {
+                println!();
+                eprintln!(
+                    "({} prompt + {} output tokens, finished by {}, seed {}, node {node})",
+                    d.prompt_tokens,
+                    d.output.len(),
+                    d.finish,
+                    d.seed
+                );
+                return Ok(());
+            }
+            GenerateEvent::Error(e) => bail!("node {node} answered {:?}: {}", e.kind, e.message),
+        }
+    }
+    bail!("the generation stream from {node} ended before its end")
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Channel(cmd) => channel(cmd).await?,
         Command::Key(cmd) => key(cmd)?,
         Command::Load(args) => load::run(args).await?,
+        Command::Chat(args) => chat(args).await?,
         Command::Nodes(net) => {
             let c = client(&net, Strategy::ModelAware)?;
             tokio::time::sleep(Duration::from_secs_f64(net.wait)).await;
