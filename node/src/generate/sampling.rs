@@ -78,38 +78,50 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Candidates this many temperatures below the best logit are left out (probability under e^-40 of the best's).
+const NEGLIGIBLE: f64 = 40.0;
+
 /// The tokens sampling may pick from `logits` under `params`, in id order, and their probabilities, which sum to 1:
 /// temperature, then top-k, then the nucleus (the shortest prefix, by logit, reaching top-p).
 pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let t = f64::from(params.temperature);
+    let top = f64::from(logits.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    // Tokens more than 40 temperatures below the best have under e^-40 of its probability (all of them together
+    // under 1e-12): left out, so a step sorts tens of candidates instead of the whole vocabulary.
+    let floor = top - NEGLIGIBLE * t;
+    let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&i| f64::from(logits[i as usize]) >= floor).collect();
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     let k = if params.top_k == 0 { order.len() } else { (params.top_k as usize).min(order.len()) };
     if k < order.len() {
         order.select_nth_unstable_by(k - 1, by_logit);
         order.truncate(k);
     }
-    order.sort_unstable_by(by_logit);
-    let t = f64::from(params.temperature);
-    let top = f64::from(logits[order[0] as usize]);
-    let mut probs: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - top) / t).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    let mut keep = probs.len();
-    let mut acc = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if acc >= f64::from(params.top_p) {
-            keep = i + 1;
-            break;
+    let p = |i: u32| ((f64::from(logits[i as usize]) - top) / t).exp();
+    let mut probs: Vec<f64>;
+    if params.top_p < 1.0 {
+        // Nucleus: the shortest prefix by logit reaching top_p.
+        order.sort_unstable_by(by_logit);
+        probs = order.iter().map(|&i| p(i)).collect();
+        let total: f64 = probs.iter().sum();
+        let mut keep = probs.len();
+        let mut acc = 0.0;
+        for (i, q) in probs.iter().enumerate() {
+            acc += q / total;
+            if acc >= f64::from(params.top_p) {
+                keep = i + 1;
+                break;
+            }
         }
+        order.truncate(keep);
+        probs.truncate(keep);
+    } else {
+        probs = order.iter().map(|&i| p(i)).collect();
     }
-    order.truncate(keep);
-    probs.truncate(keep);
     let mass: f64 = probs.iter().sum();
     // Walked in token-id order: two tokens whose logits differ by float noise (another batch shape, another CPU)
     // would swap places in logit order and move each other's share by a whole token's probability; in id order
     // noise moves the shares only by as much as it moves the probabilities.
-    let mut pairs: Vec<(u32, f64)> = order.into_iter().zip(probs.into_iter().map(|p| p / mass)).collect();
+    let mut pairs: Vec<(u32, f64)> = order.into_iter().zip(probs.into_iter().map(|q| q / mass)).collect();
     pairs.sort_unstable_by_key(|&(t, _)| t);
     pairs.into_iter().unzip()
 }

@@ -1,9 +1,9 @@
 //! The node's side of streaming generation ([`GENERATE_PROTOCOL`]): one substream per generation. The request frame
 //! is read against the inbound budget within [`FRAME_DEADLINE`], checked like an HTTP request (version, shutdown,
 //! model, limits), and the scheduler's events are written back as frames as they come. The peer closing its side
-//! cancels the generation; a write that makes no progress within the deadline ends it too. Streams count against
-//! the peer's stream limit like multiplexed ones. A node that charges for work refuses generation over p2p until
-//! per-token charging exists.
+//! cancels the generation; a write that makes no progress within the deadline ends it too. A peer may have
+//! [`STREAMS_PER_PEER`] open at once (more are answered "overloaded"). A node that charges for work refuses generation
+//! over p2p until per-token charging exists.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +21,35 @@ use super::mux::{FRAME_DEADLINE, MuxServer};
 use crate::generate::{Event, Generator, Message, Prompt, Sampling};
 use crate::{Error, Result};
 
+/// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
+const STREAMS_PER_PEER: usize = 64;
+
+/// Open generation streams per peer.
+#[derive(Default)]
+struct Open(std::sync::Mutex<std::collections::HashMap<PeerId, usize>>);
+
+impl Open {
+    fn try_open(&self, peer: PeerId) -> bool {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(peer).or_default();
+        if *n >= STREAMS_PER_PEER {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn close(&self, peer: PeerId) {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&peer);
+            }
+        }
+    }
+}
+
 /// Accept generation streams until `shutdown`.
 pub(super) fn spawn(
     mut control: libp2p_stream::Control,
@@ -30,20 +59,28 @@ pub(super) fn spawn(
     let mut incoming = control
         .accept(StreamProtocol::new(GENERATE_PROTOCOL))
         .map_err(|e| Error::Network(format!("accepting {GENERATE_PROTOCOL}: {e}")))?;
+    let open = Arc::new(Open::default());
     Ok(tokio::spawn(async move {
         loop {
-            let (peer, stream) = tokio::select! {
+            let (peer, mut stream) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = incoming.next() => match next { Some(s) => s, None => break },
             };
-            if !server.load.open_stream(peer) {
-                tracing::debug!(target: "node::p2p", %peer, "refusing another generation stream from one peer");
+            if !open.try_open(peer) {
+                let busy = ProtocolError::new(
+                    ErrorKind::Overloaded,
+                    format!("{STREAMS_PER_PEER} generation streams from one peer are open; wait for one to end"),
+                );
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(FRAME_DEADLINE, send(&mut stream, &GenerateEvent::Error(busy))).await;
+                    let _ = stream.close().await;
+                });
                 continue;
             }
-            let server = server.clone();
+            let (server, open) = (server.clone(), open.clone());
             tokio::spawn(async move {
                 serve(&server, peer, stream).await;
-                server.load.close_stream(peer);
+                open.close(peer);
             });
         }
     }))

@@ -350,22 +350,27 @@ impl Client {
         nodes.sort_by_key(|n| n.outstanding);
         let mut last = Error::NoNodes { model: model.name.clone() };
         for node in nodes {
-            let opened = tokio::time::timeout(
-                self.config.request_timeout,
-                crate::generate::open(&mut self.streams.clone().0, node.peer_id, &request),
-            )
-            .await;
-            let mut events = match opened {
-                Ok(Ok(events)) => events,
-                Ok(Err(e)) => {
-                    last = e;
-                    continue;
+            // A stream can meet a connection that is being replaced (two dials crossing): try it again at once.
+            let mut opened = None;
+            for _ in 0..3 {
+                let attempt = tokio::time::timeout(
+                    self.config.request_timeout,
+                    crate::generate::open(&mut self.streams.clone().0, node.peer_id, &request),
+                )
+                .await;
+                match attempt {
+                    Ok(Ok(events)) => {
+                        opened = Some(events);
+                        break;
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => {
+                        last = Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
+                        break;
+                    }
                 }
-                Err(_) => {
-                    last = Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
-                    continue;
-                }
-            };
+            }
+            let Some(mut events) = opened else { continue };
             // A refusal comes first and alone: try the next node on one (but not on a bad request).
             match events.recv().await {
                 Some(GenerateEvent::Error(e)) if e.kind != crate::protocol::ErrorKind::BadInput => {

@@ -46,8 +46,69 @@ struct Streamed {
     tokens: usize,
 }
 
-/// Stream one completion; times are from sending the request.
-async fn stream(http: &reqwest::Client, url: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Result<Streamed> {
+/// How requests reach the node.
+enum Via {
+    /// The OpenAI HTTP API (`/v1/completions`, SSE).
+    Http(reqwest::Client, String),
+    /// `/mlbridge/generate/1` through the SDK client.
+    P2p(Box<mlbridge_sdk::client::Client>),
+}
+
+impl Via {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Http(..) => "HTTP",
+            Self::P2p(_) => "p2p",
+        }
+    }
+}
+
+/// Stream one completion (sampled at temperature 0.8, so that streams rarely end early); times are from sending.
+async fn stream(via: &Via, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Result<Streamed> {
+    match via {
+        Via::Http(http, url) => stream_http(http, url, prompt, max_tokens, seed).await,
+        Via::P2p(client) => {
+            use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest};
+            let request = GenerateRequest {
+                version: mlbridge_sdk::protocol::WIRE_VERSION,
+                model: mlbridge_sdk::protocol::ModelRef { name: MODEL.into(), version: Some(2), id: None },
+                prompt: GeneratePrompt::Ids(prompt),
+                max_tokens: Some(max_tokens as u32),
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 1.0,
+                seed: Some(seed),
+                stop: Vec::new(),
+            };
+            let started = Instant::now();
+            let (_, mut events) = client.generate(request).await?;
+            let (mut first, mut last) = (None, Duration::ZERO);
+            while let Some(event) = events.recv().await {
+                match event {
+                    GenerateEvent::Text(t) if !t.is_empty() => {
+                        first.get_or_insert(started.elapsed());
+                        last = started.elapsed();
+                    }
+                    GenerateEvent::Text(_) => {}
+                    GenerateEvent::Done(d) => {
+                        let first = first.context("the stream sent no text")?;
+                        return Ok(Streamed { first, last, tokens: d.output.len() });
+                    }
+                    GenerateEvent::Error(e) => bail!("the node refused: {}", e.message),
+                }
+            }
+            bail!("the generation stream ended early")
+        }
+    }
+}
+
+async fn stream_http(
+    http: &reqwest::Client,
+    url: &str,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    seed: u64,
+) -> Result<Streamed> {
     let body = json!({
         "model": format!("{MODEL}:2"), "prompt": prompt, "max_tokens": max_tokens, "stream": true,
         "temperature": 0.8, "seed": seed, "stream_options": { "include_usage": true },
@@ -98,8 +159,10 @@ pub(crate) async fn generate(repo: &Path) -> Result<()> {
         let rt = runtime.clone();
         let tps = tokio::task::spawn_blocking(move || {
             let decoder = Decoder::from_bytes(&rt, &config, &bytes)?;
-            reference(&decoder, 32, 8)?; // warm-up
-            reference(&decoder, 32, DECODE_TOKENS)
+            reference(&decoder, 32, DECODE_TOKENS)?; // warm-up (ONNX Runtime sizes its buffers on the first runs)
+            // The best of three.
+            let runs = [(); 3].map(|()| reference(&decoder, 32, DECODE_TOKENS));
+            runs.into_iter().try_fold(0.0f64, |best, r| r.map(|v| best.max(v)))
         })
         .await??;
         reference_tps.push((version, tps));
@@ -111,51 +174,49 @@ pub(crate) async fn generate(repo: &Path) -> Result<()> {
     println!("| fp32 (version 1), after a 32-token prompt | {fp32_ref:.1} |");
     println!("| INT8 / fp32 | {:.2}x |\n", int8_ref / fp32_ref);
 
-    let running = node(repo, |c| {
-        c.inference.queue_capacity = 256;
-        c.p2p.enabled = false;
-    })
-    .await?;
+    let running = node(repo, |c| c.inference.queue_capacity = 256).await?;
     let url = format!("http://{}/v1/completions", running.http_addr);
-    let http = reqwest::Client::new();
-    stream(&http, &url, prompt_ids(8, 9), 4, 0).await.context("warm-up (loads the model)")?;
-
-    println!("| HTTP, INT8 | p50 | p99 | |");
-    println!("|---|---|---|---|");
-    for prompt in [32, 256] {
-        let mut ttft = Vec::new();
-        for i in 0..TTFT_REQUESTS {
-            ttft.push(stream(&http, &url, prompt_ids(prompt, i + 1), 2, i as u64).await?.first.as_secs_f64() * 1e3);
-        }
-        let (p50, p99) = (percentile(&mut ttft, 0.5), percentile(&mut ttft, 0.99));
-        println!(
-            "| time to first token, {prompt}-token prompt (ms, {TTFT_REQUESTS} requests) | {p50:.1} | {p99:.1} | |"
-        );
+    let http = Via::Http(reqwest::Client::new(), url);
+    stream(&http, prompt_ids(8, 9), 4, 0).await.context("warm-up (loads the model)")?;
+    let p2p = Via::P2p(Box::new(crate::scenarios::client_for(&running).await?));
+    if let Via::P2p(c) = &p2p {
+        c.wait_for_nodes(MODEL, 1, Duration::from_secs(30)).await?;
     }
-    let one = stream(&http, &url, prompt_ids(32, 0), DECODE_TOKENS, 1).await?;
-    let decode = (one.tokens.saturating_sub(1)) as f64 / (one.last - one.first).as_secs_f64().max(1e-9);
-    println!(
-        "| decoding, 1 stream (tokens/s after the first; {} tokens) | {decode:.1} | | {:.1}% of the reference |",
-        one.tokens,
-        100.0 * decode / int8_ref
-    );
-    for streams in [8usize, 32] {
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..streams)
-            .map(|i| {
-                let (http, url) = (http.clone(), url.clone());
-                tokio::spawn(async move { stream(&http, &url, prompt_ids(32, 100 + i), DECODE_TOKENS, i as u64).await })
-            })
-            .collect();
-        let mut tokens = 0;
-        for t in tasks {
-            tokens += t.await??.tokens;
+
+    println!("| INT8 (version 2) | path | p50 | p99 | |");
+    println!("|---|---|---|---|---|");
+    for via in [&http, &p2p] {
+        let path = via.name();
+        for prompt in [32, 256] {
+            let mut ttft = Vec::new();
+            for i in 0..TTFT_REQUESTS {
+                ttft.push(stream(via, prompt_ids(prompt, i + 1), 2, i as u64).await?.first.as_secs_f64() * 1e3);
+            }
+            let (p50, p99) = (percentile(&mut ttft, 0.5), percentile(&mut ttft, 0.99));
+            println!(
+                "| time to first token, {prompt}-token prompt (ms, {TTFT_REQUESTS} requests) | {path} | {p50:.1} | {p99:.1} | |"
+            );
         }
-        let tps = tokens as f64 / started.elapsed().as_secs_f64();
+        let one = stream(via, prompt_ids(32, 0), DECODE_TOKENS, 1).await?;
+        let decode = (one.tokens.saturating_sub(1)) as f64 / (one.last - one.first).as_secs_f64().max(1e-9);
         println!(
-            "| aggregate, {streams} streams of {DECODE_TOKENS} tokens (tokens/s, prefill included) | {tps:.1} | | {:.1}x one stream |",
-            tps / decode
+            "| decoding, 1 stream (tokens/s after the first; {} tokens) | {path} | {decode:.1} | | {:.1}% of the reference |",
+            one.tokens,
+            100.0 * decode / int8_ref
         );
+        for streams in [8usize, 32] {
+            let started = Instant::now();
+            let runs = (0..streams).map(|i| stream(via, prompt_ids(32, 100 + i), DECODE_TOKENS, i as u64));
+            let mut tokens = 0;
+            for r in futures::future::join_all(runs).await {
+                tokens += r?.tokens;
+            }
+            let tps = tokens as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "| aggregate, {streams} streams of {DECODE_TOKENS} tokens (tokens/s, prefill included) | {path} | {tps:.1} | | {:.1}x one stream |",
+                tps / decode
+            );
+        }
     }
     let metrics = running.engine.metrics().render();
     let ttft_count =
