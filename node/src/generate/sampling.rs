@@ -1,8 +1,8 @@
 //! Picking the next token from logits: greedy, or temperature / top-k / top-p sampling driven by a seed.
 //!
 //! Sampling is reproducible: the random stream is ChaCha8 seeded with the request's seed (the node picks one when the
-//! client gives none, and reports it), one draw per token, and the candidate set is ordered by logit, then by token
-//! id. So the same model, prompt, parameters and seed give the same tokens, and a validator can replay the sampler over
+//! client gives none, and reports it), one draw per token, and the candidates' shares are laid out in token-id order.
+//! So the same model, prompt, parameters and seed give the same tokens, and a validator can replay the sampler over
 //! teacher-forced logits.
 
 use rand::{Rng, SeedableRng};
@@ -90,6 +90,10 @@ pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     // under 1e-12): left out, so a step sorts tens of candidates instead of the whole vocabulary.
     let floor = top - NEGLIGIBLE * t;
     let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&i| f64::from(logits[i as usize]) >= floor).collect();
+    if order.is_empty() {
+        // Only NaN logits (a broken model): nothing to sample from but the arg-max rule's pick.
+        return (vec![argmax(logits)], vec![1.0]);
+    }
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     let k = if params.top_k == 0 { order.len() } else { (params.top_k as usize).min(order.len()) };
     if k < order.len() {

@@ -238,7 +238,15 @@ impl Generator {
         let limit = self.generation().max_context.saturating_mul(BYTES_PER_CONTEXT_TOKEN);
         let bytes = match &prompt {
             Prompt::Text(t) => t.len(),
-            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
+            // Every message costs template text too (an empty one still renders ~16 bytes and a few tokens).
+            Prompt::Chat(messages) if messages.len() > self.generation().max_context => {
+                return Err(Error::BadRequest(format!(
+                    "{} messages cannot fit the model's context of {} tokens",
+                    messages.len(),
+                    self.generation().max_context
+                )));
+            }
+            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len() + 16).sum(),
             Prompt::Ids(ids) => return Ok(ids.clone()),
         };
         if bytes > limit {

@@ -149,8 +149,13 @@ async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Re
 
 async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
     let (mut r, mut w) = stream.split();
-    let first = read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)).await;
-    let Ok(Some(frame)) = first else {
+    // The request must come within the deadline, waiting for it included (an idle stream would hold a slot).
+    let first = tokio::time::timeout(
+        FRAME_DEADLINE,
+        read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)),
+    )
+    .await;
+    let Ok(Ok(Some(frame))) = first else {
         tracing::debug!(target: "node::p2p", %peer, "a generation stream without a whole request");
         return;
     };

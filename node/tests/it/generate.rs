@@ -332,10 +332,8 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
     let (peer, events) = client.generate(wire("Hello", 60)).await.unwrap();
     let (_, done) = collect(peer, events).await.unwrap();
     let generated = node.engine.metrics().generated_tokens.with_label_values(&["smollm2-135m/2"]).get();
-    assert!(
-        generated < 8 + 200 + done.output.len() as u64,
-        "{generated} tokens: the closed stream's generation ran on"
-    );
+    let story = generated - 8 - done.output.len() as u64;
+    assert!(story < 40, "the closed stream's story made {story} tokens: its generation ran on");
     node.shutdown.cancel();
     node.join().await;
 }

@@ -365,14 +365,22 @@ impl Client {
                     }
                     Ok(Err(e)) => last = e,
                     Err(_) => {
-                        last = Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
+                        last =
+                            Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
                         break;
                     }
                 }
             }
             let Some(mut events) = opened else { continue };
             // A refusal comes first and alone: try the next node on one (but not on a bad request).
-            match events.recv().await {
+            // A node that never answers must not hang the caller: bounded like a request.
+            let first = tokio::time::timeout(self.config.request_timeout, events.recv()).await.unwrap_or_else(|_| {
+                Some(GenerateEvent::Error(crate::protocol::ProtocolError::new(
+                    crate::protocol::ErrorKind::Overloaded,
+                    "no answer within the request timeout",
+                )))
+            });
+            match first {
                 Some(GenerateEvent::Error(e)) if e.kind != crate::protocol::ErrorKind::BadInput => {
                     last = Error::Remote { peer: node.peer_id.to_string(), kind: e.kind, message: e.message };
                 }
@@ -384,7 +392,10 @@ impl Client {
                             if tx.send(event).await.is_err() {
                                 return; // the caller went away: dropping `events` closes the stream
                             }
-                            next = events.recv().await;
+                            next = tokio::select! {
+                                event = events.recv() => event,
+                                () = tx.closed() => return,
+                            };
                         }
                     });
                     return Ok((node.peer_id, rx));

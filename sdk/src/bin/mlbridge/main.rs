@@ -111,6 +111,8 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     while let Some(event) = events.recv().await {
         match event {
             GenerateEvent::Text(t) => {
+                // A node's text is untrusted: no terminal control sequences.
+                let t: String = t.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect();
                 print!("{t}");
                 out.flush()?;
             }
