@@ -9,7 +9,6 @@
 use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor as OrtTensor};
 
 use crate::inference::ModelConfig;
@@ -86,18 +85,8 @@ impl Decoder {
     /// Create the session from verified model bytes and read its sizes from the signature.
     pub fn from_bytes(runtime: &OnnxRuntime, config: &ModelConfig, bytes: &[u8]) -> Result<Self> {
         let key = config.key();
-        let fail = |e: ort::Error| Error::SessionCreate { model: key.clone(), reason: e.to_string() };
-        let mut builder = Session::builder(runtime.env())
-            .map_err(fail)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| fail(e.into()))?
-            .with_intra_threads(config.intra_op_threads)
-            .map_err(|e| fail(e.into()))?;
-        if !config.intra_op_spinning {
-            builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.into()))?;
-        }
-        let session =
-            builder.with_inter_threads(1).map_err(|e| fail(e.into()))?.commit_from_memory(bytes).map_err(fail)?;
+        // (No memory pattern: every step's shapes differ.)
+        let session = crate::inference::model::session(runtime, config, bytes, false)?;
         let shape = read_shape(&session).map_err(|reason| Error::SignatureMismatch { model: key.clone(), reason })?;
         Ok(Self { session: Mutex::new(session), shape, key })
     }

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use mlbridge_sdk::ModelId;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -39,17 +38,7 @@ impl ChatTokenizer {
         if config.kind != "bpe-json" {
             return Err(fail(format!("tokenizer kind '{}' is not a tokenizer.json (bpe-json)", config.kind)));
         }
-        let path = dir.join(&config.vocab);
-        let actual = ModelId::of_file(&path)
-            .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
-        if actual.to_string() != config.vocab_sha256 {
-            return Err(Error::HashMismatch {
-                model: key.to_owned(),
-                path,
-                expected: config.vocab_sha256.clone(),
-                actual: actual.to_string(),
-            });
-        }
+        let path = config.verified_path(dir, key)?;
         let tokenizer = Tokenizer::from_file(&path).map_err(|e| fail(e.to_string()))?;
         let jinja = minijinja::Environment::new();
         jinja.template_from_str(chat_template).map_err(|e| fail(format!("the chat template does not compile: {e}")))?;

@@ -113,6 +113,24 @@ pub struct GenerationConfig {
     pub chat_template: String,
 }
 
+impl TokenizerConfig {
+    /// The tokenizer file of model `key` in `dir`, checked against the recorded sha256.
+    pub fn verified_path(&self, dir: &Path, key: &str) -> Result<std::path::PathBuf> {
+        let path = dir.join(&self.vocab);
+        let actual = mlbridge_sdk::ModelId::of_file(&path)
+            .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
+        if actual.to_string() != self.vocab_sha256 {
+            return Err(Error::HashMismatch {
+                model: key.to_owned(),
+                path,
+                expected: self.vocab_sha256.clone(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(path)
+    }
+}
+
 /// How validators compare a re-execution with the node's answer.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

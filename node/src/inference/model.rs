@@ -31,24 +31,7 @@ impl LoadedModel {
     pub(crate) fn from_bytes(runtime: &OnnxRuntime, config: ModelConfig, id: ModelId, bytes: &[u8]) -> Result<Self> {
         let started = Instant::now();
         let key = config.key();
-        let fail = |e: ort::Error| Error::SessionCreate { model: key.clone(), reason: e.to_string() };
-        let mut builder = Session::builder(runtime.env())
-            .map_err(fail)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| fail(e.into()))?
-            .with_intra_threads(config.intra_op_threads)
-            .map_err(|e| fail(e.into()))?;
-        // Only turned off when asked: otherwise ONNX Runtime's own default stays untouched.
-        if !config.intra_op_spinning {
-            builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.into()))?;
-        }
-        let session = builder
-            .with_inter_threads(1)
-            .map_err(|e| fail(e.into()))?
-            .with_memory_pattern(true)
-            .map_err(|e| fail(e.into()))?
-            .commit_from_memory(bytes)
-            .map_err(fail)?;
+        let session = session(runtime, &config, bytes, true)?;
         check_signature(&config, &session)?;
         let load_time = started.elapsed();
         tracing::info!(target: "node::inference", model = %key, id = %id, ms = load_time.as_millis() as u64, "model loaded");
@@ -94,6 +77,31 @@ impl LoadedModel {
         let outputs = session.run(values).map_err(fail)?;
         self.config.outputs.iter().map(|spec| from_value(&model, spec, outputs.get(&spec.name))).collect()
     }
+}
+
+/// An ONNX Runtime session of `config`'s model from its verified bytes: full graph optimisation, the config's intra-op
+/// threads (and spinning, turned off only when asked), one inter-op thread; `memory_pattern` for fixed-shape reuse.
+pub(crate) fn session(
+    runtime: &OnnxRuntime,
+    config: &ModelConfig,
+    bytes: &[u8],
+    memory_pattern: bool,
+) -> Result<Session> {
+    let fail = |e: ort::Error| Error::SessionCreate { model: config.key(), reason: e.to_string() };
+    let mut builder = Session::builder(runtime.env())
+        .map_err(fail)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| fail(e.into()))?
+        .with_intra_threads(config.intra_op_threads)
+        .map_err(|e| fail(e.into()))?;
+    if !config.intra_op_spinning {
+        builder = builder.with_intra_op_spinning(false).map_err(|e| fail(e.into()))?;
+    }
+    builder = builder.with_inter_threads(1).map_err(|e| fail(e.into()))?;
+    if memory_pattern {
+        builder = builder.with_memory_pattern(true).map_err(|e| fail(e.into()))?;
+    }
+    builder.commit_from_memory(bytes).map_err(fail)
 }
 
 fn to_value(shape: Vec<i64>, data: TensorData) -> ort::Result<DynValue> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mlbridge_sdk::{ModelId, Tensor, TensorData};
+use mlbridge_sdk::{Tensor, TensorData};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -33,17 +33,7 @@ impl TextEncoder {
         if config.kind != "wordpiece" {
             return Err(fail(format!("tokenizer kind '{}' is not supported (only wordpiece)", config.kind)));
         }
-        let path = dir.join(&config.vocab);
-        let actual = ModelId::of_file(&path)
-            .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
-        if actual.to_string() != config.vocab_sha256 {
-            return Err(Error::HashMismatch {
-                model: key.to_owned(),
-                path,
-                expected: config.vocab_sha256.clone(),
-                actual: actual.to_string(),
-            });
-        }
+        let path = config.verified_path(dir, key)?;
         let vocab = path.to_str().ok_or_else(|| fail("vocabulary path is not UTF-8".into()))?;
         let wordpiece =
             WordPiece::from_file(vocab).unk_token("[UNK]".into()).build().map_err(|e| fail(e.to_string()))?;
