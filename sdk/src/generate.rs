@@ -4,7 +4,7 @@
 //! writes one frame holding a [`GenerateRequest`], and reads [`GenerateEvent`] frames as the node produces them:
 //! pieces of text, then one `Done` (or one `Error`). Closing the stream cancels the generation at the node's next
 //! decoding step. Frames are the multiplexed protocol's (a 4-byte length, an 8-byte id, CBOR), with id 0; a request
-//! is at most [`crate::protocol::MAX_REQUEST_BYTES`], an event at most [`MAX_EVENT_BYTES`]. The version is in the
+//! is at most [`MAX_GENERATE_REQUEST_BYTES`], an event at most [`MAX_EVENT_BYTES`]. The version is in the
 //! protocol name and in the request.
 
 use futures::AsyncWriteExt;
@@ -19,8 +19,15 @@ use crate::{Error, Result};
 /// The streaming generation protocol.
 pub const GENERATE_PROTOCOL: &str = "/mlbridge/generate/1";
 
+/// Largest generation request: a prompt the largest context could hold, with room for a conversation's framing
+/// (a request is held while its generation runs, so it is kept far below the tensor protocols' 16 MiB).
+pub const MAX_GENERATE_REQUEST_BYTES: usize = 1 << 20;
+
 /// Largest event frame (a piece of text is a few bytes; `Done` lists the output token ids).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// Most events one stream may send (a context's worth of tokens, and the end).
+const MAX_EVENTS: usize = 1 << 16;
 
 /// Events buffered per stream on the client before the reader waits for the caller.
 const EVENTS: usize = 256;
@@ -116,8 +123,14 @@ pub async fn open(
     write_frame(&mut stream, 0, &encode(request)).await.map_err(|e| net(e.to_string()))?;
     stream.flush().await.map_err(|e| net(e.to_string()))?;
     let (tx, rx) = mpsc::channel(EVENTS);
+    // A node sends at most a piece of text per token and the end: more is a node misbehaving.
+    let mut allowed = request.max_tokens.map_or(MAX_EVENTS, |m| m as usize + 2).min(MAX_EVENTS);
     tokio::spawn(async move {
         loop {
+            if allowed == 0 {
+                break;
+            }
+            allowed -= 1;
             let frame = tokio::select! {
                 frame = read_frame(&mut stream, MAX_EVENT_BYTES, None) => frame,
                 () = tx.closed() => break,

@@ -30,8 +30,9 @@ use mlbridge_node::generate::{Generator, Sampling};
 
 use crate::{Error, Result};
 
-/// Probability margin around a sampled token's share.
+/// Probability margin around a sampled token's share (scaled by 1/temperature below 1, up to the cap).
 const DRAW_MARGIN: f64 = 1e-4;
+const MAX_DRAW_MARGIN: f64 = 0.01;
 
 /// What a node claims it generated.
 #[derive(Clone, Debug)]
@@ -114,7 +115,7 @@ pub fn verify_generation(generator: &Generator, claim: &GenerationClaim<'_>, tol
             let lo: f64 = probs[..at].iter().sum();
             let hi = lo + probs[at];
             // Noise in the logits moves probabilities by about noise / temperature.
-            let margin = DRAW_MARGIN * (1.0 / f64::from(claim.sampling.temperature)).max(1.0);
+            let margin = (DRAW_MARGIN * (1.0 / f64::from(claim.sampling.temperature)).max(1.0)).min(MAX_DRAW_MARGIN);
             if u < lo - margin || u >= hi + margin {
                 return invalid(
                     i,

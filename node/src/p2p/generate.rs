@@ -10,9 +10,11 @@ use std::sync::atomic::Ordering;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use mlbridge_sdk::generate::{GENERATE_PROTOCOL, GenerateDone, GenerateEvent, GeneratePrompt, GenerateRequest};
+use mlbridge_sdk::generate::{
+    GENERATE_PROTOCOL, GenerateDone, GenerateEvent, GeneratePrompt, GenerateRequest, MAX_GENERATE_REQUEST_BYTES,
+};
 use mlbridge_sdk::net::mux::{read_frame_within, write_frame};
-use mlbridge_sdk::protocol::{ErrorKind, MAX_REQUEST_BYTES, ProtocolError, WIRE_VERSION, decode, encode};
+use mlbridge_sdk::protocol::{ErrorKind, ProtocolError, WIRE_VERSION, decode, encode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +106,7 @@ fn refusal(e: &Error) -> ProtocolError {
 
 /// Check the request and queue its generation.
 async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Receiver<Event>, u64), ProtocolError> {
-    let req: GenerateRequest = decode(body, MAX_REQUEST_BYTES)
+    let req: GenerateRequest = decode(body, MAX_GENERATE_REQUEST_BYTES)
         .map_err(|e| ProtocolError::new(ErrorKind::Malformed, format!("not a generation request: {e}")))?;
     if req.version != WIRE_VERSION {
         let message = format!("wire version {} is not spoken here (this node speaks {WIRE_VERSION})", req.version);
@@ -121,7 +123,11 @@ async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Re
         ));
     }
     let generator: Arc<Generator> =
-        server.engine.generator(&req.model.name, req.model.version).await.map_err(|e| refusal(&e))?;
+        server.engine.generator(&req.model.name, req.model.version).await.map_err(|e| match e {
+            // A tensor model of that name: for generation this node does not have it (the client tries another).
+            Error::BadRequest(message) => ProtocolError::new(ErrorKind::UnknownModel, message),
+            e => refusal(&e),
+        })?;
     if req.model.id.is_some_and(|id| id != generator.config().sha256) {
         let message = format!("this node's {} has other weights than asked", generator.config().key());
         return Err(ProtocolError::new(ErrorKind::UnknownModel, message));
@@ -152,14 +158,16 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
     // The request must come within the deadline, waiting for it included (an idle stream would hold a slot).
     let first = tokio::time::timeout(
         FRAME_DEADLINE,
-        read_frame_within(&mut r, MAX_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)),
+        read_frame_within(&mut r, MAX_GENERATE_REQUEST_BYTES, Some(&server.budget), Some(FRAME_DEADLINE)),
     )
     .await;
     let Ok(Ok(Some(frame))) = first else {
         tracing::debug!(target: "node::p2p", %peer, "a generation stream without a whole request");
         return;
     };
-    let mut events = match start(server, &frame.body).await {
+    let started = start(server, &frame.body).await;
+    drop(frame); // not held while the generation waits and runs
+    let mut events = match started {
         Ok((rx, _)) => rx,
         Err(e) => {
             if e.kind == ErrorKind::Malformed {

@@ -103,7 +103,8 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         temperature: args.temperature,
         top_k: 0,
         top_p: args.top_p,
-        seed: args.seed,
+        // Our own seed, never the node's choice (a node picking seeds could choose the longest answer to bill).
+        seed: Some(args.seed.unwrap_or_else(rand::random)),
         stop: Vec::new(),
     };
     let (node, mut events) = c.generate(request).await?;
