@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::net::mux::{read_frame, write_frame};
-use crate::protocol::{ModelRef, ProtocolError, decode, encode};
+use alloy::primitives::{B256, U256};
+
+use crate::protocol::{ModelRef, ProtocolError, ReceiptMsg, WireVoucher, decode, encode};
 use crate::{Error, Result};
 
 /// The streaming generation protocol.
@@ -73,10 +75,170 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     /// Strings that end the output (not included).
     pub stop: Vec<String>,
+    /// Payment (paid nodes): a voucher covering the generation's most cost (see [`GenerationPrices::most`]).
+    #[serde(default)]
+    pub voucher: Option<WireVoucher>,
+    /// Charge the credit paid ahead on this channel (DESIGN.md §3); a voucher names its own channel.
+    #[serde(default)]
+    pub channel: Option<B256>,
+    /// The payer's secret credit key (see [`crate::protocol::InferRequest::credit_key`]).
+    #[serde(default)]
+    pub credit_key: Option<B256>,
+}
+
+impl GenerateRequest {
+    /// A free request with the node's defaults: greedy, no stop strings, no payment.
+    pub fn new(model: ModelRef, prompt: GeneratePrompt) -> Self {
+        Self {
+            version: crate::protocol::WIRE_VERSION,
+            model,
+            prompt,
+            max_tokens: None,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            voucher: None,
+            channel: None,
+            credit_key: None,
+        }
+    }
+
+    /// The most prompt tokens this prompt can honestly become: a byte-level BPE token covers at least one byte, and
+    /// a chat template adds at most [`TEMPLATE_TOKENS_PER_TURN`] per message and as many again around them. A node
+    /// that counts more prompt tokens than this is overcharging. (Only a bound: a client without the tokenizer cannot
+    /// check the exact count.)
+    pub fn prompt_token_bound(&self) -> u64 {
+        let turn = TEMPLATE_TOKENS_PER_TURN;
+        match &self.prompt {
+            GeneratePrompt::Text(t) => t.len() as u64 + TEMPLATE_TOKENS,
+            GeneratePrompt::Ids(ids) => ids.len() as u64,
+            GeneratePrompt::Chat(turns) => {
+                turns.iter().map(|t| t.role.len() as u64 + t.content.len() as u64 + turn).sum::<u64>() + TEMPLATE_TOKENS
+            }
+        }
+    }
+}
+
+/// Chat-template tokens a node may add per message (role markers, separators) when a client bounds a prompt's size.
+pub const TEMPLATE_TOKENS_PER_TURN: u64 = 16;
+
+/// Template tokens a node may add once per prompt (a default system message, the assistant's opening, a BOS).
+pub const TEMPLATE_TOKENS: u64 = 64;
+
+/// A generation model's per-token prices (DESIGN.md §3: an input and an output token are units).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationPrices {
+    /// Wei per prompt token.
+    pub input_wei: U256,
+    /// Wei per generated token.
+    pub output_wei: U256,
+}
+
+impl GenerationPrices {
+    /// What `prompt` input tokens and `output` generated tokens cost (saturating).
+    pub fn cost(&self, prompt: u64, output: u64) -> U256 {
+        self.input_wei
+            .saturating_mul(U256::from(prompt))
+            .saturating_add(self.output_wei.saturating_mul(U256::from(output)))
+    }
+
+    /// The most a generation can cost: every prompt token and `max_tokens` generated ones (what a node holds while
+    /// it runs; it charges what was produced).
+    pub fn most(&self, prompt: u64, max_tokens: u64) -> U256 {
+        self.cost(prompt, max_tokens)
+    }
+
+    /// Whether the generation is free.
+    pub fn is_free(&self) -> bool {
+        self.input_wei.is_zero() && self.output_wei.is_zero()
+    }
+}
+
+/// What a generation receipt's input hash commits to: the prompt tokens (chat template applied) and every decoding
+/// parameter, the seed included, so a validator can replay exactly the rule the node had to follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationParams {
+    /// Most output tokens.
+    pub max_tokens: u32,
+    /// Softmax temperature (0 = greedy).
+    pub temperature: f32,
+    /// Top-k (0 = all).
+    pub top_k: u32,
+    /// Nucleus mass.
+    pub top_p: f32,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+/// sha256 over a generation's prompt tokens and parameters, each field fixed-width little-endian and lists
+/// length-prefixed (a receipt's input hash for a generation).
+pub fn input_hash(prompt: &[u32], p: &GenerationParams) -> B256 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"mlbridge-generation/1");
+    h.update((prompt.len() as u64).to_le_bytes());
+    for t in prompt {
+        h.update(t.to_le_bytes());
+    }
+    h.update(p.max_tokens.to_le_bytes());
+    h.update(p.temperature.to_bits().to_le_bytes());
+    h.update(p.top_k.to_le_bytes());
+    h.update(p.top_p.to_bits().to_le_bytes());
+    h.update(p.seed.to_le_bytes());
+    h.update((p.stop.len() as u64).to_le_bytes());
+    for s in &p.stop {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    B256::from(<[u8; 32]>::from(h.finalize()))
+}
+
+/// sha256 over a generation's output tokens and how it ended (a receipt's output hash for a generation).
+pub fn output_hash(output: &[u32], finish: &str) -> B256 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"mlbridge-generation-output/1");
+    h.update((output.len() as u64).to_le_bytes());
+    for t in output {
+        h.update(t.to_le_bytes());
+    }
+    h.update((finish.len() as u64).to_le_bytes());
+    h.update(finish.as_bytes());
+    B256::from(<[u8; 32]>::from(h.finalize()))
+}
+
+/// A paid generation as the node keeps it for validators (inside an [`crate::protocol::AuditRecord`]): what its
+/// receipt's hashes commit to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationAudit {
+    /// Prompt token ids (chat template applied).
+    pub prompt: Vec<u32>,
+    /// Decoding parameters and seed.
+    pub params: GenerationParams,
+    /// Output token ids.
+    pub output: Vec<u32>,
+    /// `stop`, `length`, or `cancelled` (the client closed the stream; charged for what was produced).
+    pub finish: String,
+}
+
+impl GenerationAudit {
+    /// The receipt's input hash.
+    pub fn input_hash(&self) -> B256 {
+        input_hash(&self.prompt, &self.params)
+    }
+
+    /// The receipt's output hash.
+    pub fn output_hash(&self) -> B256 {
+        output_hash(&self.output, &self.finish)
+    }
 }
 
 /// How a generation ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateDone {
     /// `stop` (a stop token or string) or `length` (`max_tokens`).
     pub finish: String,
@@ -86,10 +248,19 @@ pub struct GenerateDone {
     pub output: Vec<u32>,
     /// The seed used.
     pub seed: u64,
+    /// Prompt token ids (paid generations: with the parameters and seed they make the receipt's input hash).
+    #[serde(default)]
+    pub prompt_ids: Vec<u32>,
+    /// The weights that ran.
+    #[serde(default)]
+    pub model: Option<ModelRef>,
+    /// The node's receipt (paid generations): units are prompt plus output tokens, the price what they cost.
+    #[serde(default)]
+    pub receipt: Option<Box<ReceiptMsg>>,
 }
 
 /// What a node sends on a generation stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum GenerateEvent {
     /// A piece of output text.
     Text(String),

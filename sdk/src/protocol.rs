@@ -613,6 +613,9 @@ pub struct AuditRecord {
     pub texts: Vec<String>,
     /// The outputs the node returned.
     pub outputs: Vec<Tensor>,
+    /// A text generation's prompt tokens, parameters and output tokens (its inputs and outputs are empty).
+    #[serde(default)]
+    pub generation: Option<crate::generate::GenerationAudit>,
 }
 
 /// sha256 of the canonical bytes of `tensors` (a receipt's input or output hash).
@@ -684,6 +687,10 @@ pub struct AdvertModel {
     pub price_wei: U256,
     /// Requests queued now.
     pub queue_depth: u32,
+    /// A text-generation model's price per prompt token, wei (`price_wei` is then per generated token). `None` for
+    /// models that take tensors or texts.
+    #[serde(default)]
+    pub input_token_price_wei: Option<U256>,
 }
 
 /// A node's periodic advert on [`ADVERTS_TOPIC`], signed by its operator key (binding PeerId and operator).
@@ -1147,7 +1154,7 @@ mod tests {
                 version: WIRE_VERSION,
                 peer_id: peer,
                 operator: Address::repeat_byte(3),
-                models: vec![AdvertModel { model_id: id, name: "m".into(), version: 2, price_wei: U256::from(price), queue_depth: depth }],
+                models: vec![AdvertModel { model_id: id, name: "m".into(), version: 2, price_wei: U256::from(price), queue_depth: depth, input_token_price_wei: None }],
                 capacity: 256,
                 addrs: vec![vec![4, 127, 0, 0, 1]],
                 issued_at_ms: 1,
@@ -1244,6 +1251,7 @@ mod tests {
                 inputs: vec![image],
                 texts: vec![],
                 outputs: vec![],
+                generation: None,
             },
         };
         let subject = EvidenceSubject {

@@ -9,9 +9,13 @@
 use std::sync::Arc;
 
 use alloy::primitives::B256;
+use mlbridge_node::generate::Sampling;
 use mlbridge_node::inference::{Engine, EngineOptions, ModelConfig, ModelRepository, OnnxRuntime};
 use mlbridge_node::metrics::NodeMetrics;
+use mlbridge_sdk::generate::GenerationAudit;
 use mlbridge_sdk::protocol::{AuditRecord, ReceiptMsg, tensors_hash, texts_hash};
+
+use crate::generation::{GenerationClaim, Verdict, verify_generation};
 use mlbridge_sdk::{Tensor, TensorData};
 
 use crate::compare::max_diff;
@@ -38,6 +42,10 @@ pub enum Rejected {
     /// Re-execution failed for a reason that may pass (overloaded, a queue timeout, an internal error).
     #[error("re-execution failed: {0}")]
     Failed(String),
+    /// A generation by a model version whose generations one teacher-forced pass cannot check (`[generation]
+    /// verifiable = false`): judging it could condemn an honest node.
+    #[error("model {0}'s generations cannot be checked by one forward pass")]
+    Unverifiable(B256),
 }
 
 impl Rejected {
@@ -50,6 +58,7 @@ impl Rejected {
             Self::OutputHash => "output_hash",
             Self::Refused(_) => "inputs_refused",
             Self::Failed(_) => "reexecution_failed",
+            Self::Unverifiable(_) => "unverifiable",
         }
     }
 
@@ -64,7 +73,8 @@ impl Rejected {
 pub struct Check {
     /// Whether the node's output is within the model's tolerance of ours.
     pub agrees: bool,
-    /// Largest element-wise difference (`None`: the outputs' shapes or names differ).
+    /// Largest element-wise difference (`None`: the outputs' shapes or names differ, or a generation: its tokens are
+    /// checked one by one, not as differences).
     pub max_diff: Option<f64>,
     /// The model's tolerance.
     pub tolerance: f64,
@@ -94,9 +104,9 @@ impl Reexecutor {
         &self.engine
     }
 
-    /// The model with these weights, if held.
+    /// The model with these weights (tensor, text or text-generation), if held.
     pub fn model(&self, id: B256) -> Option<&ModelConfig> {
-        self.engine.configs().find(|c| c.sha256.as_bytes() == id.as_slice())
+        self.engine.configs().chain(self.engine.generation_configs()).find(|c| c.sha256.as_bytes() == id.as_slice())
     }
 
     /// Run `record`'s inputs through the model alone.
@@ -128,18 +138,82 @@ impl Reexecutor {
         if record.receipt.receipt().leaf() != receipt.receipt().leaf() || record.receipt.node() != receipt.node() {
             return Err(Rejected::WrongReceipt);
         }
-        let input_hash = if record.texts.is_empty() { tensors_hash(&record.inputs) } else { texts_hash(&record.texts) };
+        let (input_hash, output_hash) = match &record.generation {
+            Some(g) => (g.input_hash(), g.output_hash()),
+            None if record.texts.is_empty() => (tensors_hash(&record.inputs), tensors_hash(&record.outputs)),
+            None => (texts_hash(&record.texts), tensors_hash(&record.outputs)),
+        };
         if input_hash != receipt.input_hash {
             return Err(Rejected::InputHash);
         }
-        if tensors_hash(&record.outputs) != receipt.output_hash {
+        if output_hash != receipt.output_hash {
             return Err(Rejected::OutputHash);
         }
         Ok(())
     }
 
-    /// Check `record` against `receipt` ([`Self::bound`]) and re-execute it.
+    /// Check a paid generation's record: bound to the receipt, then every output token against the decoding rule
+    /// its parameters and seed give, from one teacher-forced pass on a blocking thread. `ours` commits to the
+    /// verdict (the output hash when the tokens pass; else a hash of the first wrong position and its reason).
+    async fn check_generation(
+        &self,
+        receipt: &ReceiptMsg,
+        record: &AuditRecord,
+        g: &GenerationAudit,
+    ) -> std::result::Result<Check, Rejected> {
+        let config = self
+            .engine
+            .generation_configs()
+            .find(|c| c.sha256.as_bytes() == receipt.model_id.as_slice())
+            .ok_or(Rejected::UnknownModel(receipt.model_id))?
+            .clone();
+        self.bound(receipt, record)?;
+        if !record.inputs.is_empty() || !record.outputs.is_empty() || !record.texts.is_empty() {
+            return Err(Rejected::Refused("a generation's record carries tensors or texts".into()));
+        }
+        if !config.generation.as_ref().is_some_and(|c| c.verifiable) {
+            return Err(Rejected::Unverifiable(receipt.model_id));
+        }
+        let generator = self.engine.generator(&config.name, Some(config.version)).await.map_err(|e| {
+            if mlbridge_node::inference::engine::is_client_error(&e) {
+                Rejected::Refused(e.to_string())
+            } else {
+                Rejected::Failed(e.to_string())
+            }
+        })?;
+        let tolerance = config.validation.max_abs_diff;
+        let g = g.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            let p = &g.params;
+            let claim = GenerationClaim {
+                prompt: &g.prompt,
+                output: &g.output,
+                sampling: Sampling { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed },
+                max_tokens: p.max_tokens as usize,
+                stop: &p.stop,
+                cancelled: g.finish == mlbridge_node::payment::generation::CANCELLED,
+            };
+            verify_generation(&generator, &claim, tolerance as f32)
+        })
+        .await
+        .map_err(|e| Rejected::Failed(format!("the check panicked: {e}")))?
+        .map_err(|e| Rejected::Failed(e.to_string()))?;
+        let (agrees, ours) = match &verdict {
+            Verdict::Valid => (true, receipt.output_hash),
+            Verdict::Invalid { position, reason } => {
+                tracing::info!(target: "validator::audit", job = %receipt.job_id, position, reason, "generation check failed");
+                (false, alloy::primitives::keccak256(format!("{position}:{reason}")))
+            }
+        };
+        Ok(Check { agrees, max_diff: None, tolerance, ours })
+    }
+
+    /// Check `record` against `receipt` ([`Self::bound`]) and re-execute it (a text generation: check it with one
+    /// teacher-forced pass, [`crate::generation`]).
     pub async fn check(&self, receipt: &ReceiptMsg, record: &AuditRecord) -> std::result::Result<Check, Rejected> {
+        if let Some(g) = &record.generation {
+            return self.check_generation(receipt, record, g).await;
+        }
         let config = self.model(receipt.model_id).ok_or(Rejected::UnknownModel(receipt.model_id))?.clone();
         self.bound(receipt, record)?;
         let ours = self.run(&config, record).await?;

@@ -7,6 +7,12 @@
 //! reproduced), `stop` (a string or up to 4), `stream`, `stream_options.include_usage`. `n > 1`, `echo`, `logprobs`
 //! and penalties other than 0 are refused with a 400 rather than ignored. A client that goes away (a closed stream,
 //! a dropped connection) cancels its sequence at the next decoding step.
+//!
+//! On a node that charges, a caller off its free list pays per token with the voucher headers of [`super::pay`]:
+//! the generation's most cost is held, and it is charged for the tokens produced (a client that goes away pays for
+//! what was produced until then). The answer carries the receipt: in the `X-MLBridge-Receipt` header and a `receipt`
+//! field of a whole answer, in the last chunk (the one with `usage`) of a stream. Paid generations use versions that
+//! validators can check (`[generation] verifiable`).
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,8 +29,11 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use super::pay::PeerAddr;
-use crate::generate::{Completion, Event, GenerateRequest, Generator, Message, Sampling};
+use super::pay::{PeerAddr, receipt_header, receipt_json};
+use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
+use crate::payment::generation::{Charge, Metered, hold, meter};
+use alloy::primitives::U256;
+use mlbridge_sdk::protocol::ReceiptMsg;
 
 /// A string or a list of strings (`stop`).
 #[derive(Debug, Deserialize)]
@@ -131,20 +140,19 @@ enum Kind {
     Chat,
 }
 
-/// Text generation is free or refused: per-token charging is not built yet, so a node that charges for work serves
-/// generations only to its free list (its operator's own callers) and says so to everybody else.
-fn admit_caller(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
-    let Some(service) = state.payments.as_deref() else { return Ok(()) };
-    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    if peer.0.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
-        service.metrics().free_jobs.inc();
-        return Ok(());
+/// The model version this request gets: a paying caller of a node that charges gets only versions validators can
+/// check (the newest of them when it names none); a free caller gets what it asks for.
+fn version_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: PeerAddr,
+    name: &str,
+    asked: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
+    if super::pay::pays(state, headers, peer.0)? {
+        return Ok(crate::payment::generation::sold_version(&state.engine, name, asked)?);
     }
-    Err(ApiError::with_status(
-        StatusCode::NOT_IMPLEMENTED,
-        "this node charges for its work, and paid text generation (per-token prices over a payment channel) is not \
-         available yet; use a node that serves generation free, or ask its operator to add you to its free list",
-    ))
+    Ok(asked)
 }
 
 fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {
@@ -195,8 +203,8 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    admit_caller(&state, &headers, peer)?;
     let (name, version) = model_name(&req.common.model)?;
+    let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
     let prompt = match req.prompt {
         Prompt::Text(t) => generator.prompt_tokens(crate::generate::Prompt::Text(t)).await?,
@@ -206,7 +214,7 @@ pub(crate) async fn completions(
         Prompt::Texts(_) => return Err(ApiError::bad_request("prompt must be one text (one choice per request)")),
         Prompt::Ids(ids) => ids,
     };
-    run(generator, prompt, &req.common, Kind::Text).await
+    run(&state, &headers, peer, generator, prompt, &req.common, Kind::Text).await
 }
 
 pub(crate) async fn chat_completions(
@@ -215,8 +223,8 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    admit_caller(&state, &headers, peer)?;
     let (name, version) = model_name(&req.common.model)?;
+    let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must hold at least one message"));
@@ -251,7 +259,7 @@ pub(crate) async fn chat_completions(
         messages.push(Message { role, content });
     }
     let prompt = generator.prompt_tokens(crate::generate::Prompt::Chat(messages)).await?;
-    run(generator, prompt, &req.common, Kind::Chat).await
+    run(&state, &headers, peer, generator, prompt, &req.common, Kind::Chat).await
 }
 
 fn now_unix() -> u64 {
@@ -315,6 +323,9 @@ impl Head {
 }
 
 async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: PeerAddr,
     generator: std::sync::Arc<Generator>,
     prompt: Vec<u32>,
     c: &Common,
@@ -322,7 +333,23 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let (sampling, stop, max_tokens) = parameters(c)?;
     let max_tokens = generator.check(&prompt, max_tokens, &sampling)?;
-    let rx = generator.submit(GenerateRequest { prompt, max_tokens, sampling, stop })?;
+    // Paid: the most this generation can cost is held before it is queued; it is charged for what it produces.
+    let prices = generator.generation().prices();
+    let most = hold(&prices, prompt.len(), max_tokens);
+    let charge = match super::pay::authorize_priced(
+        state,
+        headers,
+        peer.0,
+        if prices.is_free() { U256::ZERO } else { most },
+        1,
+    )? {
+        Some(p) => {
+            let service = state.payments.clone().expect("a payment comes from the payment service");
+            Some(Charge { service, auth: p.auth, prices })
+        }
+        None => None,
+    };
+    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?;
     let config = generator.config();
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let head = Head {
@@ -337,7 +364,7 @@ async fn run(
         let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
         return Ok(stream(head, rx, include_usage).into_response());
     }
-    let (text, done) = collect(rx).await?;
+    let (text, done, receipt) = collect(rx).await?;
     let choice = match kind {
         Kind::Text => json!({ "index": 0, "text": text, "finish_reason": done.finish.as_str(), "logprobs": null }),
         Kind::Chat => json!({
@@ -349,16 +376,23 @@ async fn run(
     };
     let mut body = head.base(false, json!([choice]));
     body["usage"] = usage(&done);
-    Ok(Json(body).into_response())
+    match receipt {
+        Some(r) => {
+            body["receipt"] = receipt_json(&r);
+            Ok(([receipt_header(&r)], Json(body)).into_response())
+        }
+        None => Ok(Json(body).into_response()),
+    }
 }
 
-/// The whole text and the completion.
-async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<(String, Completion), ApiError> {
+/// The whole text, the completion and its receipt.
+async fn collect(mut rx: mpsc::Receiver<Metered>) -> Result<(String, Completion, Option<Box<ReceiptMsg>>), ApiError> {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(c) => return Ok((text, c)),
+            Metered::Token { text: t, .. } => text.push_str(&t),
+            Metered::Done(c, receipt) => return Ok((text, c, receipt)),
+            Metered::Failed(e) => return Err(e.into()),
         }
     }
     Err(ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "the generation stopped; the node's log says why"))
@@ -372,18 +406,20 @@ fn sse(v: &Value) -> Result<SseEvent, Infallible> {
 /// reason (and `usage`, unless the client asked for the separate usage chunk of `include_usage`), `[DONE]`.
 fn stream(
     head: Head,
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Metered>,
     include_usage: bool,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let opening = (head.kind == Kind::Chat).then(|| sse(&head.delta(None, None)));
     let body = futures::stream::unfold(Some((head, rx)), move |state| async move {
         let (head, mut rx) = state?;
         match rx.recv().await {
-            Some(Event::Text(t)) => {
-                let ev = sse(&head.delta(Some(&t), None));
+            // A token whose text is held back (or a stop token) sends nothing.
+            Some(Metered::Token { text, .. }) if text.is_empty() => Some((vec![], Some((head, rx)))),
+            Some(Metered::Token { text, .. }) => {
+                let ev = sse(&head.delta(Some(&text), None));
                 Some((vec![ev], Some((head, rx))))
             }
-            Some(Event::Done(done)) => {
+            Some(Metered::Done(done, receipt)) => {
                 let mut last = head.delta(None, Some(done.finish.as_str()));
                 let mut out = Vec::new();
                 if include_usage {
@@ -391,9 +427,16 @@ fn stream(
                     last = head.base(true, json!([]));
                 }
                 last["usage"] = usage(&done);
+                if let Some(r) = receipt {
+                    last["receipt"] = receipt_json(&r);
+                }
                 out.push(sse(&last));
                 out.push(Ok(SseEvent::default().data("[DONE]")));
                 Some((out, None))
+            }
+            Some(Metered::Failed(e)) => {
+                let error = json!({ "error": { "message": ApiError::from(e).message() } });
+                Some((vec![sse(&error)], None))
             }
             None => {
                 let error = json!({ "error": { "message": "the generation stopped; the node's log says why" } });

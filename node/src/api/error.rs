@@ -36,6 +36,11 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into(), retry_after_secs: None }
     }
+
+    /// What the answer says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<Error> for ApiError {

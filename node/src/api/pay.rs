@@ -1,6 +1,7 @@
 //! Payment over HTTP, for clients that do not speak libp2p: a voucher in the `X-MLBridge-Voucher` header
 //! (`<channel id hex>:<cumulative amount in wei, decimal>:<65-byte signature hex>`) covering the job's units
-//! (samples or texts) x the model's price, and the node's receipt in the answer (`X-MLBridge-Receipt` header and the
+//! (samples or texts) x the model's price (for a text generation: its most cost, every prompt token and
+//! `max_tokens` output tokens; it is charged for the tokens produced), and the node's receipt in the answer (`X-MLBridge-Receipt` header and the
 //! body: the receipt, its Merkle proof and the signed batch; the job id in it is the node's).
 //!
 //! Payment intervals: a voucher may pay ahead. The credit it leaves is drawn on by later requests that carry no
@@ -107,11 +108,52 @@ pub(crate) fn authorize<'a>(
     config: &ModelConfig,
     units: u64,
 ) -> Result<Option<HttpPayment<'a>>, ApiError> {
+    authorize_priced(state, headers, peer, U256::from(config.price_wei), units)
+}
+
+/// [`authorize`] for `units` at `unit_price` each.
+pub(crate) fn authorize_priced<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    unit_price: U256,
+    units: u64,
+) -> Result<Option<HttpPayment<'a>>, ApiError> {
     let Some(service) = state.payments.as_deref() else { return Ok(None) };
-    let price = U256::from(config.price_wei);
-    if price.is_zero() {
+    if unit_price.is_zero() {
         return Ok(None);
     }
+    let PayHeaders { voucher, channel, spender } = pay_headers(headers)?;
+    // Free callers pay nothing unless they attach a voucher (or name a channel) anyway.
+    if voucher.is_none() && channel.is_none() && is_free_caller(service, headers, peer) {
+        service.metrics().free_jobs.inc();
+        return Ok(None);
+    }
+    let auth = service.authorize(voucher.as_ref(), channel, spender, unit_price, units)?;
+    Ok(Some(HttpPayment { service, auth }))
+}
+
+/// Whether this request will pay on a node that charges: it brings payment headers, or its caller is not on the
+/// free list.
+pub(crate) fn pays(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<bool, ApiError> {
+    let Some(service) = state.payments.as_deref() else { return Ok(false) };
+    let h = pay_headers(headers)?;
+    Ok(h.voucher.is_some() || h.channel.is_some() || !is_free_caller(service, headers, peer))
+}
+
+fn is_free_caller(service: &PaymentService, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    peer.is_some_and(|p| service.is_free(p.ip(), forwarded))
+}
+
+/// A request's payment headers, parsed.
+struct PayHeaders {
+    voucher: Option<WireVoucher>,
+    channel: Option<B256>,
+    spender: Option<B256>,
+}
+
+fn pay_headers(headers: &HeaderMap) -> Result<PayHeaders, ApiError> {
     let voucher = header_text(headers, VOUCHER_HEADER)?
         .map(|t| parse_voucher(t).map_err(|e| ApiError::bad_request(format!("bad {VOUCHER_HEADER}: {e}"))))
         .transpose()?;
@@ -129,14 +171,7 @@ pub(crate) fn authorize<'a>(
     {
         return Err(ApiError::bad_request(format!("{CHANNEL_HEADER} names another channel than the voucher")));
     }
-    // Free callers pay nothing unless they attach a voucher (or name a channel) anyway.
-    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    if voucher.is_none() && channel.is_none() && peer.is_some_and(|p| service.is_free(p.ip(), forwarded)) {
-        service.metrics().free_jobs.inc();
-        return Ok(None);
-    }
-    let auth = service.authorize(voucher.as_ref(), channel, spender, price, units)?;
-    Ok(Some(HttpPayment { service, auth }))
+    Ok(PayHeaders { voucher, channel, spender })
 }
 
 /// The receipt as a response header.

@@ -91,8 +91,15 @@ pub struct Completion {
 /// What a generation sends as it goes.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A piece of output text (complete characters; text that may begin a stop string is held back).
-    Text(String),
+    /// One output token, with the text it completes (complete characters; text that may begin a stop string is held
+    /// back, so it can be empty). Every token comes as one event, so a consumer knows what was produced (and what
+    /// a cancelled paid stream costs).
+    Token {
+        /// The token id.
+        id: u32,
+        /// Its text.
+        text: String,
+    },
     /// The end.
     Done(Completion),
 }
@@ -139,8 +146,14 @@ pub struct Generator {
     tokenizer: Arc<ChatTokenizer>,
     config: ModelConfig,
     queue_capacity: usize,
+    /// Token ids of recent prompts (after the chat template), by their text: repeated prompts and system prompts
+    /// are not tokenized again. Bounded by bytes ([`PROMPT_CACHE_BYTES`]).
+    prompts: moka::sync::Cache<Arc<str>, Arc<Vec<u32>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Memory for cached prompt tokenizations (text and ids together, approximately).
+const PROMPT_CACHE_BYTES: u64 = 16 << 20;
 
 impl std::fmt::Debug for Generator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,7 +188,11 @@ impl Generator {
             std::thread::Builder::new().name(format!("generate-{}", config.name)).spawn(move || sched.run()).map_err(
                 |e| Error::LoadFailed { model: config.key(), reason: format!("cannot start its thread: {e}") },
             )?;
-        Ok(Self { shared, decoder, tokenizer, config, queue_capacity, thread: Some(thread) })
+        let prompts = moka::sync::Cache::builder()
+            .max_capacity(PROMPT_CACHE_BYTES)
+            .weigher(|text: &Arc<str>, ids: &Arc<Vec<u32>>| (text.len() + 4 * ids.len() + 64) as u32)
+            .build();
+        Ok(Self { shared, decoder, tokenizer, config, queue_capacity, prompts, thread: Some(thread) })
     }
 
     /// The model's config.
@@ -256,12 +273,23 @@ impl Generator {
         }
         let g = self.clone();
         tokio::task::spawn_blocking(move || match prompt {
-            Prompt::Text(t) => g.tokenizer.encode(&t),
-            Prompt::Chat(messages) => g.tokenizer.encode(&g.tokenizer.chat_prompt(&messages)?),
+            Prompt::Text(t) => g.encode_cached(t),
+            Prompt::Chat(messages) => g.encode_cached(g.tokenizer.chat_prompt(&messages)?),
             Prompt::Ids(ids) => Ok(ids),
         })
         .await
         .map_err(|e| Error::Inference { model: self.config.key(), reason: format!("tokenizing the prompt: {e}") })?
+    }
+
+    /// `text`'s token ids, from the prompt cache or the tokenizer (blocking).
+    fn encode_cached(&self, text: String) -> Result<Vec<u32>> {
+        let text: Arc<str> = text.into();
+        if let Some(ids) = self.prompts.get(&text) {
+            return Ok(ids.as_ref().clone());
+        }
+        let ids = self.tokenizer.encode(&text)?;
+        self.prompts.insert(text, Arc::new(ids.clone()));
+        Ok(ids)
     }
 
     /// Check stop strings against the limits.
@@ -508,30 +536,28 @@ impl Scheduler {
             let ttft = r.since.elapsed().as_secs_f64();
             self.metrics.time_to_first_token_seconds.with_label_values(&[&self.key]).observe(ttft);
         }
-        let mut finish = None;
-        if self.generation.stop_token_ids.contains(&token) {
-            finish = Some(FinishReason::Stop);
+        let (mut text, finish) = if self.generation.stop_token_ids.contains(&token) {
+            (String::new(), Some(FinishReason::Stop))
         } else {
-            let text = r.detok.push(&self.tokenizer, token);
-            let (emit, hit) = r.stops.feed(&text);
-            if !emit.is_empty() && r.events.try_send(Event::Text(emit)).is_err() {
-                return true;
-            }
-            if hit {
-                return self.finish(r, FinishReason::Stop);
-            }
+            let piece = r.detok.push(&self.tokenizer, token);
+            let (emit, hit) = r.stops.feed(&piece);
+            let length = r.output.len() >= r.req.max_tokens;
+            (emit, if hit { Some(FinishReason::Stop) } else { length.then_some(FinishReason::Length) })
+        };
+        // A stop string's text is never sent. At the end, text held back as a possible stop string's start was not
+        // one after all, nor is a last incomplete character.
+        if finish.is_some_and(|f| f == FinishReason::Length || self.generation.stop_token_ids.contains(&token)) {
+            text.push_str(&r.stops.finish());
+            text.push_str(&r.detok.finish(&self.tokenizer));
         }
-        if finish.is_none() && r.output.len() >= r.req.max_tokens {
-            finish = Some(FinishReason::Length);
+        // The channel holds max_tokens + 2 events: a failed send means the client is gone.
+        if r.events.try_send(Event::Token { id: token, text }).is_err() {
+            return true;
         }
-        let Some(finish) = finish else { return r.events.is_closed() };
-        // Text held back as a possible stop string's start was not one after all, and a last incomplete character.
-        let mut rest = r.stops.finish();
-        rest.push_str(&r.detok.finish(&self.tokenizer));
-        if !rest.is_empty() {
-            let _ = r.events.try_send(Event::Text(rest));
+        match finish {
+            Some(finish) => self.finish(r, finish),
+            None => r.events.is_closed(),
         }
-        self.finish(r, finish)
     }
 
     fn finish(&self, r: &mut Running, finish: FinishReason) -> bool {

@@ -111,6 +111,25 @@ pub struct GenerationConfig {
     pub price_wei_per_output_token: u64,
     /// Jinja chat template applied to `/v1/chat/completions` messages (the model's own, from its weights' metadata).
     pub chat_template: String,
+    /// Whether a validator can check this version's generations with one teacher-forced pass (its incremental
+    /// decoding matches a whole-sequence pass to float noise). Paid generations are served only by verifiable
+    /// versions: a validator would dispute an honest node's drift otherwise.
+    #[serde(default = "verifiable_default")]
+    pub verifiable: bool,
+}
+
+fn verifiable_default() -> bool {
+    true
+}
+
+impl GenerationConfig {
+    /// The per-token prices.
+    pub fn prices(&self) -> mlbridge_sdk::generate::GenerationPrices {
+        mlbridge_sdk::generate::GenerationPrices {
+            input_wei: alloy::primitives::U256::from(self.price_wei_per_input_token),
+            output_wei: alloy::primitives::U256::from(self.price_wei_per_output_token),
+        }
+    }
 }
 
 impl TokenizerConfig {

@@ -2,25 +2,29 @@
 //! is read against the inbound budget within [`FRAME_DEADLINE`], checked like an HTTP request (version, shutdown,
 //! model, limits), and the scheduler's events are written back as frames as they come. The peer closing its side
 //! cancels the generation; a write that makes no progress within the deadline ends it too. A peer may have
-//! [`STREAMS_PER_PEER`] open at once (more are answered "overloaded"). A node that charges for work refuses generation
-//! over p2p until per-token charging exists.
+//! [`STREAMS_PER_PEER`] open at once (more are answered "overloaded"). A node that charges for work holds the
+//! generation's most cost on the request's voucher or credit before queueing it and charges per token at the end
+//! ([`crate::payment::generation`]); the end then carries the receipt and the prompt token ids it commits to.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use alloy::primitives::keccak256;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use mlbridge_sdk::generate::{
     GENERATE_PROTOCOL, GenerateDone, GenerateEvent, GeneratePrompt, GenerateRequest, MAX_GENERATE_REQUEST_BYTES,
 };
 use mlbridge_sdk::net::mux::{read_frame_within, write_frame};
-use mlbridge_sdk::protocol::{ErrorKind, ProtocolError, WIRE_VERSION, decode, encode};
+use mlbridge_sdk::protocol::{ErrorKind, ModelRef, ProtocolError, WIRE_VERSION, decode, encode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::mux::{FRAME_DEADLINE, MuxServer};
-use crate::generate::{Event, Generator, Message, Prompt, Sampling};
+use crate::generate::{Generator, Message, Prompt, Sampling};
+use crate::payment::credit_spender;
+use crate::payment::generation::{Charge, Metered, hold, meter};
 use crate::{Error, Result};
 
 /// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
@@ -104,8 +108,8 @@ fn refusal(e: &Error) -> ProtocolError {
     ProtocolError::new(kind, message)
 }
 
-/// Check the request and queue its generation.
-async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Receiver<Event>, u64), ProtocolError> {
+/// Check the request (and its payment, on a node that charges) and queue its generation.
+async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Result<Started, ProtocolError> {
     let req: GenerateRequest = decode(body, MAX_GENERATE_REQUEST_BYTES)
         .map_err(|e| ProtocolError::new(ErrorKind::Malformed, format!("not a generation request: {e}")))?;
     if req.version != WIRE_VERSION {
@@ -115,19 +119,17 @@ async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Re
     if server.stopping.load(Ordering::Relaxed) {
         return Err(ProtocolError::new(ErrorKind::Overloaded, "the node is shutting down; use another node"));
     }
-    if server.payments.is_some() {
-        return Err(ProtocolError::new(
-            ErrorKind::Payment,
-            "this node charges for its work, and paid text generation (per-token prices over a payment channel) is \
-             not available yet; use a node that serves generation free",
-        ));
-    }
-    let generator: Arc<Generator> =
-        server.engine.generator(&req.model.name, req.model.version).await.map_err(|e| match e {
-            // A tensor model of that name: for generation this node does not have it (the client tries another).
-            Error::BadRequest(message) => ProtocolError::new(ErrorKind::UnknownModel, message),
-            e => refusal(&e),
-        })?;
+    let payments = server.payments.as_ref();
+    let version = match payments {
+        Some(_) => crate::payment::generation::sold_version(&server.engine, &req.model.name, req.model.version)
+            .map_err(|e| refusal(&e))?,
+        None => req.model.version,
+    };
+    let generator: Arc<Generator> = server.engine.generator(&req.model.name, version).await.map_err(|e| match e {
+        // A tensor model of that name: for generation this node does not have it (the client tries another).
+        Error::BadRequest(message) => ProtocolError::new(ErrorKind::UnknownModel, message),
+        e => refusal(&e),
+    })?;
     if req.model.id.is_some_and(|id| id != generator.config().sha256) {
         let message = format!("this node's {} has other weights than asked", generator.config().key());
         return Err(ProtocolError::new(ErrorKind::UnknownModel, message));
@@ -148,9 +150,37 @@ async fn start(server: &MuxServer, body: &[u8]) -> std::result::Result<(mpsc::Re
     };
     let max_tokens = req.max_tokens.map(|m| m as usize);
     let max_tokens = generator.check(&prompt, max_tokens, &sampling).map_err(|e| refusal(&e))?;
+    Generator::check_stops(&req.stop).map_err(|e| refusal(&e))?;
+    // Paid: the most this generation can cost is held before it is queued (a bad request costs nothing).
+    let prices = generator.generation().prices();
+    let charge = match payments {
+        Some(service) if !prices.is_free() => {
+            let spender =
+                Some(req.credit_key.map_or_else(|| keccak256(peer.to_bytes()), |k| credit_spender(k.as_slice())));
+            let most = hold(&prices, prompt.len(), max_tokens);
+            let auth = service
+                .authorize(req.voucher.as_ref(), req.channel, spender, most, 1)
+                .map_err(|r| ProtocolError { kind: ErrorKind::Payment, message: r.to_string(), payment: Some(*r) })?;
+            Some(Charge { service: service.clone(), auth, prices })
+        }
+        _ => None,
+    };
+    let paid = charge.is_some();
+    let config = generator.config();
+    let model = ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) };
+    let prompt_ids = if paid { prompt.clone() } else { Vec::new() };
     let request = crate::generate::GenerateRequest { prompt, max_tokens, sampling, stop: req.stop };
-    let rx = generator.submit(request).map_err(|e| refusal(&e))?;
-    Ok((rx, sampling.seed))
+    let events = meter(&generator, request, charge).map_err(|e| refusal(&e))?;
+    Ok(Started { events, model, prompt_ids })
+}
+
+/// A queued generation.
+struct Started {
+    events: mpsc::Receiver<Metered>,
+    /// The weights that run it.
+    model: ModelRef,
+    /// Its prompt tokens, for a paid generation's end (the receipt's input hash is over them).
+    prompt_ids: Vec<u32>,
 }
 
 async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
@@ -165,10 +195,10 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
         tracing::debug!(target: "node::p2p", %peer, "a generation stream without a whole request");
         return;
     };
-    let started = start(server, &frame.body).await;
+    let started = start(server, peer, &frame.body).await;
     drop(frame); // not held while the generation waits and runs
-    let mut events = match started {
-        Ok((rx, _)) => rx,
+    let Started { mut events, model, mut prompt_ids } = match started {
+        Ok(s) => s,
         Err(e) => {
             if e.kind == ErrorKind::Malformed {
                 let _ = server.strikes.try_send(peer);
@@ -186,16 +216,23 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
             _ = r.read(&mut probe) => break,
         };
         let (wire, last) = match event {
-            Some(Event::Text(t)) => (GenerateEvent::Text(t), false),
-            Some(Event::Done(c)) => {
+            // A token whose text is held back (or a stop token) sends nothing.
+            Some(Metered::Token { text, .. }) if text.is_empty() => continue,
+            Some(Metered::Token { text, .. }) => (GenerateEvent::Text(text), false),
+            Some(Metered::Done(c, receipt)) => {
                 let done = GenerateDone {
                     finish: c.finish.as_str().to_owned(),
                     prompt_tokens: c.prompt_tokens as u32,
                     output: c.output,
                     seed: c.sampling.seed,
+                    // The receipt's input hash is over the prompt tokens: a paying client gets them to check it.
+                    prompt_ids: std::mem::take(&mut prompt_ids),
+                    model: Some(model.clone()),
+                    receipt,
                 };
                 (GenerateEvent::Done(done), true)
             }
+            Some(Metered::Failed(e)) => (GenerateEvent::Error(refusal(&e)), true),
             None => {
                 let error = ProtocolError::new(ErrorKind::Internal, "the generation stopped; the node's log says why");
                 (GenerateEvent::Error(error), true)
@@ -206,7 +243,7 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
             break;
         }
     }
-    // Dropping `events` cancels a generation still running.
+    // Dropping `events` cancels a generation still running (a paid one is charged for what it produced).
     drop(events);
     let _ = w.close().await;
 }

@@ -684,14 +684,21 @@ impl Actor {
                 version: c.version,
                 price_wei: U256::from(c.price_wei),
                 queue_depth: self.engine.queue_depth(&c.name, Some(c.version)) as u32,
+                input_token_price_wei: None,
             })
-            // Text-generation models, priced per output token, for `generate` streams.
-            .chain(self.engine.generation_configs().map(|c| AdvertModel {
-                model_id: c.sha256,
-                name: c.name.clone(),
-                version: c.version,
-                price_wei: U256::from(c.generation.as_ref().map_or(0, |g| g.price_wei_per_output_token)),
-                queue_depth: 0,
+            // Text-generation models, priced per input and output token, for `generate` streams; a node that
+            // charges lists only the versions it sells (those validators can check).
+            .chain(self.engine.generation_configs().filter_map(|c| {
+                let prices = c.generation.as_ref()?.prices();
+                let sold = self.payments.is_none() || prices.is_free() || c.generation.as_ref()?.verifiable;
+                sold.then(|| AdvertModel {
+                    model_id: c.sha256,
+                    name: c.name.clone(),
+                    version: c.version,
+                    price_wei: prices.output_wei,
+                    queue_depth: 0,
+                    input_token_price_wei: Some(prices.input_wei),
+                })
             }))
             .collect();
         let advert = Advert {

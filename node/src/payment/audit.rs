@@ -61,7 +61,10 @@ struct Window {
 
 fn weight(r: &AuditRecord) -> u64 {
     let tensors: usize = r.inputs.iter().chain(&r.outputs).map(|t| t.byte_len() + t.name().len() + 32).sum();
-    let texts: usize = r.texts.iter().map(String::len).sum();
+    let texts: usize = r.texts.iter().map(String::len).sum::<usize>()
+        + r.generation.as_ref().map_or(0, |g| {
+            4 * (g.prompt.len() + g.output.len()) + g.params.stop.iter().map(String::len).sum::<usize>()
+        });
     (tensors + texts + 256) as u64
 }
 
@@ -132,6 +135,7 @@ mod tests {
             inputs: vec![mlbridge_sdk::Tensor::new("x", vec![floats as i64], data).unwrap()],
             texts: Vec::new(),
             outputs: Vec::new(),
+            generation: None,
         }
     }
 

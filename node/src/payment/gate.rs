@@ -277,6 +277,14 @@ impl Gate {
         }
     }
 
+    /// Part of a job's hold is no longer needed (it cost less than it held): `amount` is released.
+    pub fn release_part(&self, channel: &B256, amount: U256) {
+        if let Some(slot) = self.slots().get_mut(channel) {
+            debug_assert!(slot.in_flight >= amount, "more released than held");
+            slot.in_flight = slot.in_flight.saturating_sub(amount);
+        }
+    }
+
     /// Prices held for jobs in flight on `channel` (not in the ledger).
     pub fn in_flight(&self, channel: &B256) -> U256 {
         self.slots().get(channel).map_or(U256::ZERO, |s| s.in_flight)

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod gate;
+pub mod generation;
 pub mod ledger;
 pub mod metrics;
 pub mod settlement;
@@ -78,6 +79,8 @@ pub enum JobInput {
     Tensors(Vec<Tensor>),
     /// Texts (embedding jobs).
     Texts(Vec<String>),
+    /// A text generation: prompt tokens, parameters, output tokens (its outputs are the tokens, not tensors).
+    Generation(Box<mlbridge_sdk::generate::GenerationAudit>),
 }
 
 /// What the work of a paid job produced, for its receipt and audit record.
@@ -255,22 +258,33 @@ impl PaymentService {
         self.gate.release(auth);
     }
 
+    /// The job used less than it held (a generation that stopped before `max_tokens`): it now holds `price` for
+    /// `units`, and the rest of its hold is released. A `price` above the hold is cut to it.
+    pub fn settle_part(&self, auth: &mut Authorization, units: u64, price: U256) {
+        let price = price.min(auth.price);
+        self.gate.release_part(&auth.channel_id, auth.price - price);
+        auth.price = price;
+        auth.units = units;
+    }
+
     /// The job succeeded: assign its job id, have its receipt signed in a batch, charge it, record it and keep it
     /// for audits. A job that brought a new voucher waits for the ledger flush (the voucher is durable before the
     /// answer); the others' charges are group-committed without waiting. Answer only once this returned `Ok`; if it
     /// fails or is dropped before it finishes, the job is not charged.
     pub async fn complete(&self, auth: &Authorization, done: Completed<'_>) -> Result<ReceiptMsg> {
         let mut hold = Release(Some((&self.gate, auth)));
-        let (input_hash, inputs, texts) = match done.input {
-            JobInput::Tensors(t) => (tensors_hash(&t), t, Vec::new()),
-            JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t),
+        let (input_hash, inputs, texts, generation) = match done.input {
+            JobInput::Tensors(t) => (tensors_hash(&t), t, Vec::new(), None),
+            JobInput::Texts(t) => (texts_hash(&t), Vec::new(), t, None),
+            JobInput::Generation(g) => (g.input_hash(), Vec::new(), Vec::new(), Some(*g)),
         };
+        let output_hash = generation.as_ref().map_or_else(|| tensors_hash(done.outputs), |g| g.output_hash());
         let config = done.config;
         let receipt = Receipt {
             jobId: self.next_job_id(),
             modelId: B256::from(*config.sha256.as_bytes()),
             inputHash: input_hash,
-            outputHash: tensors_hash(done.outputs),
+            outputHash: output_hash,
             units: U256::from(auth.units),
             price: auth.price,
             channelId: auth.channel_id,
@@ -300,6 +314,7 @@ impl PaymentService {
             inputs,
             texts,
             outputs: done.outputs.to_vec(),
+            generation,
         });
         if auth.new_voucher {
             self.metrics.vouchers_accepted.inc();

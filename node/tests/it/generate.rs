@@ -52,7 +52,7 @@ async fn finish(mut rx: tokio::sync::mpsc::Receiver<Event>) -> (String, Completi
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Text(t) => text.push_str(&t),
+            Event::Token { text: t, .. } => text.push_str(&t),
             Event::Done(c) => return (text, c),
         }
     }
@@ -155,8 +155,8 @@ async fn a_cancelled_sequence_frees_its_memory_for_the_next() {
     let (_repo, engine, g) = generator(budget, 16).await;
     let prompt = g.tokenizer().encode("Tell me a long story about a dragon.").unwrap();
     let mut first = g.submit(greedy(prompt.clone(), 240)).unwrap();
-    // The first is running once it sends text.
-    assert!(matches!(first.recv().await, Some(Event::Text(_))));
+    // The first is running once it sends a token.
+    assert!(matches!(first.recv().await, Some(Event::Token { .. })));
     let second = g.submit(greedy(prompt.clone(), 8)).unwrap();
     // It waits: the first holds the memory.
     let waited = tokio::time::timeout(Duration::from_millis(500), finish(second)).await;
@@ -283,7 +283,7 @@ async fn openai_endpoints_answer_and_stream_the_same_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
     use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest as Wire, collect};
-    use mlbridge_sdk::protocol::{ModelRef, WIRE_VERSION};
+    use mlbridge_sdk::protocol::ModelRef;
     // KV room for 256 tokens: the dragon story (about 210 reserved) and the second request (61) cannot run together.
     let small = |c: &str| {
         c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
@@ -299,15 +299,8 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
     .await;
     assert_eq!(client.wait_for_nodes(MODEL, 1, Duration::from_secs(20)).await.unwrap().len(), 1, "advertised");
     let wire = |prompt: &str, max_tokens: u32| Wire {
-        version: WIRE_VERSION,
-        model: ModelRef { name: MODEL.into(), version: None, id: None },
-        prompt: GeneratePrompt::Text(prompt.into()),
         max_tokens: Some(max_tokens),
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: None,
-        stop: Vec::new(),
+        ..Wire::new(ModelRef { name: MODEL.into(), version: None, id: None }, GeneratePrompt::Text(prompt.into()))
     };
     let (peer, events) = client.generate(wire("The capital of France is", 8)).await.unwrap();
     let (text, done) = collect(peer, events).await.unwrap();
@@ -317,12 +310,14 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
     assert_eq!(done.output.len(), 8);
     assert_eq!(done.finish, "length");
 
-    // A refusal arrives as a typed error.
+    // A refusal arrives as a typed error (a bad request is not tried on another node).
     let mut bad = wire("x", 8);
     bad.temperature = 5.0;
-    let (peer, events) = client.generate(bad).await.unwrap();
-    let err = collect(peer, events).await.unwrap_err().to_string();
-    assert!(err.contains("temperature"), "{err}");
+    let err = client.generate(bad).await.unwrap_err();
+    assert!(
+        matches!(&err, mlbridge_sdk::Error::Remote { kind: mlbridge_sdk::protocol::ErrorKind::BadInput, message, .. } if message.contains("temperature")),
+        "{err}"
+    );
 
     // Closing the stream (dropping the receiver) stops the generation.
     let (_, mut events) = client.generate(wire("Tell me a long story about a dragon.", 200)).await.unwrap();

@@ -8,5 +8,6 @@ mod crash;
 mod generate;
 mod p2p;
 mod paid;
+mod paid_generate;
 mod repository;
 mod support;

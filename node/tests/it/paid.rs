@@ -32,11 +32,11 @@ fn input(seed: f32) -> Vec<Tensor> {
     vec![Tensor::new("input", vec![1, 256], TensorData::Fp32(data)).unwrap()]
 }
 
-async fn client(boot: &RunningNode, strategy: Strategy) -> Client {
+pub(crate) async fn client(boot: &RunningNode, strategy: Strategy) -> Client {
     client_with_timeout(boot, strategy, Duration::from_secs(10)).await
 }
 
-fn peer(node: &RunningNode) -> PeerId {
+pub(crate) fn peer(node: &RunningNode) -> PeerId {
     node.p2p.as_ref().unwrap().peer_id()
 }
 
@@ -252,13 +252,13 @@ fn request_on(voucher: Option<WireVoucher>, channel: Option<B256>) -> Request {
     })
 }
 
-fn voucher(signer: &PrivateKeySigner, chain: &Chain, channel: B256, amount: u128) -> WireVoucher {
+pub(crate) fn voucher(signer: &PrivateKeySigner, chain: &Chain, channel: B256, amount: u128) -> WireVoucher {
     let v = Voucher::new(channel, U256::from(amount)).sign(signer, &chain.deployment.domain()).unwrap();
     WireVoucher { channel_id: v.channel_id, cumulative_amount: v.cumulative_amount, signature: v.signature }
 }
 
 /// Open a channel from key `from` to `payee` straight through the contract (no waiting for confirmations).
-async fn open_raw(chain: &Chain, from: usize, payee: Address, deposit: u128) -> B256 {
+pub(crate) async fn open_raw(chain: &Chain, from: usize, payee: Address, deposit: u128) -> B256 {
     let pc = PaymentChannels::new(chain.deployment.payment_channels, chain.wallet(from));
     let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_400 * 7;
     let receipt = pc.open(payee, expiry).value(U256::from(deposit)).send().await.unwrap().get_receipt().await.unwrap();
@@ -266,7 +266,7 @@ async fn open_raw(chain: &Chain, from: usize, payee: Address, deposit: u128) -> 
 }
 
 /// Wait until the node's chain view holds `channel` as confirmed (instead of sleeping a guessed time).
-async fn wait_confirmed(node: &RunningNode, channel: B256) {
+pub(crate) async fn wait_confirmed(node: &RunningNode, channel: B256) {
     let gate = node.payments.as_ref().unwrap().gate().clone();
     wait_until(Duration::from_secs(20), || {
         matches!(gate.watcher().lookup(&channel), mlbridge_node::payment::watcher::Lookup::Confirmed(_))

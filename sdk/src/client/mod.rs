@@ -105,6 +105,9 @@ impl Default for ClientConfig {
     }
 }
 
+/// Output tokens a paid generation pays ahead for when its request names no `max_tokens`.
+pub const DEFAULT_PAID_MAX_TOKENS: u32 = 256;
+
 /// What the client knows about a node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -333,74 +336,193 @@ impl Client {
 
     /// Generate text with the model `request.model` names on a node that advertises it, least loaded first, trying
     /// the next when one cannot be reached or refuses at once. Returns the node and its events as they come (see
-    /// [`crate::generate`]); dropping the receiver cancels the generation. Free nodes only for now: paid nodes
-    /// refuse generation until per-token charging exists.
+    /// [`crate::generate`]); dropping the receiver cancels the generation.
+    ///
+    /// With a payer, a node that charges is paid per token: the most the generation can cost (the prompt's bound
+    /// and `max_tokens`, [`DEFAULT_PAID_MAX_TOKENS`] when the request names none, at the advertised prices) is paid
+    /// ahead, and the end's receipt is checked ([`GenerateDone::receipt`](crate::generate::GenerateDone)): a bad one
+    /// ends the stream with an error instead of the end. What the node did not charge stays credit.
     pub async fn generate(
         &self,
-        request: crate::generate::GenerateRequest,
+        mut request: crate::generate::GenerateRequest,
     ) -> Result<(PeerId, mpsc::Receiver<crate::generate::GenerateEvent>)> {
-        use crate::generate::GenerateEvent;
-        let model = &request.model;
-        let mut nodes: Vec<NodeInfo> = self
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.models.iter().any(|m| m.name == model.name && model.version.is_none_or(|v| v == m.version)))
-            .collect();
+        use crate::generate::GenerationPrices;
+        let model = request.model.clone();
+        let serves = |m: &&AdvertModel| {
+            m.name == model.name
+                && model.version.is_none_or(|v| v == m.version)
+                && model.id.is_none_or(|id| id == m.model_id)
+                && m.input_token_price_wei.is_some()
+        };
+        let mut nodes: Vec<NodeInfo> =
+            self.nodes().await?.into_iter().filter(|n| n.models.iter().any(|m| serves(&m))).collect();
         nodes.sort_by_key(|n| n.outstanding);
         let mut last = Error::NoNodes { model: model.name.clone() };
         for node in nodes {
-            // A stream can meet a connection that is being replaced (two dials crossing): try it again at once.
-            let mut opened = None;
-            for _ in 0..3 {
-                let attempt = tokio::time::timeout(
-                    self.config.request_timeout,
-                    crate::generate::open(&mut self.streams.clone().0, node.peer_id, &request),
-                )
-                .await;
-                match attempt {
-                    Ok(Ok(events)) => {
-                        opened = Some(events);
-                        break;
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(_) => {
-                        last =
-                            Error::Network(format!("node {} did not open a generation stream in time", node.peer_id));
-                        break;
-                    }
-                }
+            let prices: Vec<_> = node
+                .models
+                .iter()
+                .filter(serves)
+                .map(|m| {
+                    let input_wei = m.input_token_price_wei.unwrap_or_default();
+                    (m.model_id, GenerationPrices { input_wei, output_wei: m.price_wei })
+                })
+                .collect();
+            let payer = self.payer.as_ref().filter(|_| prices.iter().any(|(_, p)| !p.is_free()));
+            if payer.is_some() {
+                request.max_tokens = Some(request.max_tokens.unwrap_or(DEFAULT_PAID_MAX_TOKENS));
             }
-            let Some(mut events) = opened else { continue };
-            // A refusal comes first and alone: try the next node on one (but not on a bad request).
+            let job = receipts::GenerationJob { request: request.clone(), prices };
+            match self.generate_on(&node, payer, job).await {
+                Ok(rx) => return Ok((node.peer_id, rx)),
+                // Funding failed, or our request or payment is at fault: another node would not help.
+                Err(
+                    e @ (Error::SpendLimit { .. }
+                    | Error::Store { .. }
+                    | Error::ChannelExhausted { .. }
+                    | Error::PaymentRefused { .. }
+                    | Error::Remote { kind: crate::protocol::ErrorKind::BadInput, .. }),
+                ) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// One generation on one node: pay (if it charges), open the stream, wait for its first event (a refusal comes
+    /// first and alone), then relay the events, checking the end's receipt.
+    async fn generate_on(
+        &self,
+        node: &NodeInfo,
+        payer: Option<&Arc<Payer>>,
+        mut job: receipts::GenerationJob,
+    ) -> Result<mpsc::Receiver<crate::generate::GenerateEvent>> {
+        use crate::generate::GenerateEvent;
+        use crate::protocol::{ErrorKind, ProtocolError};
+        let most = job
+            .prices
+            .iter()
+            .map(|(_, p)| p.most(job.request.prompt_token_bound(), u64::from(job.request.max_tokens.unwrap_or(0))));
+        let most = most.max().unwrap_or_default();
+        let mut next: Option<Payment> = None;
+        let mut recoveries = 0;
+        loop {
+            let payment = match (payer, next.take()) {
+                (Some(_), Some(p)) => Some(p),
+                (Some(payer), None) => Some(payer.pay(node.operator, most).await?),
+                (None, _) => None,
+            };
+            // Until the stream is handed over, whatever happens is reported to the payer (a refusal: nothing charged).
+            let mut held = Held { payer: payer.map(|p| &**p), payment: payment.as_ref(), outcome: Outcome::Lost };
+            if let (Some(payer), Some(p)) = (payer, &payment) {
+                job.request.voucher = p.voucher.clone();
+                job.request.channel = Some(p.channel_id);
+                job.request.credit_key = Some(payer.credit_key(&p.channel_id));
+            }
+            let mut events = self.open_generation(node.peer_id, &job.request).await?;
             // A node that never answers must not hang the caller: bounded like a request.
             let first = tokio::time::timeout(self.config.request_timeout, events.recv()).await.unwrap_or_else(|_| {
-                Some(GenerateEvent::Error(crate::protocol::ProtocolError::new(
-                    crate::protocol::ErrorKind::Overloaded,
+                Some(GenerateEvent::Error(ProtocolError::new(
+                    ErrorKind::Overloaded,
                     "no answer within the request timeout",
                 )))
             });
-            match first {
-                Some(GenerateEvent::Error(e)) if e.kind != crate::protocol::ErrorKind::BadInput => {
-                    last = Error::Remote { peer: node.peer_id.to_string(), kind: e.kind, message: e.message };
-                }
-                Some(first) => {
-                    let (tx, rx) = mpsc::channel(256);
-                    tokio::spawn(async move {
-                        let mut next = Some(first);
-                        while let Some(event) = next {
-                            if tx.send(event).await.is_err() {
-                                return; // the caller went away: dropping `events` closes the stream
+            let first = match first {
+                Some(GenerateEvent::Error(e)) => {
+                    held.outcome = if e.kind == ErrorKind::Internal { Outcome::Lost } else { Outcome::Refused };
+                    drop(held);
+                    let peer = node.peer_id.to_string();
+                    match (payer, &payment, e.payment) {
+                        // As for inference: the last voucher again, then a fresh one (see `run_on`).
+                        (
+                            Some(payer),
+                            Some(p),
+                            Some(
+                                refusal @ (PaymentRefusal::NoCredit { .. }
+                                | PaymentRefusal::Replayed { .. }
+                                | PaymentRefusal::BelowAccepted { .. }),
+                            ),
+                        ) if recoveries < 2 => {
+                            recoveries += 1;
+                            next = if p.voucher.is_none() { payer.resend(p) } else { None };
+                            if next.is_none() && !payer.forget_credit(p) {
+                                return Err(Error::PaymentRefused { peer, refusal: Box::new(refusal) });
                             }
-                            next = tokio::select! {
-                                event = events.recv() => event,
-                                () = tx.closed() => return,
-                            };
+                            continue;
                         }
-                    });
-                    return Ok((node.peer_id, rx));
+                        (_, _, Some(refusal)) => {
+                            return Err(Error::PaymentRefused { peer, refusal: Box::new(refusal) });
+                        }
+                        (_, _, None) => return Err(Error::Remote { peer, kind: e.kind, message: e.message }),
+                    }
                 }
-                None => last = Error::Network(format!("node {} closed the generation stream", node.peer_id)),
+                Some(first) => first,
+                None => return Err(Error::Network(format!("node {} closed the generation stream", node.peer_id))),
+            };
+            // The relay owns the payment's outcome from here.
+            held.payment = None;
+            drop(held);
+            let (tx, rx) = mpsc::channel(256);
+            let checker = payer.zip(payment).map(|(payer, p)| (payer.clone(), p, self.batches.clone(), node.operator));
+            let peer = node.peer_id;
+            tokio::spawn(async move {
+                let mut next = Some(first);
+                let mut outcome = Outcome::Lost;
+                while let Some(event) = next {
+                    let event = match (event, &checker) {
+                        (GenerateEvent::Done(done), Some((payer, p, batches, operator))) => {
+                            match receipts::check_generation_receipt(batches, payer.domain(), p, &done, &job, *operator)
+                            {
+                                Ok(charged) => {
+                                    payer.answered_part(p, charged);
+                                    outcome = Outcome::Answered;
+                                    GenerateEvent::Done(done)
+                                }
+                                Err(reason) => {
+                                    tracing::warn!(target: "sdk::client", %peer, %reason, "bad generation receipt");
+                                    let message = format!("bad receipt from {peer}: {reason}");
+                                    GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message))
+                                }
+                            }
+                        }
+                        (event, _) => event,
+                    };
+                    let end = !matches!(event, GenerateEvent::Text(_));
+                    if tx.send(event).await.is_err() || end {
+                        break; // the caller went away: dropping `events` closes the stream
+                    }
+                    next = tokio::select! {
+                        event = events.recv() => event,
+                        () = tx.closed() => break,
+                    };
+                }
+                // A stream that ended without a good receipt may still have been charged (up to its hold).
+                if let (Some((payer, p, ..)), Outcome::Lost) = (&checker, outcome) {
+                    payer.lost(p);
+                }
+            });
+            return Ok(rx);
+        }
+    }
+
+    /// Open a generation stream to `peer` (a stream can meet a connection being replaced by two crossing dials:
+    /// tried again at once, up to 3 times).
+    async fn open_generation(
+        &self,
+        peer: PeerId,
+        request: &crate::generate::GenerateRequest,
+    ) -> Result<mpsc::Receiver<crate::generate::GenerateEvent>> {
+        let mut last = Error::Network(format!("node {peer} did not open a generation stream"));
+        for _ in 0..3 {
+            let attempt = tokio::time::timeout(
+                self.config.request_timeout,
+                crate::generate::open(&mut self.streams.clone().0, peer, request),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(events)) => return Ok(events),
+                Ok(Err(e)) => last = e,
+                Err(_) => return Err(Error::Network(format!("node {peer} did not open a generation stream in time"))),
             }
         }
         Err(last)
@@ -878,7 +1000,10 @@ impl Actor {
                             .advert
                             .models
                             .iter()
+                            // Text-generation models are for `generate` streams, not inference requests.
                             .filter(|m| m.name == model && version.is_none_or(|x| x == m.version))
+                            .filter(|m| m.input_token_price_wei.is_none())
+                            .filter(|m| m.input_token_price_wei.is_none())
                             .max_by_key(|m| m.version)?;
                         Some(Candidate {
                             peer: *p,

@@ -109,6 +109,72 @@ pub(crate) fn check_receipt(
     }
 }
 
+/// What a paid generation was asked and may cost, for [`check_generation_receipt`].
+#[derive(Clone, Debug)]
+pub(crate) struct GenerationJob {
+    /// The request as sent (max_tokens set).
+    pub(crate) request: crate::generate::GenerateRequest,
+    /// The advertised prices of each version the node may run, by weights.
+    pub(crate) prices: Vec<(crate::ModelId, crate::generate::GenerationPrices)>,
+}
+
+/// A paid generation's end must carry the node's receipt for exactly this generation: the prompt tokens it reports
+/// (no more than the prompt can honestly become) and our parameters and seed in the input hash, the output tokens
+/// in the output hash, and the advertised per-token prices of the weights that ran for the price. Returns the price
+/// charged.
+pub(crate) fn check_generation_receipt(
+    batches: &BatchCache,
+    domain: &Eip712Domain,
+    payment: &Payment,
+    done: &crate::generate::GenerateDone,
+    job: &GenerationJob,
+    operator: Address,
+) -> Result<U256, String> {
+    use crate::generate::{GenerationParams, input_hash, output_hash};
+    let Some(receipt) = &done.receipt else { return Err("a paid generation ended without a receipt".into()) };
+    let req = &job.request;
+    let max_tokens = req.max_tokens.unwrap_or(0);
+    let Some((_, prices)) = job.prices.iter().find(|(id, _)| B256::from(*id.as_bytes()) == receipt.model_id) else {
+        return Err("the receipt names weights the node does not advertise for this model".into());
+    };
+    let (prompt, output) = (done.prompt_ids.len() as u64, done.output.len() as u64);
+    let params = GenerationParams {
+        max_tokens,
+        temperature: req.temperature,
+        top_k: req.top_k,
+        top_p: req.top_p,
+        seed: done.seed,
+        stop: req.stop.clone(),
+    };
+    let exact_prompt = match &req.prompt {
+        crate::generate::GeneratePrompt::Ids(ids) => *ids == done.prompt_ids,
+        _ => true,
+    };
+    let cost = prices.cost(prompt, output);
+    let checks = [
+        (req.seed.is_none_or(|s| s == done.seed), "another seed than ours"),
+        (exact_prompt && prompt == u64::from(done.prompt_tokens), "other prompt tokens than we sent"),
+        (prompt <= req.prompt_token_bound(), "more prompt tokens than our prompt can make"),
+        (output <= u64::from(max_tokens), "more output tokens than max_tokens"),
+        (
+            receipt.input_hash == input_hash(&done.prompt_ids, &params),
+            "another input hash than our prompt and parameters",
+        ),
+        (receipt.output_hash == output_hash(&done.output, &done.finish), "another output hash than the output"),
+        (receipt.units == U256::from(prompt + output), "another number of tokens than the generation's"),
+        (receipt.price == cost && cost <= payment.price, "another price than the advertised per-token prices"),
+        (receipt.channel_id == payment.channel_id, "another channel than the one we paid on"),
+        (receipt.node() == operator, "another node than the advert's operator"),
+        (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
+        (receipt.proves_into_batch(), "a proof that does not lead to its batch's root"),
+        (batches.verify(&receipt.batch, domain), "a batch signature that is not the node's"),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, what)) => Err(format!("the receipt names {what}")),
+        None => Ok(cost),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use alloy::signers::local::PrivateKeySigner;

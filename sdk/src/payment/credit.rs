@@ -99,9 +99,17 @@ impl Credit {
     /// The node answered the job (or may have charged it): its price is consumed; the window grows once a whole
     /// window was answered, up to `limits` at this `price`.
     pub fn answered(&mut self, price: U256, limits: CreditLimits) {
+        self.answered_part(price, price, limits);
+    }
+
+    /// The node answered a job that held `held` and charged `charged` (at most `held`: a generation that stopped
+    /// before `max_tokens`): `charged` is consumed, the rest of the hold is free again; the window grows as in
+    /// [`Credit::answered`], at the job's held price.
+    pub fn answered_part(&mut self, held: U256, charged: U256, limits: CreditLimits) {
+        let (price, charged) = (held, charged.min(held));
         self.in_flight = self.in_flight.saturating_sub(price);
-        self.consumed += price;
-        self.grown += price;
+        self.consumed += charged;
+        self.grown += charged;
         if self.grown >= self.window {
             let cap = limits.max_wei.min(price.saturating_mul(U256::from(limits.max_jobs.max(1))));
             self.window = self.window.saturating_mul(U256::from(2u64)).min(cap).max(price);

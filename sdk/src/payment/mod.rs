@@ -437,6 +437,14 @@ impl Payer {
         }
     }
 
+    /// The node answered `payment`'s job with a valid receipt charging `charged` (at most the price held: a text
+    /// generation is charged for the tokens it produced); the rest of the hold is credit again.
+    pub fn answered_part(&self, payment: &Payment, charged: U256) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.answered_part(payment.price, charged, self.config.policy.credit_limits());
+        }
+    }
+
     /// The node refused `payment`'s job before doing any work: nothing was charged (the voucher, if any, stays
     /// signed and counts as credit for the next jobs).
     pub fn refused(&self, payment: &Payment) {

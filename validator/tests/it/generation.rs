@@ -53,7 +53,8 @@ async fn check(
 ) -> Verdict {
     let (g, prompt, output, stop) = (g.clone(), prompt.to_vec(), output.to_vec(), stop.to_vec());
     tokio::task::spawn_blocking(move || {
-        let claim = GenerationClaim { prompt: &prompt, output: &output, sampling, max_tokens, stop: &stop };
+        let claim =
+            GenerationClaim { prompt: &prompt, output: &output, sampling, max_tokens, stop: &stop, cancelled: false };
         verify_generation(&g, &claim, tolerance(&g)).unwrap()
     })
     .await
@@ -120,4 +121,79 @@ async fn honest_generations_pass_and_altered_ones_fail() {
     let theirs = generate(&other, req(greedy, 48, vec![])).await;
     let verdict = check(&model, &prompt, &theirs.output, greedy, 48, &[]).await;
     assert!(matches!(verdict, Verdict::Invalid { .. }), "INT8 text passed the fp32 check: {verdict:?}");
+}
+
+/// A paid generation's audit record with its signed receipt, as a node keeps it.
+fn record(
+    model: &mlbridge_node::inference::ModelConfig,
+    audit: mlbridge_sdk::generate::GenerationAudit,
+) -> (mlbridge_sdk::protocol::ReceiptMsg, mlbridge_sdk::protocol::AuditRecord) {
+    use alloy::primitives::{B256, U256};
+    use alloy::signers::local::PrivateKeySigner;
+    use mlbridge_sdk::protocol::{AuditRecord, ModelRef, ReceiptMsg, WIRE_VERSION};
+    let node = PrivateKeySigner::from_bytes(&B256::repeat_byte(0x11)).unwrap();
+    let receipt = mlbridge_sdk::receipt::Receipt {
+        modelId: B256::from(*model.sha256.as_bytes()),
+        inputHash: audit.input_hash(),
+        outputHash: audit.output_hash(),
+        units: U256::from((audit.prompt.len() + audit.output.len()) as u64),
+        ..mlbridge_sdk::receipt::example_receipt(1)
+    };
+    let signed = ReceiptMsg::sign_single(&receipt, node.address(), &node, &Default::default()).unwrap();
+    let record = AuditRecord {
+        version: WIRE_VERSION,
+        receipt: signed.clone(),
+        model: ModelRef { name: model.name.clone(), version: Some(model.version), id: Some(model.sha256) },
+        inputs: vec![],
+        texts: vec![],
+        outputs: vec![],
+        generation: Some(audit),
+    };
+    (signed, record)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validator_judges_paid_generation_records_by_their_receipts() {
+    use mlbridge_sdk::generate::{GenerationAudit, GenerationParams};
+    use mlbridge_validator::reexec::{Reexecutor, Rejected};
+    let (tmp, engine) = engine().await;
+    let model = engine.generator("smollm2-135m", Some(1)).await.unwrap();
+    let prompt = model.tokenizer().encode("The capital of France is").unwrap();
+    let req = GenerateRequest { prompt: prompt.clone(), max_tokens: 12, sampling: Sampling::GREEDY, stop: vec![] };
+    let honest = generate(&model, req).await;
+    let params = GenerationParams { max_tokens: 12, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 1, stop: vec![] };
+    let audit = |output: &[u32], finish: &str| GenerationAudit {
+        prompt: prompt.clone(),
+        params: params.clone(),
+        output: output.to_vec(),
+        finish: finish.into(),
+    };
+    let finish = honest.finish.as_str();
+    let rx = Reexecutor::open(tmp.path(), None).await.unwrap();
+    let v1 = model.config().clone();
+
+    let (receipt, rec) = record(&v1, audit(&honest.output, finish));
+    let check = rx.check(&receipt, &rec).await.unwrap();
+    assert!(check.agrees, "an honest generation is judged right: {check:?}");
+    // A client that went away: the tokens produced up to then pass, though the output ends early.
+    let (receipt, rec) = record(&v1, audit(&honest.output[..5], "cancelled"));
+    assert!(rx.check(&receipt, &rec).await.unwrap().agrees);
+    // The same early end claimed as a finished generation, and a changed token: wrong, so challenged.
+    let (receipt, rec) = record(&v1, audit(&honest.output[..5], finish));
+    assert!(!rx.check(&receipt, &rec).await.unwrap().agrees, "an early end without a reason");
+    let mut changed = honest.output.clone();
+    changed[2] = (changed[2] + 1) % 49_152;
+    let (receipt, rec) = record(&v1, audit(&changed, finish));
+    let check = rx.check(&receipt, &rec).await.unwrap();
+    assert!(!check.agrees && check.ours != receipt.output_hash, "{check:?}");
+    // A record that does not hash to its receipt is not judged (never evidence), nor is the INT8 version's.
+    let (receipt, mut rec) = record(&v1, audit(&honest.output, finish));
+    rec.generation.as_mut().unwrap().output = changed;
+    assert_eq!(rx.check(&receipt, &rec).await.unwrap_err(), Rejected::OutputHash);
+    let (receipt, mut rec) = record(&v1, audit(&honest.output, finish));
+    rec.generation.as_mut().unwrap().params.seed = 2;
+    assert_eq!(rx.check(&receipt, &rec).await.unwrap_err(), Rejected::InputHash);
+    let v2 = engine.generator("smollm2-135m", Some(2)).await.unwrap().config().clone();
+    let (receipt, rec) = record(&v2, audit(&honest.output, finish));
+    assert_eq!(rx.check(&receipt, &rec).await.unwrap_err(), Rejected::Unverifiable(receipt.model_id));
 }

@@ -422,6 +422,7 @@ async fn bad_input_is_rejected_and_counted_never_disputed() {
         inputs: input(0.1),
         texts: vec![],
         outputs: vec![],
+        generation: None,
     };
     assert_eq!(rx.check(&real, &record).await, Err(Rejected::OutputHash), "outputs missing");
     let mut other_input = record.clone();

@@ -69,16 +69,12 @@ async fn stream(via: &Via, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Re
         Via::Http(http, url) => stream_http(http, url, prompt, max_tokens, seed).await,
         Via::P2p(client) => {
             use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest};
+            let model = mlbridge_sdk::protocol::ModelRef { name: MODEL.into(), version: Some(2), id: None };
             let request = GenerateRequest {
-                version: mlbridge_sdk::protocol::WIRE_VERSION,
-                model: mlbridge_sdk::protocol::ModelRef { name: MODEL.into(), version: Some(2), id: None },
-                prompt: GeneratePrompt::Ids(prompt),
                 max_tokens: Some(max_tokens as u32),
                 temperature: 0.8,
-                top_k: 0,
-                top_p: 1.0,
                 seed: Some(seed),
-                stop: Vec::new(),
+                ..GenerateRequest::new(model, GeneratePrompt::Ids(prompt))
             };
             let started = Instant::now();
             let (_, mut events) = client.generate(request).await?;

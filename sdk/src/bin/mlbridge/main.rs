@@ -79,13 +79,19 @@ struct ChatArgs {
     seed: Option<u64>,
     #[command(flatten)]
     net: NetArgs,
+    /// With a payer key the generation is paid per token (a channel opened within --max-spend).
+    #[command(flatten)]
+    pay: PayArgs,
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     use std::io::Write;
 
     use mlbridge_sdk::generate::{ChatTurn, GenerateEvent, GeneratePrompt, GenerateRequest};
-    let c = client(&args.net, Strategy::LeastOutstanding)?;
+    let mut c = client(&args.net, Strategy::LeastOutstanding)?;
+    if args.pay.key.is_some() || args.pay.keystore.is_some() {
+        c = c.with_payer(Arc::new(args.pay.payer().await?));
+    }
     let found = c.wait_for_nodes(&args.model, 1, Duration::from_secs_f64(args.net.wait.max(1.0) * 3.0)).await?;
     if found.is_empty() {
         bail!("no node serving '{}' was seen; check --bootstrap and the model name", args.model);
@@ -95,17 +101,14 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         turns.push(ChatTurn { role: "system".into(), content: system });
     }
     turns.push(ChatTurn { role: "user".into(), content: args.message });
+    let model = mlbridge_sdk::protocol::ModelRef { name: args.model, version: args.version, id: None };
     let request = GenerateRequest {
-        version: mlbridge_sdk::protocol::WIRE_VERSION,
-        model: mlbridge_sdk::protocol::ModelRef { name: args.model, version: args.version, id: None },
-        prompt: GeneratePrompt::Chat(turns),
         max_tokens: Some(args.max_tokens),
         temperature: args.temperature,
-        top_k: 0,
         top_p: args.top_p,
         // Our own seed, never the node's choice (a node picking seeds could choose the longest answer to bill).
         seed: Some(args.seed.unwrap_or_else(rand::random)),
-        stop: Vec::new(),
+        ..GenerateRequest::new(model, GeneratePrompt::Chat(turns))
     };
     let (node, mut events) = c.generate(request).await?;
     let mut out = std::io::stdout();
@@ -120,11 +123,12 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             GenerateEvent::Done(d) => {
                 println!();
                 eprintln!(
-                    "({} prompt + {} output tokens, finished by {}, seed {}, node {node})",
+                    "({} prompt + {} output tokens, finished by {}, seed {}, node {node}{})",
                     d.prompt_tokens,
                     d.output.len(),
                     d.finish,
-                    d.seed
+                    d.seed,
+                    d.receipt.as_ref().map(|r| format!(", paid {} wei", r.price)).unwrap_or_default()
                 );
                 return Ok(());
             }
