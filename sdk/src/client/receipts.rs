@@ -182,6 +182,100 @@ mod tests {
     use super::*;
     use crate::receipt::{Receipt, example_receipt as receipt};
 
+    /// A node's honest end of a paid generation: 5 prompt tokens, 3 output tokens, at 10 / 40 wei per token.
+    fn generation(
+        node: &PrivateKeySigner,
+        domain: &Eip712Domain,
+        edit: impl Fn(&mut crate::generate::GenerateDone, &mut Receipt),
+    ) -> (crate::generate::GenerateDone, GenerationJob, Payment) {
+        use crate::generate::*;
+        let model = crate::ModelId::of_bytes(b"weights");
+        let request = GenerateRequest {
+            max_tokens: Some(4),
+            seed: Some(9),
+            ..GenerateRequest::new(
+                crate::protocol::ModelRef { name: "m".into(), version: None, id: None },
+                GeneratePrompt::Text("hello".into()),
+            )
+        };
+        let prices = GenerationPrices { input_wei: U256::from(10u64), output_wei: U256::from(40u64) };
+        let payment = Payment {
+            payee: node.address(),
+            price: prices.most(request.prompt_token_bound(), 4),
+            channel_id: B256::repeat_byte(5),
+            voucher: None,
+        };
+        let mut done = GenerateDone {
+            finish: "length".into(),
+            prompt_tokens: 5,
+            output: vec![11, 12, 13],
+            seed: 9,
+            prompt_ids: vec![1, 2, 3, 4, 5],
+            model: None,
+            receipt: None,
+        };
+        let params = GenerationParams { max_tokens: 4, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 9, stop: vec![] };
+        let mut receipt = Receipt {
+            modelId: B256::from(*model.as_bytes()),
+            inputHash: input_hash(&done.prompt_ids, &params),
+            outputHash: output_hash(&done.output, &done.finish),
+            units: U256::from(8u64),
+            price: prices.cost(5, 3),
+            channelId: payment.channel_id,
+            issuedAt: unix_now(),
+            ..receipt(1)
+        };
+        edit(&mut done, &mut receipt);
+        let signed = ReceiptMsg::sign_single(&receipt, node.address(), node, domain).unwrap();
+        done.receipt = Some(Box::new(signed));
+        (done, GenerationJob { request, prices: vec![(model, prices)] }, payment)
+    }
+
+    #[test]
+    fn a_generation_receipt_must_charge_what_was_produced_at_the_advertised_prices() {
+        use crate::generate::{GenerationParams, input_hash};
+        let node = PrivateKeySigner::random();
+        let domain = crate::eip712::domain(31337, Address::repeat_byte(0xcc));
+        let cache = BatchCache::new(16);
+        let check = |edit: &dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt)| {
+            let (done, job, payment) = generation(&node, &domain, edit);
+            check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address())
+        };
+        assert_eq!(check(&|_, _| {}), Ok(U256::from(5 * 10 + 3 * 40)), "an honest end");
+        let params =
+            |seed| GenerationParams { max_tokens: 4, temperature: 0.0, top_k: 0, top_p: 1.0, seed, stop: vec![] };
+        // Each lie, signed by the node itself, is refused.
+        let lies: [(&str, &dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt)); 8] = [
+            ("a dearer price", &|_, r| r.price += U256::from(1u64)),
+            ("more units", &|_, r| r.units += U256::from(1u64)),
+            ("another seed", &|d, r| {
+                d.seed = 10;
+                r.inputHash = input_hash(&d.prompt_ids, &params(10));
+            }),
+            ("inflated prompt", &|d, r| {
+                // 200 prompt tokens for a 5-byte prompt, consistently hashed and priced.
+                d.prompt_ids = vec![1; 200];
+                d.prompt_tokens = 200;
+                r.inputHash = input_hash(&d.prompt_ids, &params(9));
+                r.units = U256::from(203u64);
+                r.price = U256::from(200 * 10 + 3 * 40u64);
+            }),
+            ("more than max_tokens", &|d, _| d.output.push(14)),
+            ("another output", &|d, _| d.output[0] = 99),
+            ("other weights", &|_, r| r.modelId = B256::repeat_byte(8)),
+            ("another channel", &|_, r| r.channelId = B256::repeat_byte(6)),
+        ];
+        for (what, lie) in lies {
+            assert!(check(lie).is_err(), "{what} passed");
+        }
+        // No receipt at all, and a receipt signed by another key than the advert's operator.
+        let (mut done, job, payment) = generation(&node, &domain, |_: &mut crate::generate::GenerateDone, _: &mut Receipt| {});
+        let signed = done.receipt.take();
+        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address()).is_err());
+        done.receipt = signed;
+        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, Address::repeat_byte(1)).is_err());
+    }
+
     #[test]
     fn a_batch_is_checked_once_and_every_tampering_is_caught() {
         let node = PrivateKeySigner::random();

@@ -191,6 +191,23 @@ mod tests {
     }
 
     #[test]
+    fn a_job_charged_less_than_its_hold_leaves_the_rest_as_credit() {
+        let mut c = Credit::resume(U256::ZERO);
+        let hold = wei(100);
+        let Need::Sign(amount) = c.need(hold) else { panic!("the first job signs") };
+        c.signed_to(amount);
+        c.send(hold);
+        // A generation held 100 and was charged 30 (it stopped early): 70 are credit again.
+        c.answered_part(hold, wei(30), LIMITS);
+        assert_eq!((c.consumed, c.in_flight), (wei(30), U256::ZERO));
+        assert_eq!(c.available(), amount - wei(30));
+        // A charge above the hold counts as the hold (the node cannot take more than was held).
+        c.send(hold);
+        c.answered_part(hold, wei(500), LIMITS);
+        assert_eq!(c.consumed, wei(130));
+    }
+
+    #[test]
     fn exposure_never_exceeds_the_window_or_the_jobs_in_flight() {
         let mut c = Credit::resume(wei(500));
         assert_eq!(c.exposure(), U256::ZERO, "a restart counts what was signed as consumed");
