@@ -2,8 +2,9 @@
 //!
 //! A client opens one substream per generation (a generation lasts seconds, so the protocol negotiation is noise),
 //! writes one frame holding a [`GenerateRequest`], and reads [`GenerateEvent`] frames as the node produces them:
-//! pieces of text, then one `Done` (or one `Error`). Closing the stream cancels the generation at the node's next
-//! decoding step. Frames are the multiplexed protocol's (a 4-byte length, an 8-byte id, CBOR), with id 0; a request
+//! pieces of text, then one `Done` (or one `Error`). Closing the client's side of the stream cancels the
+//! generation at the node's next decoding step; the node still sends the end (finish `cancelled`, with the receipt of
+//! what was produced when it was paid). Frames are the multiplexed protocol's (a 4-byte length, an 8-byte id, CBOR), with id 0; a request
 //! is at most [`MAX_GENERATE_REQUEST_BYTES`], an event at most [`MAX_EVENT_BYTES`]. The version is in the
 //! protocol name and in the request.
 
@@ -280,30 +281,48 @@ impl std::fmt::Debug for Streams {
     }
 }
 
+/// Cancels a generation while its end still comes: the client closes its side of the stream, the node stops at its
+/// next step and sends the end (finish `cancelled`, with the receipt of what was produced when it was paid).
+/// Dropping it without cancelling closes the client's side too, once the generation is over or abandoned.
+#[derive(Debug)]
+pub struct Cancel(tokio::sync::oneshot::Sender<()>);
+
+impl Cancel {
+    /// Cancel the generation (its events go on until the end).
+    pub fn cancel(self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// Open a generation stream to `peer` and send `request`; the node's events arrive on the returned receiver (an
-/// `Error` event for a refusal; the channel closes after `Done` or when the stream breaks). Dropping the receiver
-/// closes the stream, which cancels the generation.
+/// `Error` event for a refusal; the channel closes after the end or when the stream breaks). [`Cancel`] stops the
+/// generation and lets its end come; dropping the receiver abandons the stream (the node stops generating too).
 pub async fn open(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     request: &GenerateRequest,
-) -> Result<mpsc::Receiver<GenerateEvent>> {
+) -> Result<(mpsc::Receiver<GenerateEvent>, Cancel)> {
+    use futures::AsyncReadExt;
     let net = |e: String| Error::Network(format!("generation stream to {peer}: {e}"));
     let mut stream =
         control.open_stream(peer, StreamProtocol::new(GENERATE_PROTOCOL)).await.map_err(|e| net(e.to_string()))?;
     write_frame(&mut stream, 0, &encode(request)).await.map_err(|e| net(e.to_string()))?;
     stream.flush().await.map_err(|e| net(e.to_string()))?;
+    let (mut r, mut w) = stream.split();
+    let (cancel, cancelled) = tokio::sync::oneshot::channel();
+    // Our side closes on a cancel, or once the caller is done with the stream (the sender dropped).
+    tokio::spawn(async move {
+        let _ = cancelled.await;
+        let _ = w.close().await;
+    });
     let (tx, rx) = mpsc::channel(EVENTS);
     // A node sends at most a piece of text per token and the end: more is a node misbehaving.
     let mut allowed = request.max_tokens.map_or(MAX_EVENTS, |m| m as usize + 2).min(MAX_EVENTS);
     tokio::spawn(async move {
-        loop {
-            if allowed == 0 {
-                break;
-            }
+        while allowed > 0 {
             allowed -= 1;
             let frame = tokio::select! {
-                frame = read_frame(&mut stream, MAX_EVENT_BYTES, None) => frame,
+                frame = read_frame(&mut r, MAX_EVENT_BYTES, None) => frame,
                 () = tx.closed() => break,
             };
             let Ok(Some(frame)) = frame else { break };
@@ -313,10 +332,9 @@ pub async fn open(
                 break;
             }
         }
-        // Dropping the stream closes it: the node stops generating.
-        let _ = stream.close().await;
+        // Dropping the read half (and, with the cancel handle, the write half) closes the stream.
     });
-    Ok(rx)
+    Ok((rx, Cancel(cancel)))
 }
 
 /// Collect a stream's text and its end (`Err` for a refusal or a broken stream).

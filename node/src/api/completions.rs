@@ -31,7 +31,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
-use crate::payment::generation::{Charge, Metered, hold, meter};
+use crate::payment::generation::{Charge, Delivery, Metered, hold, meter};
 use alloy::primitives::U256;
 use mlbridge_sdk::protocol::ReceiptMsg;
 
@@ -206,6 +206,7 @@ pub(crate) async fn completions(
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
+    super::pay::require_payment(&state, &headers, peer.0, &generator.generation().prices())?;
     let prompt = match req.prompt {
         Prompt::Text(t) => generator.prompt_tokens(crate::generate::Prompt::Text(t)).await?,
         Prompt::Texts(mut v) if v.len() == 1 => {
@@ -226,6 +227,7 @@ pub(crate) async fn chat_completions(
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
+    super::pay::require_payment(&state, &headers, peer.0, &generator.generation().prices())?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must hold at least one message"));
     }
@@ -349,7 +351,9 @@ async fn run(
         }
         None => None,
     };
-    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?;
+    // A stream's client has every token as it comes; a whole answer's has nothing until the end.
+    let delivery = if c.stream { Delivery::Streamed } else { Delivery::Whole };
+    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge, delivery)?.events;
     let config = generator.config();
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let head = Head {

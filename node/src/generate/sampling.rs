@@ -84,6 +84,9 @@ const NEGLIGIBLE: f64 = 40.0;
 /// The tokens sampling may pick from `logits` under `params`, in id order, and their probabilities, which sum to 1:
 /// temperature, then top-k, then the nucleus (the shortest prefix, by logit, reaching top-p).
 pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
+    if params.top_k == 0 && params.top_p >= 1.0 {
+        return all_candidates(logits, params.temperature);
+    }
     let t = f64::from(params.temperature);
     let top = f64::from(logits.iter().copied().fold(f32::NEG_INFINITY, f32::max));
     // Tokens more than 40 temperatures below the best have under e^-40 of its probability (all of them together
@@ -128,6 +131,30 @@ pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     let mut pairs: Vec<(u32, f64)> = order.into_iter().zip(probs.into_iter().map(|q| q / mass)).collect();
     pairs.sort_unstable_by_key(|&(t, _)| t);
     pairs.into_iter().unzip()
+}
+
+/// [`candidates`] without top-k or top-p: one pass in id order, exponentials in f32 (a decoding step computes tens
+/// of thousands of them; f32 is exact to about 1e-7, far inside a validator's draw margin).
+fn all_candidates(logits: &[f32], temperature: f32) -> (Vec<u32>, Vec<f64>) {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let floor = top - NEGLIGIBLE as f32 * temperature;
+    let inv_t = 1.0 / temperature;
+    let mut order = Vec::with_capacity(logits.len());
+    let mut weights = Vec::with_capacity(logits.len());
+    let mut mass = 0.0f64;
+    for (i, &x) in logits.iter().enumerate() {
+        if x >= floor {
+            let w = ((x - top) * inv_t).exp();
+            mass += f64::from(w);
+            order.push(i as u32);
+            weights.push(w);
+        }
+    }
+    if order.is_empty() || !mass.is_finite() || mass <= 0.0 {
+        // Only NaN logits, or an infinite one (a broken model): nothing to sample from but the arg-max rule's pick.
+        return (vec![argmax(logits)], vec![1.0]);
+    }
+    (order, weights.into_iter().map(|w| f64::from(w) / mass).collect())
 }
 
 /// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.

@@ -63,6 +63,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The client cancelled it (closed its side of the stream); what was produced until then is the output.
+    Cancelled,
 }
 
 impl FinishReason {
@@ -71,6 +73,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::Length => "length",
+            Self::Cancelled => "cancelled",
         }
     }
 }

@@ -206,17 +206,6 @@ impl Engine {
         self.inner.generators.values().map(|s| &s.config)
     }
 
-    /// The newest version of text-generation model `name` whose generations validators can check (what a paid
-    /// generation that names no version gets).
-    pub fn verifiable_generation_version(&self, name: &str) -> Option<u64> {
-        self.inner
-            .generators
-            .range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
-            .rev()
-            .find(|(_, s)| s.config.generation.as_ref().is_some_and(|g| g.verifiable))
-            .map(|((_, v), _)| *v)
-    }
-
     /// The generator of a text-generation model (the given version or the highest), loading it on first use.
     pub async fn generator(&self, name: &str, version: Option<u64>) -> Result<Arc<Generator>> {
         let found = match version {

@@ -1,7 +1,8 @@
 //! The node's side of streaming generation ([`GENERATE_PROTOCOL`]): one substream per generation. The request frame
 //! is read against the inbound budget within [`FRAME_DEADLINE`], checked like an HTTP request (version, shutdown,
 //! model, limits), and the scheduler's events are written back as frames as they come. The peer closing its side
-//! cancels the generation; a write that makes no progress within the deadline ends it too. A peer may have
+//! cancels the generation, whose end (finish `cancelled`, with the receipt of what was produced) is still sent; a
+//! write that makes no progress within the deadline ends it too. A peer may have
 //! [`STREAMS_PER_PEER`] open at once (more are answered "overloaded"). A node that charges for work holds the
 //! generation's most cost on the request's voucher or credit before queueing it and charges per token at the end
 //! ([`crate::payment::generation`]); the end then carries the receipt and the prompt token ids it commits to.
@@ -17,14 +18,13 @@ use mlbridge_sdk::generate::{
 };
 use mlbridge_sdk::net::mux::{read_frame_within, write_frame};
 use mlbridge_sdk::protocol::{ErrorKind, ModelRef, ProtocolError, WIRE_VERSION, decode, encode};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::mux::{FRAME_DEADLINE, MuxServer};
 use crate::generate::{Generator, Message, Prompt, Sampling};
 use crate::payment::credit_spender;
-use crate::payment::generation::{Charge, Metered, hold, meter};
+use crate::payment::generation::{Charge, Delivery, Metered, Metering, hold, meter};
 use crate::{Error, Result};
 
 /// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
@@ -134,6 +134,16 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
         let message = format!("this node's {} has other weights than asked", generator.config().key());
         return Err(ProtocolError::new(ErrorKind::UnknownModel, message));
     }
+    // A paid model's request that brings no payment at all is refused before its prompt costs any work.
+    let prices = generator.generation().prices();
+    if let Some(service) = payments.filter(|_| !prices.is_free())
+        && req.voucher.is_none()
+        && req.channel.is_none()
+    {
+        let refusal =
+            mlbridge_sdk::protocol::PaymentRefusal::Required { price: prices.output_wei, payee: service.payee() };
+        return Err(ProtocolError { kind: ErrorKind::Payment, message: refusal.to_string(), payment: Some(refusal) });
+    }
     let prompt = match req.prompt {
         GeneratePrompt::Text(t) => Prompt::Text(t),
         GeneratePrompt::Ids(ids) => Prompt::Ids(ids),
@@ -152,7 +162,6 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
     let max_tokens = generator.check(&prompt, max_tokens, &sampling).map_err(|e| refusal(&e))?;
     Generator::check_stops(&req.stop).map_err(|e| refusal(&e))?;
     // Paid: the most this generation can cost is held before it is queued (a bad request costs nothing).
-    let prices = generator.generation().prices();
     let charge = match payments {
         Some(service) if !prices.is_free() => {
             let spender =
@@ -170,13 +179,13 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
     let model = ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) };
     let prompt_ids = if paid { prompt.clone() } else { Vec::new() };
     let request = crate::generate::GenerateRequest { prompt, max_tokens, sampling, stop: req.stop };
-    let events = meter(&generator, request, charge).map_err(|e| refusal(&e))?;
-    Ok(Started { events, model, prompt_ids })
+    let metering = meter(&generator, request, charge, Delivery::Streamed).map_err(|e| refusal(&e))?;
+    Ok(Started { metering, model, prompt_ids })
 }
 
 /// A queued generation.
 struct Started {
-    events: mpsc::Receiver<Metered>,
+    metering: Metering,
     /// The weights that run it.
     model: ModelRef,
     /// Its prompt tokens, for a paid generation's end (the receipt's input hash is over them).
@@ -197,7 +206,7 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
     };
     let started = start(server, peer, &frame.body).await;
     drop(frame); // not held while the generation waits and runs
-    let Started { mut events, model, mut prompt_ids } = match started {
+    let Started { metering, model, mut prompt_ids } = match started {
         Ok(s) => s,
         Err(e) => {
             if e.kind == ErrorKind::Malformed {
@@ -208,12 +217,19 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
             return;
         }
     };
+    let Metering { mut events, cancel } = metering;
     let mut probe = [0u8; 1];
+    let mut open = true;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            // The peer sends nothing after its request: a read that returns means it closed (or misbehaves).
-            _ = r.read(&mut probe) => break,
+            // The peer sends nothing after its request: a read that returns means it closed its side (or
+            // misbehaves): the generation is cancelled, and its end (the receipt of what was produced) still goes.
+            _ = r.read(&mut probe), if open => {
+                open = false;
+                cancel.cancel();
+                continue;
+            }
         };
         let (wire, last) = match event {
             // A token whose text is held back (or a stop token) sends nothing.
@@ -245,6 +261,7 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
     }
     // Dropping `events` cancels a generation still running (a paid one is charged for what it produced).
     drop(events);
+    drop(cancel);
     let _ = w.close().await;
 }
 

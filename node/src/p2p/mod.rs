@@ -689,7 +689,11 @@ impl Actor {
             // Text-generation models, priced per input and output token, for `generate` streams; a node that
             // charges lists only the versions it sells (those validators can check).
             .chain(self.engine.generation_configs().filter_map(|c| {
-                let prices = c.generation.as_ref()?.prices();
+                // A node that does not charge says so: its prices are zero whatever the model's config says.
+                let prices = match self.payments {
+                    Some(_) => c.generation.as_ref()?.prices(),
+                    None => mlbridge_sdk::generate::GenerationPrices::default(),
+                };
                 let sold = self.payments.is_none() || prices.is_free() || c.generation.as_ref()?.verifiable;
                 sold.then(|| AdvertModel {
                     model_id: c.sha256,

@@ -7,8 +7,10 @@
 //!
 //! - the generation ended (a stop, `max_tokens`): charged for the prompt and every output token; the receipt comes
 //!   with the end ([`Metered::Done`]);
-//! - the client went away (a closed stream or connection): charged for the prompt and the tokens produced up to then
-//!   (finish `cancelled`), or nothing when none was; the receipt is kept for validators like any other;
+//! - the client cancelled (closed its side of a stream; the end, with the receipt, still comes) or went away (a
+//!   dropped connection): charged for the prompt and the tokens produced up to then (finish `cancelled`) when they
+//!   were streamed to it, nothing when none was produced or the answer was to come whole; the receipt is kept for
+//!   validators like any other;
 //! - the generation failed: nothing is charged.
 //!
 //! The receipt's units are prompt plus output tokens, its price what they cost, its input hash commits to the
@@ -21,10 +23,11 @@ use alloy::primitives::U256;
 use mlbridge_sdk::generate::{GenerationAudit, GenerationParams, GenerationPrices};
 use mlbridge_sdk::protocol::ReceiptMsg;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Authorization, Completed, JobInput, PaymentService};
 use crate::Error;
-use crate::generate::{Completion, Event, GenerateRequest, Generator};
+use crate::generate::{Completion, Event, FinishReason, GenerateRequest, Generator, Sampling};
 
 /// What a front end sends on: the scheduler's tokens, then the end with the receipt of a paid generation.
 #[derive(Debug)]
@@ -56,6 +59,25 @@ pub struct Charge {
 /// Finish reason of a generation its client cancelled.
 pub const CANCELLED: &str = "cancelled";
 
+/// A metered generation: its events, and the handle that cancels it while its end (with the receipt of what was
+/// produced) still comes on `events`.
+#[derive(Debug)]
+pub struct Metering {
+    /// Tokens, then the end.
+    pub events: mpsc::Receiver<Metered>,
+    /// Cancels the generation at the scheduler's next step; the end then says `cancelled`.
+    pub cancel: CancellationToken,
+}
+
+/// What a generation the client leaves before its end costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Tokens reach the client as they come (a stream): a cancelled generation is charged for those produced.
+    Streamed,
+    /// The client gets the text only at the end (a whole HTTP answer): one that ends before is charged nothing.
+    Whole,
+}
+
 /// The parameters a generation's receipt commits to.
 pub fn params(req: &GenerateRequest) -> GenerationParams {
     GenerationParams {
@@ -68,13 +90,14 @@ pub fn params(req: &GenerateRequest) -> GenerationParams {
     }
 }
 
-/// Submit `req` to `generator` and meter it (see the module docs). Dropping the returned receiver cancels the
-/// generation at the scheduler's next step; a paid one is then charged for what it produced.
+/// Submit `req` to `generator` and meter it (see the module docs). Cancelling, or dropping the events' receiver,
+/// cancels the generation at the scheduler's next step; a paid one is then charged as `delivery` says.
 pub fn meter(
     generator: &Arc<Generator>,
     req: GenerateRequest,
     charge: Option<Charge>,
-) -> crate::Result<mpsc::Receiver<Metered>> {
+    delivery: Delivery,
+) -> crate::Result<Metering> {
     let params = params(&req);
     let prompt = req.prompt.clone();
     let capacity = req.max_tokens + 2;
@@ -88,9 +111,18 @@ pub fn meter(
         }
     };
     let (tx, rx) = mpsc::channel(capacity);
-    let generator = generator.clone();
-    tokio::spawn(run(generator, events, tx, charge, prompt, params));
-    Ok(rx)
+    let cancel = CancellationToken::new();
+    let job = Job { generator: generator.clone(), prompt, params, delivery, cancel: cancel.clone() };
+    tokio::spawn(run(job, events, tx, charge));
+    Ok(Metering { events: rx, cancel })
+}
+
+struct Job {
+    generator: Arc<Generator>,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    delivery: Delivery,
+    cancel: CancellationToken,
 }
 
 enum End {
@@ -99,19 +131,14 @@ enum End {
     Failed,
 }
 
-async fn run(
-    generator: Arc<Generator>,
-    mut events: mpsc::Receiver<Event>,
-    tx: mpsc::Sender<Metered>,
-    charge: Option<Charge>,
-    prompt: Vec<u32>,
-    params: GenerationParams,
-) {
+async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Metered>, charge: Option<Charge>) {
+    let Job { generator, prompt, params, delivery, cancel } = job;
     let mut output = Vec::new();
     let end = loop {
         let event = tokio::select! {
             biased;
             event = events.recv() => event,
+            () = cancel.cancelled() => break End::Cancelled,
             () = tx.closed() => break End::Cancelled,
         };
         match event {
@@ -127,23 +154,42 @@ async fn run(
     };
     // Cancels a generation still running.
     drop(events);
-    let Some(charge) = charge else {
-        let _ = tx.send(end_message(end, None)).await;
-        return;
-    };
-    let (output, finish) = match &end {
-        End::Done(c) => (c.output.clone(), c.finish.as_str()),
-        End::Cancelled if !output.is_empty() => (output, CANCELLED),
-        End::Cancelled | End::Failed => {
-            charge.service.release(&charge.auth);
-            let _ = tx.send(end_message(end, None)).await;
+    let completion = match end {
+        End::Done(c) => c,
+        End::Cancelled => Completion {
+            finish: FinishReason::Cancelled,
+            prompt_tokens: prompt.len(),
+            output,
+            sampling: Sampling {
+                temperature: params.temperature,
+                top_k: params.top_k,
+                top_p: params.top_p,
+                seed: params.seed,
+            },
+        },
+        End::Failed => {
+            if let Some(charge) = &charge {
+                charge.service.release(&charge.auth);
+            }
+            let _ = tx.send(Metered::Failed(stopped())).await;
             return;
         }
     };
-    let audit = GenerationAudit { prompt, params, output, finish: finish.to_owned() };
+    let Some(charge) = charge else {
+        let _ = tx.send(Metered::Done(completion, None)).await;
+        return;
+    };
+    // Nothing produced, or nothing the client could have had: nothing charged.
+    if completion.finish == FinishReason::Cancelled && (completion.output.is_empty() || delivery == Delivery::Whole) {
+        charge.service.release(&charge.auth);
+        let _ = tx.send(Metered::Done(completion, None)).await;
+        return;
+    }
+    let finish = completion.finish.as_str().to_owned();
+    let audit = GenerationAudit { prompt, params, output: completion.output.clone(), finish };
     match complete(&generator, charge, audit).await {
         Ok(receipt) => {
-            let _ = tx.send(end_message(end, Some(Box::new(receipt)))).await;
+            let _ = tx.send(Metered::Done(completion, Some(Box::new(receipt)))).await;
         }
         Err(e) => {
             tracing::error!(target: "node::payment", err = %e, "charging a generation failed; it is not charged");
@@ -152,14 +198,8 @@ async fn run(
     }
 }
 
-fn end_message(end: End, receipt: Option<Box<ReceiptMsg>>) -> Metered {
-    match end {
-        End::Done(c) => Metered::Done(c, receipt),
-        End::Cancelled | End::Failed => Metered::Failed(Error::Inference {
-            model: "generation".into(),
-            reason: "the generation stopped; the node's log says why".into(),
-        }),
-    }
+fn stopped() -> Error {
+    Error::Inference { model: "generation".into(), reason: "the generation stopped; the node's log says why".into() }
 }
 
 /// Charge the tokens of `audit` (at most the hold; the rest is released) and have its receipt signed.
@@ -181,22 +221,32 @@ pub fn hold(prices: &GenerationPrices, prompt: usize, max_tokens: usize) -> U256
     prices.most(prompt as u64, max_tokens as u64)
 }
 
-/// The version a node that charges sells for `name`: the one asked for when validators can check it, else the
-/// newest they can check (a node serves unverifiable versions free only; see `[generation] verifiable`).
+/// The version a node that charges sells for `name`: the one asked for when validators can check it (or it is
+/// free), else the newest such; a node serves versions validators cannot check free only (see `[generation]
+/// verifiable`). A name or version the node does not have is passed on for the lookup to refuse.
 pub fn sold_version(engine: &crate::inference::Engine, name: &str, asked: Option<u64>) -> crate::Result<Option<u64>> {
-    let verifiable = engine.verifiable_generation_version(name);
-    let Some(v) = asked else { return Ok(verifiable.or(asked)) };
-    let checkable = engine.generation_configs().any(|c| {
-        c.name == name && c.version == v && c.generation.as_ref().is_none_or(|g| g.verifiable || g.prices().is_free())
-    });
-    if checkable {
-        return Ok(Some(v));
+    let sellable =
+        |c: &crate::inference::ModelConfig| c.generation.as_ref().is_some_and(|g| g.verifiable || g.prices().is_free());
+    // By version, oldest first.
+    let versions: Vec<_> = engine.generation_configs().filter(|c| c.name == name).collect();
+    let newest = versions.iter().rev().find(|c| sellable(c)).map(|c| c.version);
+    let refused = |what: String| {
+        Err(Error::BadRequest(match newest {
+            Some(ok) => format!(
+                "{what} is served free only (validators cannot check its generations); paid generations use version {ok}"
+            ),
+            None => format!("{what} is served free only: validators cannot check its generations"),
+        }))
+    };
+    match asked {
+        _ if versions.is_empty() => Ok(asked),
+        None => match newest {
+            Some(v) => Ok(Some(v)),
+            None => refused(name.to_owned()),
+        },
+        Some(v) => match versions.iter().find(|c| c.version == v) {
+            Some(c) if !sellable(c) => refused(format!("{name}:{v}")),
+            _ => Ok(Some(v)),
+        },
     }
-    Err(Error::BadRequest(match verifiable {
-        Some(ok) => format!(
-            "{name}:{v} is served free only (validators cannot check its generations); paid generations use \
-             version {ok}"
-        ),
-        None => format!("{name}:{v} is served free only (validators cannot check its generations)"),
-    }))
 }

@@ -336,7 +336,8 @@ impl Client {
 
     /// Generate text with the model `request.model` names on a node that advertises it, least loaded first, trying
     /// the next when one cannot be reached or refuses at once. Returns the node and its events as they come (see
-    /// [`crate::generate`]); dropping the receiver cancels the generation.
+    /// [`crate::generate`]); dropping the receiver cancels the generation (its end, with a paid generation's receipt,
+    /// is still read and checked here, within the request timeout).
     ///
     /// With a payer, a node that charges is paid per token: the most the generation can cost (the prompt's bound
     /// and `max_tokens`, [`DEFAULT_PAID_MAX_TOKENS`] when the request names none, at the advertised prices) is paid
@@ -347,6 +348,8 @@ impl Client {
         mut request: crate::generate::GenerateRequest,
     ) -> Result<(PeerId, mpsc::Receiver<crate::generate::GenerateEvent>)> {
         use crate::generate::GenerationPrices;
+        // Our own seed, never the node's choice: a node picking seeds could look for the longest answer to bill.
+        request.seed.get_or_insert_with(rand::random);
         let model = request.model.clone();
         let serves = |m: &&AdvertModel| {
             m.name == model.name
@@ -419,7 +422,7 @@ impl Client {
                 job.request.channel = Some(p.channel_id);
                 job.request.credit_key = Some(payer.credit_key(&p.channel_id));
             }
-            let mut events = self.open_generation(node.peer_id, &job.request).await?;
+            let (mut events, cancel) = self.open_generation(node.peer_id, &job.request).await?;
             // A node that never answers must not hang the caller: bounded like a request.
             let first = tokio::time::timeout(self.config.request_timeout, events.recv()).await.unwrap_or_else(|_| {
                 Some(GenerateEvent::Error(ProtocolError::new(
@@ -465,9 +468,14 @@ impl Client {
             let (tx, rx) = mpsc::channel(256);
             let checker = payer.zip(payment).map(|(payer, p)| (payer.clone(), p, self.batches.clone(), node.operator));
             let peer = node.peer_id;
+            let grace = self.config.request_timeout;
             tokio::spawn(async move {
                 let mut next = Some(first);
                 let mut outcome = Outcome::Lost;
+                let mut cancel = Some(cancel);
+                // Once the caller has gone: the generation is cancelled, and its end (with the receipt of what was
+                // produced, so the rest of the hold is credit again) must come by then.
+                let mut deadline: Option<tokio::time::Instant> = None;
                 while let Some(event) = next {
                     let event = match (event, &checker) {
                         (GenerateEvent::Done(done), Some((payer, p, batches, operator))) => {
@@ -488,12 +496,29 @@ impl Client {
                         (event, _) => event,
                     };
                     let end = !matches!(event, GenerateEvent::Text(_));
-                    if tx.send(event).await.is_err() || end {
-                        break; // the caller went away: dropping `events` closes the stream
+                    if deadline.is_none() && tx.send(event).await.is_err() {
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                        if let Some(c) = cancel.take() {
+                            c.cancel();
+                        }
                     }
-                    next = tokio::select! {
-                        event = events.recv() => event,
-                        () = tx.closed() => break,
+                    if end {
+                        break;
+                    }
+                    if deadline.is_none() {
+                        tokio::select! {
+                            event = events.recv() => { next = event; continue; }
+                            () = tx.closed() => {
+                                deadline = Some(tokio::time::Instant::now() + grace);
+                                if let Some(c) = cancel.take() {
+                            c.cancel();
+                        }
+                            }
+                        }
+                    }
+                    next = match deadline {
+                        Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
+                        None => None,
                     };
                 }
                 // A stream that ended without a good receipt may still have been charged (up to its hold).
@@ -511,7 +536,7 @@ impl Client {
         &self,
         peer: PeerId,
         request: &crate::generate::GenerateRequest,
-    ) -> Result<mpsc::Receiver<crate::generate::GenerateEvent>> {
+    ) -> Result<(mpsc::Receiver<crate::generate::GenerateEvent>, crate::generate::Cancel)> {
         let mut last = Error::Network(format!("node {peer} did not open a generation stream"));
         for _ in 0..3 {
             let attempt = tokio::time::timeout(
@@ -1003,7 +1028,6 @@ impl Actor {
                             // Text-generation models are for `generate` streams, not inference requests.
                             .filter(|m| m.name == model && version.is_none_or(|x| x == m.version))
                             .filter(|m| m.input_token_price_wei.is_none())
-                            .filter(|m| m.input_token_price_wei.is_none())
                             .max_by_key(|m| m.version)?;
                         Some(Candidate {
                             peer: *p,
@@ -1021,6 +1045,7 @@ impl Actor {
                         .models
                         .iter()
                         .filter(|m| m.name == model && version.is_none_or(|x| x == m.version))
+                        .filter(|m| m.input_token_price_wei.is_none())
                         .max_by_key(|m| m.version)?;
                     Some(Picked { peer, operator: advert.operator, price: m.price_wei })
                 });

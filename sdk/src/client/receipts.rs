@@ -131,7 +131,13 @@ pub(crate) fn check_generation_receipt(
     operator: Address,
 ) -> Result<U256, String> {
     use crate::generate::{GenerationParams, input_hash, output_hash};
-    let Some(receipt) = &done.receipt else { return Err("a paid generation ended without a receipt".into()) };
+    let Some(receipt) = &done.receipt else {
+        // Cancelled before its first token: nothing produced, nothing charged.
+        if done.finish == "cancelled" && done.output.is_empty() {
+            return Ok(U256::ZERO);
+        }
+        return Err("a paid generation ended without a receipt".into());
+    };
     let req = &job.request;
     let max_tokens = req.max_tokens.unwrap_or(0);
     let Some((_, prices)) = job.prices.iter().find(|(id, _)| B256::from(*id.as_bytes()) == receipt.model_id) else {
@@ -245,7 +251,8 @@ mod tests {
         let params =
             |seed| GenerationParams { max_tokens: 4, temperature: 0.0, top_k: 0, top_p: 1.0, seed, stop: vec![] };
         // Each lie, signed by the node itself, is refused.
-        let lies: [(&str, &dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt)); 8] = [
+        type Lie<'a> = &'a dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt);
+        let lies: [(&str, Lie<'_>); 8] = [
             ("a dearer price", &|_, r| r.price += U256::from(1u64)),
             ("more units", &|_, r| r.units += U256::from(1u64)),
             ("another seed", &|d, r| {
@@ -260,7 +267,12 @@ mod tests {
                 r.units = U256::from(203u64);
                 r.price = U256::from(200 * 10 + 3 * 40u64);
             }),
-            ("more than max_tokens", &|d, _| d.output.push(14)),
+            ("more than max_tokens", &|d, r| {
+                d.output.extend([14, 15]);
+                r.outputHash = crate::generate::output_hash(&d.output, &d.finish);
+                r.units = U256::from(10u64);
+                r.price = U256::from(5 * 10 + 5 * 40u64);
+            }),
             ("another output", &|d, _| d.output[0] = 99),
             ("other weights", &|_, r| r.modelId = B256::repeat_byte(8)),
             ("another channel", &|_, r| r.channelId = B256::repeat_byte(6)),
@@ -269,7 +281,8 @@ mod tests {
             assert!(check(lie).is_err(), "{what} passed");
         }
         // No receipt at all, and a receipt signed by another key than the advert's operator.
-        let (mut done, job, payment) = generation(&node, &domain, |_: &mut crate::generate::GenerateDone, _: &mut Receipt| {});
+        let (mut done, job, payment) =
+            generation(&node, &domain, |_: &mut crate::generate::GenerateDone, _: &mut Receipt| {});
         let signed = done.receipt.take();
         assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address()).is_err());
         done.receipt = signed;

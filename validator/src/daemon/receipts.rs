@@ -198,7 +198,12 @@ async fn check_receipt(shared: &Arc<Shared>, node_peer: PeerId, r: &ReceiptMsg) 
         Err(rejected) => {
             shared.metrics.records_rejected.with_label_values(&[rejected.label()]).inc();
             tracing::info!(target: "validator::audit", %node, job = %r.job_id, reason = %rejected, "audit record not judged");
-            if matches!(rejected, Rejected::WrongReceipt | Rejected::InputHash | Rejected::OutputHash) {
+            // A record not bound to its receipt, or a paid generation on a version nobody can check (a node that
+            // sells it escapes every check).
+            if matches!(
+                rejected,
+                Rejected::WrongReceipt | Rejected::InputHash | Rejected::OutputHash | Rejected::Unverifiable(_)
+            ) {
                 shared.suspect(node);
             }
             return;

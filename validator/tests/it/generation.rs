@@ -178,11 +178,17 @@ async fn the_validator_judges_paid_generation_records_by_their_receipts() {
     // A client that went away: the tokens produced up to then pass, though the output ends early.
     let (receipt, rec) = record(&v1, audit(&honest.output[..5], "cancelled"));
     assert!(rx.check(&receipt, &rec).await.unwrap().agrees);
+    // Cancelled or not, no token may follow a stop token.
+    let mut past_stop = honest.output[..5].to_vec();
+    past_stop.insert(2, 2);
+    past_stop.truncate(5);
+    let (receipt, rec) = record(&v1, audit(&past_stop, "cancelled"));
+    assert!(!rx.check(&receipt, &rec).await.unwrap().agrees, "tokens after <|im_end|>");
     // The same early end claimed as a finished generation, and a changed token: wrong, so challenged.
     let (receipt, rec) = record(&v1, audit(&honest.output[..5], finish));
     assert!(!rx.check(&receipt, &rec).await.unwrap().agrees, "an early end without a reason");
     let mut changed = honest.output.clone();
-    changed[2] = (changed[2] + 1) % 49_152;
+    changed[2] = (changed[2] + 1000) % 49_152;
     let (receipt, rec) = record(&v1, audit(&changed, finish));
     let check = rx.check(&receipt, &rec).await.unwrap();
     assert!(!check.agrees && check.ours != receipt.output_hash, "{check:?}");
