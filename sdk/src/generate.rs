@@ -283,7 +283,7 @@ impl std::fmt::Debug for Streams {
 
 /// Cancels a generation while its end still comes: the client closes its side of the stream, the node stops at its
 /// next step and sends the end (finish `cancelled`, with the receipt of what was produced when it was paid).
-/// Dropping it without cancelling closes the client's side too, once the generation is over or abandoned.
+/// Dropping it does not cancel: the client's side closes once the end came or the receiver was dropped.
 #[derive(Debug)]
 pub struct Cancel(tokio::sync::oneshot::Sender<()>);
 
@@ -309,16 +309,22 @@ pub async fn open(
     write_frame(&mut stream, 0, &encode(request)).await.map_err(|e| net(e.to_string()))?;
     stream.flush().await.map_err(|e| net(e.to_string()))?;
     let (mut r, mut w) = stream.split();
-    let (cancel, cancelled) = tokio::sync::oneshot::channel();
-    // Our side closes on a cancel, or once the caller is done with the stream (the sender dropped).
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let (reading, read_done) = tokio::sync::oneshot::channel::<()>();
+    // Our side closes on a cancel, or once the reader below is done (the end came, the stream broke, or the caller
+    // dropped the receiver); a dropped `Cancel` alone does not close it.
     tokio::spawn(async move {
-        let _ = cancelled.await;
+        tokio::select! {
+            Ok(()) = cancelled => {}
+            _ = read_done => {}
+        }
         let _ = w.close().await;
     });
     let (tx, rx) = mpsc::channel(EVENTS);
     // A node sends at most a piece of text per token and the end: more is a node misbehaving.
     let mut allowed = request.max_tokens.map_or(MAX_EVENTS, |m| m as usize + 2).min(MAX_EVENTS);
     tokio::spawn(async move {
+        let _reading = reading;
         while allowed > 0 {
             allowed -= 1;
             let frame = tokio::select! {

@@ -155,6 +155,14 @@ fn version_for(
     Ok(asked)
 }
 
+/// A bound on what a request can cost before its prompt is tokenized: `prompt_bound` tokens (bytes plus template)
+/// and its `max_tokens` (or the model's default) at the model's prices.
+fn most_cost(generator: &Generator, prompt_bound: u64, c: &Common) -> U256 {
+    let g = generator.generation();
+    let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(g.default_max_tokens as u64);
+    g.prices().most(prompt_bound, max_tokens)
+}
+
 fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {
     match model.split_once(':') {
         Some((n, v)) => {
@@ -206,7 +214,12 @@ pub(crate) async fn completions(
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
-    super::pay::require_payment(&state, &headers, peer.0, &generator.generation().prices())?;
+    let bytes = match &req.prompt {
+        Prompt::Text(t) => t.len() as u64 + mlbridge_sdk::generate::TEMPLATE_TOKENS,
+        Prompt::Texts(v) => v.iter().map(|t| t.len() as u64).sum::<u64>() + mlbridge_sdk::generate::TEMPLATE_TOKENS,
+        Prompt::Ids(ids) => ids.len() as u64,
+    };
+    super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
     let prompt = match req.prompt {
         Prompt::Text(t) => generator.prompt_tokens(crate::generate::Prompt::Text(t)).await?,
         Prompt::Texts(mut v) if v.len() == 1 => {
@@ -227,7 +240,20 @@ pub(crate) async fn chat_completions(
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
-    super::pay::require_payment(&state, &headers, peer.0, &generator.generation().prices())?;
+    let bytes = req
+        .messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                None => 0,
+                Some(Content::Text(t)) => t.len(),
+                Some(Content::Parts(parts)) => parts.iter().map(|p| p.text.as_ref().map_or(0, String::len)).sum(),
+            };
+            (content + m.role.len()) as u64 + mlbridge_sdk::generate::TEMPLATE_TOKENS_PER_TURN
+        })
+        .sum::<u64>()
+        + mlbridge_sdk::generate::TEMPLATE_TOKENS;
+    super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must hold at least one message"));
     }

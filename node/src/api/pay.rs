@@ -141,21 +141,21 @@ pub(crate) fn pays(state: &AppState, headers: &HeaderMap, peer: Option<SocketAdd
     Ok(h.voucher.is_some() || h.channel.is_some() || !is_free_caller(service, headers, peer))
 }
 
-/// Refuse (402) a request to a model priced at `prices` that brings no payment headers and is not free, before its
-/// prompt costs any work.
+/// Refuse (402) a request to a priced model that brings no payment headers and is not free, before its prompt costs
+/// any work; `most` is what its voucher must cover (a bound, as the prompt is not tokenized yet).
 pub(crate) fn require_payment(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    prices: &mlbridge_sdk::generate::GenerationPrices,
+    most: U256,
 ) -> Result<(), ApiError> {
     let Some(service) = state.payments.as_deref() else { return Ok(()) };
     let h = pay_headers(headers)?;
-    if prices.is_free() || h.voucher.is_some() || h.channel.is_some() || is_free_caller(service, headers, peer) {
+    if most.is_zero() || h.voucher.is_some() || h.channel.is_some() || is_free_caller(service, headers, peer) {
         return Ok(());
     }
     service.metrics().refused.with_label_values(&["no_voucher"]).inc();
-    Err(Box::new(PaymentRefusal::Required { price: prices.output_wei, payee: service.payee() }).into())
+    Err(Box::new(PaymentRefusal::Required { price: most, payee: service.payee() }).into())
 }
 
 fn is_free_caller(service: &PaymentService, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {

@@ -140,8 +140,10 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
         && req.voucher.is_none()
         && req.channel.is_none()
     {
-        let refusal =
-            mlbridge_sdk::protocol::PaymentRefusal::Required { price: prices.output_wei, payee: service.payee() };
+        // The most this request can cost (its prompt's bound, `max_tokens`): what a voucher must cover.
+        let max_tokens = req.max_tokens.map_or(generator.generation().default_max_tokens as u64, u64::from);
+        let price = prices.most(req.prompt_token_bound(), max_tokens);
+        let refusal = mlbridge_sdk::protocol::PaymentRefusal::Required { price, payee: service.payee() };
         return Err(ProtocolError { kind: ErrorKind::Payment, message: refusal.to_string(), payment: Some(refusal) });
     }
     let prompt = match req.prompt {

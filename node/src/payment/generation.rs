@@ -229,7 +229,15 @@ pub fn sold_version(engine: &crate::inference::Engine, name: &str, asked: Option
         |c: &crate::inference::ModelConfig| c.generation.as_ref().is_some_and(|g| g.verifiable || g.prices().is_free());
     // By version, oldest first.
     let versions: Vec<_> = engine.generation_configs().filter(|c| c.name == name).collect();
-    let newest = versions.iter().rev().find(|c| sellable(c)).map(|c| c.version);
+    // A paying caller that names no version gets the newest version validators can check (it charges); only a model
+    // with none gets its newest free one.
+    let verifiable = |c: &&&crate::inference::ModelConfig| c.generation.as_ref().is_some_and(|g| g.verifiable);
+    let newest = versions
+        .iter()
+        .rev()
+        .find(verifiable)
+        .or_else(|| versions.iter().rev().find(|c| sellable(c)))
+        .map(|c| c.version);
     let refused = |what: String| {
         Err(Error::BadRequest(match newest {
             Some(ok) => format!(

@@ -424,12 +424,11 @@ impl Client {
             }
             let (mut events, cancel) = self.open_generation(node.peer_id, &job.request).await?;
             // A node that never answers must not hang the caller: bounded like a request.
-            let first = tokio::time::timeout(self.config.request_timeout, events.recv()).await.unwrap_or_else(|_| {
-                Some(GenerateEvent::Error(ProtocolError::new(
-                    ErrorKind::Overloaded,
-                    "no answer within the request timeout",
-                )))
-            });
+            let Ok(first) = tokio::time::timeout(self.config.request_timeout, events.recv()).await else {
+                // The node may have started (and charge what it produced): counted as possibly charged.
+                drop(held);
+                return Err(Error::Network(format!("node {} sent nothing within the request timeout", node.peer_id)));
+            };
             let first = match first {
                 Some(GenerateEvent::Error(e)) => {
                     held.outcome = if e.kind == ErrorKind::Internal { Outcome::Lost } else { Outcome::Refused };
@@ -479,8 +478,16 @@ impl Client {
                 while let Some(event) = next {
                     let event = match (event, &checker) {
                         (GenerateEvent::Done(done), Some((payer, p, batches, operator))) => {
-                            match receipts::check_generation_receipt(batches, payer.domain(), p, &done, &job, *operator)
-                            {
+                            let cancelled = deadline.is_some();
+                            match receipts::check_generation_receipt(
+                                batches,
+                                payer.domain(),
+                                p,
+                                &done,
+                                &job,
+                                *operator,
+                                cancelled,
+                            ) {
                                 Ok(charged) => {
                                     payer.answered_part(p, charged);
                                     outcome = Outcome::Answered;

@@ -129,11 +129,18 @@ pub(crate) fn check_generation_receipt(
     done: &crate::generate::GenerateDone,
     job: &GenerationJob,
     operator: Address,
+    we_cancelled: bool,
 ) -> Result<U256, String> {
     use crate::generate::{GenerationParams, input_hash, output_hash};
     let Some(receipt) = &done.receipt else {
-        // Cancelled before its first token: nothing produced, nothing charged.
-        if done.finish == "cancelled" && done.output.is_empty() {
+        // We cancelled it before its first token: nothing produced, nothing charged. Or the weights that ran are
+        // advertised free.
+        let free = done
+            .model
+            .as_ref()
+            .and_then(|m| m.id)
+            .is_some_and(|id| job.prices.iter().any(|(advertised, p)| *advertised == id && p.is_free()));
+        if (we_cancelled && done.finish == "cancelled" && done.output.is_empty()) || free {
             return Ok(U256::ZERO);
         }
         return Err("a paid generation ended without a receipt".into());
@@ -245,7 +252,7 @@ mod tests {
         let cache = BatchCache::new(16);
         let check = |edit: &dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt)| {
             let (done, job, payment) = generation(&node, &domain, edit);
-            check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address())
+            check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address(), false)
         };
         assert_eq!(check(&|_, _| {}), Ok(U256::from(5 * 10 + 3 * 40)), "an honest end");
         let params =
@@ -284,9 +291,16 @@ mod tests {
         let (mut done, job, payment) =
             generation(&node, &domain, |_: &mut crate::generate::GenerateDone, _: &mut Receipt| {});
         let signed = done.receipt.take();
-        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address()).is_err());
+        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address(), false).is_err());
         done.receipt = signed;
-        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, Address::repeat_byte(1)).is_err());
+        assert!(
+            check_generation_receipt(&cache, &domain, &payment, &done, &job, Address::repeat_byte(1), false).is_err()
+        );
+        // An empty `cancelled` end without a receipt costs nothing only when we cancelled.
+        (done.receipt, done.finish, done.output) = (None, "cancelled".into(), vec![]);
+        assert!(check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address(), false).is_err());
+        let ours = check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address(), true);
+        assert_eq!(ours, Ok(U256::ZERO));
     }
 
     #[test]
