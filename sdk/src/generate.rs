@@ -111,15 +111,22 @@ impl GenerateRequest {
     /// that counts more prompt tokens than this is overcharging. (Only a bound: a client without the tokenizer cannot
     /// check the exact count.)
     pub fn prompt_token_bound(&self) -> u64 {
-        let turn = TEMPLATE_TOKENS_PER_TURN;
         match &self.prompt {
-            GeneratePrompt::Text(t) => t.len() as u64 + TEMPLATE_TOKENS,
+            GeneratePrompt::Text(t) => text_token_bound(t.len()),
             GeneratePrompt::Ids(ids) => ids.len() as u64,
-            GeneratePrompt::Chat(turns) => {
-                turns.iter().map(|t| t.role.len() as u64 + t.content.len() as u64 + turn).sum::<u64>() + TEMPLATE_TOKENS
-            }
+            GeneratePrompt::Chat(turns) => chat_token_bound(turns.iter().map(|t| t.role.len() + t.content.len())),
         }
     }
+}
+
+/// The most tokens a text prompt of `bytes` can honestly become (see [`GenerateRequest::prompt_token_bound`]).
+pub fn text_token_bound(bytes: usize) -> u64 {
+    bytes as u64 + TEMPLATE_TOKENS
+}
+
+/// The most tokens a conversation can honestly become, from each message's role and content bytes.
+pub fn chat_token_bound(messages: impl IntoIterator<Item = usize>) -> u64 {
+    messages.into_iter().map(|bytes| bytes as u64 + TEMPLATE_TOKENS_PER_TURN).sum::<u64>() + TEMPLATE_TOKENS
 }
 
 /// Chat-template tokens a node may add per message (role markers, separators) when a client bounds a prompt's size.
@@ -138,17 +145,12 @@ pub struct GenerationPrices {
 }
 
 impl GenerationPrices {
-    /// What `prompt` input tokens and `output` generated tokens cost (saturating).
+    /// What `prompt` input tokens and `output` generated tokens cost (saturating). With `max_tokens` as `output`:
+    /// the most a generation can cost, what a node holds while it runs (it charges what was produced).
     pub fn cost(&self, prompt: u64, output: u64) -> U256 {
         self.input_wei
             .saturating_mul(U256::from(prompt))
             .saturating_add(self.output_wei.saturating_mul(U256::from(output)))
-    }
-
-    /// The most a generation can cost: every prompt token and `max_tokens` generated ones (what a node holds while
-    /// it runs; it charges what was produced).
-    pub fn most(&self, prompt: u64, max_tokens: u64) -> U256 {
-        self.cost(prompt, max_tokens)
     }
 
     /// Whether the generation is free.

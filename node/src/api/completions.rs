@@ -31,8 +31,9 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
-use crate::payment::generation::{Charge, Delivery, Metered, hold, meter};
+use crate::payment::generation::{Charge, Delivery, Metered, meter};
 use alloy::primitives::U256;
+use mlbridge_sdk::generate::{chat_token_bound, text_token_bound};
 use mlbridge_sdk::protocol::ReceiptMsg;
 
 /// A string or a list of strings (`stop`).
@@ -160,7 +161,7 @@ fn version_for(
 fn most_cost(generator: &Generator, prompt_bound: u64, c: &Common) -> U256 {
     let g = generator.generation();
     let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(g.default_max_tokens as u64);
-    g.prices().most(prompt_bound, max_tokens)
+    g.prices().cost(prompt_bound, max_tokens)
 }
 
 fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {
@@ -215,8 +216,8 @@ pub(crate) async fn completions(
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
     let bytes = match &req.prompt {
-        Prompt::Text(t) => t.len() as u64 + mlbridge_sdk::generate::TEMPLATE_TOKENS,
-        Prompt::Texts(v) => v.iter().map(|t| t.len() as u64).sum::<u64>() + mlbridge_sdk::generate::TEMPLATE_TOKENS,
+        Prompt::Text(t) => text_token_bound(t.len()),
+        Prompt::Texts(v) => text_token_bound(v.iter().map(String::len).sum()),
         Prompt::Ids(ids) => ids.len() as u64,
     };
     super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
@@ -240,19 +241,14 @@ pub(crate) async fn chat_completions(
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
-    let bytes = req
-        .messages
-        .iter()
-        .map(|m| {
-            let content = match &m.content {
+    let bytes = chat_token_bound(req.messages.iter().map(|m| {
+        m.role.len()
+            + match &m.content {
                 None => 0,
                 Some(Content::Text(t)) => t.len(),
                 Some(Content::Parts(parts)) => parts.iter().map(|p| p.text.as_ref().map_or(0, String::len)).sum(),
-            };
-            (content + m.role.len()) as u64 + mlbridge_sdk::generate::TEMPLATE_TOKENS_PER_TURN
-        })
-        .sum::<u64>()
-        + mlbridge_sdk::generate::TEMPLATE_TOKENS;
+            }
+    }));
     super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must hold at least one message"));
@@ -363,14 +359,8 @@ async fn run(
     let max_tokens = generator.check(&prompt, max_tokens, &sampling)?;
     // Paid: the most this generation can cost is held before it is queued; it is charged for what it produces.
     let prices = generator.generation().prices();
-    let most = hold(&prices, prompt.len(), max_tokens);
-    let charge = match super::pay::authorize_priced(
-        state,
-        headers,
-        peer.0,
-        if prices.is_free() { U256::ZERO } else { most },
-        1,
-    )? {
+    let most = prices.cost(prompt.len() as u64, max_tokens as u64);
+    let charge = match super::pay::authorize_priced(state, headers, peer.0, most, 1)? {
         Some(p) => {
             let service = state.payments.clone().expect("a payment comes from the payment service");
             Some(Charge { service, auth: p.auth, prices })

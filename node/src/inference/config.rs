@@ -123,6 +123,11 @@ fn verifiable_default() -> bool {
 }
 
 impl GenerationConfig {
+    /// Whether a node that charges sells this version's generations: validators can check them, or they are free.
+    pub fn sold_to_payers(&self) -> bool {
+        self.verifiable || self.prices().is_free()
+    }
+
     /// The per-token prices.
     pub fn prices(&self) -> mlbridge_sdk::generate::GenerationPrices {
         mlbridge_sdk::generate::GenerationPrices {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::mux::{FRAME_DEADLINE, MuxServer};
 use crate::generate::{Generator, Message, Prompt, Sampling};
 use crate::payment::credit_spender;
-use crate::payment::generation::{Charge, Delivery, Metered, Metering, hold, meter};
+use crate::payment::generation::{Charge, Delivery, Metered, Metering, meter};
 use crate::{Error, Result};
 
 /// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
@@ -142,7 +142,7 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
     {
         // The most this request can cost (its prompt's bound, `max_tokens`): what a voucher must cover.
         let max_tokens = req.max_tokens.map_or(generator.generation().default_max_tokens as u64, u64::from);
-        let price = prices.most(req.prompt_token_bound(), max_tokens);
+        let price = prices.cost(req.prompt_token_bound(), max_tokens);
         let refusal = mlbridge_sdk::protocol::PaymentRefusal::Required { price, payee: service.payee() };
         return Err(ProtocolError { kind: ErrorKind::Payment, message: refusal.to_string(), payment: Some(refusal) });
     }
@@ -168,7 +168,7 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
         Some(service) if !prices.is_free() => {
             let spender =
                 Some(req.credit_key.map_or_else(|| keccak256(peer.to_bytes()), |k| credit_spender(k.as_slice())));
-            let most = hold(&prices, prompt.len(), max_tokens);
+            let most = prices.cost(prompt.len() as u64, max_tokens as u64);
             let auth = service
                 .authorize(req.voucher.as_ref(), req.channel, spender, most, 1)
                 .map_err(|r| ProtocolError { kind: ErrorKind::Payment, message: r.to_string(), payment: Some(*r) })?;

@@ -694,8 +694,7 @@ impl Actor {
                     Some(_) => c.generation.as_ref()?.prices(),
                     None => mlbridge_sdk::generate::GenerationPrices::default(),
                 };
-                let sold = self.payments.is_none() || prices.is_free() || c.generation.as_ref()?.verifiable;
-                sold.then(|| AdvertModel {
+                (self.payments.is_none() || c.generation.as_ref()?.sold_to_payers()).then(|| AdvertModel {
                     model_id: c.sha256,
                     name: c.name.clone(),
                     version: c.version,

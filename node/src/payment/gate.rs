@@ -271,16 +271,13 @@ impl Gate {
 
     /// The job failed after authorization: its price is no longer held.
     pub fn release(&self, auth: &Authorization) {
-        if let Some(slot) = self.slots().get_mut(&auth.channel_id) {
-            debug_assert!(slot.in_flight >= auth.price, "a job released that was not held (released twice?)");
-            slot.in_flight = slot.in_flight.saturating_sub(auth.price);
-        }
+        self.release_part(&auth.channel_id, auth.price);
     }
 
     /// Part of a job's hold is no longer needed (it cost less than it held): `amount` is released.
     pub fn release_part(&self, channel: &B256, amount: U256) {
         if let Some(slot) = self.slots().get_mut(channel) {
-            debug_assert!(slot.in_flight >= amount, "more released than held");
+            debug_assert!(slot.in_flight >= amount, "more released than held (released twice?)");
             slot.in_flight = slot.in_flight.saturating_sub(amount);
         }
     }

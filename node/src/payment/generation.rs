@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use alloy::primitives::U256;
 use mlbridge_sdk::generate::{GenerationAudit, GenerationParams, GenerationPrices};
 use mlbridge_sdk::protocol::ReceiptMsg;
 use tokio::sync::mpsc;
@@ -216,17 +215,11 @@ async fn complete(generator: &Generator, charge: Charge, audit: GenerationAudit)
     service.complete(&auth, done).await
 }
 
-/// The hold for a generation of `prompt` tokens and at most `max_tokens` more at `prices`.
-pub fn hold(prices: &GenerationPrices, prompt: usize, max_tokens: usize) -> U256 {
-    prices.most(prompt as u64, max_tokens as u64)
-}
-
 /// The version a node that charges sells for `name`: the one asked for when validators can check it (or it is
 /// free), else the newest such; a node serves versions validators cannot check free only (see `[generation]
 /// verifiable`). A name or version the node does not have is passed on for the lookup to refuse.
 pub fn sold_version(engine: &crate::inference::Engine, name: &str, asked: Option<u64>) -> crate::Result<Option<u64>> {
-    let sellable =
-        |c: &crate::inference::ModelConfig| c.generation.as_ref().is_some_and(|g| g.verifiable || g.prices().is_free());
+    let sellable = |c: &crate::inference::ModelConfig| c.generation.as_ref().is_some_and(|g| g.sold_to_payers());
     // By version, oldest first.
     let versions: Vec<_> = engine.generation_configs().filter(|c| c.name == name).collect();
     // A paying caller that names no version gets the newest version validators can check (it charges); only a model

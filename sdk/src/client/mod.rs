@@ -405,10 +405,10 @@ impl Client {
         let most = job
             .prices
             .iter()
-            .map(|(_, p)| p.most(job.request.prompt_token_bound(), u64::from(job.request.max_tokens.unwrap_or(0))));
+            .map(|(_, p)| p.cost(job.request.prompt_token_bound(), u64::from(job.request.max_tokens.unwrap_or(0))));
         let most = most.max().unwrap_or_default();
         let mut next: Option<Payment> = None;
-        let mut recoveries = 0;
+        let mut tries = Tries::default();
         loop {
             let payment = match (payer, next.take()) {
                 (Some(_), Some(p)) => Some(p),
@@ -433,30 +433,8 @@ impl Client {
                 Some(GenerateEvent::Error(e)) => {
                     held.outcome = if e.kind == ErrorKind::Internal { Outcome::Lost } else { Outcome::Refused };
                     drop(held);
-                    let peer = node.peer_id.to_string();
-                    match (payer, &payment, e.payment) {
-                        // As for inference: the last voucher again, then a fresh one (see `run_on`).
-                        (
-                            Some(payer),
-                            Some(p),
-                            Some(
-                                refusal @ (PaymentRefusal::NoCredit { .. }
-                                | PaymentRefusal::Replayed { .. }
-                                | PaymentRefusal::BelowAccepted { .. }),
-                            ),
-                        ) if recoveries < 2 => {
-                            recoveries += 1;
-                            next = if p.voucher.is_none() { payer.resend(p) } else { None };
-                            if next.is_none() && !payer.forget_credit(p) {
-                                return Err(Error::PaymentRefused { peer, refusal: Box::new(refusal) });
-                            }
-                            continue;
-                        }
-                        (_, _, Some(refusal)) => {
-                            return Err(Error::PaymentRefused { peer, refusal: Box::new(refusal) });
-                        }
-                        (_, _, None) => return Err(Error::Remote { peer, kind: e.kind, message: e.message }),
-                    }
+                    next = after_refusal(payer.map(|p| &**p), payment.as_ref(), e, node.peer_id, &mut tries).await?;
+                    continue;
                 }
                 Some(first) => first,
                 None => return Err(Error::Network(format!("node {} closed the generation stream", node.peer_id))),
@@ -643,9 +621,8 @@ impl Client {
             .checked_mul(U256::from(job.units))
             .ok_or_else(|| Error::Network(format!("the price of {} units overflows", job.units)))?;
         let payer = self.payer.as_deref().filter(|_| !price.is_zero());
-        let mut waits = 0;
         let mut next: Option<Payment> = None;
-        let mut recoveries = 0;
+        let mut tries = Tries::default();
         loop {
             let payment = match (payer, next.take()) {
                 (Some(_), Some(p)) => Some(p),
@@ -678,36 +655,8 @@ impl Client {
                     // (a ledger that cannot be written after the charge): those may have cost the job.
                     held.outcome = if e.kind == ErrorKind::Internal { Outcome::Lost } else { Outcome::Refused };
                     drop(held);
-                    match e.payment {
-                        // The node lacks credit this payer counted on (a voucher it never got, or credit an earlier
-                        // process of ours spent): first the last voucher again, which costs nothing new; then a
-                        // fresh voucher for the window.
-                        Some(
-                            PaymentRefusal::NoCredit { .. }
-                            | PaymentRefusal::Replayed { .. }
-                            | PaymentRefusal::BelowAccepted { .. },
-                        ) if recoveries < 2 && payer.is_some() => {
-                            recoveries += 1;
-                            if let (Some(payer), Some(p)) = (payer, &payment) {
-                                next = if p.voucher.is_none() { payer.resend(p) } else { None };
-                                // Believed once per channel; a node that keeps saying so is refused.
-                                if next.is_none() && !payer.forget_credit(p) {
-                                    let refusal = Box::new(e.payment.clone().expect("matched above"));
-                                    return Err(Error::PaymentRefused { peer: peer.to_string(), refusal });
-                                }
-                            }
-                            continue;
-                        }
-                        Some(refusal) if refusal.is_transient() && waits < 40 => {
-                            waits += 1;
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                            continue;
-                        }
-                        Some(refusal) => {
-                            Err(Error::PaymentRefused { peer: peer.to_string(), refusal: Box::new(refusal) })
-                        }
-                        None => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
-                    }
+                    next = after_refusal(payer, payment.as_ref(), e, peer, &mut tries).await?;
+                    continue;
                 }
                 Response::Ack | Response::Audit(_) => {
                     Err(Error::Network(format!("node {peer} answered an inference with something else")))
@@ -893,6 +842,53 @@ impl Drop for Held<'_> {
                 Outcome::Lost => payer.lost(p),
             }
         }
+    }
+}
+
+/// Retries of one job on one node after payment refusals.
+#[derive(Default)]
+struct Tries {
+    recoveries: u32,
+    waits: u32,
+}
+
+/// After a node refused a job with `e` (paid with `payment`): `Ok(next)` to send it to the same node again (with
+/// `next`, or a new payment when `None`; after a pause when the refusal may pass), `Err` to give up.
+async fn after_refusal(
+    payer: Option<&Payer>,
+    payment: Option<&Payment>,
+    e: crate::protocol::ProtocolError,
+    peer: PeerId,
+    tries: &mut Tries,
+) -> Result<Option<Payment>> {
+    let refused = |refusal| Error::PaymentRefused { peer: peer.to_string(), refusal: Box::new(refusal) };
+    match (payer, payment, e.payment) {
+        // The node lacks credit this payer counted on (a voucher it never got, or credit an earlier process of ours
+        // spent): first the last voucher again, which costs nothing new; then a fresh voucher for the window.
+        (
+            Some(payer),
+            Some(p),
+            Some(
+                refusal @ (PaymentRefusal::NoCredit { .. }
+                | PaymentRefusal::Replayed { .. }
+                | PaymentRefusal::BelowAccepted { .. }),
+            ),
+        ) if tries.recoveries < 2 => {
+            tries.recoveries += 1;
+            let next = if p.voucher.is_none() { payer.resend(p) } else { None };
+            // Believed once per channel; a node that keeps saying so is refused.
+            if next.is_none() && !payer.forget_credit(p) {
+                return Err(refused(refusal));
+            }
+            Ok(next)
+        }
+        (_, _, Some(refusal)) if refusal.is_transient() && tries.waits < 40 => {
+            tries.waits += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            Ok(None)
+        }
+        (_, _, Some(refusal)) => Err(refused(refusal)),
+        (_, _, None) => Err(Error::Remote { peer: peer.to_string(), kind: e.kind, message: e.message }),
     }
 }
 

@@ -97,16 +97,31 @@ pub(crate) fn check_receipt(
         (receipt.output_hash == crate::protocol::tensors_hash(&r.outputs), "another output hash than the outputs"),
         (receipt.price == payment.price, "another price than advertised"),
         (receipt.units == U256::from(job.units), "another number of units than we sent"),
+    ];
+    first_failed(&checks).or_else(|| signed_for(batches, domain, payment, receipt, operator)).map_or(Ok(()), Err)
+}
+
+/// What every paid answer's receipt must show besides its job: our channel, the advert's operator, a time near
+/// ours, a proof into its batch and the node's signature on the batch (recovered once per batch). The first that
+/// fails, as a reason.
+fn signed_for(
+    batches: &BatchCache,
+    domain: &Eip712Domain,
+    payment: &Payment,
+    receipt: &crate::protocol::ReceiptMsg,
+    operator: Address,
+) -> Option<String> {
+    first_failed(&[
         (receipt.channel_id == payment.channel_id, "another channel than the one we paid on"),
         (receipt.node() == operator, "another node than the advert's operator"),
         (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
         (receipt.proves_into_batch(), "a proof that does not lead to its batch's root"),
         (batches.verify(&receipt.batch, domain), "a batch signature that is not the node's"),
-    ];
-    match checks.iter().find(|(ok, _)| !ok) {
-        Some((_, what)) => Err(format!("the receipt names {what}")),
-        None => Ok(()),
-    }
+    ])
+}
+
+fn first_failed(checks: &[(bool, &str)]) -> Option<String> {
+    checks.iter().find(|(ok, _)| !ok).map(|(_, what)| format!("the receipt names {what}"))
 }
 
 /// What a paid generation was asked and may cost, for [`check_generation_receipt`].
@@ -176,16 +191,8 @@ pub(crate) fn check_generation_receipt(
         (receipt.output_hash == output_hash(&done.output, &done.finish), "another output hash than the output"),
         (receipt.units == U256::from(prompt + output), "another number of tokens than the generation's"),
         (receipt.price == cost && cost <= payment.price, "another price than the advertised per-token prices"),
-        (receipt.channel_id == payment.channel_id, "another channel than the one we paid on"),
-        (receipt.node() == operator, "another node than the advert's operator"),
-        (receipt.issued_near(unix_now(), MAX_RECEIPT_SKEW_SECS), "a time too far from now"),
-        (receipt.proves_into_batch(), "a proof that does not lead to its batch's root"),
-        (batches.verify(&receipt.batch, domain), "a batch signature that is not the node's"),
     ];
-    match checks.iter().find(|(ok, _)| !ok) {
-        Some((_, what)) => Err(format!("the receipt names {what}")),
-        None => Ok(cost),
-    }
+    first_failed(&checks).or_else(|| signed_for(batches, domain, payment, receipt, operator)).map_or(Ok(cost), Err)
 }
 
 #[cfg(test)]
@@ -214,7 +221,7 @@ mod tests {
         let prices = GenerationPrices { input_wei: U256::from(10u64), output_wei: U256::from(40u64) };
         let payment = Payment {
             payee: node.address(),
-            price: prices.most(request.prompt_token_bound(), 4),
+            price: prices.cost(request.prompt_token_bound(), 4),
             channel_id: B256::repeat_byte(5),
             voucher: None,
         };
