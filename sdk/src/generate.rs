@@ -294,6 +294,13 @@ impl Cancel {
     pub fn cancel(self) {
         let _ = self.0.send(());
     }
+
+    /// A cancel handle and what it signals, for tests of what holds one.
+    #[cfg(test)]
+    pub(crate) fn pair() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(tx), rx)
+    }
 }
 
 /// Open a generation stream to `peer` and send `request`; the node's events arrive on the returned receiver (an

@@ -32,7 +32,6 @@ use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
 use crate::payment::generation::{Charge, Delivery, Metered, meter};
-use alloy::primitives::U256;
 use mlbridge_sdk::generate::{chat_token_bound, text_token_bound};
 use mlbridge_sdk::protocol::ReceiptMsg;
 
@@ -158,10 +157,19 @@ fn version_for(
 
 /// A bound on what a request can cost before its prompt is tokenized: `prompt_bound` tokens (bytes plus template)
 /// and its `max_tokens` (or the model's default) at the model's prices.
-fn most_cost(generator: &Generator, prompt_bound: u64, c: &Common) -> U256 {
+/// Refuse a request whose payment cannot pay (see [`super::pay::require_payment`]) before its prompt is tokenized.
+fn require_payment(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: PeerAddr,
+    generator: &Generator,
+    prompt_bound: u64,
+    c: &Common,
+) -> Result<(), ApiError> {
     let g = generator.generation();
     let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(g.default_max_tokens as u64);
-    g.prices().cost(prompt_bound, max_tokens)
+    let prices = g.prices();
+    super::pay::require_payment(state, headers, peer.0, prices.cost(prompt_bound, max_tokens), prices.cost(1, 1))
 }
 
 fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {
@@ -220,7 +228,7 @@ pub(crate) async fn completions(
         Prompt::Texts(v) => text_token_bound(v.iter().map(String::len).sum()),
         Prompt::Ids(ids) => ids.len() as u64,
     };
-    super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
+    require_payment(&state, &headers, peer, &generator, bytes, &req.common)?;
     let prompt = match req.prompt {
         Prompt::Text(t) => generator.prompt_tokens(crate::generate::Prompt::Text(t)).await?,
         Prompt::Texts(mut v) if v.len() == 1 => {
@@ -249,7 +257,7 @@ pub(crate) async fn chat_completions(
                 Some(Content::Parts(parts)) => parts.iter().map(|p| p.text.as_ref().map_or(0, String::len)).sum(),
             }
     }));
-    super::pay::require_payment(&state, &headers, peer.0, most_cost(&generator, bytes, &req.common))?;
+    require_payment(&state, &headers, peer, &generator, bytes, &req.common)?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must hold at least one message"));
     }

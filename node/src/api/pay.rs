@@ -141,17 +141,25 @@ pub(crate) fn pays(state: &AppState, headers: &HeaderMap, peer: Option<SocketAdd
     Ok(h.voucher.is_some() || h.channel.is_some() || !is_free_caller(service, headers, peer))
 }
 
-/// Refuse (402) a request to a priced model that brings no payment headers and is not free, before its prompt costs
-/// any work; `most` is what its voucher must cover (a bound, as the prompt is not tokenized yet).
+/// Refuse (402) a request to a priced model, before its prompt costs any work, when it brings no payment headers and
+/// is not free (`most` is what its voucher must cover: a bound, as the prompt is not tokenized yet), or when its
+/// voucher or credit cannot pay even `least`, the cheapest job.
 pub(crate) fn require_payment(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     most: U256,
+    least: U256,
 ) -> Result<(), ApiError> {
     let Some(service) = state.payments.as_deref() else { return Ok(()) };
-    let h = pay_headers(headers)?;
-    if most.is_zero() || h.voucher.is_some() || h.channel.is_some() || is_free_caller(service, headers, peer) {
+    let PayHeaders { voucher, channel, spender } = pay_headers(headers)?;
+    if most.is_zero() {
+        return Ok(());
+    }
+    if voucher.is_some() || channel.is_some() {
+        return Ok(service.precheck(voucher.as_ref(), channel, spender, least)?);
+    }
+    if is_free_caller(service, headers, peer) {
         return Ok(());
     }
     service.metrics().refused.with_label_values(&["no_voucher"]).inc();

@@ -284,6 +284,12 @@ impl Generator {
         .map_err(|e| Error::Inference { model: self.config.key(), reason: format!("tokenizing the prompt: {e}") })?
     }
 
+    /// How many prompt tokenizations are cached (each tokenized prompt text once).
+    pub fn cached_prompts(&self) -> u64 {
+        self.prompts.run_pending_tasks();
+        self.prompts.entry_count()
+    }
+
     /// `text`'s token ids, from the prompt cache or the tokenizer (blocking).
     fn encode_cached(&self, text: String) -> Result<Vec<u32>> {
         let text: Arc<str> = text.into();

@@ -113,13 +113,10 @@ pub struct GenerationConfig {
     pub chat_template: String,
     /// Whether a validator can check this version's generations with one teacher-forced pass (its incremental
     /// decoding matches a whole-sequence pass to float noise). Paid generations are served only by verifiable
-    /// versions: a validator would dispute an honest node's drift otherwise.
-    #[serde(default = "verifiable_default")]
+    /// versions: a validator would dispute an honest node's drift otherwise. Off unless the config says so: a
+    /// version nobody measured is not sold.
+    #[serde(default)]
     pub verifiable: bool,
-}
-
-fn verifiable_default() -> bool {
-    true
 }
 
 impl GenerationConfig {

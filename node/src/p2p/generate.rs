@@ -134,17 +134,24 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
         let message = format!("this node's {} has other weights than asked", generator.config().key());
         return Err(ProtocolError::new(ErrorKind::UnknownModel, message));
     }
-    // A paid model's request that brings no payment at all is refused before its prompt costs any work.
+    // A paid model's request whose payment cannot pay even the least job (none at all, an unknown channel, a bad
+    // voucher, no credit of its own) is refused before its prompt costs any work.
     let prices = generator.generation().prices();
-    if let Some(service) = payments.filter(|_| !prices.is_free())
-        && req.voucher.is_none()
-        && req.channel.is_none()
-    {
-        // The most this request can cost (its prompt's bound, `max_tokens`): what a voucher must cover.
-        let max_tokens = req.max_tokens.map_or(generator.generation().default_max_tokens as u64, u64::from);
-        let price = prices.cost(req.prompt_token_bound(), max_tokens);
-        let refusal = mlbridge_sdk::protocol::PaymentRefusal::Required { price, payee: service.payee() };
-        return Err(ProtocolError { kind: ErrorKind::Payment, message: refusal.to_string(), payment: Some(refusal) });
+    let spender = Some(req.credit_key.map_or_else(|| keccak256(peer.to_bytes()), |k| credit_spender(k.as_slice())));
+    let payment_refusal = |r: Box<mlbridge_sdk::protocol::PaymentRefusal>| ProtocolError {
+        kind: ErrorKind::Payment,
+        message: r.to_string(),
+        payment: Some(*r),
+    };
+    if let Some(service) = payments.filter(|_| !prices.is_free()) {
+        if req.voucher.is_none() && req.channel.is_none() {
+            // The most this request can cost (its prompt's bound, `max_tokens`): what a voucher must cover.
+            let max_tokens = req.max_tokens.map_or(generator.generation().default_max_tokens as u64, u64::from);
+            let price = prices.cost(req.prompt_token_bound(), max_tokens);
+            let refusal = mlbridge_sdk::protocol::PaymentRefusal::Required { price, payee: service.payee() };
+            return Err(payment_refusal(Box::new(refusal)));
+        }
+        service.precheck(req.voucher.as_ref(), req.channel, spender, prices.cost(1, 1)).map_err(payment_refusal)?;
     }
     let prompt = match req.prompt {
         GeneratePrompt::Text(t) => Prompt::Text(t),
@@ -166,12 +173,9 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
     // Paid: the most this generation can cost is held before it is queued (a bad request costs nothing).
     let charge = match payments {
         Some(service) if !prices.is_free() => {
-            let spender =
-                Some(req.credit_key.map_or_else(|| keccak256(peer.to_bytes()), |k| credit_spender(k.as_slice())));
             let most = prices.cost(prompt.len() as u64, max_tokens as u64);
-            let auth = service
-                .authorize(req.voucher.as_ref(), req.channel, spender, most, 1)
-                .map_err(|r| ProtocolError { kind: ErrorKind::Payment, message: r.to_string(), payment: Some(*r) })?;
+            let auth =
+                service.authorize(req.voucher.as_ref(), req.channel, spender, most, 1).map_err(payment_refusal)?;
             Some(Charge { service: service.clone(), auth, prices })
         }
         _ => None,

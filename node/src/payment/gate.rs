@@ -111,7 +111,20 @@ impl Gate {
         spender: Option<B256>,
         price: U256,
     ) -> Result<Authorization, Box<PaymentRefusal>> {
-        self.check(voucher, channel, spender, price).map_err(Box::new)
+        self.check(voucher, channel, spender, price, true).map_err(Box::new)
+    }
+
+    /// Whether [`Gate::authorize`] would accept a job of `price` now, reserving and recording nothing: a request
+    /// whose work must be done before its real price is known (a prompt to tokenize) is checked with its least
+    /// price first, so a payment that cannot pay at all costs the node no work.
+    pub fn precheck(
+        &self,
+        voucher: Option<&WireVoucher>,
+        channel: Option<B256>,
+        spender: Option<B256>,
+        price: U256,
+    ) -> Result<(), Box<PaymentRefusal>> {
+        self.check(voucher, channel, spender, price, false).map(|_| ()).map_err(Box::new)
     }
 
     #[allow(clippy::result_large_err)] // boxed once by `authorize`
@@ -121,6 +134,7 @@ impl Gate {
         channel: Option<B256>,
         spender: Option<B256>,
         price: U256,
+        reserve: bool,
     ) -> Result<Authorization, PaymentRefusal> {
         let channel = match (voucher, channel) {
             (Some(v), _) => v.channel_id,
@@ -210,6 +224,9 @@ impl Gate {
             } else {
                 PaymentRefusal::Underpaid { channel, amount, needed, price }
             });
+        }
+        if !reserve {
+            return Ok(Authorization { channel_id: channel, price, units: 1, amount: best, new_voucher });
         }
         // Work the chain paid for counts as charged from now on (a no-op unless the ledger was behind the chain).
         slot.entry.charged = charged;
@@ -426,6 +443,29 @@ mod tests {
             voucher_amount: auth.amount,
             at_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_precheck_refuses_what_authorize_would_and_holds_nothing() {
+        let s = setup();
+        let (price, ch) = (U256::from(PRICE), Some(s.channel));
+        // An unknown channel, no credit, a forged voucher: refused before any work.
+        let unknown = s.gate.precheck(None, Some(B256::repeat_byte(9)), Some(ME), price).unwrap_err();
+        assert!(matches!(*unknown, PaymentRefusal::UnknownChannel { .. }), "{unknown}");
+        let none = s.gate.precheck(None, ch, Some(ME), price).unwrap_err();
+        assert!(matches!(*none, PaymentRefusal::NoCredit { .. }), "{none}");
+        let mut forged = voucher(&s, 3 * PRICE);
+        forged.cumulative_amount = U256::from(4 * PRICE);
+        let forged = s.gate.precheck(Some(&forged), None, Some(ME), price).unwrap_err();
+        assert!(matches!(*forged, PaymentRefusal::BadSignature { .. }), "{forged}");
+        // A good voucher passes, but is not taken: the job that brings it still finds it new (flushed before its
+        // answer), and a precheck reserves no credit.
+        let ahead = voucher(&s, PRICE);
+        s.gate.precheck(Some(&ahead), None, Some(ME), price).unwrap();
+        s.gate.precheck(Some(&ahead), None, Some(ME), price).unwrap();
+        let first = s.gate.authorize(Some(&ahead), None, Some(ME), price).unwrap();
+        assert!(first.new_voucher);
+        assert_eq!(s.gate.in_flight(&s.channel), price);
     }
 
     #[test]

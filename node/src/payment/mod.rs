@@ -253,6 +253,20 @@ impl PaymentService {
             .inspect_err(|r| self.metrics.refused.with_label_values(&[refusal_label(r)]).inc())
     }
 
+    /// Whether a job of at least `least` could be paid by this voucher or credit (see [`Gate::precheck`]); nothing
+    /// is reserved, a refusal is counted by reason.
+    pub fn precheck(
+        &self,
+        voucher: Option<&WireVoucher>,
+        channel: Option<B256>,
+        spender: Option<B256>,
+        least: U256,
+    ) -> Result<(), Box<PaymentRefusal>> {
+        self.gate
+            .precheck(voucher, channel, spender, least)
+            .inspect_err(|r| self.metrics.refused.with_label_values(&[refusal_label(r)]).inc())
+    }
+
     /// The job failed: nothing is charged.
     pub fn release(&self, auth: &Authorization) {
         self.gate.release(auth);

@@ -126,6 +126,16 @@ async fn generations_are_charged_per_token_over_p2p_and_http() {
         matches!(&err, mlbridge_sdk::Error::PaymentRefused { refusal, .. } if matches!(**refusal, mlbridge_sdk::protocol::PaymentRefusal::Required { .. })),
         "{err}"
     );
+    // So is one naming a channel that cannot pay (unknown here, or one with no credit for this requester).
+    let sold = node.engine.generator(MODEL, Some(1)).await.unwrap();
+    let tokenized = sold.cached_prompts();
+    for named in [B256::repeat_byte(0x42), channel] {
+        let mut unpaid = request("A prompt nobody paid for", 4);
+        unpaid.channel = Some(named);
+        let err = free_client.generate(unpaid).await.unwrap_err();
+        assert!(matches!(&err, mlbridge_sdk::Error::PaymentRefused { .. }), "{err}");
+    }
+    assert_eq!(sold.cached_prompts(), tokenized, "refused before the prompt was tokenized");
 
     // Over HTTP: a voucher header pays for the most the generation can cost; it is charged for what it produced.
     let http = reqwest::Client::new();
@@ -144,6 +154,16 @@ async fn generations_are_charged_per_token_over_p2p_and_http() {
     };
     let resp = send(None, body.clone()).await.unwrap();
     assert_eq!(resp.status().as_u16(), 402, "no voucher: payment required");
+    let named = http
+        .post(url(&node, "/v1/chat/completions"))
+        .header("x-mlbridge-channel", B256::repeat_byte(0x42).to_string())
+        .json(&serde_json::json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.status().as_u16(), 402, "a channel that cannot pay: payment required");
+    let why = named.text().await.unwrap();
+    assert!(why.contains("does not exist"), "says why: {why}");
     // The hold is every prompt token and max_tokens output tokens: a voucher for less is refused before any work.
     let most = prompt * IN + 8 * OUT;
     let resp = send(Some(most - 1), body.clone()).await.unwrap();

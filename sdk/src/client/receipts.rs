@@ -133,6 +133,14 @@ pub(crate) struct GenerationJob {
     pub(crate) prices: Vec<(crate::ModelId, crate::generate::GenerationPrices)>,
 }
 
+impl GenerationJob {
+    /// The most this generation costs with `output` tokens on any of its versions, its prompt at its bound.
+    pub(crate) fn cost_bound(&self, output: u64) -> U256 {
+        let prompt = self.request.prompt_token_bound();
+        self.prices.iter().map(|(_, p)| p.cost(prompt, output)).max().unwrap_or_default()
+    }
+}
+
 /// A paid generation's end must carry the node's receipt for exactly this generation: the prompt tokens it reports
 /// (no more than the prompt can honestly become) and our parameters and seed in the input hash, the output tokens
 /// in the output hash, and the advertised per-token prices of the weights that ran for the price. Returns the price
@@ -180,6 +188,9 @@ pub(crate) fn check_generation_receipt(
     };
     let cost = prices.cost(prompt, output);
     let checks = [
+        // Only we cancel: a node ending an answer early as `cancelled` would be paid for a truncation no validator
+        // can tell from a real cancel.
+        (we_cancelled || done.finish != "cancelled", "a cancel we did not make"),
         (req.seed.is_none_or(|s| s == done.seed), "another seed than ours"),
         (exact_prompt && prompt == u64::from(done.prompt_tokens), "other prompt tokens than we sent"),
         (prompt <= req.prompt_token_bound(), "more prompt tokens than our prompt can make"),
@@ -266,7 +277,11 @@ mod tests {
             |seed| GenerationParams { max_tokens: 4, temperature: 0.0, top_k: 0, top_p: 1.0, seed, stop: vec![] };
         // Each lie, signed by the node itself, is refused.
         type Lie<'a> = &'a dyn Fn(&mut crate::generate::GenerateDone, &mut Receipt);
-        let lies: [(&str, Lie<'_>); 8] = [
+        let lies: [(&str, Lie<'_>); 9] = [
+            ("a cancel we did not make", &|d, r| {
+                d.finish = "cancelled".into();
+                r.outputHash = crate::generate::output_hash(&d.output, &d.finish);
+            }),
             ("a dearer price", &|_, r| r.price += U256::from(1u64)),
             ("more units", &|_, r| r.units += U256::from(1u64)),
             ("another seed", &|d, r| {

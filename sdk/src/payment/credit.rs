@@ -119,8 +119,14 @@ impl Credit {
 
     /// Nothing valid came back for the job, but the node may have charged it: consumed, without growing the window.
     pub fn lost(&mut self, price: U256) {
-        self.in_flight = self.in_flight.saturating_sub(price);
-        self.consumed += price;
+        self.lost_part(price, price);
+    }
+
+    /// A job that held `held` ended without a valid end after part of it came; `consumed` (at most `held`) counts
+    /// as consumed, without growing the window.
+    pub fn lost_part(&mut self, held: U256, consumed: U256) {
+        self.in_flight = self.in_flight.saturating_sub(held);
+        self.consumed += consumed.min(held);
     }
 
     /// The node says it has no credit left that this payer counted on (even after its last voucher was sent
@@ -205,6 +211,15 @@ mod tests {
         c.send(hold);
         c.answered_part(hold, wei(500), LIMITS);
         assert_eq!(c.consumed, wei(130));
+        // A stream that broke after part of it came: that part is consumed (never more than the hold), and the
+        // window does not grow.
+        let window = c.window;
+        c.send(hold);
+        c.lost_part(hold, wei(20));
+        assert_eq!((c.consumed, c.in_flight, c.window), (wei(150), U256::ZERO, window));
+        c.send(hold);
+        c.lost_part(hold, wei(900));
+        assert_eq!(c.consumed, wei(250));
     }
 
     #[test]

@@ -461,6 +461,14 @@ impl Payer {
         }
     }
 
+    /// `payment`'s job ended without a valid end after part of it came: `consumed` (at most its price) counts as
+    /// consumed, the rest of the hold is free again, and the window does not grow.
+    pub fn lost_part(&self, payment: &Payment, consumed: U256) {
+        if let Some(line) = self.lines().get_mut(&payment.channel_id) {
+            line.credit.lost_part(payment.price, consumed);
+        }
+    }
+
     /// The node says it has less credit on `payment`'s channel than this payer counted on: believed once per
     /// channel (the next job signs a new voucher, the window starts again at one job); `false` if it was believed
     /// before (the payment is refused instead: see [`Credit::forget`]).
