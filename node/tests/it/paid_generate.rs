@@ -164,6 +164,7 @@ async fn generations_are_charged_per_token_over_p2p_and_http() {
     assert_eq!(named.status().as_u16(), 402, "a channel that cannot pay: payment required");
     let why = named.text().await.unwrap();
     assert!(why.contains("does not exist"), "says why: {why}");
+    assert_eq!(sold.cached_prompts(), tokenized, "refused before the prompt was tokenized");
     // The hold is every prompt token and max_tokens output tokens: a voucher for less is refused before any work.
     let most = prompt * IN + 8 * OUT;
     let resp = send(Some(most - 1), body.clone()).await.unwrap();

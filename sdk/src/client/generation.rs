@@ -129,7 +129,6 @@ impl Client {
                 peer: node.peer_id,
                 patience: self.config.request_timeout,
                 gone: None,
-                texts: 0,
             };
             tokio::spawn(relay.run(first));
             return Ok(rx);
@@ -164,10 +163,27 @@ impl Client {
 enum End {
     /// With a receipt that checked (the payer was told what it charged).
     Checked,
-    /// With a receipt that did not.
-    BadReceipt,
+    /// With a receipt that did not; with what it charges when the node's only lie was a cancel we did not make
+    /// (the receipt is otherwise good: that much the node can claim).
+    BadReceipt(Option<U256>),
     /// With no end at all.
     Missing,
+}
+
+/// What a paid stream that held `hold` and ended without a receipt that checked counts as consumed (`None`: the
+/// check already told the payer).
+fn consumed(end: &End, hold: U256) -> Option<U256> {
+    match end {
+        End::Checked => None,
+        // A receipt that is good but for a cancel we did not make: what it charges (a truncated answer, which the
+        // caller is told is bad, is paid no more than it produced).
+        End::BadReceipt(Some(signed)) => Some((*signed).min(hold)),
+        // A node that lied otherwise, or sent no end at all (it dropped the stream, or missed its deadline once
+        // cancelled), may have charged anything up to the hold: all of it counts, as for any job whose outcome is
+        // unknown. Counting only the text that reached us would sign less than an honest node charged for tokens
+        // still in flight, and the node would then refuse the channel.
+        End::BadReceipt(None) | End::Missing => Some(hold),
+    }
 }
 
 /// Passes one generation's events from the node to the caller.
@@ -186,8 +202,6 @@ struct Relay {
     patience: Duration,
     /// Once we stopped listening for the caller (it went away, or the node stalled): when the end must have come.
     gone: Option<Instant>,
-    /// Text events received.
-    texts: u64,
 }
 
 impl Relay {
@@ -201,17 +215,13 @@ impl Relay {
                         end_was = End::Checked;
                         GenerateEvent::Done(done)
                     }
-                    Err(reason) => {
+                    Err((reason, signed)) => {
                         tracing::warn!(target: "sdk::client", peer = %self.peer, %reason, "bad generation receipt");
-                        end_was = End::BadReceipt;
+                        end_was = End::BadReceipt(signed);
                         let message = format!("bad receipt from {}: {reason}", self.peer);
                         GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message))
                     }
                 },
-                GenerateEvent::Text(t) => {
-                    self.texts += 1;
-                    GenerateEvent::Text(t)
-                }
                 event => event,
             };
             let end = !matches!(event, GenerateEvent::Text(_));
@@ -223,22 +233,10 @@ impl Relay {
             }
             next = self.next().await;
         }
-        if let (Some((payer, p)), Some(consumed)) = (&self.paid, self.consumed(&end_was)) {
+        if let Some((payer, p)) = &self.paid
+            && let Some(consumed) = consumed(&end_was, p.price)
+        {
             payer.lost_part(p, consumed);
-        }
-    }
-
-    /// What a paid stream that ended without a receipt that checked counts as consumed (`None`: the check already
-    /// told the payer).
-    fn consumed(&self, end: &End) -> Option<U256> {
-        match end {
-            End::Checked => None,
-            // A node that lied may have charged anything up to the hold.
-            End::BadReceipt => self.paid.as_ref().map(|(_, p)| p.price),
-            // No end came (the node dropped the stream, or missed its deadline once cancelled): an honest node
-            // charged what it produced; what reached us is what we count (a node that then says it has less credit
-            // is believed once per channel, see `Payer::forget_credit`).
-            End::Missing => Some(self.job.cost_bound(self.texts)),
         }
     }
 
@@ -254,7 +252,8 @@ impl Relay {
                     // The node stalled while the caller waits: the caller is told, the generation cancelled, and
                     // its end (the receipt of what was produced) still awaited.
                     let message = format!("node {} sent nothing for {:?}", self.peer, self.patience);
-                    let _ = self.tx.try_send(GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message)));
+                    let error = GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message));
+                    let _ = tokio::time::timeout(self.patience, self.tx.send(error)).await;
                     self.stop();
                     tokio::time::timeout_at(self.gone?, self.events.recv()).await.ok().flatten()
                 }
@@ -276,20 +275,26 @@ impl Relay {
 
     /// A paid generation's end: its receipt must be for this generation (see
     /// [`receipts::check_generation_receipt`]); what it did not charge is credit again.
-    fn check(&self, done: &crate::generate::GenerateDone) -> std::result::Result<(), String> {
+    fn check(&self, done: &crate::generate::GenerateDone) -> std::result::Result<(), (String, Option<U256>)> {
         let Some((payer, p)) = &self.paid else { return Ok(()) };
-        let we_cancelled = self.gone.is_some();
-        let charged = receipts::check_generation_receipt(
-            &self.batches,
-            payer.domain(),
-            p,
-            done,
-            &self.job,
-            self.operator,
-            we_cancelled,
-        )?;
-        payer.answered_part(p, charged);
-        Ok(())
+        let check = |we_cancelled| {
+            receipts::check_generation_receipt(
+                &self.batches,
+                payer.domain(),
+                p,
+                done,
+                &self.job,
+                self.operator,
+                we_cancelled,
+            )
+        };
+        match check(self.gone.is_some()) {
+            Ok(charged) => {
+                payer.answered_part(p, charged);
+                Ok(())
+            }
+            Err(reason) => Err((reason, check(true).ok().filter(|_| self.gone.is_none()))),
+        }
     }
 }
 
@@ -325,9 +330,13 @@ mod tests {
             peer: PeerId::random(),
             patience,
             gone: None,
-            texts: 0,
         };
         (relay, node, caller, cancelled)
+    }
+
+    /// `f`, failing the test when it does not finish within 10 s (a broken relay hangs rather than fails).
+    async fn in_time<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f).await.expect("the relay did not act in time")
     }
 
     fn done(finish: &str) -> GenerateEvent {
@@ -348,14 +357,14 @@ mod tests {
         let task = tokio::spawn(relay.run(GenerateEvent::Text("Hi".into())));
         assert!(matches!(caller.recv().await, Some(GenerateEvent::Text(t)) if t == "Hi"));
         // Nothing more comes: after the patience the caller gets an error, the generation is cancelled.
-        match caller.recv().await {
+        match in_time(caller.recv()).await {
             Some(GenerateEvent::Error(e)) => assert!(e.message.contains("sent nothing"), "{}", e.message),
             other => panic!("expected the stall to be reported, got {other:?}"),
         }
-        cancelled.await.expect("the stalled generation was cancelled");
+        in_time(cancelled).await.expect("the stalled generation was cancelled");
         // Its late end is read (for the receipt) but not passed on; the relay then stops.
         node.send(done("cancelled")).await.unwrap();
-        task.await.unwrap();
+        in_time(task).await.unwrap();
         assert!(caller.recv().await.is_none());
     }
 
@@ -364,20 +373,21 @@ mod tests {
         let (relay, node, caller, cancelled) = relay(Duration::from_secs(30));
         let task = tokio::spawn(relay.run(GenerateEvent::Text("Hi".into())));
         drop(caller);
-        cancelled.await.expect("the caller's going cancelled the generation");
+        in_time(cancelled).await.expect("the caller's going cancelled the generation");
         assert!(!task.is_finished(), "the relay waits for the end");
         node.send(GenerateEvent::Text("more".into())).await.unwrap();
         node.send(done("cancelled")).await.unwrap();
-        task.await.unwrap();
+        in_time(task).await.unwrap();
     }
 
     #[test]
-    fn a_stream_without_its_end_counts_what_reached_us() {
-        let (mut relay, ..) = relay(Duration::from_secs(5));
-        relay.texts = 3;
-        // The prompt at its bound and three tokens at the advertised prices; a good end already told the payer.
-        let bound = relay.job.request.prompt_token_bound();
-        assert_eq!(relay.consumed(&End::Missing), Some(U256::from(bound * 10 + 3 * 40)));
-        assert_eq!(relay.consumed(&End::Checked), None);
+    fn a_stream_without_a_good_end_counts_its_hold_or_what_its_receipt_signed() {
+        let hold = U256::from(1_000u64);
+        assert_eq!(consumed(&End::Checked, hold), None, "a good end already told the payer");
+        assert_eq!(consumed(&End::Missing, hold), Some(hold));
+        assert_eq!(consumed(&End::BadReceipt(None), hold), Some(hold));
+        let truncated = U256::from(300u64);
+        assert_eq!(consumed(&End::BadReceipt(Some(truncated)), hold), Some(truncated));
+        assert_eq!(consumed(&End::BadReceipt(Some(hold * U256::from(2u64))), hold), Some(hold));
     }
 }
