@@ -155,9 +155,9 @@ fn version_for(
     Ok(asked)
 }
 
-/// A bound on what a request can cost before its prompt is tokenized: `prompt_bound` tokens (bytes plus template)
-/// and its `max_tokens` (or the model's default) at the model's prices.
-/// Refuse a request whose payment cannot pay (see [`super::pay::require_payment`]) before its prompt is tokenized.
+/// Refuse a request whose payment cannot pay (see [`super::pay::require_payment`]) before its prompt is tokenized:
+/// the most it can cost is bounded by `prompt_bound` tokens (bytes plus template) and its `max_tokens` (or the
+/// model's default) at the model's prices; the least is one prompt and one output token.
 fn require_payment(
     state: &AppState,
     headers: &HeaderMap,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use super::receipts::{self, GenerationJob};
-use super::{Client, DEFAULT_PAID_MAX_TOKENS, Held, NodeInfo, Outcome, Tries, after_refusal};
+use super::{Client, DEFAULT_PAID_MAX_TOKENS, Held, NodeInfo, Outcome, Tries, after_refusal, attempt_payment};
 use crate::generate::{Cancel, GenerateEvent, GenerateRequest, GenerationPrices};
 use crate::payment::{Payer, Payment};
 use crate::protocol::{AdvertModel, ErrorKind, ProtocolError};
@@ -85,11 +85,7 @@ impl Client {
         let mut next: Option<Payment> = None;
         let mut tries = Tries::default();
         loop {
-            let payment = match (payer, next.take()) {
-                (Some(_), Some(p)) => Some(p),
-                (Some(payer), None) => Some(payer.pay(node.operator, most).await?),
-                (None, _) => None,
-            };
+            let payment = attempt_payment(payer.map(|p| &**p), &mut next, node.operator, most).await?;
             // Until the stream is handed over, whatever happens is reported to the payer (a refusal: nothing charged).
             let mut held = Held { payer: payer.map(|p| &**p), payment: payment.as_ref(), outcome: Outcome::Lost };
             if let (Some(payer), Some(p)) = (payer, &payment) {
@@ -177,7 +173,7 @@ fn consumed(end: &End, hold: U256) -> Option<U256> {
         End::Checked => None,
         // A receipt that is good but for a cancel we did not make: what it charges (a truncated answer, which the
         // caller is told is bad, is paid no more than it produced).
-        End::BadReceipt(Some(signed)) => Some((*signed).min(hold)),
+        End::BadReceipt(Some(signed)) => Some(*signed),
         // A node that lied otherwise, or sent no end at all (it dropped the stream, or missed its deadline once
         // cancelled), may have charged anything up to the hold: all of it counts, as for any job whose outcome is
         // unknown. Counting only the text that reached us would sign less than an honest node charged for tokens
@@ -225,7 +221,10 @@ impl Relay {
                 event => event,
             };
             let end = !matches!(event, GenerateEvent::Text(_));
-            if self.gone.is_none() && self.tx.send(event).await.is_err() {
+            // A caller that went away, or keeps the receiver but reads nothing for our patience, stops the relay.
+            if self.gone.is_none()
+                && !matches!(tokio::time::timeout(self.patience, self.tx.send(event)).await, Ok(Ok(())))
+            {
                 self.stop();
             }
             if end {
@@ -293,7 +292,8 @@ impl Relay {
                 payer.answered_part(p, charged);
                 Ok(())
             }
-            Err(reason) => Err((reason, check(true).ok().filter(|_| self.gone.is_none()))),
+            // Refused for a cancel we did not make alone: the node signed what it charged for what it produced.
+            Err(reason) => Err((reason, done.receipt.as_ref().and(check(true).ok()))),
         }
     }
 }
@@ -388,6 +388,5 @@ mod tests {
         assert_eq!(consumed(&End::BadReceipt(None), hold), Some(hold));
         let truncated = U256::from(300u64);
         assert_eq!(consumed(&End::BadReceipt(Some(truncated)), hold), Some(truncated));
-        assert_eq!(consumed(&End::BadReceipt(Some(hold * U256::from(2u64))), hold), Some(hold));
     }
 }

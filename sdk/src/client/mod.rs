@@ -421,11 +421,7 @@ impl Client {
         let mut next: Option<Payment> = None;
         let mut tries = Tries::default();
         loop {
-            let payment = match (payer, next.take()) {
-                (Some(_), Some(p)) => Some(p),
-                (Some(payer), None) => Some(payer.pay(picked.operator, price).await?),
-                (None, _) => None,
-            };
+            let payment = attempt_payment(payer, &mut next, picked.operator, price).await?;
             // Whatever happens to this attempt (a dropped future included) is reported to the payer.
             let mut held = Held { payer, payment: payment.as_ref(), outcome: Outcome::Lost };
             let (voucher, channel) = match &payment {
@@ -647,6 +643,21 @@ impl Drop for Held<'_> {
 struct Tries {
     recoveries: u32,
     waits: u32,
+}
+
+/// The payment of a job's next attempt on a node: none without a payer, the one [`after_refusal`] handed back, or
+/// a new one for `price` to `operator`.
+async fn attempt_payment(
+    payer: Option<&Payer>,
+    next: &mut Option<Payment>,
+    operator: alloy::primitives::Address,
+    price: U256,
+) -> Result<Option<Payment>> {
+    match (payer, next.take()) {
+        (Some(_), Some(p)) => Ok(Some(p)),
+        (Some(payer), None) => payer.pay(operator, price).await.map(Some),
+        (None, _) => Ok(None),
+    }
 }
 
 /// After a node refused a job with `e` (paid with `payment`): `Ok(next)` to send it to the same node again (with

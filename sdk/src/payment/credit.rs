@@ -122,8 +122,8 @@ impl Credit {
         self.lost_part(price, price);
     }
 
-    /// A job that held `held` ended without a valid end after part of it came; `consumed` (at most `held`) counts
-    /// as consumed, without growing the window.
+    /// A job that held `held` ended without a valid answer, but what it charged is known: `consumed` (at most
+    /// `held`) counts as consumed, without growing the window.
     pub fn lost_part(&mut self, held: U256, consumed: U256) {
         self.in_flight = self.in_flight.saturating_sub(held);
         self.consumed += consumed.min(held);
@@ -211,7 +211,7 @@ mod tests {
         c.send(hold);
         c.answered_part(hold, wei(500), LIMITS);
         assert_eq!(c.consumed, wei(130));
-        // A stream that broke after part of it came: that part is consumed (never more than the hold), and the
+        // An answer refused whose charge is known: that charge is consumed (never more than the hold), and the
         // window does not grow.
         let window = c.window;
         c.send(hold);

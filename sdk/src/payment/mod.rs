@@ -461,8 +461,9 @@ impl Payer {
         }
     }
 
-    /// `payment`'s job ended without a valid end after part of it came: `consumed` (at most its price) counts as
-    /// consumed, the rest of the hold is free again, and the window does not grow.
+    /// `payment`'s job ended without a valid answer, but what the node charged is known (a receipt good but for a
+    /// cancel we did not make): `consumed` (at most its price) counts as consumed, the rest of the hold is free
+    /// again, and the window does not grow.
     pub fn lost_part(&self, payment: &Payment, consumed: U256) {
         if let Some(line) = self.lines().get_mut(&payment.channel_id) {
             line.credit.lost_part(payment.price, consumed);
