@@ -157,7 +157,7 @@ fn version_for(
 
 /// Refuse a request whose payment cannot pay (see [`super::pay::require_payment`]) before its prompt is tokenized:
 /// the most it can cost is bounded by `prompt_bound` tokens (bytes plus template) and its `max_tokens` (or the
-/// model's default) at the model's prices; the least is one prompt and one output token.
+/// model's default) at the model's prices; the least is one prompt token and the output tokens it asks for.
 fn require_payment(
     state: &AppState,
     headers: &HeaderMap,
@@ -167,9 +167,10 @@ fn require_payment(
     c: &Common,
 ) -> Result<(), ApiError> {
     let g = generator.generation();
-    let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(g.default_max_tokens as u64);
+    let asked = c.max_completion_tokens.or(c.max_tokens);
     let prices = g.prices();
-    super::pay::require_payment(state, headers, peer.0, prices.cost(prompt_bound, max_tokens), prices.cost(1, 1))
+    let most = prices.cost(prompt_bound, asked.unwrap_or(g.default_max_tokens as u64));
+    super::pay::require_payment(state, headers, peer.0, most, prices.cost(1, asked.unwrap_or(1)))
 }
 
 fn model_name(model: &str) -> Result<(&str, Option<u64>), ApiError> {

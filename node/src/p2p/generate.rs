@@ -151,7 +151,10 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
             let refusal = mlbridge_sdk::protocol::PaymentRefusal::Required { price, payee: service.payee() };
             return Err(payment_refusal(Box::new(refusal)));
         }
-        service.precheck(req.voucher.as_ref(), req.channel, spender, prices.cost(1, 1)).map_err(payment_refusal)?;
+        // The least it can hold: one prompt token and the output tokens it asks for (a request beyond the context is
+        // refused, not cut).
+        let least = prices.cost(1, req.max_tokens.map_or(1, u64::from));
+        service.precheck(req.voucher.as_ref(), req.channel, spender, least).map_err(payment_refusal)?;
     }
     let prompt = match req.prompt {
         GeneratePrompt::Text(t) => Prompt::Text(t),

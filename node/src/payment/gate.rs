@@ -114,7 +114,8 @@ impl Gate {
         self.check(voucher, channel, spender, price, true).map_err(Box::new)
     }
 
-    /// Whether [`Gate::authorize`] would accept a job of `price` now, reserving and recording nothing: a request
+    /// Whether [`Gate::authorize`] would accept a job of `price` now, reserving nothing (the channel's ledger entry
+    /// is loaded into memory, as by `authorize`, but no voucher is taken and nothing is recorded): a request
     /// whose work must be done before its real price is known (a prompt to tokenize) is checked with its least
     /// price first, so a payment that cannot pay at all costs the node no work.
     pub fn precheck(

@@ -309,6 +309,10 @@ mod tests {
         for (what, lie) in lies {
             assert!(check(lie).is_err(), "{what} passed");
         }
+        // The same `cancelled` end is good when we did cancel: it charges what was produced.
+        let (done, job, payment) = generation(&node, &domain, lies[0].1);
+        let ours = check_generation_receipt(&cache, &domain, &payment, &done, &job, node.address(), true);
+        assert_eq!(ours, Ok(U256::from(5 * 10 + 3 * 40)));
         // No receipt at all, and a receipt signed by another key than the advert's operator.
         let (mut done, job, payment) =
             generation(&node, &domain, |_: &mut crate::generate::GenerateDone, _: &mut Receipt| {});
