@@ -31,7 +31,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
-use crate::payment::generation::{Charge, Delivery, Metered, meter};
+use crate::payment::generation::{Charge, Metered, meter};
 use mlbridge_sdk::generate::{chat_token_bound, text_token_bound};
 use mlbridge_sdk::protocol::ReceiptMsg;
 
@@ -376,9 +376,8 @@ async fn run(
         }
         None => None,
     };
-    // A stream's client has every token as it comes; a whole answer's has nothing until the end.
-    let delivery = if c.stream { Delivery::Streamed } else { Delivery::Whole };
-    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge, delivery)?.events;
+    // A client that leaves before the end (a closed stream, a dropped connection) is charged for what was produced.
+    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?.events;
     let config = generator.config();
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let head = Head {

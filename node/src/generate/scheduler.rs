@@ -3,15 +3,18 @@
 //! Requests wait in a bounded queue. Between decoding steps the scheduler admits the oldest waiting requests while a
 //! sequence slot is free and the KV budget holds their prompt plus `max_tokens` (reserved whole at admission, so a
 //! running sequence never runs out of memory), prefills the admitted prompts together, then runs one decoding step
-//! for every running sequence. Sequences leave as soon as they finish (a stop token, a stop string, `max_tokens`)
-//! or their client goes away (its event receiver dropped), and their memory goes to the next in line. A full queue is
-//! refused at once ([`Error::GenerationFull`], a 503 with Retry-After over HTTP).
+//! for every running sequence. Sequences leave as soon as they finish (a stop token, a stop string, `max_tokens`),
+//! are cancelled (their [`CancellationToken`]: the end, finish `cancelled`, still comes with every token produced,
+//! the one a prefill under way makes included) or their client goes away (its event receiver dropped), and their
+//! memory goes to the next in line. A full queue is refused at once ([`Error::GenerationFull`], a 503 with
+//! Retry-After over HTTP).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::decoder::{Decoder, KvCache, Row};
 use super::sampling::{Sampler, Sampling};
@@ -110,12 +113,14 @@ pub enum Event {
 struct Waiting {
     req: GenerateRequest,
     events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
     since: Instant,
 }
 
 struct Running {
     req: GenerateRequest,
     events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
     cache: KvCache,
     output: Vec<u32>,
     sampler: Sampler,
@@ -313,6 +318,12 @@ impl Generator {
 
     /// Queue a generation; its events arrive on the returned receiver. Dropping the receiver cancels it.
     pub fn submit(&self, req: GenerateRequest) -> Result<mpsc::Receiver<Event>> {
+        self.submit_cancellable(req, CancellationToken::new())
+    }
+
+    /// Queue a generation that `cancel` ends at the scheduler's next step: its end (finish `cancelled`, with what was
+    /// produced until then) still comes on the returned receiver. Dropping the receiver cancels it with no end.
+    pub fn submit_cancellable(&self, req: GenerateRequest, cancel: CancellationToken) -> Result<mpsc::Receiver<Event>> {
         self.check(&req.prompt, Some(req.max_tokens), &req.sampling)?;
         Self::check_stops(&req.stop)?;
         // Room for every event the sequence can send (a text piece per token at most, then the end): the scheduler
@@ -323,7 +334,7 @@ impl Generator {
         if q.waiting.len() >= self.queue_capacity {
             return Err(Error::GenerationFull { model: self.config.key(), waiting: q.waiting.len() });
         }
-        q.waiting.push_back(Waiting { req, events, since: Instant::now() });
+        q.waiting.push_back(Waiting { req, events, cancel, since: Instant::now() });
         drop(q);
         self.shared.wake.notify_one();
         Ok(rx)
@@ -394,14 +405,33 @@ impl Scheduler {
 
     /// Wait for work and take the waiting requests that fit. `None` at shutdown.
     fn admit(&mut self) -> Option<Vec<Waiting>> {
-        self.running.retain(|r| !r.events.is_closed());
+        // A cancelled sequence ends here, between steps, with what it produced.
+        self.running.retain_mut(|r| {
+            if r.cancel.is_cancelled() {
+                r.end(FinishReason::Cancelled);
+                return false;
+            }
+            !r.events.is_closed()
+        });
         self.used = self.running.iter().map(|r| r.reserved).sum();
         let mut q = self.shared.lock();
         loop {
             if q.shutdown {
                 return None;
             }
-            q.waiting.retain(|w| !w.events.is_closed());
+            // One cancelled before it ran ends with nothing produced.
+            q.waiting.retain(|w| {
+                if w.cancel.is_cancelled() {
+                    let _ = w.events.try_send(Event::Done(Completion {
+                        finish: FinishReason::Cancelled,
+                        prompt_tokens: w.req.prompt.len(),
+                        output: Vec::new(),
+                        sampling: w.req.sampling,
+                    }));
+                    return false;
+                }
+                !w.events.is_closed()
+            });
             let mut admitted = Vec::new();
             while let Some(w) = q.waiting.front() {
                 let need = w.req.prompt.len() + w.req.max_tokens;
@@ -435,6 +465,7 @@ impl Scheduler {
                     detok: Detokenizer::default(),
                     stops: StopMatcher::new(w.req.stop.clone()),
                     events: w.events,
+                    cancel: w.cancel,
                     req: w.req,
                     reserved,
                     since: w.since,
@@ -563,18 +594,22 @@ impl Scheduler {
         if r.events.try_send(Event::Token { id: token, text }).is_err() {
             return true;
         }
-        match finish {
-            Some(finish) => self.finish(r, finish),
+        // A cancel that came while this token was being made ends the sequence with it.
+        match finish.or_else(|| r.cancel.is_cancelled().then_some(FinishReason::Cancelled)) {
+            Some(finish) => r.end(finish),
             None => r.events.is_closed(),
         }
     }
+}
 
-    fn finish(&self, r: &mut Running, finish: FinishReason) -> bool {
-        let _ = r.events.try_send(Event::Done(Completion {
+impl Running {
+    /// Send the end; `true` (the sequence is done).
+    fn end(&mut self, finish: FinishReason) -> bool {
+        let _ = self.events.try_send(Event::Done(Completion {
             finish,
-            prompt_tokens: r.req.prompt.len(),
-            output: std::mem::take(&mut r.output),
-            sampling: r.req.sampling,
+            prompt_tokens: self.req.prompt.len(),
+            output: std::mem::take(&mut self.output),
+            sampling: self.req.sampling,
         }));
         true
     }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::mux::{FRAME_DEADLINE, MuxServer};
 use crate::generate::{Generator, Message, Prompt, Sampling};
 use crate::payment::credit_spender;
-use crate::payment::generation::{Charge, Delivery, Metered, Metering, meter};
+use crate::payment::generation::{Charge, Metered, Metering, meter};
 use crate::{Error, Result};
 
 /// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
@@ -188,7 +188,7 @@ async fn start(server: &MuxServer, peer: PeerId, body: &[u8]) -> std::result::Re
     let model = ModelRef { name: config.name.clone(), version: Some(config.version), id: Some(config.sha256) };
     let prompt_ids = if paid { prompt.clone() } else { Vec::new() };
     let request = crate::generate::GenerateRequest { prompt, max_tokens, sampling, stop: req.stop };
-    let metering = meter(&generator, request, charge, Delivery::Streamed).map_err(|e| refusal(&e))?;
+    let metering = meter(&generator, request, charge).map_err(|e| refusal(&e))?;
     Ok(Started { metering, model, prompt_ids })
 }
 

@@ -8,8 +8,9 @@
 //! - the generation ended (a stop, `max_tokens`): charged for the prompt and every output token; the receipt comes
 //!   with the end ([`Metered::Done`]);
 //! - the client cancelled (closed its side of a stream; the end, with the receipt, still comes) or went away (a
-//!   dropped connection): charged for the prompt and the tokens produced up to then (finish `cancelled`) when they
-//!   were streamed to it, nothing when none was produced or the answer was to come whole; the receipt is kept for
+//!   dropped connection, a whole HTTP answer included): the scheduler ends the sequence at its next step, and it is
+//!   charged for the prompt and the tokens produced up to then (finish `cancelled`) — a prefill under way makes one,
+//!   so a prompt whose work began is paid for — nothing when it was cancelled before it ran; the receipt is kept for
 //!   validators like any other;
 //! - the generation failed: nothing is charged.
 //!
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Authorization, Completed, JobInput, PaymentService};
 use crate::Error;
-use crate::generate::{Completion, Event, FinishReason, GenerateRequest, Generator, Sampling};
+use crate::generate::{Completion, Event, FinishReason, GenerateRequest, Generator};
 
 /// What a front end sends on: the scheduler's tokens, then the end with the receipt of a paid generation.
 #[derive(Debug)]
@@ -68,15 +69,6 @@ pub struct Metering {
     pub cancel: CancellationToken,
 }
 
-/// What a generation the client leaves before its end costs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// Tokens reach the client as they come (a stream): a cancelled generation is charged for those produced.
-    Streamed,
-    /// The client gets the text only at the end (a whole HTTP answer): one that ends before is charged nothing.
-    Whole,
-}
-
 /// The parameters a generation's receipt commits to.
 pub fn params(req: &GenerateRequest) -> GenerationParams {
     GenerationParams {
@@ -90,17 +82,13 @@ pub fn params(req: &GenerateRequest) -> GenerationParams {
 }
 
 /// Submit `req` to `generator` and meter it (see the module docs). Cancelling, or dropping the events' receiver,
-/// cancels the generation at the scheduler's next step; a paid one is then charged as `delivery` says.
-pub fn meter(
-    generator: &Arc<Generator>,
-    req: GenerateRequest,
-    charge: Option<Charge>,
-    delivery: Delivery,
-) -> crate::Result<Metering> {
+/// cancels the generation at the scheduler's next step; a paid one is then charged for what it produced.
+pub fn meter(generator: &Arc<Generator>, req: GenerateRequest, charge: Option<Charge>) -> crate::Result<Metering> {
     let params = params(&req);
     let prompt = req.prompt.clone();
     let capacity = req.max_tokens + 2;
-    let events = match generator.submit(req) {
+    let cancel = CancellationToken::new();
+    let events = match generator.submit_cancellable(req, cancel.clone()) {
         Ok(events) => events,
         Err(e) => {
             if let Some(c) = &charge {
@@ -110,8 +98,7 @@ pub fn meter(
         }
     };
     let (tx, rx) = mpsc::channel(capacity);
-    let cancel = CancellationToken::new();
-    let job = Job { generator: generator.clone(), prompt, params, delivery, cancel: cancel.clone() };
+    let job = Job { generator: generator.clone(), prompt, params, cancel: cancel.clone() };
     tokio::spawn(run(job, events, tx, charge));
     Ok(Metering { events: rx, cancel })
 }
@@ -120,66 +107,49 @@ struct Job {
     generator: Arc<Generator>,
     prompt: Vec<u32>,
     params: GenerationParams,
-    delivery: Delivery,
     cancel: CancellationToken,
 }
 
-enum End {
-    Done(Completion),
-    Cancelled,
-    Failed,
-}
-
 async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Metered>, charge: Option<Charge>) {
-    let Job { generator, prompt, params, delivery, cancel } = job;
-    let mut output = Vec::new();
+    let Job { generator, prompt, params, cancel } = job;
+    // Whether the front end still takes events; once it went away the generation is cancelled and its end (the
+    // scheduler's count of what it produced) still awaited, so a prompt whose prefill began is charged.
+    let mut reading = true;
     let end = loop {
         let event = tokio::select! {
             biased;
             event = events.recv() => event,
-            () = cancel.cancelled() => break End::Cancelled,
-            () = tx.closed() => break End::Cancelled,
+            () = tx.closed(), if reading => {
+                reading = false;
+                cancel.cancel();
+                continue;
+            }
         };
         match event {
             Some(Event::Token { id, text }) => {
-                output.push(id);
-                if tx.send(Metered::Token { id, text }).await.is_err() {
-                    break End::Cancelled;
+                // The channel holds every event the generation can send: this never waits on the front end.
+                if reading && tx.send(Metered::Token { id, text }).await.is_err() {
+                    reading = false;
+                    cancel.cancel();
                 }
             }
-            Some(Event::Done(c)) => break End::Done(c),
-            None => break End::Failed,
+            Some(Event::Done(c)) => break Some(c),
+            None => break None,
         }
     };
-    // Cancels a generation still running.
-    drop(events);
-    let completion = match end {
-        End::Done(c) => c,
-        End::Cancelled => Completion {
-            finish: FinishReason::Cancelled,
-            prompt_tokens: prompt.len(),
-            output,
-            sampling: Sampling {
-                temperature: params.temperature,
-                top_k: params.top_k,
-                top_p: params.top_p,
-                seed: params.seed,
-            },
-        },
-        End::Failed => {
-            if let Some(charge) = &charge {
-                charge.service.release(&charge.auth);
-            }
-            let _ = tx.send(Metered::Failed(stopped())).await;
-            return;
+    let Some(completion) = end else {
+        if let Some(charge) = &charge {
+            charge.service.release(&charge.auth);
         }
+        let _ = tx.send(Metered::Failed(stopped())).await;
+        return;
     };
     let Some(charge) = charge else {
         let _ = tx.send(Metered::Done(completion, None)).await;
         return;
     };
-    // Nothing produced, or nothing the client could have had: nothing charged.
-    if completion.finish == FinishReason::Cancelled && (completion.output.is_empty() || delivery == Delivery::Whole) {
+    // Cancelled before it ran: nothing charged.
+    if completion.finish == FinishReason::Cancelled && completion.output.is_empty() {
         charge.service.release(&charge.auth);
         let _ = tx.send(Metered::Done(completion, None)).await;
         return;

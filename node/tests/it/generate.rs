@@ -172,6 +172,79 @@ async fn a_cancelled_sequence_frees_its_memory_for_the_next() {
     assert!(generated < 240, "{generated} tokens generated: the cancelled sequence ran on");
 }
 
+/// Events until the end: the tokens' ids and the completion.
+async fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> (Vec<u32>, Completion) {
+    let mut ids = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("the end came in time") {
+            Some(Event::Token { id, .. }) => ids.push(id),
+            Some(Event::Done(c)) => return (ids, c),
+            None => panic!("the generation ended without its completion"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_the_sequence_with_everything_it_produced() {
+    let budget = |c: &str| {
+        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
+            .replace("max_context = 2048", "max_context = 256")
+    };
+    let (_repo, engine, g) = generator(budget, 16).await;
+    let prompt = g.tokenizer().encode("Tell me a long story about a dragon.").unwrap();
+    let mut first = g.submit(greedy(prompt.clone(), 240)).unwrap();
+    assert!(matches!(first.recv().await, Some(Event::Token { .. })));
+    // Cancelled while it waits for memory: it ends at once, with nothing produced (and nothing to charge).
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut waiting = g.submit_cancellable(greedy(prompt.clone(), 8), cancel.clone()).unwrap();
+    cancel.cancel();
+    let (ids, done) = drain(&mut waiting).await;
+    assert_eq!(done.finish, FinishReason::Cancelled);
+    assert!(ids.is_empty() && done.output.is_empty(), "a sequence that never ran produced {:?}", done.output);
+    drop(first);
+
+    // Cancelled mid-stream: the end still comes and holds every token sent, the one being made included.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut story = g.submit_cancellable(greedy(prompt.clone(), 200), cancel.clone()).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match story.recv().await {
+            Some(Event::Token { id, .. }) => seen.push(id),
+            other => panic!("the story sent {other:?}"),
+        }
+    }
+    cancel.cancel();
+    let (more, done) = drain(&mut story).await;
+    seen.extend(more);
+    assert_eq!(done.finish, FinishReason::Cancelled);
+    assert_eq!(done.output, seen, "the end counts exactly the tokens sent");
+    assert!(seen.len() < 20, "{} tokens after the cancel: it ran on", seen.len());
+
+    // Cancelled once its prefill began: the prompt's work is not free, its first token is in the end.
+    let long: Vec<u32> = prompt.iter().copied().cycle().take(240).collect();
+    let key = [format!("{MODEL}/2")];
+    let admitted = engine.metrics().generation_queue_seconds.with_label_values(&[&key[0]]).get_sample_count();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut prefilled = g.submit_cancellable(greedy(long, 8), cancel.clone()).unwrap();
+    let queue = engine.metrics().generation_queue_seconds.with_label_values(&[&key[0]]);
+    let polled = tokio::time::timeout(Duration::from_secs(30), async {
+        while queue.get_sample_count() == admitted {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    polled.await.expect("the sequence was admitted");
+    cancel.cancel();
+    let (ids, done) = drain(&mut prefilled).await;
+    assert!(!done.output.is_empty(), "a sequence cancelled after its admission ended with no token");
+    assert_eq!(done.output, ids);
+    assert!(
+        done.finish == FinishReason::Cancelled || done.output.len() == 8,
+        "ended {:?} after {} tokens",
+        done.finish,
+        done.output.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_context_or_the_queue_are_refused() {
     let small = |c: &str| {

@@ -22,7 +22,9 @@ impl Client {
     /// the next when one cannot be reached or refuses at once. Returns the node and its events as they come (see
     /// [`crate::generate`]); dropping the receiver cancels the generation (its end, with a paid generation's receipt,
     /// is still read and checked here, within the request timeout). A node that sends nothing for the request
-    /// timeout while the caller reads ends the stream with an error (and is cancelled).
+    /// timeout while the caller reads, or has not ended a generation of `max_tokens` after the request timeout plus
+    /// `max_tokens` times [`ClientConfig::generation_token_time`](super::ClientConfig), ends the stream with an error
+    /// (and is cancelled).
     ///
     /// With a payer, a node that charges is paid per token: the most the generation can cost (the prompt's bound
     /// and `max_tokens`, [`DEFAULT_PAID_MAX_TOKENS`] when the request names none, at the advertised prices) is paid
@@ -114,6 +116,11 @@ impl Client {
             held.payment = None;
             drop(held);
             let (tx, rx) = mpsc::channel(256);
+            // However steadily a node drips text, a generation of max_tokens ends in bounded time.
+            let deadline = job.request.max_tokens.and_then(|m| {
+                let most = self.config.generation_token_time.checked_mul(m)?;
+                Instant::now().checked_add(self.config.request_timeout.checked_add(most)?)
+            });
             let relay = Relay {
                 events,
                 cancel: Some(cancel),
@@ -124,6 +131,7 @@ impl Client {
                 job,
                 peer: node.peer_id,
                 patience: self.config.request_timeout,
+                deadline,
                 gone: None,
             };
             tokio::spawn(relay.run(first));
@@ -196,6 +204,8 @@ struct Relay {
     peer: PeerId,
     /// The longest the node may stay silent while the caller reads, and how long its end may take once cancelled.
     patience: Duration,
+    /// When the whole generation must have ended (a node dripping text just within the patience is given up on too).
+    deadline: Option<Instant>,
     /// Once we stopped listening for the caller (it went away, or the node stalled): when the end must have come.
     gone: Option<Instant>,
 }
@@ -244,13 +254,19 @@ impl Relay {
         if let Some(deadline) = self.gone {
             return tokio::time::timeout_at(deadline, self.events.recv()).await.ok().flatten();
         }
+        let silence = Instant::now() + self.patience;
+        let limit = self.deadline.map_or(silence, |d| d.min(silence));
         tokio::select! {
-            event = tokio::time::timeout(self.patience, self.events.recv()) => match event {
+            event = tokio::time::timeout_at(limit, self.events.recv()) => match event {
                 Ok(event) => event,
                 Err(_) => {
-                    // The node stalled while the caller waits: the caller is told, the generation cancelled, and
-                    // its end (the receipt of what was produced) still awaited.
-                    let message = format!("node {} sent nothing for {:?}", self.peer, self.patience);
+                    // The node stalled, or is too slow, while the caller waits: the caller is told, the generation
+                    // cancelled, and its end (the receipt of what was produced) still awaited.
+                    let message = if limit < silence {
+                        format!("node {} did not finish the generation in time", self.peer)
+                    } else {
+                        format!("node {} sent nothing for {:?}", self.peer, self.patience)
+                    };
                     let error = GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message));
                     let _ = tokio::time::timeout(self.patience, self.tx.send(error)).await;
                     self.stop();
@@ -329,6 +345,7 @@ mod tests {
             job: job(),
             peer: PeerId::random(),
             patience,
+            deadline: None,
             gone: None,
         };
         (relay, node, caller, cancelled)
@@ -366,6 +383,34 @@ mod tests {
         node.send(done("cancelled")).await.unwrap();
         in_time(task).await.unwrap();
         assert!(caller.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_node_that_drips_text_is_given_up_on_at_the_deadline() {
+        let (mut relay, node, mut caller, cancelled) = relay(Duration::from_secs(5));
+        relay.deadline = Some(Instant::now() + Duration::from_millis(300));
+        let task = tokio::spawn(relay.run(GenerateEvent::Text("Hi".into())));
+        // A piece every 50 ms, well within the patience, for ever.
+        let drip = tokio::spawn(async move {
+            while node.send(GenerateEvent::Text(".".into())).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let error = in_time(async {
+            loop {
+                match caller.recv().await {
+                    Some(GenerateEvent::Text(_)) => {}
+                    Some(GenerateEvent::Error(e)) => return e,
+                    other => panic!("expected the deadline to be reported, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(error.message.contains("in time"), "{}", error.message);
+        in_time(cancelled).await.expect("the slow generation was cancelled");
+        // It never ends: the relay waits its patience for the end, then stops.
+        in_time(task).await.unwrap();
+        drip.abort();
     }
 
     #[tokio::test]

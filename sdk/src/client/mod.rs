@@ -61,6 +61,10 @@ pub struct ClientConfig {
     pub queue_timeout: Option<Duration>,
     /// Whole request (queue + compute + transfer) once connected, before failing over.
     pub request_timeout: Duration,
+    /// Generation: the longest a node may take per output token on average. A stream that has not ended after the
+    /// request timeout plus `max_tokens` times this is given up on (the caller gets an error, the generation is
+    /// cancelled and its end still read), however steadily it drips text.
+    pub generation_token_time: Duration,
     /// Nodes to try per request.
     pub attempts: usize,
     /// Adverts older than this are ignored.
@@ -98,6 +102,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             queue_timeout: Some(Duration::from_secs(10)),
             request_timeout: Duration::from_secs(30),
+            generation_token_time: Duration::from_secs(1),
             attempts: 3,
             advert_ttl: Duration::from_secs(30),
             topics: Vec::new(),
