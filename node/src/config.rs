@@ -126,7 +126,8 @@ pub struct P2pConfig {
     pub mdns: bool,
     /// Seconds between adverts.
     pub advert_interval_secs: f64,
-    /// Concurrent inbound requests one peer may have in flight; beyond it: "overloaded".
+    /// Concurrent inbound requests one peer may have in flight (a generation is one until its end); beyond it:
+    /// "overloaded".
     pub max_inbound_per_peer: usize,
     /// Inbound requests per second one peer may send (burst: twice that); beyond it: "overloaded".
     pub max_requests_per_sec_per_peer: f64,

@@ -124,7 +124,10 @@ impl NodeMetrics {
                 "mlbridge_p2p_receipt_listeners",
                 "Peers subscribed to the receipts topic (validators or relays)",
             )?,
-            p2p_inflight: IntGauge::new("mlbridge_p2p_inflight", "Inbound p2p inference requests not yet answered")?,
+            p2p_inflight: IntGauge::new(
+                "mlbridge_p2p_inflight",
+                "Inbound p2p requests (inferences, generations) not yet answered",
+            )?,
             p2p_bytes: mlbridge_sdk::net::traffic::Traffic::register(&registry)?,
             generated_tokens: by_model("mlbridge_generated_tokens_total", "Tokens generated", &[])?,
             generation_sequences: GaugeVec::new(

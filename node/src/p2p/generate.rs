@@ -2,8 +2,9 @@
 //! is read against the inbound budget within [`FRAME_DEADLINE`], checked like an HTTP request (version, shutdown,
 //! model, limits), and the scheduler's events are written back as frames as they come. The peer closing its side
 //! cancels the generation, whose end (finish `cancelled`, with the receipt of what was produced) is still sent; a
-//! write that makes no progress within the deadline ends it too. A peer may have
-//! [`STREAMS_PER_PEER`] open at once (more are answered "overloaded"). A node that charges for work holds the
+//! write that makes no progress within the deadline ends it too. A generation counts against its peer's request
+//! rate and requests in flight (`[p2p] max_requests_per_sec_per_peer`, `max_inbound_per_peer`) from its stream's
+//! opening to its end, like an inference (more are answered "overloaded"). A node that charges for work holds the
 //! generation's most cost on the request's voucher or credit before queueing it and charges per token at the end
 //! ([`crate::payment::generation`]); the end then carries the receipt and the prompt token ids it commits to.
 
@@ -21,40 +22,11 @@ use mlbridge_sdk::protocol::{ErrorKind, ModelRef, ProtocolError, WIRE_VERSION, d
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::mux::{FRAME_DEADLINE, MuxServer};
+use super::mux::{Admitted, FRAME_DEADLINE, MuxServer};
 use crate::generate::{Generator, Message, Prompt, Sampling};
 use crate::payment::credit_spender;
 use crate::payment::generation::{Charge, Metered, Metering, meter};
 use crate::{Error, Result};
-
-/// Generation streams one peer may have open at once (each is one sequence; the scheduler's queue bounds the rest).
-const STREAMS_PER_PEER: usize = 64;
-
-/// Open generation streams per peer.
-#[derive(Default)]
-struct Open(std::sync::Mutex<std::collections::HashMap<PeerId, usize>>);
-
-impl Open {
-    fn try_open(&self, peer: PeerId) -> bool {
-        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = open.entry(peer).or_default();
-        if *n >= STREAMS_PER_PEER {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn close(&self, peer: PeerId) {
-        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&peer);
-            }
-        }
-    }
-}
 
 /// Accept generation streams until `shutdown`.
 pub(super) fn spawn(
@@ -65,28 +37,29 @@ pub(super) fn spawn(
     let mut incoming = control
         .accept(StreamProtocol::new(GENERATE_PROTOCOL))
         .map_err(|e| Error::Network(format!("accepting {GENERATE_PROTOCOL}: {e}")))?;
-    let open = Arc::new(Open::default());
     Ok(tokio::spawn(async move {
         loop {
             let (peer, mut stream) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = incoming.next() => match next { Some(s) => s, None => break },
             };
-            if !open.try_open(peer) {
-                let busy = ProtocolError::new(
-                    ErrorKind::Overloaded,
-                    format!("{STREAMS_PER_PEER} generation streams from one peer are open; wait for one to end"),
-                );
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(FRAME_DEADLINE, send(&mut stream, &GenerateEvent::Error(busy))).await;
-                    let _ = stream.close().await;
-                });
-                continue;
-            }
-            let (server, open) = (server.clone(), open.clone());
+            // In flight from here to its end (a stream waiting for its request included).
+            let admitted = match Admitted::new(&server.load, peer) {
+                Ok(a) => a,
+                Err(msg) => {
+                    let busy = ProtocolError::new(ErrorKind::Overloaded, msg);
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(FRAME_DEADLINE, send(&mut stream, &GenerateEvent::Error(busy))).await;
+                        let _ = stream.close().await;
+                    });
+                    continue;
+                }
+            };
+            let server = server.clone();
             tokio::spawn(async move {
                 serve(&server, peer, stream).await;
-                open.close(peer);
+                drop(admitted);
             });
         }
     }))

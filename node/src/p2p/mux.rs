@@ -78,9 +78,17 @@ pub(super) fn spawn(
 }
 
 /// A request admitted against the peer's in-flight limit: released when its answer is written, or dropped unsent.
-struct Admitted {
+pub(super) struct Admitted {
     load: Arc<PeerLoad>,
     peer: PeerId,
+}
+
+impl Admitted {
+    /// Admit one request of `peer` against its rate and in-flight limits; the error says which it is over.
+    pub(super) fn new(load: &Arc<PeerLoad>, peer: PeerId) -> std::result::Result<Self, String> {
+        load.admit(peer)?;
+        Ok(Self { load: load.clone(), peer })
+    }
 }
 
 impl Drop for Admitted {
@@ -181,10 +189,10 @@ async fn on_frame(server: &Arc<MuxServer>, peer: PeerId, spender: Option<B256>, 
         let response = protocol_error(ErrorKind::Overloaded, "the node is shutting down");
         return reply(server, tx, id, response, "overloaded").await;
     }
-    if let Err(msg) = server.load.admit(peer) {
-        return reply(server, tx, id, protocol_error(ErrorKind::Overloaded, msg), "overloaded").await;
-    }
-    let admitted = Admitted { load: server.load.clone(), peer };
+    let admitted = match Admitted::new(&server.load, peer) {
+        Ok(a) => a,
+        Err(msg) => return reply(server, tx, id, protocol_error(ErrorKind::Overloaded, msg), "overloaded").await,
+    };
     let (server, tx) = (server.clone(), tx.clone());
     tokio::spawn(async move {
         if !server.latency.is_zero() {

@@ -354,7 +354,7 @@ async fn openai_endpoints_answer_and_stream_the_same_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
+async fn generation_streams_over_libp2p_and_a_closed_stream_cancels_and_counts_against_the_peer() {
     use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest as Wire, collect};
     use mlbridge_sdk::protocol::ModelRef;
     // KV room for 256 tokens: the dragon story (about 210 reserved) and the second request (61) cannot run together.
@@ -363,7 +363,12 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
             .replace("max_context = 2048", "max_context = 256")
     };
     let repo = repo_with(&[(MODEL, 2)], small);
-    let node = start_node(|c| c.model_repository = repo.path().to_owned()).await;
+    // Two requests in flight per peer: a generation is one from its stream's opening to its end.
+    let node = start_node(|c| {
+        c.model_repository = repo.path().to_owned();
+        c.p2p.max_inbound_per_peer = 2;
+    })
+    .await;
     let client = crate::support::client_with_timeout(
         &node,
         mlbridge_sdk::client::Strategy::LeastOutstanding,
@@ -402,6 +407,23 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels() {
     let generated = node.engine.metrics().generated_tokens.with_label_values(&["smollm2-135m/2"]).get();
     let story = generated - 8 - done.output.len() as u64;
     assert!(story < 40, "the closed stream's story made {story} tokens: its generation ran on");
+
+    // A third generation while two run is turned away as overload, not queued behind them (once the streams above
+    // have let go of their admissions, which they do just after their ends).
+    let metrics = node.engine.metrics().clone();
+    crate::support::wait_until(Duration::from_secs(10), || metrics.p2p_inflight.get() == 0).await;
+    let (_, mut a) = client.generate(wire("Hello", 40)).await.unwrap();
+    let (_, mut b) = client.generate(wire("Hi", 40)).await.unwrap();
+    assert!(
+        matches!(a.recv().await, Some(GenerateEvent::Text(_)))
+            && matches!(b.recv().await, Some(GenerateEvent::Text(_)))
+    );
+    let err = client.generate(wire("Hey", 4)).await.unwrap_err();
+    assert!(
+        matches!(&err, mlbridge_sdk::Error::Remote { kind: mlbridge_sdk::protocol::ErrorKind::Overloaded, message, .. } if message.contains("in flight")),
+        "{err}"
+    );
+    drop((a, b));
     node.shutdown.cancel();
     node.join().await;
 }
