@@ -9,7 +9,8 @@
 use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::value::{DynValue, Tensor as OrtTensor};
+use ort::session::SessionInputValue;
+use ort::value::{Tensor as OrtTensor, TensorRef};
 
 use crate::inference::ModelConfig;
 use crate::inference::runtime::OnnxRuntime;
@@ -76,9 +77,34 @@ pub struct Row<'a> {
 /// A loaded decoder.
 #[derive(Debug)]
 pub struct Decoder {
-    session: Mutex<Session>,
+    inner: Mutex<Inner>,
     shape: Shape,
     key: String,
+}
+
+/// The session and the buffers its past keys and values are gathered into, kept between steps: allocating them per
+/// step (tens of MB at 32 sequences) cost a page fault and a zeroing per page, every step.
+#[derive(Debug)]
+struct Inner {
+    session: Session,
+    /// Per layer: keys, values.
+    past: Vec<Vec<f32>>,
+}
+
+impl Inner {
+    /// Size the gathering buffers to `need` floats each: they grow as needed and shrink once much larger than needed
+    /// (a step of many long sequences does not hold its memory for ever).
+    fn size_past(&mut self, count: usize, need: usize) {
+        self.past.resize_with(count, Vec::new);
+        for buf in &mut self.past {
+            if buf.len() > 4 * need.max(1 << 16) {
+                *buf = Vec::new();
+            }
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+        }
+    }
 }
 
 impl Decoder {
@@ -88,7 +114,7 @@ impl Decoder {
         // (No memory pattern: every step's shapes differ.)
         let session = crate::inference::model::session(runtime, config, bytes, false)?;
         let shape = read_shape(&session).map_err(|reason| Error::SignatureMismatch { model: key.clone(), reason })?;
-        Ok(Self { session: Mutex::new(session), shape, key })
+        Ok(Self { inner: Mutex::new(Inner { session, past: Vec::new() }), shape, key })
     }
 
     /// The graph's sizes.
@@ -132,32 +158,40 @@ impl Decoder {
         }
         let dims = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
         let ort_fail = |e: ort::Error| fail(e.to_string());
-        let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(4 + 2 * s.layers);
-        inputs.push(("input_ids".into(), OrtTensor::from_array((dims(&[b, new]), ids)).map_err(ort_fail)?.into_dyn()));
-        inputs
-            .push(("position_ids".into(), OrtTensor::from_array((dims(&[b, new]), pos)).map_err(ort_fail)?.into_dyn()));
-        inputs.push((
-            "attention_mask".into(),
-            OrtTensor::from_array((dims(&[b, past + new]), mask)).map_err(ort_fail)?.into_dyn(),
-        ));
-        inputs.push(("logits_index".into(), OrtTensor::from_array((dims(&[b, k]), at)).map_err(ort_fail)?.into_dyn()));
         let hd = s.head_dim;
-        for layer in 0..s.layers {
-            for (kind, pick) in [("key", 0usize), ("value", 1)] {
-                let mut buf = vec![0f32; b * s.kv_heads * past * hd];
-                for (i, r) in rows.iter().enumerate() {
-                    let (keys, values) = &r.cache.layers[layer];
-                    let src = if pick == 0 { keys } else { values };
-                    for h in 0..s.kv_heads {
-                        let from = &src[h * r.cache.capacity * hd..][..r.cache.len * hd];
-                        buf[((i * s.kv_heads + h) * past) * hd..][..from.len()].copy_from_slice(from);
-                    }
+        let per_buf = b * s.kv_heads * past * hd;
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.size_past(2 * s.layers, per_buf);
+        let Inner { session, past: bufs } = &mut *inner;
+        // Gather every row's past, per layer and head, into `[b, kv_heads, past, head_dim]`; a shorter row's padding
+        // is zeroed (the mask keeps it out of every real token's view).
+        for (n, buf) in bufs.iter_mut().enumerate() {
+            let (layer, pick) = (n / 2, n % 2);
+            for (i, r) in rows.iter().enumerate() {
+                let (keys, values) = &r.cache.layers[layer];
+                let src = if pick == 0 { keys } else { values };
+                for h in 0..s.kv_heads {
+                    let from = &src[h * r.cache.capacity * hd..][..r.cache.len * hd];
+                    let to = &mut buf[((i * s.kv_heads + h) * past) * hd..][..past * hd];
+                    to[..from.len()].copy_from_slice(from);
+                    to[from.len()..].fill(0.0);
                 }
-                let t = OrtTensor::from_array((dims(&[b, s.kv_heads, past, hd]), buf)).map_err(ort_fail)?;
-                inputs.push((format!("past_{kind}.{layer}"), t.into_dyn()));
             }
         }
-        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(4 + 2 * s.layers);
+        inputs.push(("input_ids".into(), OrtTensor::from_array((dims(&[b, new]), ids)).map_err(ort_fail)?.into()));
+        inputs.push(("position_ids".into(), OrtTensor::from_array((dims(&[b, new]), pos)).map_err(ort_fail)?.into()));
+        inputs.push((
+            "attention_mask".into(),
+            OrtTensor::from_array((dims(&[b, past + new]), mask)).map_err(ort_fail)?.into(),
+        ));
+        inputs.push(("logits_index".into(), OrtTensor::from_array((dims(&[b, k]), at)).map_err(ort_fail)?.into()));
+        let past_dims = dims(&[b, s.kv_heads, past, hd]);
+        for (n, buf) in bufs.iter().enumerate() {
+            let kind = if n % 2 == 0 { "key" } else { "value" };
+            let view = TensorRef::from_array_view((past_dims.clone(), &buf[..per_buf])).map_err(ort_fail)?;
+            inputs.push((format!("past_{kind}.{}", n / 2), view.into()));
+        }
         let outputs = session.run(inputs).map_err(ort_fail)?;
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_fail)?;
         let mut answers = Vec::with_capacity(b);
