@@ -7,6 +7,7 @@
 //! scheduler's thread.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ort::session::Session;
 use ort::session::SessionInputValue;
@@ -36,6 +37,13 @@ impl Shape {
     }
 }
 
+/// Past lengths of a step are padded up to a multiple of this, so that a sequence's gathered past stays where it is
+/// from one decoding step to the next (only its new token is copied) until the longest crosses the next multiple.
+const PAST_ALIGN: usize = 32;
+
+/// Identities of caches (0 is none).
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
+
 /// The keys and values of one sequence, every layer, allocated once for its whole reserved length.
 #[derive(Debug)]
 pub struct KvCache {
@@ -43,13 +51,16 @@ pub struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     capacity: usize,
     len: usize,
+    /// Which cache this is (the decoder remembers whose past its gathering buffers hold).
+    id: u64,
 }
 
 impl KvCache {
     /// Room for `capacity` tokens.
     pub fn new(shape: Shape, capacity: usize) -> Self {
         let n = shape.per_token() * capacity;
-        Self { layers: (0..shape.layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect(), capacity, len: 0 }
+        let layers = (0..shape.layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect();
+        Self { layers, capacity, len: 0, id: NEXT_CACHE.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// Tokens held.
@@ -83,22 +94,33 @@ pub struct Decoder {
 }
 
 /// The session and the buffers its past keys and values are gathered into, kept between steps: allocating them per
-/// step (tens of MB at 32 sequences) cost a page fault and a zeroing per page, every step.
+/// step (tens of MB at 32 sequences) cost a page fault and a zeroing per page, every step, and copying every row's
+/// whole past again cost as much once more.
 #[derive(Debug)]
 struct Inner {
     session: Session,
-    /// Per layer: keys, values.
+    /// Per layer: keys, values, each `[rows][kv_heads][padded][head_dim]`.
     past: Vec<Vec<f32>>,
+    /// The padded past length the buffers are laid out for.
+    padded: usize,
+    /// Per row: whose cache it holds (its id) and how many of its tokens; past those, the row is zeros.
+    gathered: Vec<(u64, usize)>,
 }
 
 impl Inner {
-    /// Size the gathering buffers to `need` floats each: they grow as needed and shrink once much larger than needed
-    /// (a step of many long sequences does not hold its memory for ever).
-    fn size_past(&mut self, count: usize, need: usize) {
+    /// Size the gathering buffers to `need` floats each for a past padded to `padded`: they grow as needed and shrink
+    /// once much larger than needed (a step of many long sequences does not hold its memory for ever). What they hold
+    /// is forgotten when the layout changes or a buffer is let go.
+    fn size_past(&mut self, count: usize, need: usize, padded: usize) {
+        if self.padded != padded || self.past.len() != count {
+            self.gathered.clear();
+            self.padded = padded;
+        }
         self.past.resize_with(count, Vec::new);
         for buf in &mut self.past {
             if buf.len() > 4 * need.max(1 << 16) {
                 *buf = Vec::new();
+                self.gathered.clear();
             }
             if buf.len() < need {
                 buf.resize(need, 0.0);
@@ -114,7 +136,8 @@ impl Decoder {
         // (No memory pattern: every step's shapes differ.)
         let session = crate::inference::model::session(runtime, config, bytes, false)?;
         let shape = read_shape(&session).map_err(|reason| Error::SignatureMismatch { model: key.clone(), reason })?;
-        Ok(Self { inner: Mutex::new(Inner { session, past: Vec::new() }), shape, key })
+        let inner = Inner { session, past: Vec::new(), padded: 0, gathered: Vec::new() };
+        Ok(Self { inner: Mutex::new(inner), shape, key })
     }
 
     /// The graph's sizes.
@@ -135,8 +158,9 @@ impl Decoder {
             return Err(fail(format!("a row of {} tokens does not fit its cache", r.tokens.len())));
         }
         let new = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
-        // At least one past slot (masked when unused): no zero-sized tensors.
-        let past = rows.iter().map(|r| r.cache.len).max().unwrap_or(0).max(1);
+        // At least one past slot (masked when unused): no zero-sized tensors. A past is padded to the alignment.
+        let longest = rows.iter().map(|r| r.cache.len).max().unwrap_or(0);
+        let past = if longest == 0 { 1 } else { longest.next_multiple_of(PAST_ALIGN) };
         let k = rows.iter().map(|r| r.logits_at.len()).max().unwrap_or(1).max(1);
         let mut ids = vec![0i64; b * new];
         let mut pos = vec![0i64; b * new];
@@ -161,22 +185,31 @@ impl Decoder {
         let hd = s.head_dim;
         let per_buf = b * s.kv_heads * past * hd;
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.size_past(2 * s.layers, per_buf);
-        let Inner { session, past: bufs } = &mut *inner;
+        inner.size_past(2 * s.layers, per_buf, past);
+        let Inner { session, past: bufs, gathered, .. } = &mut *inner;
         // Gather every row's past, per layer and head, into `[b, kv_heads, past, head_dim]`; a shorter row's padding
-        // is zeroed (the mask keeps it out of every real token's view).
-        for (n, buf) in bufs.iter_mut().enumerate() {
-            let (layer, pick) = (n / 2, n % 2);
-            for (i, r) in rows.iter().enumerate() {
-                let (keys, values) = &r.cache.layers[layer];
-                let src = if pick == 0 { keys } else { values };
+        // is zeroed (the mask keeps it out of every real token's view). A row that already holds the start of the
+        // same cache (the last step's) gets only the tokens added since.
+        gathered.resize(b.max(gathered.len()), (0, 0));
+        for (i, r) in rows.iter().enumerate() {
+            let (id, held) = gathered[i];
+            let from_token = if id == r.cache.id && held <= r.cache.len { Some(held) } else { None };
+            for (n, buf) in bufs.iter_mut().enumerate() {
+                let (keys, values) = &r.cache.layers[n / 2];
+                let src = if n % 2 == 0 { keys } else { values };
                 for h in 0..s.kv_heads {
                     let from = &src[h * r.cache.capacity * hd..][..r.cache.len * hd];
                     let to = &mut buf[((i * s.kv_heads + h) * past) * hd..][..past * hd];
-                    to[..from.len()].copy_from_slice(from);
-                    to[from.len()..].fill(0.0);
+                    match from_token {
+                        Some(t) => to[t * hd..from.len()].copy_from_slice(&from[t * hd..]),
+                        None => {
+                            to[..from.len()].copy_from_slice(from);
+                            to[from.len()..].fill(0.0);
+                        }
+                    }
                 }
             }
+            gathered[i] = (r.cache.id, r.cache.len);
         }
         let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(4 + 2 * s.layers);
         inputs.push(("input_ids".into(), OrtTensor::from_array((dims(&[b, new]), ids)).map_err(ort_fail)?.into()));
