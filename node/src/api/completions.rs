@@ -31,7 +31,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
-use crate::payment::generation::{Charge, Metered, meter};
+use crate::payment::generation::{Charge, Metered, Metering, meter};
 use mlbridge_sdk::generate::{chat_token_bound, text_token_bound};
 use mlbridge_sdk::protocol::ReceiptMsg;
 
@@ -221,6 +221,7 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let asked = Asked { kind: Kind::Text, at: tokio::time::Instant::now() };
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -238,7 +239,7 @@ pub(crate) async fn completions(
         Prompt::Texts(_) => return Err(ApiError::bad_request("prompt must be one text (one choice per request)")),
         Prompt::Ids(ids) => ids,
     };
-    run(&state, &headers, peer, generator, prompt, &req.common, Kind::Text).await
+    run(&state, &headers, peer, generator, prompt, &req.common, asked).await
 }
 
 pub(crate) async fn chat_completions(
@@ -247,6 +248,7 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let asked = Asked { kind: Kind::Chat, at: tokio::time::Instant::now() };
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -292,7 +294,7 @@ pub(crate) async fn chat_completions(
         messages.push(Message { role, content });
     }
     let prompt = generator.prompt_tokens(crate::generate::Prompt::Chat(messages)).await?;
-    run(&state, &headers, peer, generator, prompt, &req.common, Kind::Chat).await
+    run(&state, &headers, peer, generator, prompt, &req.common, asked).await
 }
 
 fn now_unix() -> u64 {
@@ -355,6 +357,12 @@ impl Head {
     }
 }
 
+/// Which endpoint was asked, and when (a whole answer is cut before the request timeout counted from then).
+struct Asked {
+    kind: Kind,
+    at: tokio::time::Instant,
+}
+
 async fn run(
     state: &AppState,
     headers: &HeaderMap,
@@ -362,8 +370,9 @@ async fn run(
     generator: std::sync::Arc<Generator>,
     prompt: Vec<u32>,
     c: &Common,
-    kind: Kind,
+    asked: Asked,
 ) -> Result<Response, ApiError> {
+    let Asked { kind, at } = asked;
     let (sampling, stop, max_tokens) = parameters(c)?;
     let max_tokens = generator.check(&prompt, max_tokens, &sampling)?;
     // Paid: the most this generation can cost is held before it is queued; it is charged for what it produces.
@@ -377,7 +386,8 @@ async fn run(
         None => None,
     };
     // A client that leaves before the end (a closed stream, a dropped connection) is charged for what was produced.
-    let rx = meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?.events;
+    let Metering { events: mut rx, cancel } =
+        meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?;
     let config = generator.config();
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let head = Head {
@@ -392,7 +402,22 @@ async fn run(
         let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
         return Ok(stream(head, rx, include_usage).into_response());
     }
-    let (text, done, receipt) = collect(rx).await?;
+    // A whole answer that would outlive the request timeout is cut (finish `cancelled`) and sent with what it has and
+    // its receipt: dropped by the timeout instead, it would be charged for text its client never got.
+    let mut text = String::new();
+    let by = state.answer_within.and_then(|within| at.checked_add(within));
+    let answer = collect(&mut rx, &mut text);
+    let answered = match by {
+        Some(by) => tokio::time::timeout_at(by, answer).await,
+        None => Ok(answer.await),
+    };
+    let (done, receipt) = match answered {
+        Ok(answer) => answer?,
+        Err(_) => {
+            cancel.cancel();
+            collect(&mut rx, &mut text).await?
+        }
+    };
     let choice = match kind {
         Kind::Text => json!({ "index": 0, "text": text, "finish_reason": done.finish.as_str(), "logprobs": null }),
         Kind::Chat => json!({
@@ -413,13 +438,15 @@ async fn run(
     }
 }
 
-/// The whole text, the completion and its receipt.
-async fn collect(mut rx: mpsc::Receiver<Metered>) -> Result<(String, Completion, Option<Box<ReceiptMsg>>), ApiError> {
-    let mut text = String::new();
+/// The text into `text` (kept if this is dropped), then the completion and its receipt.
+async fn collect(
+    rx: &mut mpsc::Receiver<Metered>,
+    text: &mut String,
+) -> Result<(Completion, Option<Box<ReceiptMsg>>), ApiError> {
     while let Some(ev) = rx.recv().await {
         match ev {
             Metered::Token { text: t, .. } => text.push_str(&t),
-            Metered::Done(c, receipt) => return Ok((text, c, receipt)),
+            Metered::Done(c, receipt) => return Ok((c, receipt)),
             Metered::Failed(e) => return Err(e.into()),
         }
     }

@@ -38,6 +38,9 @@ pub struct AppState {
     pub payments: Option<std::sync::Arc<crate::payment::PaymentService>>,
     /// Bearer token of the admin endpoints (paid mode; written to a file only the operator can read).
     pub admin_token: Option<std::sync::Arc<str>>,
+    /// How long a whole (non-stream) generated answer may run before it is cut and sent with what it has, so that it
+    /// is sent before the request timeout drops it (set by [`router`] from its limits).
+    pub answer_within: Option<Duration>,
 }
 
 /// Limits of the public API.
@@ -63,7 +66,9 @@ impl Limits {
 }
 
 /// The public API router: body limit, a timeout per request (408) and a bound on requests in service (503 beyond).
-pub fn router(state: AppState, limits: Limits) -> Router {
+pub fn router(mut state: AppState, limits: Limits) -> Router {
+    // A sixth of the request timeout is left for the cut answer's last step, its charge and its sending.
+    state.answer_within.get_or_insert(limits.request_timeout.mul_f64(5.0 / 6.0));
     models::started_unix();
     Router::new()
         .route("/v2/health/live", get(kserve::live))

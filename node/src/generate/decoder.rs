@@ -185,13 +185,21 @@ impl Decoder {
         let hd = s.head_dim;
         let per_buf = b * s.kv_heads * past * hd;
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.size_past(2 * s.layers, per_buf, past);
+        // A prefill (no row has a past) gets one masked zero slot per row of its own, and leaves the gathering
+        // buffers, laid out for the running sequences, as they are.
+        let prefill = longest == 0;
+        if !prefill {
+            inner.size_past(2 * s.layers, per_buf, past);
+        }
         let Inner { session, past: bufs, gathered, .. } = &mut *inner;
         // Gather every row's past, per layer and head, into `[b, kv_heads, past, head_dim]`; a shorter row's padding
         // is zeroed (the mask keeps it out of every real token's view). A row that already holds the start of the
         // same cache (the last step's) gets only the tokens added since.
-        gathered.resize(b.max(gathered.len()), (0, 0));
-        for (i, r) in rows.iter().enumerate() {
+        if !prefill {
+            gathered.resize(b.max(gathered.len()), (0, 0));
+        }
+        let gathering = if prefill { &rows[..0] } else { &rows[..] };
+        for (i, r) in gathering.iter().enumerate() {
             let (id, held) = gathered[i];
             let from_token = if id == r.cache.id && held <= r.cache.len { Some(held) } else { None };
             for (n, buf) in bufs.iter_mut().enumerate() {
@@ -220,10 +228,13 @@ impl Decoder {
         ));
         inputs.push(("logits_index".into(), OrtTensor::from_array((dims(&[b, k]), at)).map_err(ort_fail)?.into()));
         let past_dims = dims(&[b, s.kv_heads, past, hd]);
-        for (n, buf) in bufs.iter().enumerate() {
+        for n in 0..2 * s.layers {
             let kind = if n % 2 == 0 { "key" } else { "value" };
-            let view = TensorRef::from_array_view((past_dims.clone(), &buf[..per_buf])).map_err(ort_fail)?;
-            inputs.push((format!("past_{kind}.{}", n / 2), view.into()));
+            let value: SessionInputValue<'_> = match bufs.get(n).filter(|_| !prefill) {
+                Some(buf) => TensorRef::from_array_view((past_dims.clone(), &buf[..per_buf])).map_err(ort_fail)?.into(),
+                None => OrtTensor::from_array((past_dims.clone(), vec![0f32; per_buf])).map_err(ort_fail)?.into(),
+            };
+            inputs.push((format!("past_{kind}.{}", n / 2), value));
         }
         let outputs = session.run(inputs).map_err(ort_fail)?;
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_fail)?;

@@ -117,6 +117,23 @@ struct Waiting {
     since: Instant,
 }
 
+impl Waiting {
+    /// Whether it still waits: one whose client went is dropped, one cancelled before it ran ends with nothing
+    /// produced.
+    fn stays(&self) -> bool {
+        if self.cancel.is_cancelled() {
+            let _ = self.events.try_send(Event::Done(Completion {
+                finish: FinishReason::Cancelled,
+                prompt_tokens: self.req.prompt.len(),
+                output: Vec::new(),
+                sampling: self.req.sampling,
+            }));
+            return false;
+        }
+        !self.events.is_closed()
+    }
+}
+
 struct Running {
     req: GenerateRequest,
     events: mpsc::Sender<Event>,
@@ -330,7 +347,7 @@ impl Generator {
         // never waits on a slow reader and the memory is bounded by max_tokens.
         let (events, rx) = mpsc::channel(req.max_tokens + 2);
         let mut q = self.shared.lock();
-        q.waiting.retain(|w| !w.events.is_closed());
+        q.waiting.retain(Waiting::stays);
         if q.waiting.len() >= self.queue_capacity {
             return Err(Error::GenerationFull { model: self.config.key(), waiting: q.waiting.len() });
         }
@@ -419,19 +436,7 @@ impl Scheduler {
             if q.shutdown {
                 return None;
             }
-            // One cancelled before it ran ends with nothing produced.
-            q.waiting.retain(|w| {
-                if w.cancel.is_cancelled() {
-                    let _ = w.events.try_send(Event::Done(Completion {
-                        finish: FinishReason::Cancelled,
-                        prompt_tokens: w.req.prompt.len(),
-                        output: Vec::new(),
-                        sampling: w.req.sampling,
-                    }));
-                    return false;
-                }
-                !w.events.is_closed()
-            });
+            q.waiting.retain(Waiting::stays);
             let mut admitted = Vec::new();
             while let Some(w) = q.waiting.front() {
                 let need = w.req.prompt.len() + w.req.max_tokens;

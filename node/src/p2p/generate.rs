@@ -56,9 +56,9 @@ pub(super) fn spawn(
                     continue;
                 }
             };
-            let server = server.clone();
+            let (server, shutdown) = (server.clone(), shutdown.clone());
             tokio::spawn(async move {
-                serve(&server, peer, stream).await;
+                serve(&server, peer, stream, &shutdown).await;
                 drop(admitted);
             });
         }
@@ -174,7 +174,7 @@ struct Started {
     prompt_ids: Vec<u32>,
 }
 
-async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
+async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream, shutdown: &CancellationToken) {
     let (mut r, mut w) = stream.split();
     // The request must come within the deadline, waiting for it included (an idle stream would hold a slot).
     let first = tokio::time::timeout(
@@ -201,10 +201,17 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream) {
     };
     let Metering { mut events, cancel } = metering;
     let mut probe = [0u8; 1];
-    let mut open = true;
+    let (mut open, mut stopping) = (true, false);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
+            // The node is shutting down: the generation ends at the next step, and its end and receipt go out
+            // before the node stops waiting for answers in flight.
+            () = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                cancel.cancel();
+                continue;
+            }
             // The peer sends nothing after its request: a read that returns means it closed its side (or
             // misbehaves): the generation is cancelled, and its end (the receipt of what was produced) still goes.
             _ = r.read(&mut probe), if open => {

@@ -361,7 +361,8 @@ impl Actor {
     }
 
     /// At shutdown: turn new requests away, send every answer still being computed (paid jobs are charged only
-    /// once answered, and an answer is what the client paid for), then give the swarm a moment to flush them.
+    /// once answered, and an answer is what the client paid for; a running generation is cut at its next step and
+    /// its end sent), then give the swarm a moment to flush them.
     async fn drain(&mut self, limit: Duration) {
         self.stopping = true;
         self.stopping_flag.store(true, std::sync::atomic::Ordering::SeqCst);

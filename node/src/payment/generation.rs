@@ -11,7 +11,8 @@
 //!   dropped connection, a whole HTTP answer included): the scheduler ends the sequence at its next step, and it is
 //!   charged for the prompt and the tokens produced up to then (finish `cancelled`) — a prefill under way makes one,
 //!   so a prompt whose work began is paid for — nothing when it was cancelled before it ran; the receipt is kept for
-//!   validators like any other;
+//!   validators like any other (an end that does not come within 30 s of the cancel is settled on the tokens
+//!   counted here);
 //! - the generation failed: nothing is charged.
 //!
 //! The receipt's units are prompt plus output tokens, its price what they cost, its input hash commits to the
@@ -19,6 +20,7 @@
 //! generation ended ([`mlbridge_sdk::generate::GenerationAudit`], kept in the audit record for validators).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlbridge_sdk::generate::{GenerationAudit, GenerationParams, GenerationPrices};
 use mlbridge_sdk::protocol::ReceiptMsg;
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Authorization, Completed, JobInput, PaymentService};
 use crate::Error;
-use crate::generate::{Completion, Event, FinishReason, GenerateRequest, Generator};
+use crate::generate::{Completion, Event, FinishReason, GenerateRequest, Generator, Sampling};
 
 /// What a front end sends on: the scheduler's tokens, then the end with the receipt of a paid generation.
 #[derive(Debug)]
@@ -110,11 +112,21 @@ struct Job {
     cancel: CancellationToken,
 }
 
+/// How long a cancelled generation's end may take to come from the scheduler (its next step) before the hold is
+/// settled on the tokens counted here: a wedged scheduler must not hold a client's payment for ever.
+const END_GRACE: Duration = Duration::from_secs(30);
+
 async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Metered>, charge: Option<Charge>) {
     let Job { generator, prompt, params, cancel } = job;
     // Whether the front end still takes events; once it went away the generation is cancelled and its end (the
     // scheduler's count of what it produced) still awaited, so a prompt whose prefill began is charged.
     let mut reading = true;
+    let mut output = Vec::new();
+    let late = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(END_GRACE).await;
+    };
+    tokio::pin!(late);
     let end = loop {
         let event = tokio::select! {
             biased;
@@ -124,9 +136,24 @@ async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Meter
                 cancel.cancel();
                 continue;
             }
+            () = &mut late => {
+                tracing::warn!(target: "node::payment", "a cancelled generation's end did not come; charged as counted");
+                break Some(Completion {
+                    finish: FinishReason::Cancelled,
+                    prompt_tokens: prompt.len(),
+                    output,
+                    sampling: Sampling {
+                        temperature: params.temperature,
+                        top_k: params.top_k,
+                        top_p: params.top_p,
+                        seed: params.seed,
+                    },
+                });
+            }
         };
         match event {
             Some(Event::Token { id, text }) => {
+                output.push(id);
                 // The channel holds every event the generation can send: this never waits on the front end.
                 if reading && tx.send(Metered::Token { id, text }).await.is_err() {
                     reading = false;
@@ -137,6 +164,8 @@ async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Meter
             None => break None,
         }
     };
+    // Cancels a generation still running (one whose end came late).
+    drop(events);
     let Some(completion) = end else {
         if let Some(charge) = &charge {
             charge.service.release(&charge.auth);

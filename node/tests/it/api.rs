@@ -583,7 +583,10 @@ fn random_bodies_never_cause_a_5xx() {
         request_timeout: std::time::Duration::from_secs(30),
         max_concurrent: 64,
     };
-    let app = router(AppState { engine: node.engine.clone(), payments: None, admin_token: None }, limits);
+    let app = router(
+        AppState { engine: node.engine.clone(), payments: None, admin_token: None, answer_within: None },
+        limits,
+    );
     let paths =
         ["/v2/models/mlp-tiny/infer", "/v2/models/orientation/infer", "/v1/embeddings", "/v2/models/minilm-l6/infer"];
     let reached_minilm = std::sync::atomic::AtomicUsize::new(0);
