@@ -61,6 +61,9 @@ pub struct NodeMetrics {
     pub generation_queue_seconds: HistogramVec,
     /// Time from a generation request's arrival to its first output token, seconds.
     pub time_to_first_token_seconds: HistogramVec,
+    /// Time of one decoder call of a text-generation model (its sequences' past gathered, ONNX Runtime, the new keys
+    /// and values stored), seconds, by phase: `prefill` (new prompts) or `decode` (one token for each sequence).
+    pub generation_step_seconds: HistogramVec,
 }
 
 impl NodeMetrics {
@@ -142,6 +145,14 @@ impl NodeMetrics {
                 "mlbridge_time_to_first_token_seconds",
                 "Time from a generation request's arrival to its first output token",
             )?,
+            generation_step_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "mlbridge_generation_step_seconds",
+                    "Time of one decoder call of a text-generation model, by phase (prefill, decode)",
+                )
+                .buckets(exponential_buckets(0.001, 1.5, 24)?),
+                &["model", "phase"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -170,6 +181,7 @@ impl NodeMetrics {
         r.register(Box::new(m.generation_sequences.clone()))?;
         r.register(Box::new(m.generation_queue_seconds.clone()))?;
         r.register(Box::new(m.time_to_first_token_seconds.clone()))?;
+        r.register(Box::new(m.generation_step_seconds.clone()))?;
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
     }

@@ -500,7 +500,10 @@ impl Scheduler {
                         logits_at: vec![r.req.prompt.len() - 1],
                     })
                     .collect();
-                self.decoder.step(&mut rows)
+                let started = Instant::now();
+                let logits = self.decoder.step(&mut rows);
+                self.observe_step("prefill", started);
+                logits
             };
             // A failed group ends (its clients see the stream stop); the other groups go on.
             let logits = match logits {
@@ -549,7 +552,10 @@ impl Scheduler {
                     .zip(&last)
                     .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
                     .collect();
-                self.decoder.step(&mut rows)
+                let started = Instant::now();
+                let logits = self.decoder.step(&mut rows);
+                self.observe_step("decode", started);
+                logits
             };
             let logits = match step {
                 Ok(l) => l,
@@ -571,6 +577,11 @@ impl Scheduler {
         }
         self.running = still;
         Ok(())
+    }
+
+    fn observe_step(&self, phase: &str, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.generation_step_seconds.with_label_values(&[&self.key, phase]).observe(seconds);
     }
 
     /// Take `token` as the sequence's next output; `true` when the sequence is done (finished or its client gone).

@@ -215,7 +215,10 @@ pub(crate) async fn generate(repo: &Path) -> Result<()> {
             "| decoding, 1 stream (tokens/s after the first; {tokens} tokens, median of 3) | {path} | {decode:.1} | | {:.1}% of the reference alongside ({reference:.1}) |",
             100.0 * decode / reference
         );
+        let steps =
+            running.engine.metrics().generation_step_seconds.with_label_values(&[&format!("{MODEL}/2"), "decode"]);
         for streams in [8usize, 32] {
+            let (sum, count) = (steps.get_sample_sum(), steps.get_sample_count());
             let started = Instant::now();
             let runs = (0..streams).map(|i| stream(via, prompt_ids(32, 100 + i), DECODE_TOKENS, i as u64));
             let mut tokens = 0;
@@ -223,8 +226,12 @@ pub(crate) async fn generate(repo: &Path) -> Result<()> {
                 tokens += r?.tokens;
             }
             let tps = tokens as f64 / started.elapsed().as_secs_f64();
+            // The node's own decoding steps meanwhile: how much of the time is the decoder's.
+            let (n, secs) = (steps.get_sample_count() - count, steps.get_sample_sum() - sum);
+            let step_ms = 1e3 * secs / (n.max(1) as f64);
+            let busy = 100.0 * secs / started.elapsed().as_secs_f64();
             println!(
-                "| aggregate, {streams} streams of {DECODE_TOKENS} tokens (tokens/s, prefill included) | {path} | {tps:.1} | | {:.1}x one stream |",
+                "| aggregate, {streams} streams of {DECODE_TOKENS} tokens (tokens/s, prefill included) | {path} | {tps:.1} | | {:.1}x one stream; {n} decode steps of {step_ms:.0} ms avg, {busy:.0}% of the time |",
                 tps / decode
             );
         }
