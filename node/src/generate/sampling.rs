@@ -50,12 +50,14 @@ impl Sampling {
 pub struct Sampler {
     params: Sampling,
     draws: Draws,
+    /// Weights of the last step (kept: a step over the whole vocabulary allocates nothing).
+    scratch: Vec<f32>,
 }
 
 impl Sampler {
     /// A sampler for `params`.
     pub fn new(params: Sampling) -> Self {
-        Self { params, draws: Draws::new(params.seed) }
+        Self { params, draws: Draws::new(params.seed), scratch: Vec::new() }
     }
 
     /// The next token.
@@ -63,7 +65,11 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax(logits);
         }
-        sample(logits, &self.params, self.draws.next_uniform())
+        let u = self.draws.next_uniform();
+        if self.params.top_k == 0 && self.params.top_p >= 1.0 {
+            return sample_all(logits, self.params.temperature, u, &mut self.scratch);
+        }
+        sample(logits, &self.params, u)
     }
 }
 
@@ -157,6 +163,40 @@ fn all_candidates(logits: &[f32], temperature: f32) -> (Vec<u32>, Vec<f64>) {
     (order, weights.into_iter().map(|w| f64::from(w) / mass).collect())
 }
 
+/// [`sample`] without top-k or top-p: the same arithmetic as [`all_candidates`] and the walk of [`sample`] (so the
+/// same token for the same draw, which a validator replays with [`candidates`]), with `weights` as scratch instead of
+/// three vocabulary-sized allocations per step.
+fn sample_all(logits: &[f32], temperature: f32, u: f64, weights: &mut Vec<f32>) -> u32 {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let floor = top - NEGLIGIBLE as f32 * temperature;
+    let inv_t = 1.0 / temperature;
+    weights.clear();
+    weights.reserve(logits.len());
+    let (mut mass, mut last) = (0.0f64, None);
+    for (i, &x) in logits.iter().enumerate() {
+        let mut w = 0.0;
+        if x >= floor {
+            w = ((x - top) * inv_t).exp();
+            mass += f64::from(w);
+            last = Some(i);
+        }
+        weights.push(w);
+    }
+    let Some(last) = last.filter(|_| mass.is_finite() && mass > 0.0) else {
+        return argmax(logits);
+    };
+    let mut acc = 0.0;
+    for (i, (&x, &w)) in logits.iter().zip(weights.iter()).enumerate() {
+        if x >= floor {
+            acc += f64::from(w) / mass;
+            if u < acc {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
 /// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.
 pub fn sample(logits: &[f32], params: &Sampling, u: f64) -> u32 {
     let (order, probs) = candidates(logits, params);
@@ -221,6 +261,33 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn the_allocation_free_sampler_picks_what_the_candidates_say() {
+        // Logits like a model's (a few large, a long tail), with ties, -inf and NaN among them.
+        let mut x = 12_345u64;
+        let mut logits: Vec<f32> = (0..5_000)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((x >> 33) % 4_000) as f32 / 100.0 - 20.0
+            })
+            .collect();
+        logits[7] = logits[8];
+        logits[9] = f32::NEG_INFINITY;
+        logits[10] = f32::NAN;
+        let mut scratch = Vec::new();
+        let mut draws = Draws::new(3);
+        for temperature in [0.05, 0.3, 0.8, 1.0, 2.0] {
+            let params = Sampling { temperature, top_k: 0, top_p: 1.0, seed: 0 };
+            for u in [0.0, 0.25, 0.5, 0.999_999].into_iter().chain((0..200).map(|_| draws.next_uniform())) {
+                assert_eq!(sample_all(&logits, temperature, u, &mut scratch), sample(&logits, &params, u), "{u}");
+            }
+        }
+        // Nothing to sample from: the arg-max rule, as before.
+        let broken = [f32::NAN, f32::INFINITY, 1.0];
+        let params = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0 };
+        assert_eq!(sample_all(&broken, 1.0, 0.5, &mut scratch), sample(&broken, &params, 0.5));
     }
 
     #[test]
