@@ -145,18 +145,27 @@ async fn a_seed_reproduces_a_sampled_generation_and_stop_strings_end_it() {
     assert_eq!(stopped.1.finish, FinishReason::Stop);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_sequence_frees_its_memory_for_the_next() {
-    // KV room for one sequence of 256 tokens at a time.
-    let budget = |c: &str| {
-        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
-            .replace("max_context = 2048", "max_context = 256")
-    };
-    let (_repo, engine, g) = generator(budget, 16).await;
+/// KV room for 256 tokens (one long sequence at a time), and at most 256 per request.
+fn small_kv(config: &str) -> String {
+    config
+        .replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
+        .replace("max_context = 2048", "max_context = 256")
+}
+
+/// A generator with [`small_kv`] whose memory a 240-token story holds (it is running: it sent its first token), the
+/// story's prompt and its events.
+async fn story_holding_the_memory()
+-> (tempfile::TempDir, Engine, Arc<Generator>, Vec<u32>, tokio::sync::mpsc::Receiver<Event>) {
+    let (repo, engine, g) = generator(small_kv, 16).await;
     let prompt = g.tokenizer().encode("Tell me a long story about a dragon.").unwrap();
     let mut first = g.submit(greedy(prompt.clone(), 240)).unwrap();
-    // The first is running once it sends a token.
     assert!(matches!(first.recv().await, Some(Event::Token { .. })));
+    (repo, engine, g, prompt, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sequence_frees_its_memory_for_the_next() {
+    let (_repo, engine, g, prompt, first) = story_holding_the_memory().await;
     let second = g.submit(greedy(prompt.clone(), 8)).unwrap();
     // It waits: the first holds the memory.
     let waited = tokio::time::timeout(Duration::from_millis(500), finish(second)).await;
@@ -186,14 +195,7 @@ async fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> (Vec<u32>, Comple
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_ends_the_sequence_with_everything_it_produced() {
-    let budget = |c: &str| {
-        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
-            .replace("max_context = 2048", "max_context = 256")
-    };
-    let (_repo, engine, g) = generator(budget, 16).await;
-    let prompt = g.tokenizer().encode("Tell me a long story about a dragon.").unwrap();
-    let mut first = g.submit(greedy(prompt.clone(), 240)).unwrap();
-    assert!(matches!(first.recv().await, Some(Event::Token { .. })));
+    let (_repo, engine, g, prompt, first) = story_holding_the_memory().await;
     // Cancelled while it waits for memory: it ends at once, with nothing produced (and nothing to charge).
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut waiting = g.submit_cancellable(greedy(prompt.clone(), 8), cancel.clone()).unwrap();
@@ -242,11 +244,7 @@ async fn a_cancel_ends_the_sequence_with_everything_it_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_context_or_the_queue_are_refused() {
-    let small = |c: &str| {
-        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
-            .replace("max_context = 2048", "max_context = 256")
-    };
-    let (_repo, _engine, g) = generator(small, 1).await;
+    let (_repo, _engine, g) = generator(small_kv, 1).await;
     let prompt = g.tokenizer().encode("Hello there").unwrap();
     let err = g.submit(greedy(prompt.clone(), 300)).unwrap_err().to_string();
     assert!(err.contains("context of 256"), "{err}");
@@ -379,11 +377,7 @@ async fn generation_streams_over_libp2p_and_a_closed_stream_cancels_and_counts_a
     use mlbridge_sdk::generate::{GenerateEvent, GeneratePrompt, GenerateRequest as Wire, collect};
     use mlbridge_sdk::protocol::ModelRef;
     // KV room for 256 tokens: the dragon story (about 210 reserved) and the second request (61) cannot run together.
-    let small = |c: &str| {
-        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 256")
-            .replace("max_context = 2048", "max_context = 256")
-    };
-    let repo = repo_with(&[(MODEL, 2)], small);
+    let repo = repo_with(&[(MODEL, 2)], small_kv);
     // Two requests in flight per peer: a generation is one from its stream's opening to its end.
     let node = start_node(|c| {
         c.model_repository = repo.path().to_owned();
