@@ -284,6 +284,14 @@ mod tests {
                 assert_eq!(sample_all(&logits, temperature, u, &mut scratch), sample(&logits, &params, u), "{u}");
             }
         }
+        // The sampler takes this path exactly when top-k and top-p are off, and picks what the draws select.
+        for (top_k, top_p) in [(0, 1.0), (5, 1.0), (0, 0.9)] {
+            let params = Sampling { temperature: 0.8, top_k, top_p, seed: 11 };
+            let (mut sampler, mut draws) = (Sampler::new(params), Draws::new(11));
+            for _ in 0..50 {
+                assert_eq!(sampler.pick(&logits), sample(&logits, &params, draws.next_uniform()));
+            }
+        }
         // Nothing to sample from: the arg-max rule, as before.
         let broken = [f32::NAN, f32::INFINITY, 1.0];
         let params = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0 };
