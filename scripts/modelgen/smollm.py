@@ -281,6 +281,8 @@ def build(int8_head: bool = False) -> onnx.ModelProto:
     g.init("c.hidden_shape", np.array([0, 0, d], dtype=np.int64))
     g.init("c.idx0", np.array(0, dtype=np.int64))
     g.init("c.idx1", np.array(1, dtype=np.int64))
+    g.init("c.zero_1", np.array([0], dtype=np.int64))
+    g.init("c.int_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
 
     def rms(x: str, weight: np.ndarray, name: str) -> str:
         ms = g.op("ReduceMean", [g.op("Mul", [x, x]), "c.axis_last"], keepdims=1)
@@ -328,13 +330,25 @@ def build(int8_head: bool = False) -> onnx.ModelProto:
         q = rope(q)
         k = rope(k)
         g.op("Identity", [k], name=f"key.{l}")
-        keys = g.op("Concat", [f"past_key.{l}", k], axis=2)  # [b, kv, S, hd]
-        values = g.op("Concat", [f"past_value.{l}", v], axis=2)
+        # The past and the new tokens are scored and read separately, so that the past is never copied (a Concat
+        # of the cache, and a transposed copy of the keys, per block and step cost more than the attention itself).
         qg = g.op("Reshape", [q, "c.group_shape"])  # [b, kv, group, new, hd]
-        kt = g.op("Unsqueeze", [g.op("Transpose", [keys], perm=[0, 1, 3, 2]), "c.axis2"])  # [b, kv, 1, hd, S]
-        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [qg, kt]), "c.inv_sqrt_d"]), bias])
+
+        def keys_t(t: str) -> str:  # [b, kv, T, hd] -> [b, kv, 1, hd, T] (fused into the MatMul as its transB)
+            return g.op("Transpose", [g.op("Unsqueeze", [t, "c.axis2"])], perm=[0, 1, 2, 4, 3])
+
+        scores = g.op("Concat", [g.op("MatMul", [qg, keys_t(f"past_key.{l}")]), g.op("MatMul", [qg, keys_t(k)])], axis=-1)
+        scores = g.op("Add", [g.op("Mul", [scores, "c.inv_sqrt_d"]), bias])  # [b, kv, group, new, past + new]
         probs = g.op("Softmax", [scores], axis=-1)
-        ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [values, "c.axis2"])])  # [b, kv, group, new, hd]
+        p_past = g.op("Slice", [probs, "c.zero_1", past_len, "c.axis_last"])
+        p_new = g.op("Slice", [probs, past_len, "c.int_max", "c.axis_last"])
+        ctx = g.op(
+            "Add",
+            [
+                g.op("MatMul", [p_past, g.op("Unsqueeze", [f"past_value.{l}", "c.axis2"])]),
+                g.op("MatMul", [p_new, g.op("Unsqueeze", [v, "c.axis2"])]),
+            ],
+        )  # [b, kv, group, new, hd]
         ctx = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [ctx, "c.heads_back"])], perm=[0, 2, 1, 3]), "c.hidden_shape"])
         x = g.op("Add", [x, linear(ctx, w[f"{p}.attn_output.weight"], f"{p}.attn_output.weight_t")])
         h = rms(x, w[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm.weight")
