@@ -139,62 +139,92 @@ pub fn candidates(logits: &[f32], params: &Sampling) -> (Vec<u32>, Vec<f64>) {
     pairs.into_iter().unzip()
 }
 
-/// [`candidates`] without top-k or top-p: one pass in id order, exponentials in f32 (a decoding step computes tens
-/// of thousands of them; f32 is exact to about 1e-7, far inside a validator's draw margin).
+/// [`candidates`] without top-k or top-p: the weights of [`weights`] in id order (f32 exponentials: a decoding step
+/// computes tens of thousands of them; f32 is exact to about 1e-7, far inside a validator's draw margin).
 fn all_candidates(logits: &[f32], temperature: f32) -> (Vec<u32>, Vec<f64>) {
-    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let floor = top - NEGLIGIBLE as f32 * temperature;
-    let inv_t = 1.0 / temperature;
-    let mut order = Vec::with_capacity(logits.len());
-    let mut weights = Vec::with_capacity(logits.len());
-    let mut mass = 0.0f64;
-    for (i, &x) in logits.iter().enumerate() {
-        if x >= floor {
-            let w = ((x - top) * inv_t).exp();
-            mass += f64::from(w);
-            order.push(i as u32);
-            weights.push(w);
-        }
-    }
-    if order.is_empty() || !mass.is_finite() || mass <= 0.0 {
+    let mut w = Vec::new();
+    let Some((floor, mass)) = weights(logits, temperature, &mut w) else {
         // Only NaN logits, or an infinite one (a broken model): nothing to sample from but the arg-max rule's pick.
         return (vec![argmax(logits)], vec![1.0]);
-    }
-    (order, weights.into_iter().map(|w| f64::from(w) / mass).collect())
+    };
+    logits
+        .iter()
+        .zip(&w)
+        .enumerate()
+        .filter(|(_, (x, _))| **x >= floor)
+        .map(|(i, (_, w))| (i as u32, f64::from(*w) / mass))
+        .unzip()
 }
 
 /// [`sample`] without top-k or top-p: the same arithmetic as [`all_candidates`] and the walk of [`sample`] (so the
-/// same token for the same draw, which a validator replays with [`candidates`]), with `weights` as scratch instead of
-/// three vocabulary-sized allocations per step.
-fn sample_all(logits: &[f32], temperature: f32, u: f64, weights: &mut Vec<f32>) -> u32 {
-    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let floor = top - NEGLIGIBLE as f32 * temperature;
-    let inv_t = 1.0 / temperature;
-    weights.clear();
-    weights.reserve(logits.len());
-    let (mut mass, mut last) = (0.0f64, None);
-    for (i, &x) in logits.iter().enumerate() {
-        let mut w = 0.0;
-        if x >= floor {
-            w = ((x - top) * inv_t).exp();
-            mass += f64::from(w);
-            last = Some(i);
-        }
-        weights.push(w);
-    }
-    let Some(last) = last.filter(|_| mass.is_finite() && mass > 0.0) else {
+/// same token for the same draw, which a validator replays with [`candidates`]), with `scratch` for the weights
+/// instead of three vocabulary-sized allocations per step.
+fn sample_all(logits: &[f32], temperature: f32, u: f64, scratch: &mut Vec<f32>) -> u32 {
+    let Some((floor, mass)) = weights(logits, temperature, scratch) else {
         return argmax(logits);
     };
     let mut acc = 0.0;
-    for (i, (&x, &w)) in logits.iter().zip(weights.iter()).enumerate() {
+    let mut last = 0;
+    for (i, (&x, &w)) in logits.iter().zip(scratch.iter()).enumerate() {
         if x >= floor {
             acc += f64::from(w) / mass;
             if u < acc {
                 return i as u32;
             }
+            last = i;
         }
     }
     last as u32
+}
+
+/// The unnormalised probabilities of sampling over the whole vocabulary at `temperature`, into `w` (0 for logits
+/// more than [`NEGLIGIBLE`] temperatures below the best, and for NaN), and their sum: `(floor, mass)`, where only
+/// logits at or above `floor` are candidates. `None` when there is nothing to sample from (only NaN logits, or an
+/// infinite one). Written so that the compiler vectorises it: this runs for every sequence at every step.
+fn weights(logits: &[f32], temperature: f32, w: &mut Vec<f32>) -> Option<(f32, f64)> {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let floor = top - NEGLIGIBLE as f32 * temperature;
+    let inv_t = 1.0 / temperature;
+    w.clear();
+    w.resize(logits.len(), 0.0);
+    for (w, &x) in w.iter_mut().zip(logits) {
+        *w = if x >= floor { exp((x - top) * inv_t) } else { 0.0 };
+    }
+    // Summed in eight interleaved lanes, then the lanes in a fixed order: the same sum on every machine.
+    let mut lanes = [0.0f64; 8];
+    let chunks = w.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane += f64::from(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(tail) {
+        *lane += f64::from(v);
+    }
+    let mass = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    (mass.is_finite() && mass > 0.0).then_some((floor, mass))
+}
+
+/// e^`a` for `a` in [-87, 0] (what [`weights`] needs), within 2 ulp; NaN stays NaN. Plain IEEE arithmetic (Cody-Waite
+/// reduction and Cephes' polynomial), so every machine gets the same bits, which a libm's `expf` does not promise;
+/// and it vectorises, which a call into libm does not.
+fn exp(a: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Rounds to the nearest integer for |v| < 2^22.
+    const ROUND: f32 = 12_582_912.0;
+    let a = if a < -87.0 { -87.0 } else { a };
+    let t = a * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (a - n * LN2_HI) - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = (p * (r * r) + r) + 1.0;
+    // 2^n: n sits in the low bits of `t`.
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
 /// The token `u` (uniform in [0, 1)) selects from the distribution `params` makes of `logits`.
@@ -296,6 +326,21 @@ mod tests {
         let broken = [f32::NAN, f32::INFINITY, 1.0];
         let params = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0 };
         assert_eq!(sample_all(&broken, 1.0, 0.5, &mut scratch), sample(&broken, &params, 0.5));
+    }
+
+    #[test]
+    fn the_exponential_is_within_two_ulp_of_f64_and_keeps_nan() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let a = -(i as f32) * 1e-4;
+            let (got, want) = (f64::from(exp(a)), f64::from(a).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.0 * f64::from(f32::EPSILON), "relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        // Below the range: e^-87, not a wrapped power of two.
+        assert!((f64::from(exp(-200.0)) - (-87f64).exp()).abs() < 1e-40);
     }
 
     #[test]
