@@ -85,6 +85,36 @@ pub struct Row<'a> {
     pub logits_at: Vec<usize>,
 }
 
+/// The logits of a step, per row those of its `logits_at` positions, in one buffer that a caller keeps from step to
+/// step: a decoding step of 32 sequences returns 6 MB of them, which the allocator would otherwise hand out afresh
+/// (and fault in again) every step.
+#[derive(Debug, Default)]
+pub struct Logits {
+    data: Vec<f32>,
+    /// Floats per row in `data`.
+    stride: usize,
+    /// Per row: how many positions' logits it asked for.
+    counts: Vec<usize>,
+    vocab: usize,
+}
+
+impl Logits {
+    /// Rows of the last step.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether the last step had no rows.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Row `i`'s logits: `vocab` floats for each position it asked for, in order.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.stride..][..self.counts[i] * self.vocab]
+    }
+}
+
 /// A loaded decoder.
 #[derive(Debug)]
 pub struct Decoder {
@@ -146,13 +176,22 @@ impl Decoder {
     }
 
     /// Run one step over `rows`; returns, per row, the logits of each of its `logits_at` positions (concatenated,
-    /// `vocab` floats each). Every row's cache grows by its tokens. Blocks.
+    /// `vocab` floats each). Every row's cache grows by its tokens. Blocks. (A loop keeps a [`Logits`] and calls
+    /// [`Decoder::step_into`] instead.)
     pub fn step(&self, rows: &mut [Row<'_>]) -> Result<Vec<Vec<f32>>> {
+        let mut logits = Logits::default();
+        self.step_into(rows, &mut logits)?;
+        Ok((0..logits.len()).map(|i| logits.row(i).to_vec()).collect())
+    }
+
+    /// [`Decoder::step`] into `logits` (what it held before is replaced).
+    pub fn step_into(&self, rows: &mut [Row<'_>], logits: &mut Logits) -> Result<()> {
         let fail = |reason: String| Error::Inference { model: self.key.clone(), reason };
         let s = self.shape;
         let b = rows.len();
+        logits.counts.clear();
         if b == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if let Some(r) = rows.iter().find(|r| r.tokens.is_empty() || r.cache.len + r.tokens.len() > r.cache.capacity) {
             return Err(fail(format!("a row of {} tokens does not fit its cache", r.tokens.len())));
@@ -237,11 +276,15 @@ impl Decoder {
             inputs.push((format!("past_{kind}.{}", n / 2), value));
         }
         let outputs = session.run(inputs).map_err(ort_fail)?;
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_fail)?;
-        let mut answers = Vec::with_capacity(b);
-        for (i, r) in rows.iter().enumerate() {
-            answers.push(logits[i * k * s.vocab..][..r.logits_at.len() * s.vocab].to_vec());
-        }
+        let (_, all) = outputs["logits"].try_extract_tensor::<f32>().map_err(ort_fail)?;
+        let Some(all) = all.get(..b * k * s.vocab) else {
+            return Err(fail(format!("the graph returned {} logits for {b} rows of {k}", all.len())));
+        };
+        logits.data.clear();
+        logits.data.extend_from_slice(all);
+        logits.stride = k * s.vocab;
+        logits.vocab = s.vocab;
+        logits.counts.extend(rows.iter().map(|r| r.logits_at.len()));
         for layer in 0..s.layers {
             for (kind, pick) in [("key", 0usize), ("value", 1)] {
                 let (_, data) =
@@ -260,7 +303,7 @@ impl Decoder {
         for r in rows.iter_mut() {
             r.cache.len += r.tokens.len();
         }
-        Ok(answers)
+        Ok(())
     }
 }
 

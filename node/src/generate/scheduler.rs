@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::decoder::{Decoder, KvCache, Row};
+use super::decoder::{Decoder, KvCache, Logits, Row};
 use super::sampling::{Sampler, Sampling};
 use super::tokenizer::{ChatTokenizer, Detokenizer, StopMatcher};
 use crate::inference::config::{GenerationConfig, ModelConfig};
@@ -208,6 +208,7 @@ impl Generator {
             metrics,
             running: Vec::new(),
             used: 0,
+            logits: Logits::default(),
         };
         let thread =
             std::thread::Builder::new().name(format!("generate-{}", config.name)).spawn(move || sched.run()).map_err(
@@ -391,6 +392,8 @@ struct Scheduler {
     running: Vec<Running>,
     /// KV tokens reserved by running sequences.
     used: usize,
+    /// The logits of the last step (one buffer for the scheduler's life).
+    logits: Logits,
 }
 
 impl Scheduler {
@@ -501,20 +504,17 @@ impl Scheduler {
                     })
                     .collect();
                 let started = Instant::now();
-                let logits = self.decoder.step(&mut rows);
+                let stepped = self.decoder.step_into(&mut rows, &mut self.logits);
                 self.observe_step("prefill", started);
-                logits
+                stepped
             };
             // A failed group ends (its clients see the stream stop); the other groups go on.
-            let logits = match logits {
-                Ok(l) => l,
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    continue;
-                }
-            };
-            for (mut r, l) in group.into_iter().zip(logits) {
-                let t = r.sampler.pick(&l);
+            if let Err(e) = logits {
+                failed.get_or_insert(e);
+                continue;
+            }
+            for (i, mut r) in group.into_iter().enumerate() {
+                let t = r.sampler.pick(self.logits.row(i));
                 if self.advance(&mut r, t) {
                     self.used -= r.reserved;
                 } else {
@@ -553,21 +553,18 @@ impl Scheduler {
                     .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
                     .collect();
                 let started = Instant::now();
-                let logits = self.decoder.step(&mut rows);
+                let stepped = self.decoder.step_into(&mut rows, &mut self.logits);
                 self.observe_step("decode", started);
-                logits
+                stepped
             };
-            let logits = match step {
-                Ok(l) => l,
-                Err(e) => {
-                    // Sequences not in the failed call go on.
-                    still.extend(rest);
-                    self.running = still;
-                    return Err(e);
-                }
-            };
-            for (mut r, l) in group.into_iter().zip(logits) {
-                let t = r.sampler.pick(&l);
+            if let Err(e) = step {
+                // Sequences not in the failed call go on.
+                still.extend(rest);
+                self.running = still;
+                return Err(e);
+            }
+            for (i, mut r) in group.into_iter().enumerate() {
+                let t = r.sampler.pick(self.logits.row(i));
                 if self.advance(&mut r, t) {
                     self.used -= r.reserved;
                 } else {
