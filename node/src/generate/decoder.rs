@@ -123,40 +123,53 @@ pub struct Decoder {
     key: String,
 }
 
-/// The session and the buffers its past keys and values are gathered into, kept between steps: allocating them per
-/// step (tens of MB at 32 sequences) cost a page fault and a zeroing per page, every step, and copying every row's
-/// whole past again cost as much once more.
+/// The session and the buffers past keys and values are gathered into, one set per group of sequences a scheduler
+/// steps in turn (see [`Decoder::step_group`]), kept between steps: allocating them per step (tens of MB at 32
+/// sequences) cost a page fault and a zeroing per page, every step, and copying every row's whole past again cost as
+/// much once more.
 #[derive(Debug)]
 struct Inner {
     session: Session,
+    groups: Vec<Gathered>,
+}
+
+/// One group's gathering buffers.
+#[derive(Debug, Default)]
+struct Gathered {
     /// Per layer: keys, values, each `[rows][kv_heads][padded][head_dim]`.
     past: Vec<Vec<f32>>,
     /// The padded past length the buffers are laid out for.
     padded: usize,
     /// Per row: whose cache it holds (its id) and how many of its tokens; past those, the row is zeros.
-    gathered: Vec<(u64, usize)>,
+    rows: Vec<(u64, usize)>,
 }
 
-impl Inner {
-    /// Size the gathering buffers to `need` floats each for a past padded to `padded`: they grow as needed and shrink
-    /// once much larger than needed (a step of many long sequences does not hold its memory for ever). What they hold
-    /// is forgotten when the layout changes or a buffer is let go.
-    fn size_past(&mut self, count: usize, need: usize, padded: usize) {
+impl Gathered {
+    /// Size the buffers to `need` floats each for a past padded to `padded`: they grow as needed and shrink once much
+    /// larger than needed (a step of many long sequences does not hold its memory for ever). What they hold is
+    /// forgotten when the layout changes or a buffer is let go.
+    fn size(&mut self, count: usize, need: usize, padded: usize) {
         if self.padded != padded || self.past.len() != count {
-            self.gathered.clear();
+            self.rows.clear();
             self.padded = padded;
         }
         self.past.resize_with(count, Vec::new);
         for buf in &mut self.past {
             if buf.len() > 4 * need.max(1 << 16) {
                 *buf = Vec::new();
-                self.gathered.clear();
+                self.rows.clear();
             }
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
         }
     }
+}
+
+/// The past length a step pads its rows to when the longest holds `longest` tokens (at least one slot, masked when
+/// unused: no zero-sized tensors).
+pub fn padded_past(longest: usize) -> usize {
+    if longest == 0 { 1 } else { longest.next_multiple_of(PAST_ALIGN) }
 }
 
 impl Decoder {
@@ -166,8 +179,14 @@ impl Decoder {
         // (No memory pattern: every step's shapes differ.)
         let session = crate::inference::model::session(runtime, config, bytes, false)?;
         let shape = read_shape(&session).map_err(|reason| Error::SignatureMismatch { model: key.clone(), reason })?;
-        let inner = Inner { session, past: Vec::new(), padded: 0, gathered: Vec::new() };
+        let inner = Inner { session, groups: Vec::new() };
         Ok(Self { inner: Mutex::new(inner), shape, key })
+    }
+
+    /// Let go of the gathering buffers of groups `from` and above (a scheduler that now steps fewer groups).
+    pub fn keep_groups(&self, from: usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.groups.truncate(from);
     }
 
     /// The graph's sizes.
@@ -186,6 +205,13 @@ impl Decoder {
 
     /// [`Decoder::step`] into `logits` (what it held before is replaced).
     pub fn step_into(&self, rows: &mut [Row<'_>], logits: &mut Logits) -> Result<()> {
+        self.step_group(0, rows, logits)
+    }
+
+    /// [`Decoder::step_into`] for group `group` of sequences that a caller steps in turn (calls whose padded size
+    /// would be too large): each group keeps its own gathering buffers, so that a row is copied in whole only when it
+    /// joins its group, not every time the groups take turns.
+    pub fn step_group(&self, group: usize, rows: &mut [Row<'_>], logits: &mut Logits) -> Result<()> {
         let fail = |reason: String| Error::Inference { model: self.key.clone(), reason };
         let s = self.shape;
         let b = rows.len();
@@ -197,9 +223,8 @@ impl Decoder {
             return Err(fail(format!("a row of {} tokens does not fit its cache", r.tokens.len())));
         }
         let new = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
-        // At least one past slot (masked when unused): no zero-sized tensors. A past is padded to the alignment.
         let longest = rows.iter().map(|r| r.cache.len).max().unwrap_or(0);
-        let past = if longest == 0 { 1 } else { longest.next_multiple_of(PAST_ALIGN) };
+        let past = padded_past(longest);
         let k = rows.iter().map(|r| r.logits_at.len()).max().unwrap_or(1).max(1);
         let mut ids = vec![0i64; b * new];
         let mut pos = vec![0i64; b * new];
@@ -227,10 +252,14 @@ impl Decoder {
         // A prefill (no row has a past) gets one masked zero slot per row of its own, and leaves the gathering
         // buffers, laid out for the running sequences, as they are.
         let prefill = longest == 0;
-        if !prefill {
-            inner.size_past(2 * s.layers, per_buf, past);
+        let Inner { session, groups } = &mut *inner;
+        if groups.len() <= group {
+            groups.resize_with(group + 1, Gathered::default);
         }
-        let Inner { session, past: bufs, gathered, .. } = &mut *inner;
+        if !prefill {
+            groups[group].size(2 * s.layers, per_buf, past);
+        }
+        let Gathered { past: bufs, rows: gathered, .. } = &mut groups[group];
         // Gather every row's past, per layer and head, into `[b, kv_heads, past, head_dim]`; a shorter row's padding
         // is zeroed (the mask keeps it out of every real token's view). A row that already holds the start of the
         // same cache (the last step's) gets only the tokens added since.

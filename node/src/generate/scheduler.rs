@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::decoder::{Decoder, KvCache, Logits, Row};
+use super::decoder::{Decoder, KvCache, Logits, Row, padded_past};
 use super::sampling::{Sampler, Sampling};
 use super::tokenizer::{ChatTokenizer, Detokenizer, StopMatcher};
 use crate::inference::config::{GenerationConfig, ModelConfig};
@@ -528,17 +528,19 @@ impl Scheduler {
     /// One token for every running sequence (each feeds the token it sampled last).
     fn decode(&mut self) -> Result<()> {
         // Sequences just prefilled are in `running` with their first token: they take part at once. Rows are padded
-        // to the longest past of their call, so sequences go by length in calls of at most `kv_budget_tokens` padded
-        // tokens: one long sequence among many short ones cannot make a step copy many times the KV budget.
+        // to the longest past of their call (padded further, see `padded_past`), so sequences go by length in calls
+        // of at most `kv_budget_tokens` padded tokens: one long sequence among many short ones cannot make a step
+        // copy many times the KV budget. Each call's group keeps its own gathering buffers in the decoder.
         self.running.sort_by_key(|r| r.cache.len());
         let cap = self.generation.kv_budget_tokens.max(self.generation.max_context);
         let running = std::mem::take(&mut self.running);
         let mut still = Vec::with_capacity(running.len());
         let mut rest = running.into_iter().peekable();
+        let mut groups = 0;
         while rest.peek().is_some() {
             let mut group: Vec<Running> = Vec::new();
             while let Some(next) = rest.peek() {
-                let padded = (group.len() + 1) * (next.cache.len() + 1);
+                let padded = (group.len() + 1) * (padded_past(next.cache.len()) + 1);
                 if !group.is_empty() && padded > cap {
                     break;
                 }
@@ -553,10 +555,11 @@ impl Scheduler {
                     .map(|(r, t)| Row { tokens: t, cache: &mut r.cache, logits_at: vec![0] })
                     .collect();
                 let started = Instant::now();
-                let stepped = self.decoder.step_into(&mut rows, &mut self.logits);
+                let stepped = self.decoder.step_group(groups, &mut rows, &mut self.logits);
                 self.observe_step("decode", started);
                 stepped
             };
+            groups += 1;
             if let Err(e) = step {
                 // Sequences not in the failed call go on.
                 still.extend(rest);
@@ -573,6 +576,7 @@ impl Scheduler {
             }
         }
         self.running = still;
+        self.decoder.keep_groups(groups.max(1));
         Ok(())
     }
 

@@ -117,6 +117,19 @@ async fn continuous_batching_gives_every_sequence_the_tokens_it_gets_alone() {
         together.push(finish(rx).await.1.output);
     }
     assert_eq!(together, alone);
+    // With KV room for 96 tokens the four (at most 24 tokens each, a step pads each to 33) fit one call only two at
+    // a time: they are stepped in groups that take turns, each with its own gathering buffers, and still get the
+    // same tokens.
+    let tight = |c: &str| {
+        c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 96").replace("max_context = 2048", "max_context = 96")
+    };
+    let (_repo, _engine, g) = generator_version(EXACT, tight, 16).await;
+    let receivers: Vec<_> = requests.iter().map(|r| g.submit(r.clone()).unwrap()).collect();
+    let mut grouped = Vec::new();
+    for rx in receivers {
+        grouped.push(finish(rx).await.1.output);
+    }
+    assert_eq!(grouped, alone);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
