@@ -200,6 +200,12 @@ impl Decoder {
     pub fn step(&self, rows: &mut [Row<'_>]) -> Result<Vec<Vec<f32>>> {
         let mut logits = Logits::default();
         self.step_into(rows, &mut logits)?;
+        if logits.len() == 1 {
+            // One row (a validator's teacher-forced pass: up to thousands of positions): its logits, not a copy.
+            let mut data = std::mem::take(&mut logits.data);
+            data.truncate(logits.counts[0] * logits.vocab);
+            return Ok(vec![data]);
+        }
         Ok((0..logits.len()).map(|i| logits.row(i).to_vec()).collect())
     }
 

@@ -576,7 +576,8 @@ impl Scheduler {
             }
         }
         self.running = still;
-        self.decoder.keep_groups(groups.max(1));
+        // Nothing left running: no group's buffers are kept while the model idles.
+        self.decoder.keep_groups(if self.running.is_empty() { 0 } else { groups });
         Ok(())
     }
 

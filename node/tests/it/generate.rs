@@ -92,7 +92,7 @@ async fn greedy_generation_equals_a_plain_loop_and_names_paris() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_batching_gives_every_sequence_the_tokens_it_gets_alone() {
-    let (_repo, _engine, g) = generator_version(EXACT, str::to_owned, 16).await;
+    let (_repo, engine, g) = generator_version(EXACT, str::to_owned, 16).await;
     let prompts =
         ["Once upon a time", "The three primary colors are red, blue and", "def add(a, b):", "Paris is the capital of"];
     let sampled = Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1234 };
@@ -111,25 +111,40 @@ async fn continuous_batching_gives_every_sequence_the_tokens_it_gets_alone() {
         alone.push(finish(g.submit(r.clone()).unwrap()).await.1.output);
     }
     // All at once: they share decoding steps, join at different lengths and leave at different times.
+    let before = decode_calls(&engine);
     let receivers: Vec<_> = requests.iter().map(|r| g.submit(r.clone()).unwrap()).collect();
     let mut together = Vec::new();
     for rx in receivers {
         together.push(finish(rx).await.1.output);
     }
     assert_eq!(together, alone);
+    let one_group = decode_calls(&engine) - before;
+    drop((g, engine));
     // With KV room for 96 tokens the four (at most 24 tokens each, a step pads each to 33) fit one call only two at
     // a time: they are stepped in groups that take turns, each with its own gathering buffers, and still get the
     // same tokens.
     let tight = |c: &str| {
         c.replace("kv_budget_tokens = 16384", "kv_budget_tokens = 96").replace("max_context = 2048", "max_context = 96")
     };
-    let (_repo, _engine, g) = generator_version(EXACT, tight, 16).await;
+    let (_repo, engine, g) = generator_version(EXACT, tight, 16).await;
     let receivers: Vec<_> = requests.iter().map(|r| g.submit(r.clone()).unwrap()).collect();
     let mut grouped = Vec::new();
     for rx in receivers {
         grouped.push(finish(rx).await.1.output);
     }
     assert_eq!(grouped, alone);
+    // The longest takes 14 decoding steps; in groups, the steps while three or four run take two calls each.
+    let calls = decode_calls(&engine);
+    assert!(calls >= one_group + 4, "{calls} decoding calls in groups vs {one_group} in one");
+}
+
+/// Decoding calls the engine's SmolLM2 (version 1) has made.
+fn decode_calls(engine: &Engine) -> u64 {
+    engine
+        .metrics()
+        .generation_step_seconds
+        .with_label_values(&[&format!("{MODEL}/{EXACT}"), "decode"])
+        .get_sample_count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
