@@ -648,6 +648,8 @@ impl Drop for Held<'_> {
 struct Tries {
     recoveries: u32,
     waits: u32,
+    /// Generation streams opened again after closing before their first event.
+    reopens: u32,
 }
 
 /// The payment of a job's next attempt on a node: none without a payer, the one [`after_refusal`] handed back, or
