@@ -110,10 +110,10 @@ impl Client {
                     continue;
                 }
                 Some(first) => first,
-                // Closed before any event: libp2p-stream drops an inbound stream its node's accept loop was not ready
-                // for (a burst of opens on a busy node; seen with 8 at once on 2 cores), so the request was most
-                // likely never read. Opened again, twice at most; a paid attempt counts as possibly charged (`held`
-                // says lost) and the next one pays afresh.
+                // Closed before any event. libp2p-stream drops an inbound stream its node's accept loop is not ready
+                // for (a zero-capacity hand-over), the likely cause of what a bench run saw when 8 generations opened
+                // at once on a busy 2-core node: then the request was never read. Opened again, twice at most; a paid
+                // attempt counts as possibly charged (`held` says lost) and the next one pays afresh.
                 None if tries.reopens < 2 => {
                     tries.reopens += 1;
                     drop(held);
