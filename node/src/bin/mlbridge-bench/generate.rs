@@ -25,44 +25,35 @@ fn prompt_ids(n: usize, salt: usize) -> Vec<u32> {
     (0..n).map(|i| 300 + ((i * 7919 + salt * 104_729) % 20_000) as u32).collect()
 }
 
-/// Decode tokens per second of a plain greedy loop (prefill excluded) after a `prompt`-token prompt.
+/// Decode tokens per second of a plain greedy loop (prefill excluded) after a `prompt`-token prompt, batch 1 (the
+/// prompt the one-stream runs send).
 fn reference(decoder: &Decoder, prompt: usize, tokens: usize) -> Result<f64> {
-    let ids = prompt_ids(prompt, 0);
-    let mut cache = KvCache::new(decoder.shape(), prompt + tokens + 1);
-    let mut logits = Logits::default();
-    decoder.step_into(&mut [Row { tokens: &ids, cache: &mut cache, logits_at: vec![prompt - 1] }], &mut logits)?;
-    let mut next = argmax(logits.row(0));
-    let started = Instant::now();
-    for _ in 0..tokens {
-        decoder.step_into(&mut [Row { tokens: &[next], cache: &mut cache, logits_at: vec![0] }], &mut logits)?;
-        next = argmax(logits.row(0));
-    }
-    Ok(tokens as f64 / started.elapsed().as_secs_f64())
+    Ok(plain_loop(decoder, &[0], prompt, tokens)?.0)
 }
 
-/// The same loop over `rows` sequences decoded together (different prompts, one step per token for all of them):
-/// decode tokens/s of all rows and the average step in ms. What the decoder can do at that batch with no server.
-fn reference_batch(decoder: &Decoder, rows: usize, prompt: usize, tokens: usize) -> Result<(f64, f64)> {
-    let prompts: Vec<Vec<u32>> = (0..rows).map(|i| prompt_ids(prompt, 100 + i)).collect();
-    let mut caches: Vec<KvCache> = (0..rows).map(|_| KvCache::new(decoder.shape(), prompt + tokens + 1)).collect();
+/// A plain greedy loop over one sequence per prompt salt in `salts`, decoded together (one step per token for all
+/// of them): decode tokens/s of all of them and the average step in ms. What the decoder does with no server.
+fn plain_loop(decoder: &Decoder, salts: &[usize], prompt: usize, tokens: usize) -> Result<(f64, f64)> {
+    let prompts: Vec<Vec<u32>> = salts.iter().map(|&salt| prompt_ids(prompt, salt)).collect();
+    let mut caches: Vec<KvCache> = salts.iter().map(|_| KvCache::new(decoder.shape(), prompt + tokens + 1)).collect();
+    let mut logits = Logits::default();
     let mut batch: Vec<Row<'_>> = prompts
         .iter()
         .zip(caches.iter_mut())
         .map(|(ids, cache)| Row { tokens: ids, cache, logits_at: vec![prompt - 1] })
         .collect();
-    let mut logits = Logits::default();
     decoder.step_into(&mut batch, &mut logits)?;
-    let mut next: Vec<[u32; 1]> = (0..rows).map(|i| [argmax(logits.row(i))]).collect();
     drop(batch);
+    let mut next: Vec<[u32; 1]> = (0..salts.len()).map(|i| [argmax(logits.row(i))]).collect();
     let started = Instant::now();
     for _ in 0..tokens {
         let mut batch: Vec<Row<'_>> =
             next.iter().zip(caches.iter_mut()).map(|(t, cache)| Row { tokens: t, cache, logits_at: vec![0] }).collect();
         decoder.step_into(&mut batch, &mut logits)?;
-        next = (0..rows).map(|i| [argmax(logits.row(i))]).collect();
+        next = (0..salts.len()).map(|i| [argmax(logits.row(i))]).collect();
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok(((rows * tokens) as f64 / secs, 1e3 * secs / tokens as f64))
+    Ok(((salts.len() * tokens) as f64 / secs, 1e3 * secs / tokens as f64))
 }
 
 /// What one streamed request saw.
@@ -208,8 +199,9 @@ pub(crate) async fn generate(repo: &Path) -> Result<()> {
     // add), after a short warm-up run at that batch; median of 3.
     let batched = decoders[0].clone();
     let runs = tokio::task::spawn_blocking(move || -> Result<Vec<(f64, f64)>> {
-        reference_batch(&batched, 32, 32, 4)?;
-        (0..3).map(|_| reference_batch(&batched, 32, 32, DECODE_TOKENS)).collect()
+        let salts: Vec<usize> = (100..132).collect();
+        plain_loop(&batched, &salts, 32, 4)?;
+        (0..3).map(|_| plain_loop(&batched, &salts, 32, DECODE_TOKENS)).collect()
     })
     .await??;
     let (mut tps, mut steps): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
