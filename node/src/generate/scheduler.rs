@@ -10,6 +10,7 @@
 //! Retry-After over HTTP).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -114,6 +115,8 @@ struct Waiting {
     req: GenerateRequest,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
+    /// Set when its prefill begins.
+    started: Arc<AtomicBool>,
     since: Instant,
 }
 
@@ -138,6 +141,7 @@ struct Running {
     req: GenerateRequest,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
+    started: Arc<AtomicBool>,
     cache: KvCache,
     output: Vec<u32>,
     sampler: Sampler,
@@ -342,6 +346,17 @@ impl Generator {
     /// Queue a generation that `cancel` ends at the scheduler's next step: its end (finish `cancelled`, with what was
     /// produced until then) still comes on the returned receiver. Dropping the receiver cancels it with no end.
     pub fn submit_cancellable(&self, req: GenerateRequest, cancel: CancellationToken) -> Result<mpsc::Receiver<Event>> {
+        self.submit_watched(req, cancel, Arc::default())
+    }
+
+    /// [`Generator::submit_cancellable`], with `started` set when the sequence's prefill begins (from then on its
+    /// prompt has cost work, whatever becomes of its end).
+    pub fn submit_watched(
+        &self,
+        req: GenerateRequest,
+        cancel: CancellationToken,
+        started: Arc<AtomicBool>,
+    ) -> Result<mpsc::Receiver<Event>> {
         self.check(&req.prompt, Some(req.max_tokens), &req.sampling)?;
         Self::check_stops(&req.stop)?;
         // Room for every event the sequence can send (a text piece per token at most, then the end): the scheduler
@@ -352,7 +367,7 @@ impl Generator {
         if q.waiting.len() >= self.queue_capacity {
             return Err(Error::GenerationFull { model: self.config.key(), waiting: q.waiting.len() });
         }
-        q.waiting.push_back(Waiting { req, events, cancel, since: Instant::now() });
+        q.waiting.push_back(Waiting { req, events, cancel, started, since: Instant::now() });
         drop(q);
         self.shared.wake.notify_one();
         Ok(rx)
@@ -474,6 +489,7 @@ impl Scheduler {
                     stops: StopMatcher::new(w.req.stop.clone()),
                     events: w.events,
                     cancel: w.cancel,
+                    started: w.started,
                     req: w.req,
                     reserved,
                     since: w.since,
@@ -481,7 +497,18 @@ impl Scheduler {
             })
             .collect();
         let mut failed = None;
-        while !fresh.is_empty() {
+        loop {
+            // One cancelled (or whose client went) before its group's prefill ends with nothing produced: a long
+            // prefill of earlier groups does not make its prompt cost work.
+            fresh.retain_mut(|r| {
+                if r.cancel.is_cancelled() {
+                    return !r.end(FinishReason::Cancelled);
+                }
+                !r.events.is_closed()
+            });
+            if fresh.is_empty() {
+                break;
+            }
             // A group whose padded size fits PREFILL_TOKENS (at least one sequence).
             let mut n = 0;
             let mut longest = 0;
@@ -494,6 +521,9 @@ impl Scheduler {
                 n += 1;
             }
             let mut group: Vec<Running> = fresh.drain(..n).collect();
+            for r in &group {
+                r.started.store(true, Ordering::Release);
+            }
             let logits = {
                 let mut rows: Vec<Row<'_>> = group
                     .iter_mut()
@@ -513,14 +543,9 @@ impl Scheduler {
                 failed.get_or_insert(e);
                 continue;
             }
-            for (i, mut r) in group.into_iter().enumerate() {
-                let t = r.sampler.pick(self.logits.row(i));
-                if self.advance(&mut r, t) {
-                    self.used -= r.reserved;
-                } else {
-                    self.running.push(r);
-                }
-            }
+            let mut still = std::mem::take(&mut self.running);
+            self.take_tokens(group, &mut still);
+            self.running = still;
         }
         failed.map_or(Ok(()), Err)
     }
@@ -566,19 +591,25 @@ impl Scheduler {
                 self.running = still;
                 return Err(e);
             }
-            for (i, mut r) in group.into_iter().enumerate() {
-                let t = r.sampler.pick(self.logits.row(i));
-                if self.advance(&mut r, t) {
-                    self.used -= r.reserved;
-                } else {
-                    still.push(r);
-                }
-            }
+            self.take_tokens(group, &mut still);
         }
         self.running = still;
         // Nothing left running: no group's buffers are kept while the model idles.
         self.decoder.keep_groups(if self.running.is_empty() { 0 } else { groups });
         Ok(())
+    }
+
+    /// Sample each of `group`'s next token from the last step's logits (row `i` is its `i`th); the sequences that go
+    /// on join `still`, the others give their KV reservation back.
+    fn take_tokens(&mut self, group: Vec<Running>, still: &mut Vec<Running>) {
+        for (i, mut r) in group.into_iter().enumerate() {
+            let t = r.sampler.pick(self.logits.row(i));
+            if self.advance(&mut r, t) {
+                self.used -= r.reserved;
+            } else {
+                still.push(r);
+            }
+        }
     }
 
     fn observe_step(&self, phase: &str, started: Instant) {

@@ -20,6 +20,7 @@
 //! generation ended ([`mlbridge_sdk::generate::GenerationAudit`], kept in the audit record for validators).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mlbridge_sdk::generate::{GenerationAudit, GenerationParams, GenerationPrices};
@@ -90,7 +91,8 @@ pub fn meter(generator: &Arc<Generator>, req: GenerateRequest, charge: Option<Ch
     let prompt = req.prompt.clone();
     let capacity = req.max_tokens + 2;
     let cancel = CancellationToken::new();
-    let events = match generator.submit_cancellable(req, cancel.clone()) {
+    let started = Arc::new(AtomicBool::new(false));
+    let events = match generator.submit_watched(req, cancel.clone(), started.clone()) {
         Ok(events) => events,
         Err(e) => {
             if let Some(c) = &charge {
@@ -100,7 +102,7 @@ pub fn meter(generator: &Arc<Generator>, req: GenerateRequest, charge: Option<Ch
         }
     };
     let (tx, rx) = mpsc::channel(capacity);
-    let job = Job { generator: generator.clone(), prompt, params, cancel: cancel.clone() };
+    let job = Job { generator: generator.clone(), prompt, params, cancel: cancel.clone(), started };
     tokio::spawn(run(job, events, tx, charge));
     Ok(Metering { events: rx, cancel })
 }
@@ -110,6 +112,8 @@ struct Job {
     prompt: Vec<u32>,
     params: GenerationParams,
     cancel: CancellationToken,
+    /// Set by the scheduler when the prefill began.
+    started: Arc<AtomicBool>,
 }
 
 /// How long a cancelled generation's end may take to come from the scheduler (its next step) before the hold is
@@ -117,7 +121,7 @@ struct Job {
 const END_GRACE: Duration = Duration::from_secs(30);
 
 async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Metered>, charge: Option<Charge>) {
-    let Job { generator, prompt, params, cancel } = job;
+    let Job { generator, prompt, params, cancel, started } = job;
     // Whether the front end still takes events; once it went away the generation is cancelled and its end (the
     // scheduler's count of what it produced) still awaited, so a prompt whose prefill began is charged.
     let mut reading = true;
@@ -177,8 +181,10 @@ async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Meter
         let _ = tx.send(Metered::Done(completion, None)).await;
         return;
     };
-    // Cancelled before it ran: nothing charged.
-    if completion.finish == FinishReason::Cancelled && completion.output.is_empty() {
+    // Cancelled before its prefill began: nothing charged. (Once it began, the prompt is charged even when the end
+    // came from the grace timer above with nothing counted.)
+    if completion.finish == FinishReason::Cancelled && completion.output.is_empty() && !started.load(Ordering::Acquire)
+    {
         charge.service.release(&charge.auth);
         let _ = tx.send(Metered::Done(completion, None)).await;
         return;

@@ -112,9 +112,9 @@ impl Client {
                 Some(first) => first,
                 // Closed before any event. libp2p-stream drops an inbound stream its node's accept loop is not ready
                 // for (a zero-capacity hand-over), the likely cause of what a bench run saw when 8 generations opened
-                // at once on a busy 2-core node: then the request was never read. Opened again, twice at most; a paid
-                // attempt counts as possibly charged (`held` says lost) and the next one pays afresh.
-                None if tries.reopens < 2 => {
+                // at once on a busy 2-core node: then the request was never read. A free one is opened again, twice
+                // at most. A paid one is not: a node could read the voucher, close, and be paid again on each reopen.
+                None if payment.is_none() && tries.reopens < 2 => {
                     tries.reopens += 1;
                     drop(held);
                     tokio::time::sleep(Duration::from_millis(20)).await;
