@@ -230,6 +230,10 @@ pub enum Error {
     /// A generation request the node cannot serve as asked (bad parameters, a prompt too long for the context).
     #[error("{0}")]
     BadRequest(String),
+    /// The node cut a generation it could not finish (it is shutting down, or a whole answer could not be cut
+    /// within the request timeout); nothing was charged for it.
+    #[error("the node cut this generation ({0}); nothing was charged for it: retry, on another node if it is stopping")]
+    Interrupted(String),
     /// A text-generation model's sequences and KV memory are taken, and its admission queue is full.
     #[error("model {model} is generating at capacity ({waiting} requests waiting for KV memory); retry shortly")]
     GenerationFull {

@@ -93,7 +93,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         Some(_) => Some(crate::api::admin::write_token(&config.payment.ledger)?),
         None => None,
     };
-    let state = AppState { engine: engine.clone(), payments: payments.clone(), admin_token, answer_within: None };
+    let state = AppState { engine: engine.clone(), payments: payments.clone(), admin_token, request_timeout: None };
     let app = router(state.clone(), crate::api::Limits::of(&config.http));
     let token = shutdown.clone();
     let drain_engine = engine.clone();

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,9 +27,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::pay::{PeerAddr, receipt_header, receipt_json};
+use super::{AppState, Arrived};
 use crate::generate::{Completion, GenerateRequest, Generator, Message, Sampling};
 use crate::payment::generation::{Charge, Metered, Metering, meter};
 use mlbridge_sdk::generate::{chat_token_bound, text_token_bound};
@@ -218,10 +218,11 @@ fn parameters(c: &Common) -> Result<(Sampling, Vec<String>, Option<usize>), ApiE
 pub(crate) async fn completions(
     State(state): State<AppState>,
     peer: PeerAddr,
+    arrived: Option<Extension<Arrived>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let asked = Asked { kind: Kind::Text, at: tokio::time::Instant::now() };
+    let asked = Asked::new(Kind::Text, arrived);
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -245,10 +246,11 @@ pub(crate) async fn completions(
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     peer: PeerAddr,
+    arrived: Option<Extension<Arrived>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let asked = Asked { kind: Kind::Chat, at: tokio::time::Instant::now() };
+    let asked = Asked::new(Kind::Chat, arrived);
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -357,11 +359,25 @@ impl Head {
     }
 }
 
-/// Which endpoint was asked, and when (a whole answer is cut before the request timeout counted from then).
+/// Which endpoint was asked, and when the request arrived (a whole answer is cut before the request timeout counted
+/// from then, body upload included).
 struct Asked {
     kind: Kind,
     at: tokio::time::Instant,
 }
+
+impl Asked {
+    fn new(kind: Kind, arrived: Option<Extension<Arrived>>) -> Self {
+        Self { kind, at: arrived.map_or_else(tokio::time::Instant::now, |a| a.0.0) }
+    }
+}
+
+/// Shares of the request timeout: a whole answer still running at the first is cut (it ends at the scheduler's next
+/// step, with what it produced, charged for that); one whose end has not come by the second (a step longer than
+/// what was left, such as a long prefill) is given up, uncharged, with a 503 before the timeout's 408.
+const CUT_AT: f64 = 5.0 / 6.0;
+const GIVE_UP_AT: f64 = 11.0 / 12.0;
+const GAVE_UP: &str = "a whole answer it could not end within the request timeout; ask for fewer tokens, or stream";
 
 async fn run(
     state: &AppState,
@@ -386,7 +402,7 @@ async fn run(
         None => None,
     };
     // A client that leaves before the end (a closed stream, a dropped connection) is charged for what was produced.
-    let Metering { events: mut rx, cancel } =
+    let Metering { events: mut rx, cancel, forfeit } =
         meter(&generator, GenerateRequest { prompt, max_tokens, sampling, stop }, charge)?;
     let config = generator.config();
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
@@ -405,17 +421,17 @@ async fn run(
     // A whole answer that would outlive the request timeout is cut (finish `cancelled`) and sent with what it has and
     // its receipt: dropped by the timeout instead, it would be charged for text its client never got.
     let mut text = String::new();
-    let by = state.answer_within.and_then(|within| at.checked_add(within));
-    let answer = collect(&mut rx, &mut text);
-    let answered = match by {
-        Some(by) => tokio::time::timeout_at(by, answer).await,
-        None => Ok(answer.await),
-    };
-    let (done, receipt) = match answered {
-        Ok(answer) => answer?,
-        Err(_) => {
+    let by = |share: f64| state.request_timeout.and_then(|t| at.checked_add(t.mul_f64(share)));
+    let (done, receipt) = match within(by(CUT_AT), collect(&mut rx, &mut text)).await {
+        Some(answer) => answer?,
+        None => {
             cancel.cancel();
-            collect(&mut rx, &mut text).await?
+            match within(by(GIVE_UP_AT), collect(&mut rx, &mut text)).await {
+                Some(answer) => answer?,
+                None if forfeit.claim(GAVE_UP) => return Err(crate::Error::Interrupted(GAVE_UP.into()).into()),
+                // Its charge had begun: the end and its receipt are moments away.
+                None => collect(&mut rx, &mut text).await?,
+            }
         }
     };
     let choice = match kind {
@@ -435,6 +451,14 @@ async fn run(
             Ok(([receipt_header(&r)], Json(body)).into_response())
         }
         None => Ok(Json(body).into_response()),
+    }
+}
+
+/// `fut`'s output, or `None` if `by` (when there is one) came first.
+async fn within<T>(by: Option<tokio::time::Instant>, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    match by {
+        Some(by) => tokio::time::timeout_at(by, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 

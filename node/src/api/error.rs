@@ -47,7 +47,10 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         match &err {
             Error::UnknownModel { .. } => Self::not_found(err.to_string()),
-            Error::Overloaded { .. } | Error::QueueTimeout { .. } | Error::GenerationFull { .. } => {
+            Error::Overloaded { .. }
+            | Error::QueueTimeout { .. }
+            | Error::GenerationFull { .. }
+            | Error::Interrupted(_) => {
                 Self { status: StatusCode::SERVICE_UNAVAILABLE, message: err.to_string(), retry_after_secs: Some(1) }
             }
             e if is_client_error(e) => Self::bad_request(err.to_string()),

@@ -38,9 +38,18 @@ pub struct AppState {
     pub payments: Option<std::sync::Arc<crate::payment::PaymentService>>,
     /// Bearer token of the admin endpoints (paid mode; written to a file only the operator can read).
     pub admin_token: Option<std::sync::Arc<str>>,
-    /// How long a whole (non-stream) generated answer may run before it is cut and sent with what it has, so that it
-    /// is sent before the request timeout drops it (set by [`router`] from its limits).
-    pub answer_within: Option<Duration>,
+    /// The request timeout (set by [`router`] from its limits): a whole (non-stream) generated answer is cut and
+    /// sent with what it has before it, counted from the request's arrival ([`Arrived`]).
+    pub request_timeout: Option<Duration>,
+}
+
+/// When a request arrived (its head read, its body not yet): stamped by [`router`] where its timeout starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived(pub tokio::time::Instant);
+
+async fn stamp(mut req: axum::extract::Request) -> axum::extract::Request {
+    req.extensions_mut().insert(Arrived(tokio::time::Instant::now()));
+    req
 }
 
 /// Limits of the public API.
@@ -67,8 +76,7 @@ impl Limits {
 
 /// The public API router: body limit, a timeout per request (408) and a bound on requests in service (503 beyond).
 pub fn router(mut state: AppState, limits: Limits) -> Router {
-    // A sixth of the request timeout is left for the cut answer's last step, its charge and its sending.
-    state.answer_within.get_or_insert(limits.request_timeout.mul_f64(5.0 / 6.0));
+    state.request_timeout.get_or_insert(limits.request_timeout);
     models::started_unix();
     Router::new()
         .route("/v2/health/live", get(kserve::live))
@@ -87,6 +95,8 @@ pub fn router(mut state: AppState, limits: Limits) -> Router {
         .route("/v1/models/{id}", get(models::get))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v2 for the KServe v2 API") })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // Inside the timeout: the stamp is taken when the timeout starts.
+        .layer(axum::middleware::map_request(stamp))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(move |e: tower::BoxError| async move { layer_error(&e, limits) }))

@@ -145,7 +145,7 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// Size the buffers to `need` floats each for a past padded to `padded`: they grow as needed and shrink once much
+    /// Size the buffers to `need` floats each for a past padded to `padded`: they grow as needed and shrink once
     /// larger than needed (a step of many long sequences does not hold its memory for ever). What they hold is
     /// forgotten when the layout changes or a buffer is let go.
     fn size(&mut self, count: usize, need: usize, padded: usize) {
@@ -155,7 +155,9 @@ impl Gathered {
         }
         self.past.resize_with(count, Vec::new);
         for buf in &mut self.past {
-            if buf.len() > 4 * need.max(1 << 16) {
+            // (Shrunk past half again what is needed: together the groups' buffers stay near `decode_groups`'
+            // bound.)
+            if buf.len() > (need + need / 2).max(1 << 16) {
                 *buf = Vec::new();
                 self.rows.clear();
             }
@@ -170,6 +172,49 @@ impl Gathered {
 /// unused: no zero-sized tensors).
 pub fn padded_past(longest: usize) -> usize {
     if longest == 0 { 1 } else { longest.next_multiple_of(PAST_ALIGN) }
+}
+
+/// How sequences whose pasts hold `lens` tokens (ascending) go into decoding calls, as the calls' sizes in order. A
+/// call pads its rows to its longest past plus the new token, and gathers them into its own buffers
+/// ([`Decoder::step_group`]). So one call holds at most `cap` padded tokens, and all the calls together hold no more
+/// than `cap` (or than the sequences need one per call, when that is more: padding rounds each up by less than 32),
+/// in as few calls as that allows (each call costs a pass over the weights). Sequences of alike lengths share one
+/// call; one long sequence among many short ones gets its own. (Fewest calls first, then fewest padded tokens: a
+/// dynamic programme over where calls start, O(n²) per call count tried.)
+pub fn decode_groups(lens: &[usize], cap: usize) -> Vec<usize> {
+    let n = lens.len();
+    let alone = |l: usize| padded_past(l) + 1;
+    let bound = cap.max(lens.iter().map(|&l| alone(l)).sum());
+    // `least[i]`: fewest padded tokens over `lens[..i]` in the calls counted so far; `starts[k][i]`: where the last
+    // of `k + 1` calls over `lens[..i]` starts.
+    let mut least = vec![usize::MAX; n + 1];
+    least[0] = 0;
+    let mut starts: Vec<Vec<usize>> = Vec::new();
+    while least[n] > bound && starts.len() < n {
+        let mut next = vec![usize::MAX; n + 1];
+        let mut start = vec![0; n + 1];
+        for i in 1..=n {
+            for (j, &before) in least[..i].iter().enumerate() {
+                let call = (i - j) * alone(lens[i - 1]);
+                if before == usize::MAX || (call > cap && i - j > 1) {
+                    continue;
+                }
+                if before + call < next[i] {
+                    (next[i], start[i]) = (before + call, j);
+                }
+            }
+        }
+        least = next;
+        starts.push(start);
+    }
+    let mut sizes = Vec::with_capacity(starts.len());
+    let mut i = n;
+    for start in starts.iter().rev() {
+        sizes.push(i - start[i]);
+        i = start[i];
+    }
+    sizes.reverse();
+    sizes
 }
 
 impl Decoder {
@@ -371,4 +416,48 @@ fn read_shape(session: &Session) -> std::result::Result<Shape, String> {
         }
     }
     Ok(Shape { layers, kv_heads: kv_heads as usize, head_dim: head_dim as usize, vocab: vocab as usize })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Padded tokens the calls of `sizes` gather, one call at a time and all together.
+    fn gathered(lens: &[usize], sizes: &[usize]) -> (usize, usize) {
+        let (mut at, mut most, mut total) = (0, 0, 0);
+        for &n in sizes {
+            let padded = n * (padded_past(lens[at + n - 1]) + 1);
+            (most, total, at) = (most.max(padded), total + padded, at + n);
+        }
+        assert_eq!(at, lens.len(), "every sequence in one call");
+        (most, total)
+    }
+
+    #[test]
+    fn decode_calls_gather_no_more_than_the_budget_together() {
+        // Alike lengths well inside the budget: one call.
+        let alike: Vec<usize> = (0..32).map(|i| 90 + i).collect();
+        assert_eq!(decode_groups(&alike, 16_384), vec![32]);
+        // Short sequences, a middling one and two long ones, the budget nearly full. Filling each call up to the
+        // budget (the rule before) put the middling one with the short ones: 14,805 padded tokens, then 14,210 for
+        // the long pair, 1.8 times the budget in all. Here the middling one goes alone.
+        let mut mixed = vec![10; 20];
+        mixed.extend([700, 7_000, 7_100]);
+        let sizes = decode_groups(&mixed, 16_384);
+        let (most, total) = gathered(&mixed, &sizes);
+        assert!(most <= 16_384 && total <= 16_384, "{sizes:?}: {most} in a call, {total} in all");
+        assert_eq!(sizes, vec![20, 1, 2]);
+        // Spread lengths under a tight budget: never more than the budget, in far fewer calls than sequences (the
+        // fewest: one fewer call cannot fit).
+        let spread: Vec<usize> = (0..40).map(|i| 10 + i * 19).collect();
+        let real: usize = spread.iter().sum();
+        let sizes = decode_groups(&spread, real + 2_000);
+        let (_, total) = gathered(&spread, &sizes);
+        assert!(total <= real + 2_000, "{total} > {}", real + 2_000);
+        assert_eq!(sizes.len(), 8, "{sizes:?}");
+        // When the sequences alone need more than the budget after padding, one per call is the bound.
+        let sizes = decode_groups(&[100, 100, 100], 250);
+        assert_eq!(gathered(&[100, 100, 100], &sizes).1, 3 * 129);
+        assert!(decode_groups(&[], 100).is_empty());
+    }
 }

@@ -11,10 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// How to pick tokens. `temperature == 0` is greedy (the other fields are then ignored).
+/// Temperatures below this are greedy decoding. Below it a validator could not check a sampled token: float noise in
+/// the logits (about 1e-5 between a node's batched steps and a validator's whole-sequence pass) moves probabilities
+/// by noise / temperature, past its draw margin on near-ties. At it, the greedy pick differs from a sampled one only
+/// between tokens whose logits are within a few hundredths.
+pub const MIN_SAMPLING_TEMPERATURE: f32 = 0.01;
+
+/// How to pick tokens. A `temperature` below [`MIN_SAMPLING_TEMPERATURE`] (0 among them) is greedy (the other fields
+/// are then ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
-    /// Softmax temperature; 0 = greedy.
+    /// Softmax temperature; 0 (or below [`MIN_SAMPLING_TEMPERATURE`]) = greedy.
     pub temperature: f32,
     /// Keep only the `top_k` most likely tokens (0 = all).
     pub top_k: u32,
@@ -39,9 +46,9 @@ impl Sampling {
         Ok(())
     }
 
-    /// Whether this is greedy decoding.
+    /// Whether this is greedy decoding (a temperature below [`MIN_SAMPLING_TEMPERATURE`]).
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < MIN_SAMPLING_TEMPERATURE
     }
 }
 
@@ -77,7 +84,8 @@ impl Sampler {
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
+        // A NaN never wins, and one in first place does not hide the rest.
+        if x > logits[best] || (logits[best].is_nan() && !x.is_nan()) {
             best = i;
         }
     }
@@ -328,10 +336,30 @@ mod tests {
                 assert_eq!(sampler.pick(&logits), sample(&logits, &params, draws.next_uniform()));
             }
         }
-        // Nothing to sample from: the arg-max rule, as before.
+        // Nothing to sample from (an infinite logit, NaN): the arg-max rule's pick, the infinite one.
         let broken = [f32::NAN, f32::INFINITY, 1.0];
         let params = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0 };
-        assert_eq!(sample_all(&broken, 1.0, 0.5, &mut scratch), sample(&broken, &params, 0.5));
+        assert_eq!(sample_all(&broken, 1.0, 0.5, &mut scratch), 1);
+        assert_eq!(sample(&broken, &params, 0.5), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, 2.0, f32::NAN]), 2, "NaN never wins");
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+    }
+
+    #[test]
+    fn temperatures_below_the_floor_are_greedy() {
+        // Two near-tied leaders: sampling at the floor still picks either, anything colder is the arg-max.
+        let logits = [0.0, 5.0, 5.001, -3.0];
+        for temperature in [0.0, 1e-6, 0.001, MIN_SAMPLING_TEMPERATURE / 2.0] {
+            let params = Sampling { temperature, top_k: 0, top_p: 1.0, seed: 1 };
+            assert!(params.is_greedy(), "{temperature}");
+            let mut s = Sampler::new(params);
+            assert!((0..64).all(|_| s.pick(&logits) == 2), "{temperature} sampled");
+        }
+        let params = Sampling { temperature: MIN_SAMPLING_TEMPERATURE, top_k: 0, top_p: 1.0, seed: 1 };
+        assert!(!params.is_greedy());
+        let mut s = Sampler::new(params);
+        let picks: Vec<u32> = (0..64).map(|_| s.pick(&logits)).collect();
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
     }
 
     #[test]

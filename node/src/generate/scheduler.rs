@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::decoder::{Decoder, KvCache, Logits, Row, padded_past};
+use super::decoder::{Decoder, KvCache, Logits, Row, decode_groups};
 use super::sampling::{Sampler, Sampling};
 use super::tokenizer::{ChatTokenizer, Detokenizer, StopMatcher};
 use crate::inference::config::{GenerationConfig, ModelConfig};
@@ -554,23 +554,18 @@ impl Scheduler {
     fn decode(&mut self) -> Result<()> {
         // Sequences just prefilled are in `running` with their first token: they take part at once. Rows are padded
         // to the longest past of their call (padded further, see `padded_past`), so sequences go by length in calls
-        // of at most `kv_budget_tokens` padded tokens: one long sequence among many short ones cannot make a step
-        // copy many times the KV budget. Each call's group keeps its own gathering buffers in the decoder.
+        // whose gathering buffers (each call's group keeps its own in the decoder) hold, all together, about
+        // `kv_budget_tokens` padded tokens at most (`decode_groups`): one long sequence among many short ones cannot
+        // make a step copy, or hold, many times the KV budget.
         self.running.sort_by_key(|r| r.cache.len());
         let cap = self.generation.kv_budget_tokens.max(self.generation.max_context);
+        let lens: Vec<usize> = self.running.iter().map(|r| r.cache.len()).collect();
         let running = std::mem::take(&mut self.running);
         let mut still = Vec::with_capacity(running.len());
-        let mut rest = running.into_iter().peekable();
+        let mut rest = running.into_iter();
         let mut groups = 0;
-        while rest.peek().is_some() {
-            let mut group: Vec<Running> = Vec::new();
-            while let Some(next) = rest.peek() {
-                let padded = (group.len() + 1) * (padded_past(next.cache.len()) + 1);
-                if !group.is_empty() && padded > cap {
-                    break;
-                }
-                group.extend(rest.next());
-            }
+        for size in decode_groups(&lens, cap) {
+            let mut group: Vec<Running> = rest.by_ref().take(size).collect();
             let last: Vec<[u32; 1]> =
                 group.iter().map(|r| [*r.output.last().expect("a running sequence has output")]).collect();
             let step = {

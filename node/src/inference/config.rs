@@ -97,7 +97,8 @@ pub struct TokenizerConfig {
 #[serde(deny_unknown_fields)]
 pub struct GenerationConfig {
     /// KV memory bound: tokens (prompt + output, every sequence together) held at once. A sequence reserves its
-    /// prompt plus its `max_tokens` when it is admitted; requests wait for room.
+    /// prompt plus its `max_tokens` when it is admitted; requests wait for room. A decoding step's gathering buffers
+    /// hold at most as many tokens again (half as much more while they shrink).
     pub kv_budget_tokens: usize,
     /// Longest sequence (prompt + output) one request may reach.
     pub max_context: usize,

@@ -2,7 +2,8 @@
 //! is read against the inbound budget within [`FRAME_DEADLINE`], checked like an HTTP request (version, shutdown,
 //! model, limits), and the scheduler's events are written back as frames as they come. The peer closing its side
 //! cancels the generation, whose end (finish `cancelled`, with the receipt of what was produced) is still sent; a
-//! write that makes no progress within the deadline ends it too. A generation counts against its peer's request
+//! write that makes no progress within the deadline ends it too. A node shutting down cuts its generations and charges
+//! nothing for them (an `overloaded` error: retry elsewhere). A generation counts against its peer's request
 //! rate and requests in flight (`[p2p] max_requests_per_sec_per_peer`, `max_inbound_per_peer`) from its stream's
 //! opening to its end, like an inference (more are answered "overloaded"). A node that charges for work holds the
 //! generation's most cost on the request's voucher or credit before queueing it and charges per token at the end
@@ -68,7 +69,7 @@ pub(super) fn spawn(
 fn refusal(e: &Error) -> ProtocolError {
     let kind = match e {
         Error::UnknownModel { .. } => ErrorKind::UnknownModel,
-        Error::GenerationFull { .. } | Error::Overloaded { .. } => ErrorKind::Overloaded,
+        Error::GenerationFull { .. } | Error::Overloaded { .. } | Error::Interrupted(_) => ErrorKind::Overloaded,
         e if crate::inference::engine::is_client_error(e) => ErrorKind::BadInput,
         _ => ErrorKind::Internal,
     };
@@ -199,16 +200,18 @@ async fn serve(server: &MuxServer, peer: PeerId, stream: libp2p::Stream, shutdow
             return;
         }
     };
-    let Metering { mut events, cancel } = metering;
+    let Metering { mut events, cancel, forfeit } = metering;
     let mut probe = [0u8; 1];
     let (mut open, mut stopping) = (true, false);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            // The node is shutting down: the generation ends at the next step, and its end and receipt go out
-            // before the node stops waiting for answers in flight.
+            // The node is shutting down: the generation ends at the next step, uncharged (the client did not
+            // cancel it, and is told to retry elsewhere), unless its charge already began (then its end and receipt
+            // go out as usual), before the node stops waiting for answers in flight.
             () = shutdown.cancelled(), if !stopping => {
                 stopping = true;
+                forfeit.claim("it is shutting down");
                 cancel.cancel();
                 continue;
             }

@@ -13,6 +13,9 @@
 //!   so a prompt whose work began is paid for — nothing when it was cancelled before it ran; the receipt is kept for
 //!   validators like any other (an end that does not come within 30 s of the cancel is settled on the tokens
 //!   counted here);
+//! - the node cut it itself ([`Forfeit::claim`]: it is shutting down, or a whole HTTP answer could not be cut within
+//!   the request timeout): nothing is charged, and the end is [`Error::Interrupted`] (the client is told to retry)
+//!   unless its charge had already begun, in which case its end and receipt come as usual;
 //! - the generation failed: nothing is charged.
 //!
 //! The receipt's units are prompt plus output tokens, its price what they cost, its input hash commits to the
@@ -20,7 +23,8 @@
 //! generation ended ([`mlbridge_sdk::generate::GenerationAudit`], kept in the audit record for validators).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use mlbridge_sdk::generate::{GenerationAudit, GenerationParams, GenerationPrices};
@@ -70,6 +74,39 @@ pub struct Metering {
     pub events: mpsc::Receiver<Metered>,
     /// Cancels the generation at the scheduler's next step; the end then says `cancelled`.
     pub cancel: CancellationToken,
+    /// Gives up its charge when the node cuts it itself.
+    pub forfeit: Forfeit,
+}
+
+/// Whether a metered generation's end is charged, or given up because the node cut it (one or the other, never
+/// both: whichever comes first).
+#[derive(Clone, Debug, Default)]
+pub struct Forfeit(Arc<(AtomicU8, OnceLock<&'static str>)>);
+
+const OPEN: u8 = 0;
+const CHARGING: u8 = 1;
+const FORFEITED: u8 = 2;
+
+impl Forfeit {
+    /// The node gives up charging this generation (`why`: what made it cut it). `true` if nothing will be charged
+    /// (its end is then [`Metered::Failed`] with [`Error::Interrupted`]); `false` if its charge already began (the
+    /// end and its receipt come as usual, within moments).
+    pub fn claim(&self, why: &'static str) -> bool {
+        let _ = self.0.1.set(why);
+        match self.0.0.compare_exchange(OPEN, FORFEITED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(state) => state == FORFEITED,
+        }
+    }
+
+    /// Begin charging: `false` if the node already gave it up.
+    fn charge(&self) -> bool {
+        self.0.0.compare_exchange(OPEN, CHARGING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn interrupted(&self) -> Error {
+        Error::Interrupted(self.0.1.get().copied().unwrap_or("it gave it up").to_owned())
+    }
 }
 
 /// The parameters a generation's receipt commits to.
@@ -102,9 +139,11 @@ pub fn meter(generator: &Arc<Generator>, req: GenerateRequest, charge: Option<Ch
         }
     };
     let (tx, rx) = mpsc::channel(capacity);
-    let job = Job { generator: generator.clone(), prompt, params, cancel: cancel.clone(), started };
+    let forfeit = Forfeit::default();
+    let job =
+        Job { generator: generator.clone(), prompt, params, cancel: cancel.clone(), started, forfeit: forfeit.clone() };
     tokio::spawn(run(job, events, tx, charge));
-    Ok(Metering { events: rx, cancel })
+    Ok(Metering { events: rx, cancel, forfeit })
 }
 
 struct Job {
@@ -114,6 +153,7 @@ struct Job {
     cancel: CancellationToken,
     /// Set by the scheduler when the prefill began.
     started: Arc<AtomicBool>,
+    forfeit: Forfeit,
 }
 
 /// How long a cancelled generation's end may take to come from the scheduler (its next step) before the hold is
@@ -121,7 +161,7 @@ struct Job {
 const END_GRACE: Duration = Duration::from_secs(30);
 
 async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Metered>, charge: Option<Charge>) {
-    let Job { generator, prompt, params, cancel, started } = job;
+    let Job { generator, prompt, params, cancel, started, forfeit } = job;
     // Whether the front end still takes events; once it went away the generation is cancelled and its end (the
     // scheduler's count of what it produced) still awaited, so a prompt whose prefill began is charged.
     let mut reading = true;
@@ -170,12 +210,21 @@ async fn run(job: Job, mut events: mpsc::Receiver<Event>, tx: mpsc::Sender<Meter
     };
     // Cancels a generation still running (one whose end came late).
     drop(events);
-    let Some(completion) = end else {
-        if let Some(charge) = &charge {
-            charge.service.release(&charge.auth);
+    // Failed, or cut by the node itself: nothing charged.
+    let failed = match end {
+        None => Some(stopped()),
+        Some(_) if !forfeit.charge() => Some(forfeit.interrupted()),
+        Some(_) => None,
+    };
+    let completion = match (end, failed) {
+        (Some(completion), None) => completion,
+        (_, failed) => {
+            if let Some(charge) = &charge {
+                charge.service.release(&charge.auth);
+            }
+            let _ = tx.send(Metered::Failed(failed.unwrap_or_else(stopped))).await;
+            return;
         }
-        let _ = tx.send(Metered::Failed(stopped())).await;
-        return;
     };
     let Some(charge) = charge else {
         let _ = tx.send(Metered::Done(completion, None)).await;

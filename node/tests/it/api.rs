@@ -584,7 +584,7 @@ fn random_bodies_never_cause_a_5xx() {
         max_concurrent: 64,
     };
     let app = router(
-        AppState { engine: node.engine.clone(), payments: None, admin_token: None, answer_within: None },
+        AppState { engine: node.engine.clone(), payments: None, admin_token: None, request_timeout: None },
         limits,
     );
     let paths =

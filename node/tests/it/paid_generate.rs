@@ -201,3 +201,74 @@ async fn generations_are_charged_per_token_over_p2p_and_http() {
     node.shutdown.cancel();
     node.join().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_the_node_cuts_is_charged_for_what_was_delivered_or_not_at_all() {
+    let chain = Chain::start().await;
+    let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(|c| {
+        paid(c, &chain, &chain.url(), 1, ledger.path());
+        c.http.request_timeout_secs = 4.0;
+    })
+    .await;
+
+    // A whole HTTP answer that would outlive the request timeout comes back cut, with its receipt: charged for the
+    // prompt and the tokens it carries, the rest of the hold released.
+    let http = reqwest::Client::new();
+    let key = chain.key(4);
+    let ch = open_raw(&chain, 4, chain.key(1).address(), ETHER / 1000).await;
+    wait_confirmed(&node, ch).await;
+    let send = |amount: u128, body: serde_json::Value| {
+        http.post(url(&node, "/v1/completions"))
+            .header("x-mlbridge-voucher", mlbridge_node::api::pay::voucher_header(&voucher(&key, &chain, ch, amount)))
+            .json(&body)
+            .send()
+    };
+    let warm = serde_json::json!({ "model": MODEL, "prompt": "Hi", "max_tokens": 1, "temperature": 0 });
+    let resp = send(ETHER / 10_000, warm).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap());
+    let (before, _) = charged(&node, ch);
+    let long = serde_json::json!({ "model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500,
+        "temperature": 0 });
+    let resp = send(ETHER / 1000, long).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["finish_reason"], "cancelled", "{answer}");
+    let (prompt, produced) =
+        (answer["usage"]["prompt_tokens"].as_u64().unwrap(), answer["usage"]["completion_tokens"].as_u64().unwrap());
+    assert!((1..1500).contains(&produced), "{produced} tokens");
+    let cost = u128::from(prompt) * IN + u128::from(produced) * OUT;
+    assert_eq!(answer["receipt"]["price"], cost.to_string());
+    assert_eq!(answer["receipt"]["units"], (prompt + produced).to_string());
+    let (after, held) = charged(&node, ch);
+    assert_eq!((after - before, held), (U256::from(cost), U256::ZERO), "charged what the answer carries, no more");
+
+    // Over p2p, a node shutting down cuts its generations: the client is told to go elsewhere, nothing is charged,
+    // and the payer counts nothing consumed.
+    let payer = payer(&chain, 3, store.path(), ETHER).await;
+    let c = client(&node, Strategy::LeastOutstanding).await.with_payer(payer.clone());
+    c.wait_for_nodes(MODEL, 1, Duration::from_secs(20)).await.unwrap();
+    let (peer, events) = c.generate(request("Hello", 4)).await.unwrap();
+    let (_, done) = collect(peer, events).await.unwrap();
+    let channel = done.receipt.expect("a receipt").channel_id;
+    let (before, _) = charged(&node, channel);
+    let consumed = payer.credit(&channel).unwrap().consumed;
+    let (_, mut events) = c.generate(request("Once upon a time, there was a", 1500)).await.unwrap();
+    for _ in 0..2 {
+        assert!(matches!(events.recv().await, Some(GenerateEvent::Text(_))));
+    }
+    node.shutdown.cancel();
+    let cut = loop {
+        match events.recv().await {
+            Some(GenerateEvent::Text(_)) => {}
+            Some(GenerateEvent::Error(e)) => break e,
+            other => panic!("a generation cut at shutdown ended with {other:?}"),
+        }
+    };
+    assert_eq!(cut.kind, mlbridge_sdk::protocol::ErrorKind::Overloaded, "{}", cut.message);
+    assert!(cut.message.contains("nothing was charged"), "{}", cut.message);
+    assert_eq!(charged(&node, channel), (before, U256::ZERO), "nothing charged, nothing held");
+    wait_until(Duration::from_secs(10), || payer.credit(&channel).is_some_and(|c| c.in_flight.is_zero())).await;
+    assert_eq!(payer.credit(&channel).unwrap().consumed, consumed, "the payer counts nothing consumed either");
+    node.join().await;
+}

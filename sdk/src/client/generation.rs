@@ -180,6 +180,10 @@ enum End {
     /// With a receipt that did not; with what it charges when the node's only lie was a cancel we did not make
     /// (the receipt is otherwise good: that much the node can claim).
     BadReceipt(Option<U256>),
+    /// With the node's refusal to go on (it is shutting down, say): a node ending a stream so says it charged
+    /// nothing. (A node that did charge would find the payer's next voucher short and refuse it: only that node
+    /// loses by the lie.)
+    Uncharged,
     /// With no end at all.
     Missing,
 }
@@ -189,6 +193,7 @@ enum End {
 fn consumed(end: &End, hold: U256) -> Option<U256> {
     match end {
         End::Checked => None,
+        End::Uncharged => Some(U256::ZERO),
         // A receipt that is good but for a cancel we did not make: what it charges (a truncated answer, which the
         // caller is told is bad, is paid no more than it produced).
         End::BadReceipt(Some(signed)) => Some(*signed),
@@ -238,6 +243,11 @@ impl Relay {
                         GenerateEvent::Error(ProtocolError::new(ErrorKind::Internal, message))
                     }
                 },
+                // Not a failure of the node's (which may have charged): a refusal, which charged nothing.
+                GenerateEvent::Error(e) if e.kind != ErrorKind::Internal => {
+                    end_was = End::Uncharged;
+                    GenerateEvent::Error(e)
+                }
                 event => event,
             };
             let end = !matches!(event, GenerateEvent::Text(_));
@@ -440,6 +450,11 @@ mod tests {
         let hold = U256::from(1_000u64);
         assert_eq!(consumed(&End::Checked, hold), None, "a good end already told the payer");
         assert_eq!(consumed(&End::Missing, hold), Some(hold));
+        assert_eq!(
+            consumed(&End::Uncharged, hold),
+            Some(U256::ZERO),
+            "a node that stopped and says so charged nothing"
+        );
         assert_eq!(consumed(&End::BadReceipt(None), hold), Some(hold));
         let truncated = U256::from(300u64);
         assert_eq!(consumed(&End::BadReceipt(Some(truncated)), hold), Some(truncated));
