@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Callable
 
-from . import minilm, mlp, orientation, quantize, smollm
+from . import imagenet, minilm, mlp, orientation, quantize, smollm
 
 MLP_SEED = 7
 
@@ -47,6 +47,12 @@ def _smollm(int8: bool) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+@cache
+def _imagenet(name: str) -> bytes:
+    model = imagenet.build_mobilenet_v2() if name == "mobilenet-v2" else imagenet.build_efficientnet_lite0()
+    return model.SerializeToString(deterministic=True)
+
+
 def _vocab() -> bytes:
     return (minilm.package_dir() / "vocab.txt").read_bytes()
 
@@ -59,7 +65,7 @@ class Entry:
     version: int
     build: Callable[[], bytes]
     # Extra files next to model.onnx: file name -> producer. Its sha256 is `vocab_sha256` under [tokenizer] (a
-    # tokenizer's vocabulary, or a whole tokenizer.json).
+    # tokenizer's vocabulary, or a whole tokenizer.json), or `labels_sha256` under [image] for `labels.json`.
     extra: dict[str, Callable[[], bytes]] = field(default_factory=dict)
     # The chat template config.toml must state under [generation] (copied from the weights' own metadata).
     chat_template: Callable[[], str] | None = None
@@ -76,7 +82,14 @@ ENTRIES: list[Entry] = [
     Entry("mlp-tiny", 2, lambda: _mlp(True)),
     Entry("smollm2-135m", 1, lambda: _smollm(False), {"tokenizer.json": smollm.tokenizer_json}, smollm.chat_template),
     Entry("smollm2-135m", 2, lambda: _smollm(True), {"tokenizer.json": smollm.tokenizer_json}, smollm.chat_template),
+    Entry("mobilenet-v2", 1, lambda: _imagenet("mobilenet-v2"), {"labels.json": imagenet.labels_json}),
+    Entry("efficientnet-lite0", 1, lambda: _imagenet("efficientnet-lite0"), {"labels.json": imagenet.labels_json}),
 ]
+
+
+def hash_key(file_name: str) -> tuple[str, str]:
+    """Where config.toml records an extra file's sha256: (section, key)."""
+    return ("image", "labels_sha256") if file_name == "labels.json" else ("tokenizer", "vocab_sha256")
 
 
 def sha256(data: bytes) -> str:
@@ -101,7 +114,8 @@ def recorded(entry: Entry, root: Path) -> dict[str, str]:
     data = tomllib.loads(config.read_text())
     out = {"model.onnx": data.get("sha256", "")}
     for name in entry.extra:
-        out[name] = data.get("tokenizer", {}).get("vocab_sha256", "")
+        section, key = hash_key(name)
+        out[name] = data.get(section, {}).get(key, "")
     return out
 
 
@@ -142,7 +156,7 @@ def build(root: Path, *, check: bool = False, record: bool = False, force: bool 
         for file_name, produce in producers.items():
             path = entry.dir(root) / file_name
             label = f"{entry.name}/{entry.version}/{file_name}"
-            key = "sha256" if file_name == "model.onnx" else "vocab_sha256"
+            key = "sha256" if file_name == "model.onnx" else hash_key(file_name)[1]
             if not (check or record or force) and want[file_name] and sha256_file(path) == want[file_name]:
                 print(f"  {label:32s} up to date  {want[file_name][:16]}")
                 continue
