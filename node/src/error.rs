@@ -234,6 +234,14 @@ pub enum Error {
     /// within the request timeout); nothing was charged for it.
     #[error("the node cut this generation ({0}); nothing was charged for it: retry, on another node if it is stopping")]
     Interrupted(String),
+    /// An image that cannot be read (not JPEG or PNG, corrupt, or beyond the model's size limits).
+    #[error("model {model}: the image cannot be used: {reason}; send one JPEG or PNG within the model's limits")]
+    BadImage {
+        /// `name/version`.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A text-generation model's sequences and KV memory are taken, and its admission queue is full.
     #[error("model {model} is generating at capacity ({waiting} requests waiting for KV memory); retry shortly")]
     GenerationFull {

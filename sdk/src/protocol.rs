@@ -177,6 +177,28 @@ pub enum Response {
     Error(ProtocolError),
 }
 
+/// The input name under which an image classifier takes an encoded image (JPEG or PNG) instead of its pixels.
+pub const IMAGE_INPUT: &str = "image";
+
+/// The tensor that carries an encoded image (JPEG or PNG) to an image classifier: one `UINT8` row `[1, n]` of the
+/// file's bytes, one sample. The node decodes and preprocesses it as the model's config says; the receipt's input
+/// hash is over this tensor, so over the file as sent.
+pub fn image_tensor(bytes: Vec<u8>) -> Tensor {
+    let n = bytes.len() as i64;
+    Tensor::new(IMAGE_INPUT, vec![1, n], crate::TensorData::Uint8(bytes)).expect("one row of n bytes")
+}
+
+/// A class of an image classifier's answer, with its probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassScore {
+    /// Class index (position in the model's output).
+    pub index: u32,
+    /// Its name, from the node's labels.
+    pub label: String,
+    /// Its probability.
+    pub score: f32,
+}
+
 /// Outputs of an inference, with the node's receipt when the job was paid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InferResponse {
@@ -190,6 +212,10 @@ pub struct InferResponse {
     pub outputs: Vec<Tensor>,
     /// The node's signed receipt (paid jobs).
     pub receipt: Option<ReceiptMsg>,
+    /// An image classifier's most probable classes, named (for an encoded image): the names are the node's word,
+    /// the indices and scores come from its output, which the receipt covers. Empty for other jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassScore>,
 }
 
 /// Why a request failed; the client can act on the kind.

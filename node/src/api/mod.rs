@@ -1,11 +1,13 @@
-//! HTTP API: the KServe v2 REST protocol, OpenAI-compatible embeddings and text generation (completions and chat,
-//! streamed or not), and `/metrics` on its own router.
+//! HTTP API: the KServe v2 REST protocol, image classification (an image in, its top classes out),
+//! OpenAI-compatible embeddings and text generation (completions and chat, streamed or not), and `/metrics` on its
+//! own router.
 //!
 //! [`router`] builds the app from an [`AppState`] (tests drive it with `tower::ServiceExt::oneshot`); serving it on
 //! a socket is the caller's business (see `crate::server`).
 
 pub mod admin;
 pub mod binary;
+pub mod classify;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
@@ -88,6 +90,8 @@ pub fn router(mut state: AppState, limits: Limits) -> Router {
         .route("/v2/models/{name}/versions/{version}", get(kserve::model_version_metadata))
         .route("/v2/models/{name}/versions/{version}/ready", get(kserve::model_version_ready))
         .route("/v2/models/{name}/versions/{version}/infer", post(kserve::infer_version))
+        .route("/v2/models/{name}/classify", post(classify::classify))
+        .route("/v2/models/{name}/versions/{version}/classify", post(classify::classify_version))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))

@@ -139,6 +139,7 @@ mod tests {
             outputs: vec![],
             tokenizer: None,
             generation: None,
+            image: None,
             validation: ValidationConfig { max_abs_diff: 0.0 },
         }
     }

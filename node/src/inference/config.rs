@@ -92,6 +92,61 @@ pub struct TokenizerConfig {
     pub max_length: usize,
 }
 
+/// How an image classifier takes images (`[image]`): see [`crate::inference::image`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// The shorter side is resized to this many pixels (bilinear), the longer in proportion.
+    pub resize: u32,
+    /// Then the centre `crop` × `crop` is cut out: the model's input is `[3, crop, crop]`.
+    pub crop: u32,
+    /// Per-channel (RGB) mean subtracted from pixels scaled to 0-1.
+    pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation the result is divided by.
+    pub std: [f32; 3],
+    /// Class names file next to model.onnx: a JSON list, one name per output position.
+    pub labels: String,
+    /// sha256 of the labels file.
+    pub labels_sha256: String,
+    /// Largest encoded image accepted, bytes.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: usize,
+    /// Largest width or height accepted, pixels (decoding stops at the header of a larger one).
+    #[serde(default = "default_max_side")]
+    pub max_side: u32,
+}
+
+fn default_max_image_bytes() -> usize {
+    8 << 20
+}
+
+fn default_max_side() -> u32 {
+    8192
+}
+
+impl ImageConfig {
+    /// The labels file in `dir`, after checking its sha256 against `labels_sha256`.
+    pub fn verified_labels(&self, dir: &Path, key: &str) -> Result<std::path::PathBuf> {
+        verified(dir, &self.labels, &self.labels_sha256, key)
+    }
+}
+
+/// `dir/file` after checking its sha256 against `sha256`.
+fn verified(dir: &Path, file: &str, sha256: &str, key: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join(file);
+    let actual = mlbridge_sdk::ModelId::of_file(&path)
+        .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
+    if actual.to_string() != sha256 {
+        return Err(Error::HashMismatch {
+            model: key.to_owned(),
+            path,
+            expected: sha256.to_owned(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(path)
+}
+
 /// Text generation settings of a decoder (`task = "text-generation"`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,18 +193,7 @@ impl GenerationConfig {
 impl TokenizerConfig {
     /// The tokenizer file of model `key` in `dir`, checked against the recorded sha256.
     pub fn verified_path(&self, dir: &Path, key: &str) -> Result<std::path::PathBuf> {
-        let path = dir.join(&self.vocab);
-        let actual = mlbridge_sdk::ModelId::of_file(&path)
-            .map_err(|_| Error::ModelFileMissing { model: key.to_owned(), path: path.clone() })?;
-        if actual.to_string() != self.vocab_sha256 {
-            return Err(Error::HashMismatch {
-                model: key.to_owned(),
-                path,
-                expected: self.vocab_sha256.clone(),
-                actual: actual.to_string(),
-            });
-        }
-        Ok(path)
+        verified(dir, &self.vocab, &self.vocab_sha256, key)
     }
 }
 
@@ -213,6 +257,9 @@ pub struct ModelConfig {
     /// Text generation settings (decoders only).
     #[serde(default)]
     pub generation: Option<GenerationConfig>,
+    /// How an image classifier takes encoded images (image classifiers only).
+    #[serde(default)]
+    pub image: Option<ImageConfig>,
     /// Re-execution tolerance for validators.
     pub validation: ValidationConfig,
 }
@@ -240,6 +287,12 @@ impl ModelConfig {
     /// Check a request's tensors against this config (names, datatypes, shapes, batch limit) before anything runs;
     /// returns the batch size.
     pub fn validate_inputs(&self, inputs: &[mlbridge_sdk::Tensor]) -> Result<usize> {
+        // An image classifier also takes one encoded image (one sample; decoded when it runs).
+        if let Some(image) = &self.image
+            && super::image::encoded(image, &self.key(), inputs)?.is_some()
+        {
+            return Ok(1);
+        }
         // (The model's key is formatted only for an error: this runs for every request.)
         let model = || self.key();
         for t in inputs {
@@ -409,6 +462,8 @@ impl ModelConfig {
                     "a text-generation model's tensors are fixed by its graph: leave inputs and outputs empty".into()
                 );
             }
+        } else if let Some(image) = &self.image {
+            check_image(self, image)?;
         } else if self.generation.is_some() {
             return Err("[generation] is only for task = \"text-generation\"".into());
         } else if self.inputs.is_empty() || self.outputs.is_empty() {
@@ -432,6 +487,35 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// An `[image]` section fits its model: an image classifier with one `[3, crop, crop]` FP32 input and one output of
+/// class probabilities.
+fn check_image(config: &ModelConfig, image: &ImageConfig) -> std::result::Result<(), String> {
+    if config.task != Task::ImageClassification {
+        return Err("[image] is only for task = \"image-classification\"".into());
+    }
+    let side = i64::from(image.crop);
+    let fits = matches!(config.inputs.as_slice(), [i] if i.datatype == DataType::Fp32 && i.dims == [3, side, side]);
+    if !fits || image.crop == 0 || image.resize < image.crop {
+        return Err("[image] needs one FP32 input of dims [3, crop, crop], crop >= 1 and resize >= crop".into());
+    }
+    if config.inputs[0].name == super::image::IMAGE_INPUT {
+        return Err(format!(
+            "the input may not be called \"{}\": that name carries encoded images",
+            super::image::IMAGE_INPUT
+        ));
+    }
+    if !matches!(config.outputs.as_slice(), [o] if o.datatype == DataType::Fp32 && o.dims.len() == 1 && o.dims[0] > 0) {
+        return Err("[image] needs one FP32 output of class probabilities, dims [classes]".into());
+    }
+    if !image.std.iter().chain(&image.mean).all(|v| v.is_finite()) || image.std.iter().any(|&s| s <= 0.0) {
+        return Err("[image] mean and std must be finite, std above 0".into());
+    }
+    if image.max_side < image.crop || image.max_image_bytes == 0 {
+        return Err("[image] max_side must be at least crop, max_image_bytes at least 1".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 use super::batcher::{Batcher, Timing};
 use super::cache::{ResultCache, cache_key};
 use super::config::{LoadPolicy, ModelConfig, Task};
+use super::image::ImageClassifier;
 use super::repository::ModelRepository;
 use super::runtime::OnnxRuntime;
 use super::text::TextEncoder;
@@ -100,6 +101,7 @@ struct Slot {
     config: ModelConfig,
     batcher: OnceCell<Arc<Batcher>>,
     encoder: OnceCell<Arc<TextEncoder>>,
+    classifier: OnceCell<Arc<ImageClassifier>>,
 }
 
 struct GenSlot {
@@ -170,7 +172,9 @@ impl Engine {
         let (generate, tensors): (Vec<_>, Vec<_>) = configs.partition(|(_, c)| c.task == Task::TextGeneration);
         let slots = tensors
             .into_iter()
-            .map(|(k, config)| (k, Slot { config, batcher: OnceCell::new(), encoder: OnceCell::new() }))
+            .map(|(k, config)| {
+                (k, Slot { config, batcher: OnceCell::new(), encoder: OnceCell::new(), classifier: OnceCell::new() })
+            })
             .collect();
         let generators =
             generate.into_iter().map(|(k, config)| (k, GenSlot { config, generator: OnceCell::new() })).collect();
@@ -185,6 +189,9 @@ impl Engine {
                 engine.batcher(name, Some(*version)).await?;
                 if slot.config.task == Task::TextEmbedding {
                     engine.encoder(name, Some(*version)).await?;
+                }
+                if slot.config.image.is_some() {
+                    engine.classifier(name, Some(*version)).await?;
                 }
             }
         }
@@ -340,6 +347,31 @@ impl Engine {
         Ok(enc.clone())
     }
 
+    /// The preprocessing and labels of an image classifier (a model with an `[image]` section).
+    pub async fn classifier(&self, name: &str, version: Option<u64>) -> Result<Arc<ImageClassifier>> {
+        let slot = self.slot(name, version)?;
+        let key = slot.config.key();
+        let (Some(image), [input], [output]) =
+            (slot.config.image.clone(), slot.config.inputs.as_slice(), slot.config.outputs.as_slice())
+        else {
+            return Err(Error::BadRequest(format!(
+                "model {key} is not an image classifier (it has no [image] section)"
+            )));
+        };
+        let (input, classes) = (input.name.clone(), output.dims.iter().product::<i64>() as usize);
+        let dir = self.inner.repo.version_dir(&slot.config);
+        let classifier = slot
+            .classifier
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || ImageClassifier::load(&dir, &image, &input, classes, &key))
+                    .await
+                    .map_err(|e| Error::LoadFailed { model: String::new(), reason: e.to_string() })?
+                    .map(Arc::new)
+            })
+            .await?;
+        Ok(classifier.clone())
+    }
+
     /// Run one inference request (any batch size up to the model's limit).
     pub async fn infer(&self, name: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<Inference> {
         self.infer_within(name, version, inputs, None).await
@@ -382,6 +414,7 @@ impl Engine {
         let key = config.key();
         // Bad input is refused before it can touch the cache or a queue; this is the request's only validation.
         let samples = config.validate_inputs(&inputs)?;
+        // (Keyed by what was sent: an image by its bytes.)
         let cache_key = self.inner.cache.as_ref().map(|_| cache_key(&config.sha256, &inputs));
         if let (Some(cache), Some(ck)) = (&self.inner.cache, &cache_key) {
             if let Some(outputs) = cache.get(ck).await {
@@ -396,6 +429,11 @@ impl Engine {
             }
             self.inner.metrics.cache_misses.with_label_values(&[&key]).inc();
         }
+        let image = match &config.image {
+            Some(i) => super::image::encoded(i, &key, &inputs)?.is_some(),
+            None => false,
+        };
+        let inputs = if image { self.pixels(config, inputs).await? } else { inputs };
         let batcher = self.batcher(&config.name, Some(config.version)).await?;
         let rx = batcher.enqueue(inputs, samples, queue_timeout)?;
         let (outputs, timing) =
@@ -405,6 +443,20 @@ impl Engine {
             cache.insert(ck, outputs.clone()).await;
         }
         Ok(Inference { model: key, version: config.version, outputs, cached: false, timing })
+    }
+
+    /// An image request's input tensor: the encoded image decoded and preprocessed into the model's pixels, on a
+    /// blocking thread (cached by the image's bytes).
+    async fn pixels(&self, config: &ModelConfig, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let classifier = self.classifier(&config.name, Some(config.version)).await?;
+        let key = config.key();
+        let Some((_, _, TensorData::Uint8(bytes))) = inputs.into_iter().next().map(Tensor::into_parts) else {
+            return Err(Error::BadImage { model: key, reason: "no encoded image".into() });
+        };
+        let model = key.clone();
+        tokio::task::spawn_blocking(move || classifier.pixels(&bytes, &key).map(|t| vec![t]))
+            .await
+            .map_err(|e| Error::Inference { model, reason: format!("preprocessing the image: {e}") })?
     }
 
     /// Embed texts with a text-embedding model (tokenize, batch up to the model's limit, infer, split vectors).
@@ -479,6 +531,7 @@ pub fn is_client_error(e: &Error) -> bool {
             | Error::ValueOutOfRange { .. }
             | Error::NotFinite { .. }
             | Error::BadRequest(_)
+            | Error::BadImage { .. }
             | Error::Sdk(_)
     )
 }

@@ -6,7 +6,7 @@
 //! - [`model`] is a loaded model: input validation and a blocking `run`.
 //! - [`batcher`] runs one model on a dedicated thread, batching queued requests; a full queue means "overloaded".
 //! - [`cache`] answers repeated requests (in memory, or Redis for a fleet).
-//! - [`text`] tokenizes text for embedding models.
+//! - [`text`] tokenizes text for embedding models; [`image`] decodes and preprocesses images for image classifiers.
 //! - [`engine`] ties them together: the one `infer` path for every front end.
 
 pub mod batch;
@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod image;
 pub mod model;
 pub mod repository;
 pub mod runtime;

@@ -35,9 +35,9 @@ use mlbridge_sdk::net::{
     Behaviour, BehaviourEvent, Codec, InboundBudget, NetConfig, build_swarm_with, learn_addresses,
 };
 use mlbridge_sdk::protocol::{
-    ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, InferRequest, InferResponse,
-    JobOffer, MAX_GOSSIP_BYTES, MAX_RESPONSE_BYTES, ModelRef, PaymentRefusal, ProtocolError, RECEIPTS_TOPIC,
-    ReceiptBatchGossip, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
+    ADVERTS_TOPIC, Advert, AdvertModel, AuditRequest, Bid, EmbedRequest, ErrorKind, IMAGE_INPUT, InferRequest,
+    InferResponse, JobOffer, MAX_GOSSIP_BYTES, MAX_RESPONSE_BYTES, ModelRef, PaymentRefusal, ProtocolError,
+    RECEIPTS_TOPIC, ReceiptBatchGossip, Request, Response, WIRE_VERSION, WireVoucher, decode, encode, jobs_topic,
 };
 use mlbridge_sdk::{Tensor, TensorData};
 use std::sync::Arc;
@@ -853,6 +853,9 @@ fn fits_response(answer: &InferResponse) -> bool {
     bound + RECEIPT_ALLOWANCE <= MAX_RESPONSE_BYTES || encode(answer).len() + RECEIPT_ALLOWANCE <= MAX_RESPONSE_BYTES
 }
 
+/// Classes named in the answer to an encoded image.
+const IMAGE_TOP_K: usize = 5;
+
 pub(super) async fn serve_infer(
     engine: &Engine,
     payments: Option<&PaymentService>,
@@ -881,15 +884,28 @@ pub(super) async fn serve_infer(
     // A paid job keeps its inputs for the receipt and the audit record.
     let kept = auth.as_ref().map(|_| r.inputs.clone());
     let queue_timeout = r.queue_timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
-    let work = engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout);
+    // An encoded image is answered with its classes named too.
+    let image = config.image.is_some() && r.inputs.first().is_some_and(|t| t.name() == IMAGE_INPUT);
+    let work = async {
+        let inference = engine.infer_within(&config.name, Some(config.version), r.inputs, queue_timeout).await?;
+        let classes = match image {
+            true => {
+                let row = inference.rows()?.into_iter().next().unwrap_or_default();
+                engine.classifier(&config.name, Some(config.version)).await?.top_k(&row, IMAGE_TOP_K)
+            }
+            false => Vec::new(),
+        };
+        Ok((inference, classes))
+    };
     match guarded(payments, auth.as_ref(), work).await {
-        Ok(inference) => {
+        Ok((inference, classes)) => {
             let answer = InferResponse {
                 version: WIRE_VERSION,
                 job_id: r.job_id,
                 model_id: config.sha256,
                 outputs: inference.outputs.as_ref().clone(),
                 receipt: None,
+                classes,
             };
             finish(payments, auth, answer, &config, JobInput::Tensors(kept.unwrap_or_default())).await
         }
@@ -932,6 +948,7 @@ pub(super) async fn serve_embed(
                 model_id: config.sha256,
                 outputs: vec![t],
                 receipt: None,
+                classes: Vec::new(),
             };
             finish(payments, auth, answer, &config, JobInput::Texts(r.texts)).await
         }
@@ -953,6 +970,7 @@ mod tests {
             model_id: mlbridge_sdk::ModelId::of_bytes(b"model"),
             outputs: vec![Tensor::new("y", vec![1, floats as i64], data).unwrap()],
             receipt: None,
+            classes: Vec::new(),
         }
     }
 

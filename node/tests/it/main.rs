@@ -6,6 +6,7 @@ mod api;
 mod chain;
 mod crash;
 mod generate;
+mod images;
 mod p2p;
 mod paid;
 mod paid_generate;

@@ -144,6 +144,25 @@ pub struct InferOutcome {
     pub paid: Option<Payment>,
 }
 
+impl InferOutcome {
+    /// The `k` most probable classes of an image classifier's answer ([`Client::classify`]): taken from its first
+    /// output, the class probabilities the receipt covers, and named by the labels the node sent with them (a class
+    /// it did not name gets an empty label). NaN never ranks.
+    pub fn top_classes(&self, k: usize) -> Vec<crate::protocol::ClassScore> {
+        let Some(crate::TensorData::Fp32(p)) = self.response.outputs.first().map(Tensor::data) else {
+            return Vec::new();
+        };
+        let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        let named = |i: usize| self.response.classes.iter().find(|c| c.index as usize == i).map(|c| c.label.clone());
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| crate::protocol::ClassScore { index: i as u32, label: named(i).unwrap_or_default(), score: p[i] })
+            .collect()
+    }
+}
+
 /// The result of an open-market job.
 #[derive(Clone, Debug)]
 pub struct OfferOutcome {
@@ -338,6 +357,12 @@ impl Client {
             })
         })
         .await
+    }
+
+    /// Classify an image (the JPEG or PNG file's bytes) with an image classifier on a node serving it: one sample,
+    /// sent as it is ([`crate::protocol::image_tensor`]); [`InferOutcome::top_classes`] reads the answer.
+    pub async fn classify(&self, model: &str, version: Option<u64>, image: Vec<u8>) -> Result<InferOutcome> {
+        self.infer(model, version, vec![crate::protocol::image_tensor(image)]).await
     }
 
     /// Embed `texts` with a text-embedding model on a node serving it.

@@ -207,6 +207,20 @@ async fn a_cheat_on_an_image_is_challenged_with_evidence_in_parts() {
     cheat_is_slashed("orientation", 1, image, "mlbridge/disputes/parts/1").await;
 }
 
+/// A job on an encoded photo (the file as sent, a UINT8 row the node decodes and preprocesses) is checked the same
+/// way: the validators run the same decoding, so a node that corrupts its answer is slashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheat_on_an_encoded_photo_is_caught_and_slashed() {
+    let lib = models_root().join("../.venv/lib");
+    let photo = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|d| d.unwrap().path().join("site-packages/skimage/data/chelsea.png"))
+        .find(|p| p.is_file())
+        .expect("scikit-image's sample photos; run scripts/setup");
+    let image = vec![mlbridge_sdk::protocol::image_tensor(std::fs::read(photo).unwrap())];
+    cheat_is_slashed("mobilenet-v2", 1, image, "mlbridge/disputes/parts/1").await;
+}
+
 /// A node that corrupts its outputs is caught by a validator checking everything, challenged with the evidence
 /// gossiped on `evidence_topic`, voted against by a validator that judges only that evidence, and slashed.
 async fn cheat_is_slashed(model: &str, version: u64, inputs: Vec<Tensor>, evidence_topic: &str) {

@@ -423,8 +423,14 @@ struct InferArgs {
     #[arg(long, conflicts_with = "input")]
     text: Vec<String>,
     /// JSON file with KServe-v2-style inputs: {"inputs": [{"name", "shape", "datatype", "data"}]}.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     input: Option<PathBuf>,
+    /// An image (JPEG or PNG) for an image classifier: its top classes are printed.
+    #[arg(long, conflicts_with = "text")]
+    image: Option<PathBuf>,
+    /// Classes printed for --image.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
     /// Routing strategy.
     #[arg(long, value_enum, default_value = "model-aware")]
     strategy: StrategyArg,
@@ -537,10 +543,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if found.is_empty() {
                 bail!("no node serving '{}' was seen; check --bootstrap and the model name", args.model);
             }
-            let inputs = match &args.input {
-                Some(path) if args.text.is_empty() => Some(read_inputs(path)?),
+            let inputs = match (&args.input, &args.image) {
+                (Some(path), _) if args.text.is_empty() => Some(read_inputs(path)?),
+                (_, Some(path)) => {
+                    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    Some(vec![mlbridge_sdk::protocol::image_tensor(bytes)])
+                }
                 _ if !args.text.is_empty() => None,
-                _ => bail!("give --text for embedding models or --input FILE.json"),
+                _ => bail!("give --text for embedding models, --image FILE for image classifiers or --input FILE.json"),
             };
             let mut last = None;
             for _ in 0..args.repeat {
@@ -553,12 +563,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.repeat > 1 {
                 eprintln!("{} jobs answered", args.repeat);
             }
-            let outputs: Vec<serde_json::Value> = out
-                .response
-                .outputs
-                .iter()
-                .map(|t| serde_json::json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(), "data": t.data() }))
-                .collect();
+            // An image's answer is its top classes; other answers are their tensors.
+            let outputs: Vec<serde_json::Value> = match &args.image {
+                Some(_) => out.top_classes(args.top_k).iter().map(|c| serde_json::json!(c)).collect(),
+                None => out
+                    .response
+                    .outputs
+                    .iter()
+                    .map(|t| serde_json::json!({ "name": t.name(), "shape": t.shape(), "datatype": t.datatype(), "data": t.data() }))
+                    .collect(),
+            };
             let receipt = out.response.receipt.as_ref().map(|r| {
                 serde_json::json!({
                     "job_id": r.job_id, "price_wei": r.price.to_string(), "units": r.units.to_string(),
@@ -581,7 +595,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "node": out.node.to_string(),
                     "model_id": out.response.model_id,
-                    "outputs": outputs,
+                    (if args.image.is_some() { "classes" } else { "outputs" }): outputs,
                     "receipt": receipt,
                     "paid": paid,
                 }))?
