@@ -31,6 +31,9 @@ from . import pth
 from ._pkg import package_path
 
 SIZE = 224
+# The checkpoints' sha256, checked before they are parsed (their file names carry the first digits, as torch hub's do).
+MOBILENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+EFFICIENTNET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
 def mobilenet_file() -> Path:
@@ -127,7 +130,7 @@ MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2
 
 
 def build_mobilenet_v2() -> onnx.ModelProto:
-    g = _Graph(pth.load(mobilenet_file()), eps=1e-5, pads="symmetric")
+    g = _Graph(pth.load(mobilenet_file(), MOBILENET_SHA256), eps=1e-5, pads="symmetric")
     x = g.conv_bn("pixels", "features.0.0", "features.0.1", 2, relu6=True)
     index, channels = 1, 32
     for expansion, out, repeats, first_stride in MOBILENET_V2_STAGES:
@@ -154,7 +157,7 @@ EFFICIENTNET_STAGES = [(1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1)]
 
 
 def build_efficientnet_lite0() -> onnx.ModelProto:
-    w = pth.load(efficientnet_file())
+    w = pth.load(efficientnet_file(), EFFICIENTNET_SHA256)
     g = _Graph(w, eps=1e-3, pads="same_upper")
     x = g.conv_bn("pixels", "_conv_stem", "_bn0", 2, relu6=True)
     index = 0

@@ -4,9 +4,10 @@ Two layouts exist. The legacy one (torch < 1.6, which both of our ImageNet check
 magic number, the protocol version, system info, the state dict, whose tensors name their storages by key through
 pickle's persistent ids, then the list of storage keys, then each storage's raw bytes in that order (an int64 element
 count, then the elements, little-endian). The newer one is a zip holding the same state-dict pickle (`data.pkl`) and
-one file per storage (`data/<key>`). Both are read here with an unpickler that builds only what a state dict holds:
-ordered dicts and tensors (`torch._utils._rebuild_tensor_v2`); any other class is refused, so a checkpoint cannot
-run code.
+one file per storage (`data/<key>`). Every pickle of both is read with an unpickler that builds only what a state
+dict holds: ordered dicts and tensors (`torch._utils._rebuild_tensor_v2`); the header pickles and the storage-key list
+may hold no class at all. Any other class is refused, so a checkpoint cannot run code; a tensor must lie inside its
+storage (non-negative offset and strides). Callers also check the file's sha256 before reading it ([`load`]).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class _Tensor:
         data = self.storage.data
         if data is None:
             raise ValueError("a tensor's storage was never read")
+        if self.offset < 0 or any(s < 0 for s in self.stride) or any(n < 0 for n in self.size):
+            raise ValueError("a tensor with a negative offset, size or stride")
         span = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride)) if all(self.size) else 0
         if self.offset + span > data.size:
             raise ValueError("a tensor reaches past its storage")
@@ -61,6 +64,20 @@ class _Tensor:
 
 def _rebuild_tensor(storage, offset, size, stride, *_rest):
     return _Tensor(storage, offset, size, stride)
+
+
+class _Plain(pickle.Unpickler):
+    """Plain data only (numbers, strings, lists, tuples, dicts): any class or call is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"a checkpoint header holds no {module}.{name}; refusing to load it")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("a checkpoint header holds no persistent ids")
+
+
+def _plain(f):
+    return _Plain(f).load()
 
 
 class _Unpickler(pickle.Unpickler):
@@ -94,13 +111,16 @@ def _arrays(state) -> dict[str, np.ndarray]:
 
 
 def _load_legacy(f) -> dict[str, np.ndarray]:
-    if pickle.load(f) != LEGACY_MAGIC:
+    if _plain(f) != LEGACY_MAGIC:
         raise ValueError("not a PyTorch checkpoint (bad magic number)")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # system info (byte order, type sizes)
+    _plain(f)  # protocol version
+    _plain(f)  # system info (byte order, type sizes)
     storages: dict[str, _Storage] = {}
     state = _Unpickler(f, storages).load()
-    for key in pickle.load(f):
+    keys = _plain(f)
+    if not isinstance(keys, list):
+        raise ValueError("the checkpoint's storage keys are not a list")
+    for key in keys:
         storage = storages[str(key)]
         (numel,) = struct.unpack("<q", f.read(8))
         raw = f.read(numel * storage.dtype.itemsize)
@@ -127,8 +147,14 @@ def _load_zip(path: Path) -> dict[str, np.ndarray]:
     return _arrays(state)
 
 
-def load(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of the state dict in `path`, by name (non-tensor entries are left out)."""
+def load(path: Path, sha256: str) -> dict[str, np.ndarray]:
+    """The tensors of the state dict in `path`, by name (non-tensor entries are left out), once the file is checked to
+    have the `sha256` it was pinned with."""
+    import hashlib  # noqa: PLC0415
+
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != sha256:
+        raise SystemExit(f"error: {path} has sha256 {got}, not the pinned {sha256}; reinstall the package (scripts/setup)")
     if zipfile.is_zipfile(path):
         return _load_zip(path)
     with path.open("rb") as f:
