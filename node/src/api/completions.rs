@@ -222,7 +222,7 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let asked = Asked::new(Kind::Text, arrived);
+    let asked = Asked::new(Kind::Text, arrived, &state);
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -250,7 +250,7 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let asked = Asked::new(Kind::Chat, arrived);
+    let asked = Asked::new(Kind::Chat, arrived, &state);
     let (name, version) = model_name(&req.common.model)?;
     let version = version_for(&state, &headers, peer, name, version)?;
     let generator = state.engine.generator(name, version).await?;
@@ -364,11 +364,15 @@ impl Head {
 struct Asked {
     kind: Kind,
     at: tokio::time::Instant,
+    /// The body took more than half the request timeout to arrive (measured when the handler began, before any
+    /// work such as loading the model).
+    slow_upload: bool,
 }
 
 impl Asked {
-    fn new(kind: Kind, arrived: Option<Extension<Arrived>>) -> Self {
-        Self { kind, at: arrived.map_or_else(tokio::time::Instant::now, |a| a.0.0) }
+    fn new(kind: Kind, arrived: Option<Extension<Arrived>>, state: &AppState) -> Self {
+        let at = arrived.map_or_else(tokio::time::Instant::now, |a| a.0.0);
+        Self { kind, at, slow_upload: state.request_timeout.is_some_and(|t| at.elapsed() > t / 2) }
     }
 }
 
@@ -388,7 +392,15 @@ async fn run(
     c: &Common,
     asked: Asked,
 ) -> Result<Response, ApiError> {
-    let Asked { kind, at } = asked;
+    let Asked { kind, at, slow_upload } = asked;
+    // A whole answer whose request took half the timeout to arrive is refused before any work: its prefill could
+    // not be counted on to end before the cut, and given up there it would be work done for nothing.
+    if !c.stream && slow_upload {
+        return Err(ApiError::with_status(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took more than half the request timeout to arrive; send it faster, or stream the answer",
+        ));
+    }
     let (sampling, stop, max_tokens) = parameters(c)?;
     let max_tokens = generator.check(&prompt, max_tokens, &sampling)?;
     // Paid: the most this generation can cost is held before it is queued; it is charged for what it produces.

@@ -114,6 +114,13 @@ pub struct ImageConfig {
     /// Largest width or height accepted, pixels (decoding stops at the header of a larger one).
     #[serde(default = "default_max_side")]
     pub max_side: u32,
+    /// Most pixels (width × height) accepted: what decoding one image may allocate is about 10 bytes a pixel.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_max_pixels() -> u64 {
+    16 << 20
 }
 
 fn default_max_image_bytes() -> usize {
@@ -512,8 +519,10 @@ fn check_image(config: &ModelConfig, image: &ImageConfig) -> std::result::Result
     if !image.std.iter().chain(&image.mean).all(|v| v.is_finite()) || image.std.iter().any(|&s| s <= 0.0) {
         return Err("[image] mean and std must be finite, std above 0".into());
     }
-    if image.max_side < image.crop || image.max_image_bytes == 0 {
-        return Err("[image] max_side must be at least crop, max_image_bytes at least 1".into());
+    if image.max_side < image.crop || image.max_image_bytes == 0 || image.max_pixels < u64::from(image.crop).pow(2) {
+        return Err(
+            "[image] max_side must be at least crop, max_pixels at least crop², max_image_bytes at least 1".into()
+        );
     }
     Ok(())
 }

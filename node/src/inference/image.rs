@@ -3,6 +3,10 @@
 //! input tensor; the pixels are cached by the image's content, like the tokenizer's output; and the model's class
 //! probabilities are named by its labels.
 //!
+//! Bounds (`[image]`, defaults): 8 MiB of file, 8,192 pixels a side, 16 Mpixels, and a longest side at most 16 times
+//! the shortest, all read from the header before anything is decoded; as many decodes at once as the node has cores
+//! (beyond, "overloaded"), since each holds about 10 bytes a pixel while it runs.
+//!
 //! An image travels as the model's one input under the name [`IMAGE_INPUT`]: a `UINT8` tensor of shape `[1, n]`
 //! holding the encoded file. So it is priced per image (one sample), hashed into the receipt as it was sent (a client
 //! checks its input hash against its own bytes), kept in the audit record as sent, and a validator's re-execution
@@ -21,6 +25,10 @@ use crate::{Error, Result};
 
 /// Bytes of preprocessed pixels the cache of one model keeps.
 const CACHE_BYTES: u64 = 64 << 20;
+
+/// Longest side over shortest accepted: the shorter side is resized to `resize`, so a long thin image would
+/// otherwise resize to a huge one (8192 × 1 to 2,097,152 × 256) before its centre is cropped.
+const MAX_ASPECT: u64 = 16;
 
 /// The encoded image of a request in the image form (one `UINT8` tensor named [`IMAGE_INPUT`], shape `[1, n]`),
 /// checked against the model's limits; `None` for any other request (checked as tensors).
@@ -61,6 +69,9 @@ pub struct ImageClassifier {
     input: String,
     labels: Vec<String>,
     cache: moka::sync::Cache<[u8; 32], Arc<Vec<f32>>>,
+    /// Images being decoded at once (one per core): each may take about 10 bytes a pixel while it decodes.
+    decoding: tokio::sync::Semaphore,
+    decoding_places: usize,
 }
 
 impl std::fmt::Debug for ImageClassifier {
@@ -85,7 +96,9 @@ impl ImageClassifier {
             .weigher(|_, v: &Arc<Vec<f32>>| u32::try_from(v.len() * 4).unwrap_or(u32::MAX))
             .max_capacity(CACHE_BYTES)
             .build();
-        Ok(Self { config: config.clone(), input: input.to_owned(), labels, cache })
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let decoding = tokio::sync::Semaphore::new(cores);
+        Ok(Self { config: config.clone(), input: input.to_owned(), labels, cache, decoding, decoding_places: cores })
     }
 
     /// The model's input tensor for `bytes` (one image), from the cache when the same bytes came before. Decodes and
@@ -96,6 +109,10 @@ impl ImageClassifier {
         let pixels = match self.cache.get(&digest) {
             Some(p) => p,
             None => {
+                // Decodes at once are bounded (each holds memory): beyond, "overloaded" rather than a queue.
+                let Ok(_decoding) = self.decoding.try_acquire() else {
+                    return Err(Error::Overloaded { model: key.to_owned(), capacity: self.decoding_places });
+                };
                 let p = Arc::new(preprocess(&self.config, bytes, key)?);
                 self.cache.insert(digest, p.clone());
                 p
@@ -128,6 +145,24 @@ impl ImageClassifier {
     }
 }
 
+/// Whether a `w` × `h` image is within the config's bounds (a reason if not).
+fn check_size(config: &ImageConfig, w: u32, h: u32) -> std::result::Result<(), String> {
+    let (short, long) = (u64::from(w.min(h)), u64::from(w.max(h)));
+    if short == 0 {
+        return Err("the image is empty".into());
+    }
+    if long > u64::from(config.max_side) || short * long > config.max_pixels {
+        return Err(format!(
+            "{w} x {h} pixels is more than {} a side or {} in all",
+            config.max_side, config.max_pixels
+        ));
+    }
+    if long > MAX_ASPECT * short {
+        return Err(format!("{w} x {h} pixels is more than {MAX_ASPECT} times as long as it is wide"));
+    }
+    Ok(())
+}
+
 /// Decode `bytes` (JPEG or PNG, within the config's bounds), resize its shorter side to `resize` (bilinear), crop the
 /// centre `crop` × `crop`, scale to 0-1 and normalise: channel-first floats.
 fn preprocess(config: &ImageConfig, bytes: &[u8], key: &str) -> Result<Vec<f32>> {
@@ -142,12 +177,15 @@ fn preprocess(config: &ImageConfig, bytes: &[u8], key: &str) -> Result<Vec<f32>>
     limits.max_image_width = Some(config.max_side);
     limits.max_image_height = Some(config.max_side);
     // The decoded image and the decoder's own buffers.
-    limits.max_alloc = Some(u64::from(config.max_side) * u64::from(config.max_side) * 4 + (64 << 20));
+    limits.max_alloc = Some(config.max_pixels * 4 + (64 << 20));
     reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| bad(e.to_string()))?.to_rgb8();
-    let (w, h) = decoded.dimensions();
-    if w == 0 || h == 0 {
-        return Err(bad("the image is empty".into()));
+    // The size from the header first: nothing is decoded for an image beyond the bounds.
+    let header = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = header.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    check_size(config, w, h).map_err(bad)?;
+    let decoded = reader.decode().map_err(|e| bad(e.to_string()))?.into_rgb8();
+    if decoded.dimensions() != (w, h) {
+        return Err(bad("the image's size differs from its header's".into()));
     }
     // The shorter side to `resize`, the longer in proportion (truncated, as torchvision's Resize does), at least
     // `crop`.
@@ -185,6 +223,7 @@ mod tests {
             labels_sha256: String::new(),
             max_image_bytes: 1 << 20,
             max_side: 64,
+            max_pixels: 40 * 40,
         }
     }
 
@@ -222,6 +261,8 @@ mod tests {
             ("truncated", full[..full.len() / 2].to_vec()),
             ("gif", gif),
             ("too large", png(65, 8, |_, _| [0; 3])),
+            ("too many pixels", png(41, 41, |_, _| [0; 3])),
+            ("long and thin", png(64, 3, |_, _| [0; 3])),
         ] {
             let err = preprocess(&c, &bytes, "m/1").unwrap_err();
             assert!(matches!(err, Error::BadImage { .. }), "{what}: {err}");

@@ -309,10 +309,11 @@ async fn a_whole_answer_that_would_outlive_the_request_timeout_comes_back_cut() 
         c.http.request_timeout_secs = 3.0;
     })
     .await;
+    node.engine.generator(MODEL, Some(2)).await.unwrap();
     // Far more tokens than 3 s make: the answer is cut before the timeout would drop it (a 408, and text a paying
     // client would be charged for without ever seeing it), and comes with what was produced.
     let http = reqwest::Client::new();
-    // (The first request loads the model.)
+    // (A first request warms the session up.)
     let warm = json!({ "model": MODEL, "prompt": "Hi", "max_tokens": 1 });
     assert_eq!(http.post(url(&node, "/v1/completions")).json(&warm).send().await.unwrap().status(), 200);
     let body = json!({ "model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "temperature": 0 });
@@ -323,6 +324,24 @@ async fn a_whole_answer_that_would_outlive_the_request_timeout_comes_back_cut() 
     let produced = answer["usage"]["completion_tokens"].as_u64().unwrap();
     assert!((1..1500).contains(&produced), "{produced} tokens");
     assert!(!answer["choices"][0]["text"].as_str().unwrap().is_empty());
+    // A request whose body takes more than half the timeout to arrive is refused before any work (its cut would
+    // come too soon for its prefill): the clock starts when the request's head arrives.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({ "model": MODEL, "prompt": "Once upon a time", "max_tokens": 8 }).to_string();
+    let mut s = tokio::net::TcpStream::connect(node.http_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    s.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_800)).await;
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("half the request timeout"), "{answer}");
     node.shutdown.cancel();
     node.join().await;
 }

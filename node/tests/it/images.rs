@@ -107,14 +107,19 @@ async fn hostile_images_get_a_clear_400_and_never_a_5xx() {
     let repo = repo_with(&[("mobilenet-v2", 1), ("minilm-l6", 1)], str::to_owned);
     let node = start_node(|c| c.model_repository = repo.path().to_owned()).await;
     let cat = photo("chelsea.png");
-    // A PNG header that claims 100,000 x 1 pixels (past max_side): refused from its header, nothing allocated.
-    let mut wide = cat[..33].to_vec();
-    wide[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    // Valid PNGs past the bounds: wider than max_side (8,192), and long and thin (its shorter side resized to 256
+    // would make it 256 x 524,288 before the crop). Refused from their headers.
+    let png = |w: u32, h: u32| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(w, h).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("text", b"definitely not an image".to_vec(), "image/png"),
         ("truncated", cat[..cat.len() / 3].to_vec(), "image/png"),
         ("gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), "image/png"),
-        ("huge header", wide, "image/png"),
+        ("too wide", png(9_000, 1), "image/png"),
+        ("long and thin", png(2, 4_096), "image/png"),
         ("empty", Vec::new(), "image/png"),
     ];
     for (what, bytes, kind) in cases {

@@ -45,6 +45,9 @@ async fn generations_are_charged_per_token_over_p2p_and_http() {
     let chain = Chain::start().await;
     let (ledger, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let node = start_node(|c| paid(c, &chain, &chain.url(), 1, ledger.path())).await;
+    // Loaded before any request: a first request would wait for the load (seconds on a busy machine) inside its
+    // timeout.
+    node.engine.generator(MODEL, Some(1)).await.unwrap();
     let payer = payer(&chain, 3, store.path(), ETHER).await;
     let c = client(&node, Strategy::LeastOutstanding).await.with_payer(payer.clone());
     let seen = c.wait_for_nodes(MODEL, 1, Duration::from_secs(20)).await.unwrap();
@@ -211,6 +214,7 @@ async fn a_generation_the_node_cuts_is_charged_for_what_was_delivered_or_not_at_
         c.http.request_timeout_secs = 4.0;
     })
     .await;
+    node.engine.generator(MODEL, Some(1)).await.unwrap();
 
     // A whole HTTP answer that would outlive the request timeout comes back cut, with its receipt: charged for the
     // prompt and the tokens it carries, the rest of the hold released.
