@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -94,6 +95,19 @@ def triton_checks(base: str) -> None:
     probs = client.infer("orientation", [img]).as_numpy("fetch_name_0")
     check(probs is not None and probs.shape == (1, 4) and abs(float(probs.sum()) - 1.0) < 1e-3,
           "tritonclient: a 1x3x224x224 image as binary, probabilities out")
+
+    # A JPEG file as it is, one UINT8 row [1, n] sent as binary data: the image classifier decodes it (a rocket on
+    # its launch pad: a drilling platform first, then missile and space shuttle). The photo is scikit-image's, from
+    # the project's venv.
+    photo = next(Path(__file__).resolve().parents[1].glob(".venv/lib/python3*/site-packages/skimage/data/rocket.jpg"))
+    data = np.frombuffer(photo.read_bytes(), dtype=np.uint8).reshape(1, -1)
+    jpeg = triton.InferInput("image", list(data.shape), "UINT8")
+    jpeg.set_data_from_numpy(data, binary_data=True)
+    out = triton.InferRequestedOutput("probabilities", binary_data=True)
+    probs = client.infer("mobilenet-v2", [jpeg], outputs=[out]).as_numpy("probabilities")
+    top3 = set(np.argsort(-probs[0])[:3].tolist()) if probs is not None and probs.shape == (1, 1000) else set()
+    check(bool(top3 & {657, 744, 812}),
+          "tritonclient: a JPEG file as binary UINT8, classified (a missile, projectile or space shuttle in the top 3)")
 
     # An error case: the client raises with the node's message.
     bad = triton.InferInput("nope", [1, 256], "FP32")
